@@ -1,0 +1,16 @@
+"""Built-in ``stmod-run`` subcommands, registered through ``stmod_register_commands`` like any plugin's."""
+
+from __future__ import annotations
+
+from stmod import hookimpl
+from stmod.core.commands import check, inspect
+
+
+@hookimpl
+def stmod_register_commands(register) -> None:
+    register.add("plugins", configure=inspect.configure_plugins, run=inspect.run_plugins,
+                 help="list installed plugins, their versions and the components each provides")
+    register.add("list", configure=inspect.configure_list, run=inspect.run_list,
+                 help="list the components of one kind (backbones, layouts, modulators, blenders, annotators)")
+    register.add("check", configure=check.configure, run=check.run,
+                 help="validate a job and its files without loading any model")

@@ -1,0 +1,249 @@
+"""Job files: YAML → attrs values, with errors that name the key, its place and the fix.
+
+The structurer below is deliberately small: it knows the handful of types our values use (``str``,
+``int``, ``float``, ``bool``, ``Path``, ``Literal``, optionals, tuples, mappings and nested attrs
+classes) and rejects everything it does not expect. A misspelled key is an error with the closest
+valid key, never a silent default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import attrs
+import yaml
+
+from stmod.core.errors import ConfigError, InputError
+from stmod.core.types import ComponentRef, EditSpec, Region
+
+__all__ = ["structure", "unstructure", "load_mapping", "job_from_mapping", "load_job", "dump_job", "apply_overrides"]
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _join(place: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{place}[{key}]"
+    return f"{place}.{key}" if place else key
+
+
+class _Structurer:
+    def __init__(self, base_dir: Path | None, source: str | None) -> None:
+        self.base_dir, self.source = base_dir, source
+
+    def error(self, message: str, **data: Any) -> ConfigError:
+        return ConfigError(message, source=self.source, **data)
+
+    def convert(self, tp: Any, value: Any, place: str) -> Any:
+        origin = typing.get_origin(tp)
+        if tp is Any:
+            return value
+        if origin in (Union, types.UnionType):
+            args = typing.get_args(tp)
+            if value is None and type(None) in args:
+                return None
+            (inner,) = [a for a in args if a is not type(None)]
+            return self.convert(inner, value, place)
+        if origin is Literal:
+            choices = typing.get_args(tp)
+            if value not in choices:
+                close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise self.error(f"{place} must be one of {', '.join(map(repr, choices))}, got {_describe(value)}{hint}")
+            return value
+        if tp is ComponentRef:
+            return self.component_ref(value, place)
+        if tp is Region:
+            return self.structure(Region, value, place)
+        if attrs.has(tp):
+            return self.structure(tp, value, place)
+        if origin is tuple:
+            return self.tuple_(tp, value, place)
+        if origin in (Mapping, dict, typing.Mapping) or tp in (dict, Mapping):
+            if not isinstance(value, Mapping):
+                raise self.error(f"{place} must be a mapping, got {_describe(value)}")
+            return dict(value)
+        if tp is Path:
+            if not isinstance(value, (str, Path)):
+                raise self.error(f"{place} must be a path, got {_describe(value)}")
+            path = Path(value).expanduser()
+            return path if path.is_absolute() or self.base_dir is None else self.base_dir / path
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise self.error(f"{place} must be true or false, got {_describe(value)}")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.error(f"{place} must be an integer, got {_describe(value)}")
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self.error(f"{place} must be a number, got {_describe(value)}")
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                raise self.error(f"{place} must be a string, got {_describe(value)} (quote it in YAML)")
+            return value
+        raise TypeError(f"cannot structure {tp!r} at {place}")  # a bug in a value class, not user input
+
+    def tuple_(self, tp: Any, value: Any, place: str) -> tuple[Any, ...]:
+        args = typing.get_args(tp)
+        if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:  # a single item where a list is allowed
+                return (self.convert(args[0], value, _join(place, 0)),)
+            raise self.error(f"{place} must be a list of {len(args)} items, got {_describe(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(self.convert(args[0], v, _join(place, i)) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise self.error(f"{place} must be a list of {len(args)} items, got {_describe(value)}")
+        return tuple(self.convert(a, v, _join(place, i)) for i, (a, v) in enumerate(zip(args, value)))
+
+    def component_ref(self, value: Any, place: str) -> ComponentRef:
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, Mapping) or "name" not in value:
+            raise self.error(
+                f"{place} must be a component name or a mapping with 'name' and its options, got {_describe(value)}",
+                key="name", place=place,
+            )
+        options = {k: v for k, v in value.items() if k != "name"}
+        return self.build(ComponentRef, {"name": value["name"], "options": options}, place)
+
+    def structure(self, cls: type, value: Any, place: str) -> Any:
+        if not isinstance(value, Mapping):
+            raise self.error(f"{place or 'the job'} must be a mapping, got {_describe(value)}")
+        fields = attrs.fields_dict(cls)
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for key, item in value.items():
+            if key not in fields or not fields[key].init:
+                valid = [name for name, f in fields.items() if f.init]
+                close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+                where = f"in {place}" if place else "at the top level"
+                hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+                raise self.error(
+                    f"unknown key {key!r} {where}{hint}", key=str(key), place=place,
+                    suggestion=close[0] if close else None,
+                )
+            kwargs[key] = self.convert(hints[key], item, _join(place, key))
+        return self.build(cls, kwargs, place)
+
+    def build(self, cls: type, kwargs: dict[str, Any], place: str) -> Any:
+        missing = [
+            name for name, f in attrs.fields_dict(cls).items()
+            if f.init and f.default is attrs.NOTHING and name not in kwargs
+        ]
+        if missing:
+            where = f" in {place}" if place else ""
+            raise self.error(f"missing required key {missing[0]!r}{where}", key=missing[0], place=place)
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError) as exc:
+            where = f"{place}: " if place else ""
+            raise self.error(f"{where}{exc}", place=place) from exc
+
+
+def structure(cls: type, value: Any, *, place: str = "", base_dir: Path | None = None, source: str | None = None) -> Any:
+    """Build attrs class ``cls`` from a plain mapping, rejecting unknown keys.
+
+    :param place: dotted location of ``value``, used in error messages.
+    :param base_dir: folder that relative ``Path`` values are resolved against.
+    :param source: file name shown in error messages.
+    :raises ConfigError: on the first problem, naming key, place and the closest valid key.
+    """
+    return _Structurer(base_dir, source).convert(cls, value, place)
+
+
+def unstructure(value: Any) -> Any:
+    """Plain YAML-ready data from values built by :func:`structure` (the inverse, up to paths)."""
+    if isinstance(value, ComponentRef):
+        return {"name": value.name, **{k: unstructure(v) for k, v in value.options.items()}}
+    if isinstance(value, EditSpec):
+        data = {f.name: unstructure(getattr(value, f.name)) for f in attrs.fields(EditSpec) if f.name != "base_dir"}
+        data["regions"] = {r.name: r.prompt for r in value.regions}
+        return data
+    if attrs.has(type(value)):
+        return {f.name: unstructure(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, (list, tuple)):
+        return [unstructure(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): unstructure(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def load_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError("job", str(path), f"cannot read the job file ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", source=str(path)) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a job file must hold a mapping, got {type(data).__name__}", source=str(path))
+    return data
+
+
+def _normalise_regions(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept ``regions`` as ``{name: prompt}`` (the usual form) as well as a list of mappings."""
+    regions = data.get("regions")
+    if isinstance(regions, Mapping):
+        data = dict(data)
+        data["regions"] = [{"name": str(k), "prompt": "" if v is None else v} for k, v in regions.items()]
+    return data
+
+
+def job_from_mapping(data: Mapping[str, Any], *, base_dir: Path, source: str | None = None) -> EditSpec:
+    """An :class:`EditSpec` from a job mapping; relative paths are taken relative to ``base_dir``."""
+    data = _normalise_regions(dict(data))
+    if "base_dir" in data:
+        raise ConfigError("unknown key 'base_dir' at the top level (it is set from the job file's folder)",
+                          key="base_dir", source=source)
+    structurer = _Structurer(base_dir, source)
+    spec = structurer.structure(EditSpec, data, "")
+    return attrs.evolve(spec, base_dir=base_dir)
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``overrides`` (from CLI flags) into a job mapping; nested mappings merge key by key.
+
+    A component given as a plain name in the file (``blend: latent``) is widened to a mapping first, so
+    an override of one of its options keeps the name.
+    """
+    merged = dict(data)
+    for key, value in overrides.items():
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, str) and "name" not in value:
+            current = {"name": current}
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            merged[key] = apply_overrides(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_job(path: Path, overrides: Mapping[str, Any] | None = None) -> EditSpec:
+    """Read, override and validate a job file."""
+    path = Path(path)
+    data = apply_overrides(load_mapping(path), overrides or {})
+    return job_from_mapping(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def dump_job(spec: EditSpec) -> str:
+    """The resolved job as YAML (what ``stmod-run check --print`` shows and ``config.yaml`` holds)."""
+    return yaml.safe_dump(unstructure(spec), sort_keys=False, allow_unicode=True)

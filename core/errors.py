@@ -1,0 +1,178 @@
+"""Errors raised by stmod.
+
+Every error a user can cause is a :class:`StmodError`. Each subclass carries the data that explains it
+(the offending key, name or value and what would fix it), so callers can react programmatically and the
+CLI can print one clear line and exit with status 2. Anything that is *not* a ``StmodError`` is a bug
+and exits with status 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "StmodError",
+    "UsageError",
+    "ConfigError",
+    "UnknownComponentError",
+    "PluginConflictError",
+    "PluginLoadError",
+    "ComponentContractError",
+    "InputError",
+    "LayoutError",
+    "PromptError",
+    "CheckpointError",
+    "OutputExistsError",
+    "MissingDependencyError",
+]
+
+
+class StmodError(Exception):
+    """Root of every error a user can cause; its message is one line that says what to do."""
+
+    def __str__(self) -> str:  # one line, always: the CLI prints exactly this
+        return " ".join(super().__str__().split())
+
+
+class UsageError(StmodError):
+    """A command line or plugin selection that cannot be honoured."""
+
+
+class ConfigError(StmodError):
+    """A job file or option mapping that does not match the schema.
+
+    :ivar key: the offending key (or ``None`` when the problem is a value).
+    :ivar place: dotted path of the mapping that holds it, e.g. ``"modulation"`` (``""`` at top level).
+    :ivar suggestion: the closest valid key, if any.
+    :ivar source: the file the mapping came from, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        place: str = "",
+        suggestion: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.key, self.place, self.suggestion, self.source = key, place, suggestion, source
+        prefix = f"{source}: " if source else ""
+        super().__init__(prefix + message)
+
+
+class UnknownComponentError(StmodError):
+    """A component name that no loaded plugin registered.
+
+    :ivar kind: component kind, e.g. ``"blender"``.
+    :ivar name: the requested name.
+    :ivar available: ``{name: providing plugin}`` of what is registered.
+    """
+
+    def __init__(self, kind: str, name: str, available: dict[str, str]) -> None:
+        self.kind, self.name, self.available = kind, name, dict(available)
+        listing = ", ".join(f"{n} (from {p})" for n, p in sorted(available.items())) or "none"
+        super().__init__(f"unknown {kind} {name!r}; available: {listing}")
+
+
+class PluginConflictError(StmodError):
+    """Two plugins registered a component of the same kind under the same name.
+
+    :ivar kind: component kind.
+    :ivar name: the clashing name.
+    :ivar first: plugin that registered it first.
+    :ivar second: plugin that tried to register it again.
+    """
+
+    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+        self.kind, self.name, self.first, self.second = kind, name, first, second
+        super().__init__(
+            f"{kind} {name!r} is registered by both plugin {first!r} and plugin {second!r}; "
+            f"block one of them with -p no:{second} (or STMOD_DISABLE_PLUGINS={second})"
+        )
+
+
+class PluginLoadError(StmodError):
+    """A plugin that could not be imported or registered.
+
+    :ivar plugin: the plugin (entry-point) name.
+    :ivar reason: what went wrong, in one line.
+    """
+
+    def __init__(self, plugin: str, reason: str) -> None:
+        self.plugin, self.reason = plugin, reason
+        super().__init__(f"plugin {plugin!r} failed to load: {reason}")
+
+
+class ComponentContractError(StmodError):
+    """A registered component that does not honour its protocol (a plugin bug, named by plugin)."""
+
+    def __init__(self, kind: str, name: str, plugin: str, problem: str) -> None:
+        self.kind, self.name, self.plugin, self.problem = kind, name, plugin, problem
+        super().__init__(f"{kind} {name!r} from plugin {plugin!r} {problem}")
+
+
+class InputError(StmodError):
+    """An input file or value that cannot be used (unreadable video, bad frame selection, ...).
+
+    :ivar argument: the argument or job key at fault, e.g. ``"video.path"``.
+    :ivar value: its value.
+    """
+
+    def __init__(self, argument: str, value: object, problem: str) -> None:
+        self.argument, self.value = argument, value
+        super().__init__(f"{argument}={value!r}: {problem}")
+
+
+class LayoutError(StmodError):
+    """Masks that do not fit the job (missing region, frame count or size mismatch, empty mask, ...).
+
+    :ivar region: the region concerned, if one.
+    """
+
+    def __init__(self, message: str, *, region: str | None = None) -> None:
+        self.region = region
+        super().__init__(message)
+
+
+class PromptError(StmodError):
+    """A prompt that cannot be used: too long, or a local prompt not found in the global prompt.
+
+    :ivar prompt: the offending prompt.
+    """
+
+    def __init__(self, message: str, *, prompt: str) -> None:
+        self.prompt = prompt
+        super().__init__(message)
+
+
+class CheckpointError(StmodError):
+    """Model weights that are missing or unusable; the message says how to provide them.
+
+    :ivar location: the hub id, folder or file that was asked for.
+    """
+
+    def __init__(self, location: str, problem: str) -> None:
+        self.location = location
+        super().__init__(f"{location}: {problem}")
+
+
+class OutputExistsError(StmodError):
+    """The output folder exists and ``--overwrite`` was not given."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"output folder {path} already exists; pass --overwrite to replace it or choose --out")
+
+
+class MissingDependencyError(StmodError):
+    """An optional package a component needs is not installed.
+
+    :ivar component: the component that needs it.
+    :ivar packages: what to install.
+    """
+
+    def __init__(self, component: str, packages: Sequence[str], extra: str | None = None) -> None:
+        self.component, self.packages = component, tuple(packages)
+        how = f"pip install 'stmod[{extra}]'" if extra else "pip install " + " ".join(packages)
+        super().__init__(f"{component} needs {', '.join(packages)}, which is not installed; run: {how}")

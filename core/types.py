@@ -1,0 +1,261 @@
+"""Frozen value objects that describe an edit.
+
+All are ``attrs`` frozen, keyword-only classes with validators; derive variants with ``attrs.evolve``.
+They hold no behaviour beyond small derived properties. YAML is turned into them by
+:mod:`stmod.core.config`, never by ``Cls(**mapping)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import torch
+from attrs import field, frozen, validators
+
+__all__ = [
+    "NAME_PATTERN",
+    "Region",
+    "VideoSource",
+    "ComponentRef",
+    "ControlSpec",
+    "ModulationConfig",
+    "EditSpec",
+    "LayoutMasks",
+    "LayoutRequest",
+]
+
+#: Region and component names: letters, digits, ``_``, ``-`` and ``.``; they become folder names.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+Preset = Literal["videograin", "paper"]
+TemporalFocus = Literal["full", "per-frame", "sparse-causal"]
+MaskDownsample = Literal["nearest", "area"]
+
+
+def _valid_name(_: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not NAME_PATTERN.match(value):
+        raise ValueError(
+            f"{attribute.name} {value!r} is not a valid name: use letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return dict(value or {})
+
+
+@frozen(kw_only=True)
+class Region:
+    """One edited region: a name (matching its mask) and the local prompt that should land in it.
+
+    An empty ``prompt`` keeps the region in self-attention modulation and the latent blend but gives it
+    no text tokens (the official code's behaviour for masks without a local prompt).
+    """
+
+    name: str = field(validator=_valid_name)
+    prompt: str = field(default="", validator=validators.instance_of(str))
+
+
+@frozen(kw_only=True)
+class VideoSource:
+    """A clip on disk (mp4/mov/webm/gif file or a folder of frames) and which frames to edit.
+
+    Frame ``i`` of the edit is source frame ``start + i * every`` for ``i < frames`` (all remaining
+    frames when ``frames`` is ``None``). ``size`` is ``(width, height)`` in pixels, each a multiple of
+    64; frames are scaled to cover it and centre-cropped, and masks get the same transform.
+    """
+
+    path: Path = field(converter=Path)
+    start: int = field(default=0, validator=validators.ge(0))
+    every: int = field(default=1, validator=validators.ge(1))
+    frames: int | None = field(default=None, validator=validators.optional(validators.ge(1)))
+    size: tuple[int, int] = field(default=(512, 512), converter=tuple)
+
+    @size.validator
+    def _check_size(self, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
+        if len(value) != 2 or any((not isinstance(v, int)) or v < 64 or v % 64 for v in value):
+            raise ValueError(f"size {value!r} must be (width, height), each a positive multiple of 64")
+
+    def indices(self, available: int) -> list[int]:
+        """Source frame indices selected from a clip of ``available`` frames."""
+        picked = list(range(self.start, available, self.every))
+        return picked if self.frames is None else picked[: self.frames]
+
+
+@frozen(kw_only=True)
+class ComponentRef:
+    """A component chosen by name, with the options passed to its factory (validated by its plugin)."""
+
+    name: str = field(validator=_valid_name)
+    options: Mapping[str, Any] = field(factory=dict, converter=_frozen_mapping)
+
+
+@frozen(kw_only=True)
+class ControlSpec:
+    """One ControlNet: the annotator that makes its control images, its weights and its scale."""
+
+    annotator: ComponentRef
+    model: str | None = None
+    scale: float = field(default=1.0, validator=validators.ge(0.0))
+
+
+@frozen(kw_only=True)
+class ModulationConfig:
+    """How ST-Layout attention modulates cross- and self-attention (design §4).
+
+    ``preset`` picks the semantics (``videograin``: the official code; ``paper``: the equations); the
+    other fields tune it. Modulation is active for denoising steps ``start_step <= i < end_step``.
+    """
+
+    preset: Preset = field(default="videograin", validator=validators.in_(("videograin", "paper")))
+    start_step: int = field(default=0, validator=validators.ge(0))
+    end_step: int = field(default=15, validator=validators.ge(0))
+    self_strength: float = field(default=0.3, validator=validators.ge(0.0))
+    cross_strength: float = field(default=1.0, validator=validators.ge(0.0))
+    time_exponent: float = field(default=5.0, validator=validators.ge(0.0))
+    modulate_cross: bool = field(default=True, validator=validators.instance_of(bool))
+    modulate_self: bool = field(default=True, validator=validators.instance_of(bool))
+    temporal: TemporalFocus = field(
+        default="full", validator=validators.in_(("full", "per-frame", "sparse-causal"))
+    )
+    mask_downsample: MaskDownsample = field(default="nearest", validator=validators.in_(("nearest", "area")))
+
+    @end_step.validator
+    def _check_window(self, attribute: attrs.Attribute, value: int) -> None:
+        if value < self.start_step:
+            raise ValueError(f"end_step {value} must not be smaller than start_step {self.start_step}")
+
+    def active(self, step_index: int) -> bool:
+        """Whether denoising step ``step_index`` (0-based) lies in the modulation window."""
+        return self.start_step <= step_index < self.end_step
+
+
+def _unique_regions(_: Any, attribute: attrs.Attribute, value: tuple[Region, ...]) -> None:
+    seen: set[str] = set()
+    for region in value:
+        if region.name in seen:
+            raise ValueError(f"region {region.name!r} is listed twice")
+        seen.add(region.name)
+
+
+@frozen(kw_only=True)
+class EditSpec:
+    """Everything one edit needs, validated, before any model is loaded.
+
+    ``regions`` are keyed by name: each name must match a mask of the layout. ``layout`` may combine
+    several providers (e.g. SAM 2 for people, K-Means for the background). ``base_dir`` is the folder
+    that relative paths in component options are resolved against (the job file's folder).
+    """
+
+    video: VideoSource
+    prompt: str = field(validator=validators.instance_of(str))
+    source_prompt: str = ""
+    negative_prompt: str = ""
+    regions: tuple[Region, ...] = field(factory=tuple, converter=tuple, validator=_unique_regions)
+    layout: tuple[ComponentRef, ...] = field(factory=tuple, converter=tuple)
+    backbone: ComponentRef = field(factory=lambda: ComponentRef(name="sd15"))
+    blend: ComponentRef = field(factory=lambda: ComponentRef(name="none"))
+    modulator: ComponentRef = field(factory=lambda: ComponentRef(name="st-layout"))
+    control: tuple[ControlSpec, ...] = field(factory=tuple, converter=tuple)
+    modulation: ModulationConfig = field(factory=ModulationConfig)
+    seed: int = 0
+    steps: int = field(default=50, validator=validators.ge(1))
+    guidance: float = field(default=7.5, validator=validators.ge(0.0))
+    output: Path = field(default=Path("stmod-out"), converter=Path)
+    overwrite: bool = False
+    save_attention: bool = False
+    base_dir: Path = field(default=Path("."), converter=Path)
+
+    @prompt.validator
+    def _check_prompt(self, attribute: attrs.Attribute, value: str) -> None:
+        if not value.strip():
+            raise ValueError("prompt (the global target prompt) must not be empty")
+
+    def region(self, name: str) -> Region:
+        """The region called ``name``."""
+        for region in self.regions:
+            if region.name == name:
+                return region
+        raise KeyError(name)
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.regions)
+
+
+def _check_masks(instance: LayoutMasks, attribute: attrs.Attribute, value: torch.Tensor) -> None:
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or value.ndim != 4:
+        raise ValueError("masks must be a bool tensor of shape (frames, regions, height, width)")
+
+
+@frozen(kw_only=True)
+class LayoutMasks:
+    """Region masks for every frame: ``masks`` is bool ``(F, K, H, W)``; ``names[k]`` names region k.
+
+    Masks may overlap and may leave pixels uncovered; what that means is up to the modulation preset.
+    ``H, W`` is the pixel size of the edit (the same transform as the frames).
+    """
+
+    masks: torch.Tensor = field(eq=False, validator=_check_masks)
+    names: tuple[str, ...] = field(converter=tuple)
+
+    @names.validator
+    def _check_names(self, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+        if len(value) != self.masks.shape[1]:
+            raise ValueError(f"{len(value)} region names for {self.masks.shape[1]} masks")
+        if len(set(value)) != len(value):
+            raise ValueError(f"region names must be unique, got {list(value)}")
+        for name in value:
+            if not NAME_PATTERN.match(name):
+                raise ValueError(f"region name {name!r} is not a valid name")
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.masks.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)`` of the masks."""
+        return int(self.masks.shape[2]), int(self.masks.shape[3])
+
+    def union(self) -> torch.Tensor:
+        """Bool ``(F, H, W)``: pixels covered by at least one region."""
+        return self.masks.any(dim=1)
+
+    def select(self, names: tuple[str, ...] | list[str]) -> LayoutMasks:
+        """The masks of ``names``, in that order (a missing name raises ``KeyError``)."""
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise KeyError(f"no mask for region(s) {missing}; masks exist for {list(self.names)}")
+        index = [self.names.index(n) for n in names]
+        return LayoutMasks(masks=self.masks[:, index], names=tuple(names))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LayoutMasks):
+            return NotImplemented
+        return self.names == other.names and torch.equal(self.masks, other.masks)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@frozen(kw_only=True)
+class LayoutRequest:
+    """What a layout provider gets to build masks for one edit.
+
+    ``frame_indices`` are the source frame indices selected by the job; ``source_size`` is the
+    ``(height, width)`` of the source frames before the transform; ``transform`` maps a stack of
+    source-sized masks ``uint8/bool (F, H_src, W_src)`` to the edit size exactly as the frames were
+    mapped (nearest sampling); ``frames`` are the edit's frames ``uint8 (F, H, W, 3)``;
+    ``features`` holds inversion features for providers that ask for them (else ``None``).
+    """
+
+    spec: EditSpec
+    frame_indices: tuple[int, ...] = field(converter=tuple)
+    source_size: tuple[int, int] = field(converter=tuple)
+    transform: Any = field(eq=False)
+    frames: Any = field(eq=False)
+    features: Any = field(default=None, eq=False)

@@ -1,0 +1,127 @@
+"""Job validation before any model is loaded, and construction of the job's components.
+
+:func:`check_job` is what ``stmod-run check`` runs and what ``edit`` runs first: it resolves every
+component by name, validates its options, assigns regions to layout providers, and asks each
+component to check its own files. Component factories are cheap by contract, so nothing heavy loads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from stmod.core.errors import ConfigError, InputError, OutputExistsError
+from stmod.core.types import ComponentRef, ControlSpec, EditSpec
+from stmod.plugins.registry import Registry
+
+__all__ = ["LayoutAssignment", "Components", "assign_layout_regions", "build_components", "check_job"]
+
+
+@attrs.frozen(kw_only=True)
+class LayoutAssignment:
+    """One layout provider of the job and the regions it supplies."""
+
+    ref: ComponentRef
+    regions: tuple[str, ...]
+    place: str
+
+
+def assign_layout_regions(spec: EditSpec) -> tuple[LayoutAssignment, ...]:
+    """Split the job's regions between its layout providers.
+
+    A layout entry may list ``regions: [a, b]``; at most one entry may omit it and then supplies every
+    region not listed elsewhere. Each region must be supplied by exactly one provider.
+    """
+    if not spec.layout:
+        if spec.regions:
+            raise ConfigError("the job has regions but no layout; add e.g. layout: {name: masks, dir: masks/}",
+                              key="layout")
+        return ()
+    names = spec.region_names
+    explicit: list[tuple[int, tuple[str, ...]]] = []
+    implicit: list[int] = []
+    for i, ref in enumerate(spec.layout):
+        listed = ref.options.get("regions")
+        if listed is None:
+            implicit.append(i)
+            continue
+        if isinstance(listed, str):
+            listed = [listed]
+        if not isinstance(listed, (list, tuple)) or not all(isinstance(n, str) for n in listed):
+            raise ConfigError(f"layout[{i}].regions must be a list of region names, got {listed!r}")
+        for name in listed:
+            if name not in names:
+                raise ConfigError(f"layout[{i}] ({ref.name}) lists region {name!r}, which is not in regions "
+                                  f"({', '.join(names) or 'none'})")
+        explicit.append((i, tuple(listed)))
+    if len(implicit) > 1:
+        raise ConfigError("several layout providers without 'regions:'; list the regions each one supplies")
+    owner: dict[str, int] = {}
+    for i, listed in explicit:
+        for name in listed:
+            if name in owner:
+                raise ConfigError(f"region {name!r} is supplied by layout[{owner[name]}] and layout[{i}]; pick one")
+            owner[name] = i
+    assigned = {i: listed for i, listed in explicit}
+    rest = tuple(n for n in names if n not in owner)
+    if implicit:
+        assigned[implicit[0]] = rest
+    elif rest:
+        raise ConfigError(f"no layout provider supplies region(s) {', '.join(rest)}; add them to a layout's regions")
+    return tuple(
+        LayoutAssignment(ref=attrs.evolve(ref, options={k: v for k, v in ref.options.items() if k != "regions"}),
+                         regions=assigned[i], place=f"layout[{i}] ({ref.name})")
+        for i, ref in enumerate(spec.layout)
+    )
+
+
+@attrs.define(kw_only=True)
+class Components:
+    """The components an edit uses, built from the registry (no weights loaded)."""
+
+    backbone: Any
+    modulator: Any
+    blender: Any
+    layouts: list[tuple[Any, LayoutAssignment]]
+    annotators: list[tuple[Any, ControlSpec]]
+
+
+def build_components(spec: EditSpec, registry: Registry) -> Components:
+    """Create every component the job names, validating their options."""
+
+    def make(kind: str, ref: ComponentRef, place: str) -> Any:
+        return registry.create(kind, ref.name, ref.options, place=place)
+
+    return Components(
+        backbone=make("backbone", spec.backbone, f"backbone ({spec.backbone.name})"),
+        modulator=make("modulator", spec.modulator, f"modulator ({spec.modulator.name})"),
+        blender=make("blender", spec.blend, f"blend ({spec.blend.name})"),
+        layouts=[(make("layout", a.ref, a.place), a) for a in assign_layout_regions(spec)],
+        annotators=[(make("annotator", c.annotator, f"control[{i}] ({c.annotator.name})"), c)
+                    for i, c in enumerate(spec.control)],
+    )
+
+
+def _check_output(spec: EditSpec) -> None:
+    out = spec.output if spec.output.is_absolute() else spec.output.absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError("output", str(out), "exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not spec.overwrite:
+        raise OutputExistsError(str(out))
+
+
+def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) -> Components:
+    """Validate ``spec`` and its files without loading a model; returns the built components."""
+    if not spec.video.path.exists():
+        raise InputError("video.path", str(spec.video.path), "no such file or folder")
+    if check_output:
+        _check_output(spec)
+    components = build_components(spec, registry)
+    for annotator, _ in components.annotators:
+        annotator.check(spec)
+    for provider, assignment in components.layouts:
+        provider.check(spec, assignment.regions)
+    components.backbone.check(spec)
+    return components
+

@@ -1,0 +1,1 @@
+"""Layout providers: where each region is, per frame (mask folders, boxes, SAM 2, K-Means)."""

@@ -1,0 +1,175 @@
+"""Helpers for testing stmod plugins (and stmod itself).
+
+* :func:`fresh_plugin_manager` — an isolated plugin manager with your plugin registered, no entry
+  points loaded, nothing global touched.
+* :func:`run_cli` — run ``stmod-run`` in-process and capture exit status, stdout and stderr.
+* Stand-in components that satisfy the protocols without any model: :class:`IdentityBackbone`,
+  :class:`ConstantLayoutProvider`, :class:`PassThroughAnnotator`, :class:`NullModulator`. This
+  module is itself a plugin that registers them (``identity``, ``full-frame``, ``passthrough``,
+  ``null``): ``stmod-run -p stmod.testing check job.yaml``.
+
+Example::
+
+    from stmod.testing import fresh_plugin_manager
+    import my_plugin
+
+    def test_registers_my_blender():
+        pm = fresh_plugin_manager(my_plugin)
+        assert "mine" in pm.registry.components("blender")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stmod import hookimpl
+from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
+from stmod.plugins.manager import StmodPluginManager, make_plugin_manager
+
+__all__ = [
+    "fresh_plugin_manager",
+    "CliResult",
+    "run_cli",
+    "IdentityBackbone",
+    "ConstantLayoutProvider",
+    "PassThroughAnnotator",
+    "NullModulator",
+]
+
+
+def fresh_plugin_manager(
+    *plugins: object,
+    plugin_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    load_entrypoints: bool = False,
+) -> StmodPluginManager:
+    """A new plugin manager with the built-ins plus ``plugins`` (modules or objects with hookimpls).
+
+    Entry points are not loaded unless ``load_entrypoints`` is true, and the process environment is
+    ignored unless passed as ``env``, so tests do not depend on what else is installed.
+    """
+    extra = {getattr(p, "__name__", f"test-plugin-{i}"): p for i, p in enumerate(plugins)}
+    return make_plugin_manager(plugin_args=plugin_args, env=env or {}, load_entrypoints=load_entrypoints,
+                               extra_plugins=extra)
+
+
+@attrs.frozen
+class CliResult:
+    """Outcome of :func:`run_cli`."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> CliResult:
+    """Run ``stmod-run argv`` in this process; ``env`` replaces ``os.environ`` for plugin selection."""
+    from stmod.core.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv), stdout=out, stderr=err, env=env)
+    return CliResult(exit_code=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+class IdentityBackbone:
+    """A backbone without a model: latents are the frames average-pooled by 8 (first 3 channels + a zero).
+
+    ``decode(encode(x))`` is the nearest-upsampled block average of ``x``. Useful to test layout,
+    blending and orchestration code quickly.
+    """
+
+    scale_factor = 8
+
+    def __init__(self) -> None:
+        self.loaded = False
+
+    def check(self, spec: EditSpec) -> None:
+        return None
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        pooled = F.avg_pool2d(frames.float(), self.scale_factor)
+        return torch.cat([pooled, torch.zeros_like(pooled[:, :1])], dim=1)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(latents[:, :3], scale_factor=self.scale_factor, mode="nearest").clamp(-1, 1)
+
+
+class ConstantLayoutProvider:
+    """Serves fixed masks: ``masks`` (a :class:`LayoutMasks`) or, if ``None``, full-frame regions."""
+
+    needs_inversion_features = False
+
+    def __init__(self, masks: LayoutMasks | None = None) -> None:
+        self.masks = masks
+
+    def check(self, spec: EditSpec, regions: Sequence[str]) -> None:
+        if self.masks is not None:
+            self.masks.select(list(regions))
+
+    def layout(self, request: LayoutRequest, regions: Sequence[str]) -> LayoutMasks:
+        if self.masks is not None:
+            return self.masks.select(list(regions))
+        frames = np.asarray(request.frames)
+        shape = (frames.shape[0], len(regions), frames.shape[1], frames.shape[2])
+        return LayoutMasks(masks=torch.ones(shape, dtype=torch.bool), names=tuple(regions))
+
+
+class PassThroughAnnotator:
+    """Uses the frames themselves as control images."""
+
+    def check(self, spec: EditSpec) -> None:
+        return None
+
+    def annotate(self, frames: np.ndarray) -> np.ndarray:
+        return np.array(frames, dtype=np.uint8, copy=True)
+
+
+class NullModulator:
+    """Installs nothing and passes no per-call arguments: plain attention everywhere."""
+
+    def prepare(self, plan: Any) -> None:
+        self.plan = plan
+
+    @contextlib.contextmanager
+    def install(self, model: torch.nn.Module, *, role: str) -> Iterator[None]:
+        yield
+
+    def call_kwargs(self, *, phase: str, step_index: int, timestep: int) -> dict[str, Any]:
+        return {}
+
+
+# ``stmod-run -p stmod.testing ...`` registers the stand-ins, so a job can be checked or orchestrated
+# end to end without any model.
+
+
+@hookimpl
+def stmod_register_backbones(register) -> None:
+    register.add("identity", IdentityBackbone, summary="stand-in backbone without a model (stmod.testing)")
+
+
+@hookimpl
+def stmod_register_modulators(register) -> None:
+    register.add("null", NullModulator, summary="stand-in modulator: plain attention (stmod.testing)")
+
+
+@hookimpl
+def stmod_register_layout_providers(register) -> None:
+    register.add("full-frame", ConstantLayoutProvider,
+                 summary="stand-in layout: every region covers the whole frame (stmod.testing)")
+
+
+@hookimpl
+def stmod_register_annotators(register) -> None:
+    register.add("passthrough", PassThroughAnnotator, summary="stand-in annotator: frames as control (stmod.testing)")

@@ -1,0 +1,66 @@
+"""Shared fixtures. No test touches the network: hub access fails at once instead of retrying."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+
+def write_clip(path: Path, frames: int = 4, size: tuple[int, int] = (64, 64), fps: int = 8) -> Path:
+    """A small H.264 clip of a moving square (written with PyAV directly)."""
+    import av
+
+    height, width = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            image = np.full((height, width, 3), 40, dtype=np.uint8)
+            image[8:24, 8 + 4 * i:24 + 4 * i] = (220, 30, 30)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture
+def make_clip():
+    """``make_clip(path, frames=4, size=(h, w), fps=8)`` writes a small synthetic H.264 clip."""
+    return write_clip
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Path:
+    return write_clip(tmp_path / "clip.mp4")
+
+
+@pytest.fixture
+def job_file(tmp_path: Path, clip: Path):
+    """Write a job file next to the clip; returns ``write(**overrides) -> path``."""
+
+    def write(name: str = "job.yaml", **overrides) -> Path:
+        job = {
+            "video": {"path": clip.name, "frames": 4, "size": [64, 64]},
+            "prompt": "a red cat",
+            "regions": {"cat": "red cat"},
+            "layout": {"name": "full-frame"},
+            "backbone": "identity",
+            "modulator": "null",
+            "output": "out",
+        }
+        job.update(overrides)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(job))
+        return path
+
+    return write

@@ -1,0 +1,41 @@
+"""The built wheel: one `stmod` namespace, nothing named `core` or `plugins` at the top."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ["pyproject.toml", "README.md", "stmod", "core", "plugins", "backbones", "layouts"]
+
+
+def test_wheel_has_only_the_stmod_namespace(tmp_path: Path) -> None:
+    """Every package folder lands under stmod/; no top-level core/plugins/backbones/layouts."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in SOURCES:
+        item = ROOT / name
+        if item.is_dir():
+            shutil.copytree(item, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(item, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("stmod-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"stmod"}
+    for folder, package in (("core", "stmod/core"), ("plugins", "stmod/plugins"),
+                            ("backbones", "stmod/backbones"), ("layouts", "stmod/layouts")):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.relative_to(ROOT / folder).as_posix()
+            assert f"{package}/{rel}" in names, f"{folder}/{rel} is missing from the wheel (add it to pyproject)"
+        for module in (ROOT / folder).rglob("*.py"):
+            rel = module.relative_to(ROOT / folder).as_posix()
+            assert f"{package}/{rel}" in names, f"{folder}/{rel} is missing from the wheel"
+    assert "stmod/py.typed" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "stmod-run = stmod.core.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
