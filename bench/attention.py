@@ -1,0 +1,280 @@
+"""Benchmark of one modulated spatio-temporal self-attention call (not a test).
+
+Compares, on the same inputs (F frames × N tokens form one sequence of L = F·N tokens, 8 heads,
+head dim 80, three moving regions plus uncovered background, ξ(981)·0.3 strength):
+
+(a) ``plain``    — ``F.scaled_dot_product_attention`` over the whole video (the unmodulated engine path);
+(b) ``ours``     — :func:`stmod.core.attention.modulated_attention` (two passes, no L×L tensor),
+                   labels from :func:`stmod.core.modulation.level_layout`;
+(c) ``official`` — the official code's style: a dense fp16 ``(L, L)`` condition map ``Σ_s m_s m_sᵀ``
+                   and, per head, a materialised score slice modulated in place, softmax, ``@V``.
+
+Time is wall-clock of the attention call: (a) and (b) best of ``--repeats`` runs, alternated in one
+process so that load changes on a shared machine hit both alike; (c) one run. Per-run
+precomputation (our codes, the official map) is excluded from time but its memory is counted.
+
+Peak extra memory = the most memory in use during the call (labels/map, temporaries, output) minus
+what was in use before (inputs already existed). How it is measured:
+
+* CPU: each variant runs in a **fresh subprocess** started with ``MALLOC_MMAP_THRESHOLD_=65536`` (glibc
+  then maps every allocation ≥ 64 KiB separately and returns it on free, so resident memory follows
+  live memory). After a small warm-up call (thread pools, lazy init), the child resets its resident
+  high-water mark (``/proc/self/clear_refs`` ← 5) and reports ``VmHWM − VmRSS(before)``. This sees
+  everything, including buffers inside ATen kernels. As a cross-check the child also runs the call once
+  under a ``TorchDispatchMode`` that adds up the bytes of every new tensor storage an ATen op returns
+  and subtracts them when the storage is freed (peak of live tensor bytes; blind to kernel-internal
+  scratch). Both are printed; the ratio uses the resident (RSS) figure.
+* CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the allocation
+  before the call.
+
+Usage: ``python bench/attention.py`` (CPU, F=16, 32×32; plus fp16 GPU sizes when CUDA is present),
+``--quick`` for a small run, ``--repeats N``, ``--budget-mb M`` (our working-memory budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from stmod.core.attention import modulated_attention
+from stmod.core.modulation import level_layout, rules_for, time_weight
+
+HEADS, HEAD_DIM, STRENGTH = 8, 80, 0.3
+VARIANTS = ("plain", "ours", "official")
+
+
+def make_inputs(frames: int, grid: tuple[int, int], dtype: torch.dtype, device: str, seed: int = 0):
+    """Random q, k, v ``(1, H, F·N, d)`` and bool region masks ``(F, 3, h, w)`` (some pixels in none)."""
+    g = torch.Generator().manual_seed(seed)
+    length = frames * grid[0] * grid[1]
+    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, generator=g).to(device, dtype) for _ in range(3))
+    h, w = grid
+    masks = torch.zeros(frames, 3, h, w, dtype=torch.bool)
+    for f in range(frames):
+        shift = f * w // (4 * frames)
+        masks[f, 0, h // 8 : h // 2, w // 8 + shift : w // 2 + shift] = True
+        masks[f, 1, h // 2 :, w // 3 : w - w // 8] = True
+        masks[f, 2, : h // 8] = True
+    return q, k, v, masks
+
+
+def prepare(variant: str, masks: torch.Tensor, device: str, dtype: torch.dtype) -> Any:
+    """Per-run precomputation: our per-token codes, or the official dense map and size column."""
+    if variant == "ours":
+        return level_layout(masks, masks.shape[-2:], rules=rules_for("videograin"), spans=[None] * 3).to(device)
+    if variant == "official":
+        frames, regions = masks.shape[:2]
+        flat = masks.permute(1, 0, 2, 3).reshape(regions, -1).to(device, torch.float16)
+        dense = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float16, device=device)
+        for s in range(regions):  # Σ_s m_s m_sᵀ, accumulated (the official builds an (s, L, L) product)
+            dense.addr_(flat[s], flat[s])
+        area = flat.sum(1, keepdim=True)  # region sizes over the video
+        size = 1 - (flat * area).sum(0) / (frames * frames * masks.shape[-2] * masks.shape[-1])
+        return dense[None], size.view(1, -1, 1).to(torch.float16)
+    return None
+
+
+def run(variant: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prepared: Any, budget: int) -> torch.Tensor:
+    """One attention call of ``variant``; returns ``(1, H, L, d)``."""
+    xi = time_weight(981)
+    if variant == "plain":
+        return F.scaled_dot_product_attention(q, k, v)
+    if variant == "ours":
+        layout = prepared
+        lam = (xi * STRENGTH * layout.self_size).reshape(1, -1)
+        codes = layout.self_codes.reshape(1, -1)
+        return modulated_attention(q, k, v, strength=lam, query_codes=codes, key_codes=codes,
+                                   relation=layout.self_relation, budget_bytes=budget)
+    sreg_map, reg_size = prepared
+    scale = q.shape[-1] ** -0.5
+    out = torch.empty_like(q)
+    for h in range(q.shape[1]):  # official _sliced_attention: one head per slice, full (L, L) scores
+        sim = torch.baddbmm(torch.empty(1, q.shape[2], k.shape[2], dtype=q.dtype, device=q.device),
+                            q[:, h], k[:, h].transpose(-1, -2), beta=0, alpha=scale)
+        min_value = sim.min(-1)[0].unsqueeze(-1)
+        max_value = sim.max(-1)[0].unsqueeze(-1)
+        mask = sreg_map.repeat(1, 1, 1)
+        size_reg = reg_size.repeat(1, 1, 1)
+        sim += (mask > 0) * size_reg * STRENGTH * xi * (max_value - sim)
+        sim -= ~(mask > 0) * size_reg * STRENGTH * xi * (sim - min_value)
+        out[:, h] = torch.bmm(sim.softmax(dim=-1).to(v.dtype), v[:, h])
+        del sim, mask, size_reg, min_value, max_value
+    return out
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of tensor storages created by ATen ops while active (freed storages are subtracted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: set[int] = set()
+
+    def _free(self, ptr: int, nbytes: int) -> None:
+        self._seen.discard(ptr)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                ptr, nbytes = storage.data_ptr(), storage.nbytes()
+                if nbytes and ptr not in self._seen:
+                    self._seen.add(ptr)
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, ptr, nbytes)
+        return out
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _timed(fn: Callable[[], Any], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure one variant's memory (and time) on CPU in this fresh process."""
+    torch.manual_seed(0)
+    budget = int(args.budget_mb * 2**20)
+    wq, wk, wv, wm = make_inputs(1, (8, 8), torch.float32, "cpu")
+    run(args.child, wq, wk, wv, prepare(args.child, wm, "cpu", torch.float32), budget)  # warm-up
+    q, k, v, masks = make_inputs(args.frames, (args.grid, args.grid), torch.float32, "cpu")
+    before = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident size
+    prepared = prepare(args.child, masks, "cpu", torch.float32)
+    seconds = _timed(lambda: run(args.child, q, k, v, prepared, budget), "cpu")
+    rss = _status("VmHWM") - before
+    del prepared
+    with LiveTensorBytes() as probe:
+        run(args.child, q, k, v, prepare(args.child, masks, "cpu", torch.float32), budget)
+    return {"variant": args.child, "seconds": seconds, "rss": rss, "tracked": probe.peak}
+
+
+def timing_child(args: argparse.Namespace) -> dict[str, float]:
+    """Best-of-N times of ``plain`` and ``ours``, alternated so that load changes hit both alike."""
+    budget = int(args.budget_mb * 2**20)
+    q, k, v, masks = make_inputs(args.frames, (args.grid, args.grid), torch.float32, "cpu")
+    prepared = {name: prepare(name, masks, "cpu", torch.float32) for name in ("plain", "ours")}
+    best = {name: math.inf for name in prepared}
+    for _ in range(args.repeats):
+        for name in prepared:
+            best[name] = min(best[name], _timed(lambda: run(name, q, k, v, prepared[name], budget), "cpu"))
+    return best
+
+
+def cpu_table(frames: int, grid: int, repeats: int, budget_mb: float) -> dict[str, dict[str, Any]]:
+    results = {}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    common = ["--frames", str(frames), "--grid", str(grid), "--repeats", str(repeats), "--budget-mb", str(budget_mb)]
+    for variant in (*VARIANTS, "timing"):
+        cmd = [sys.executable, __file__, "--child", variant, *common]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        if variant == "timing":
+            for name, seconds in result.items():
+                results[name]["seconds"] = min(results[name]["seconds"], seconds)
+        else:
+            results[variant] = result
+    return results
+
+
+def cuda_row(variant: str, frames: int, grid: int, repeats: int, budget: int) -> dict[str, Any]:
+    q, k, v, masks = make_inputs(frames, (grid, grid), torch.float16, "cuda")
+    run(variant, q[:, :, :64], k[:, :, :64], v[:, :, :64], prepare(variant, masks[:1, :, :8, :8], "cuda",
+        torch.float16), budget)  # warm-up (kernels, cuBLAS handles)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        prepared = prepare(variant, masks, "cuda", torch.float16)
+        seconds = min(_timed(lambda: run(variant, q, k, v, prepared, budget), "cuda") for _ in range(repeats))
+        peak = torch.cuda.max_memory_allocated() - before
+    except torch.OutOfMemoryError:
+        return {"variant": variant, "seconds": math.nan, "cuda": math.nan, "oom": True}
+    finally:
+        prepared = None
+        torch.cuda.empty_cache()
+    return {"variant": variant, "seconds": seconds, "cuda": peak}
+
+
+def _print_cpu(frames: int, grid: int, results: dict[str, dict[str, Any]]) -> None:
+    length = frames * grid * grid
+    print(f"\nCPU fp32, F={frames}, {grid}x{grid} latents per frame (L={length} tokens), {HEADS} heads, "
+          f"head dim {HEAD_DIM}, {torch.get_num_threads()} threads")
+    print(f"{'variant':<10}{'time (s)':>10}{'peak extra RSS (MiB)':>23}{'tracked tensors (MiB)':>24}")
+    for name in VARIANTS:
+        r = results[name]
+        print(f"{name:<10}{r['seconds']:>10.2f}{r['rss'] / 2**20:>23.1f}{r['tracked'] / 2**20:>24.1f}")
+    ours, plain, official = results["ours"], results["plain"], results["official"]
+    print(f"ours / plain time:        {ours['seconds'] / plain['seconds']:.2f}  (target <= 2.0)")
+    print(f"ours / official memory:   {ours['rss'] / official['rss']:.3f} RSS, "
+          f"{ours['tracked'] / official['tracked']:.3f} tracked  (target <= 0.1)")
+
+
+def _print_cuda(frames: int, grid: int, rows: dict[str, dict[str, Any]]) -> None:
+    print(f"\nCUDA fp16 ({torch.cuda.get_device_name()}), F={frames}, {grid}x{grid} "
+          f"(L={frames * grid * grid} tokens)")
+    print(f"{'variant':<10}{'time (ms)':>12}{'peak extra (GB)':>18}")
+    for name in VARIANTS:
+        r = rows[name]
+        mem = "OOM" if r.get("oom") else f"{r['cuda'] / 1e9:.3f}"
+        print(f"{name:<10}{r['seconds'] * 1e3:>12.1f}{mem:>18}")
+    ours, plain, official = rows["ours"], rows["plain"], rows["official"]
+    print(f"ours / plain time: {ours['seconds'] / plain['seconds']:.2f}", end="")
+    if not official.get("oom"):
+        print(f"   ours / official memory: {ours['cuda'] / official['cuda']:.3f}")
+    else:
+        print("   official: out of memory")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (F=4, 16x16)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of plain and ours (best is kept)")
+    parser.add_argument("--budget-mb", type=float, default=256.0)
+    parser.add_argument("--child", choices=(*VARIANTS, "timing"), help=argparse.SUPPRESS)
+    parser.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
+    parser.add_argument("--grid", type=int, default=32, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(timing_child(args) if args.child == "timing" else child(args)))
+        return
+    frames, grid = (4, 16) if args.quick else (16, 32)
+    _print_cpu(frames, grid, cpu_table(frames, grid, args.repeats, args.budget_mb))
+    if torch.cuda.is_available():
+        budget = int(args.budget_mb * 2**20)
+        sizes = [(4, 16)] if args.quick else [(16, 32), (16, 64), (32, 32)]
+        for f, g in sizes:
+            _print_cuda(f, g, {v: cuda_row(v, f, g, args.repeats, budget) for v in VARIANTS})
+
+
+if __name__ == "__main__":
+    main()

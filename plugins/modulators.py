@@ -1,0 +1,26 @@
+"""Built-in modulators: registers ``st-layout``, the ST-Layout attention engine (:mod:`stmod.core.engine`)."""
+
+from __future__ import annotations
+
+from stmod import hookimpl
+from stmod.plugins.registry import ComponentRegistrar
+
+
+def _st_layout(options: object) -> object:
+    from stmod.core.engine import EngineOptions, STLayoutModulator
+
+    assert isinstance(options, EngineOptions)
+    return STLayoutModulator(options)
+
+
+@hookimpl
+def stmod_register_modulators(register: ComponentRegistrar) -> None:
+    """Register ``st-layout``."""
+    from stmod.core.engine import EngineOptions
+
+    register.add(
+        "st-layout",
+        _st_layout,
+        summary="ST-Layout attention: spatio-temporal cross/self-attention modulation (VideoGrain)",
+        options=EngineOptions,
+    )

@@ -1,0 +1,66 @@
+"""Local-prompt token spans and the composite text embedding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stmod.core.errors import PromptError
+from stmod.core.tokens import TokenSpan, composite_text_embedding, find_token_spans, prompt_token_ids
+
+GLOBAL = "Spiderman and Polar Bear in the park"
+
+
+def test_spans_are_found_by_tokens(tokenizer) -> None:
+    """Local prompts map to their token positions in the global prompt (0 is the start token)."""
+    spans = find_token_spans(tokenizer, GLOBAL, ["spiderman", "Polar Bear", "park"])
+    assert spans == (TokenSpan(1, 2), TokenSpan(3, 5), TokenSpan(7, 8))
+
+
+def test_first_occurrence_is_used(tokenizer) -> None:
+    """A repeated word maps to its first occurrence, as in the official code."""
+    assert find_token_spans(tokenizer, "a cat and a cat", ["cat"]) == (TokenSpan(2, 3),)
+
+
+def test_part_of_a_word_is_an_error_naming_it(tokenizer) -> None:
+    """'man' inside 'spiderman' is not a token: the error names the prompt and the word."""
+    expected = r"'man' is not a token of 'Spiderman and Polar Bear.*: it is part of the word 'spiderman'"
+    with pytest.raises(PromptError, match=expected) as info:
+        find_token_spans(tokenizer, GLOBAL, ["spiderman", "man"])
+    assert info.value.prompt == "man"
+
+
+@pytest.mark.parametrize(
+    ("local", "reason"),
+    [("dog", "the word 'dog' does not occur"), ("bear polar", "do not occur there together")],
+)
+def test_missing_prompt_reasons(tokenizer, local: str, reason: str) -> None:
+    """Other misses say why: an absent word, or words out of order."""
+    with pytest.raises(PromptError, match=reason):
+        find_token_spans(tokenizer, GLOBAL, [local])
+
+
+def test_empty_local_prompt_has_no_span(tokenizer) -> None:
+    """An empty local prompt is allowed and gets no span (its region only takes part in self-attention)."""
+    assert find_token_spans(tokenizer, GLOBAL, ["", "park"]) == (None, TokenSpan(7, 8))
+
+
+def test_prompt_over_77_tokens_is_an_error(tokenizer) -> None:
+    """A prompt longer than the text encoder's 77 positions is a PromptError."""
+    with pytest.raises(PromptError, match="80 tokens long"):
+        prompt_token_ids(tokenizer, " ".join(["cat"] * 78))
+    assert len(prompt_token_ids(tokenizer, " ".join(["cat"] * 75))) == 77
+
+
+def test_composite_embedding_replaces_spans_with_local_encodings() -> None:
+    """Each local prompt's word embeddings replace its span; start/end/padding keep the global ones."""
+    g = torch.Generator().manual_seed(0)
+    global_emb = torch.randn(1, 77, 6, generator=g)
+    local_a, local_b = torch.randn(1, 77, 6, generator=g), torch.randn(77, 6, generator=g)
+    spans = [TokenSpan(3, 5), None, TokenSpan(7, 8)]
+    out = composite_text_embedding(global_emb, [local_a, None, local_b], spans)
+    assert out.shape == global_emb.shape and out is not global_emb
+    assert torch.equal(out[0, 3:5], local_a[0, 1:3]) and torch.equal(out[0, 7], local_b[1])
+    keep = [i for i in range(77) if i not in (3, 4, 7)]
+    assert torch.equal(out[0, keep], global_emb[0, keep])
+    assert not torch.equal(global_emb[0, 3:5], out[0, 3:5])  # input untouched
