@@ -9,6 +9,7 @@ valid key, never a silent default.
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ import attrs
 import yaml
 
 from stmod.core.errors import ConfigError, InputError
+from stmod.core.official import convert_official_config, is_official_config
 from stmod.core.types import ComponentRef, EditSpec, Region
 
 __all__ = ["structure", "unstructure", "load_mapping", "job_from_mapping", "load_job", "dump_job", "apply_overrides"]
@@ -74,7 +76,9 @@ class _Structurer:
             if not isinstance(value, (str, Path)):
                 raise self.error(f"{place} must be a path, got {_describe(value)}")
             path = Path(value).expanduser()
-            return path if path.is_absolute() or self.base_dir is None else self.base_dir / path
+            if not path.is_absolute() and self.base_dir is not None:
+                path = self.base_dir / path
+            return Path(os.path.normpath(path))  # "inputs/../result" reads as "result" in messages
         if tp is bool:
             if not isinstance(value, bool):
                 raise self.error(f"{place} must be true or false, got {_describe(value)}")
@@ -223,13 +227,16 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     """Merge ``overrides`` (from CLI flags) into a job mapping; nested mappings merge key by key.
 
     A component given as a plain name in the file (``blend: latent``) is widened to a mapping first, so
-    an override of one of its options keeps the name.
+    an override of one of its options keeps the name; an override naming a *different* component
+    replaces it whole (the old component's options do not apply to the new one).
     """
     merged = dict(data)
     for key, value in overrides.items():
         current = merged.get(key)
-        if isinstance(value, Mapping) and isinstance(current, str) and "name" not in value:
+        if isinstance(value, Mapping) and isinstance(current, str):
             current = {"name": current}
+        if isinstance(value, Mapping) and isinstance(current, Mapping) and "name" in value and current.get("name") != value["name"]:
+            current = {}
         if isinstance(value, Mapping) and isinstance(current, Mapping):
             merged[key] = apply_overrides(current, value)
         else:
@@ -237,11 +244,20 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     return merged
 
 
-def load_job(path: Path, overrides: Mapping[str, Any] | None = None) -> EditSpec:
-    """Read, override and validate a job file."""
+def load_job(path: Path, overrides: Mapping[str, Any] | None = None, *, allow_unsupported: bool = False) -> EditSpec:
+    """Read, override and validate a job file (an stmod job or an official VideoGrain config).
+
+    Paths in an stmod job are relative to its folder; paths in an official VideoGrain config are
+    relative to the working directory (the official repository's root, where its configs are run).
+    ``allow_unsupported`` lets official configs drop features stmod does not implement.
+    """
     path = Path(path)
-    data = apply_overrides(load_mapping(path), overrides or {})
-    return job_from_mapping(data, base_dir=path.resolve().parent, source=str(path))
+    data, base_dir = load_mapping(path), path.resolve().parent
+    if is_official_config(data):
+        data = convert_official_config(data, source=path, allow_unsupported=allow_unsupported)
+        base_dir = Path.cwd()
+    data = apply_overrides(data, overrides or {})
+    return job_from_mapping(data, base_dir=base_dir, source=str(path))
 
 
 def dump_job(spec: EditSpec) -> str:

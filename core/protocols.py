@@ -13,14 +13,17 @@ protocols. Tensor conventions used throughout:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
     import torch
 
+    from stmod.core.sampling import NoiseSchedule
     from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
 
 __all__ = [
@@ -30,30 +33,27 @@ __all__ = [
     "Blender",
     "ControlAnnotator",
     "Phase",
-    "ProgressFactory",
 ]
 
 #: Which pass of an edit a model call belongs to: DDIM inversion or denoising.
 Phase = Literal["invert", "denoise"]
-
-#: ``progress(total, description)`` returns a context manager with ``update(n)``; tqdm's signature.
-ProgressFactory = Callable[..., Any]
 
 
 @runtime_checkable
 class ControlAnnotator(Protocol):
     """**Protocol:** turns source frames into ControlNet control images.
 
-    ``annotate`` receives ``uint8 (F, H, W, 3)`` RGB frames (already selected, resized and cropped)
-    and returns ``uint8 (F, H, W, 3)`` control images of the same size. It must be deterministic and
-    must not keep references to the frames.
+    ``annotate`` receives the clip request (``request.frames``: ``uint8 (F, H, W, 3)`` RGB frames,
+    already selected, resized and cropped; plus the frame indices and the transform, for annotators
+    that read precomputed images) and returns ``uint8 (F, H, W, 3)`` control images of the same size.
+    It must be deterministic and must not keep references to the frames.
     """
 
     def check(self, spec: EditSpec) -> None:
         """Validate options and files (e.g. annotator weights folder) without loading weights."""
 
-    def annotate(self, frames: np.ndarray) -> np.ndarray:
-        """Control images for ``frames``; same shape and dtype."""
+    def annotate(self, request: LayoutRequest) -> np.ndarray:
+        """Control images for ``request.frames``; same shape and dtype."""
 
 
 @runtime_checkable
@@ -81,11 +81,17 @@ class LayoutProvider(Protocol):
 class Modulator(Protocol):
     """**Protocol:** decides how the backbone's attention behaves during an edit.
 
-    The orchestrator calls ``prepare`` once per edit, then wraps every model that should be
-    modulated in ``install(model, role=...)`` (a context manager that swaps the attention processors
-    and restores the originals on exit, even on error). Before each model call the backbone asks
-    ``call_kwargs(...)`` for the ``cross_attention_kwargs`` to pass; the processors read the step
-    index and timestep from there (never from counters).
+    The orchestrator calls ``prepare(plan)`` once per edit (the built-in ``st-layout`` modulator
+    takes a :class:`stmod.core.engine.ModulationPlan`: pixel masks bool ``(F, K, H, W)``, regions
+    with their token spans, frame count, latent ``(h, w)``, ``ModulationConfig``), then wraps every
+    model that should be modulated in ``install(model, role=...)`` (a context manager that swaps the
+    attention processors and restores the originals on exit, even on error). Before each model call
+    the backbone asks ``call_kwargs(...)`` for the ``cross_attention_kwargs`` to pass to the UNet and
+    the ControlNet; the processors read the phase, step index, timestep and CFG batch layout from
+    there (never from counters).
+
+    Batch layout: model inputs are ``(B·F, C, h, w)`` latents with the CFG branches outermost in the
+    order given by ``branches`` and the F frames inner (row ``b·F + f``).
     """
 
     def prepare(self, plan: Any) -> None:
@@ -94,8 +100,21 @@ class Modulator(Protocol):
     def install(self, model: torch.nn.Module, *, role: str) -> AbstractContextManager[None]:
         """Install processors on ``model`` (``role`` is ``"unet"`` or ``"controlnet"``)."""
 
-    def call_kwargs(self, *, phase: Phase, step_index: int, timestep: int) -> dict[str, Any]:
-        """``cross_attention_kwargs`` for one model call."""
+    def call_kwargs(
+        self,
+        *,
+        phase: Phase,
+        step_index: int,
+        timestep: int,
+        branches: Sequence[Literal["uncond", "cond"]] = ("uncond", "cond"),
+    ) -> dict[str, Any]:
+        """``cross_attention_kwargs`` for one model call.
+
+        :param phase: ``"invert"`` or ``"denoise"``.
+        :param step_index: 0-based index of the step within its phase's loop.
+        :param timestep: the scheduler timestep of this call.
+        :param branches: the CFG branches in batch order, e.g. ``("uncond", "cond")`` or ``("cond",)``.
+        """
 
 
 @runtime_checkable
@@ -127,19 +146,57 @@ class Blender(Protocol):
 class Backbone(Protocol):
     """**Protocol:** a frozen text-to-image diffusion model (plus ControlNets) driven for video edits.
 
-    ``check`` validates the job cheaply (checkpoint locations, prompt lengths when a tokenizer is
-    available locally) and must not load weights. ``load`` loads weights once. The remaining methods
-    follow the tensor conventions of this module; progress is reported through ``progress``.
+    The orchestrator owns the loops (:mod:`stmod.core.sampling`); the backbone answers model calls.
+    ``check`` validates the job cheaply (checkpoint locations, device) and must not load weights;
+    ``load_tokenizer`` returns the tokenizer alone (no weights) so prompts are checked before loading,
+    or ``None`` when that is not possible. After ``load``:
+
+    * ``encode``: ``float32 (F, 3, H, W)`` in ``[-1, 1]`` → latents ``(F, C, H/8, W/8)`` (scaled);
+      ``decode`` the inverse, returning ``float32`` on the CPU;
+    * ``encode_text(prompts)`` → ``(n, 77, D)`` text embeddings; ``tokenizer`` is a CLIP tokenizer;
+    * ``predict_noise(latents (B, C, h, w), timestep, text (B, 77, D), *, controls, control_text,
+      cross_attention_kwargs)`` → ε ``(B, C, h, w)``; ``controls`` pairs a ControlNet location
+      (from ``controlnet_location``) with a :class:`~stmod.core.types.Control`;
+    * ``noise_schedule()`` (:class:`~stmod.core.sampling.NoiseSchedule`) defines the DDIM levels; ``attention_models()`` maps roles (``"unet"``, ``"controlnet.<i>"``) to the
+      modules whose attention processors a modulator may replace;
+    * ``control_tensor(images uint8 (F, H, W, 3), repeat)`` → ``(repeat·F, 3, H, W)`` in ``[0, 1]``.
+
+    ``model_id``, ``device`` and ``dtype`` identify the weights and numerics (inversion cache key).
     """
 
-    def check(self, spec: EditSpec) -> None:
-        """Validate model locations and prompts for ``spec`` without loading weights."""
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
 
-    def load(self) -> None:
-        """Load weights (idempotent)."""
+    def check(self, spec: EditSpec) -> None:
+        """Validate model locations for ``spec`` without loading weights."""
+
+    def load_tokenizer(self, base_dir: Path | None = None) -> Any:
+        """The tokenizer without model weights, or ``None`` if it cannot be had before ``load``."""
+
+    def controlnet_location(self, annotator: str, model: str | None) -> str:
+        """The ControlNet weights for a control entry (its ``model`` or a default for the annotator)."""
+
+    def load(self, controlnets: Sequence[str] = (), base_dir: Path | None = None) -> None:
+        """Load weights and the given ControlNets (idempotent)."""
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """``float32 (F, 3, H, W)`` in ``[-1, 1]`` → latents ``(F, C, H/8, W/8)``."""
+        """Frames → latents."""
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents → ``float32 (F, 3, H, W)`` in ``[-1, 1]``."""
+    def decode(self, latents: torch.Tensor, *, progress: Any = None) -> torch.Tensor:
+        """Latents → frames; ``progress(n)``, if given, is called after each ``n`` decoded frames."""
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings of ``prompts``."""
+
+    def predict_noise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """ε for one batch (see the class docs for the keyword arguments)."""
+
+    def noise_schedule(self) -> NoiseSchedule:
+        """ᾱ per timestep and the clean level's ᾱ."""
+
+    def attention_models(self) -> Mapping[str, torch.nn.Module]:
+        """Role → module whose attention processors a modulator may swap."""
+
+    def control_tensor(self, images: np.ndarray, repeat: int = 1) -> torch.Tensor:
+        """Control images → model input."""

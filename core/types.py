@@ -26,6 +26,7 @@ __all__ = [
     "EditSpec",
     "LayoutMasks",
     "LayoutRequest",
+    "Control",
 ]
 
 #: Region and component names: letters, digits, ``_``, ``-`` and ``.``; they become folder names.
@@ -147,7 +148,8 @@ class EditSpec:
     """Everything one edit needs, validated, before any model is loaded.
 
     ``regions`` are keyed by name: each name must match a mask of the layout. ``layout`` may combine
-    several providers (e.g. SAM 2 for people, K-Means for the background). ``base_dir`` is the folder
+    several providers (e.g. SAM 2 for people, K-Means for the background); where regions overlap,
+    ``layout_overlap`` decides (see :mod:`stmod.layouts.compose`). ``base_dir`` is the folder
     that relative paths in component options are resolved against (the job file's folder).
     """
 
@@ -157,6 +159,8 @@ class EditSpec:
     negative_prompt: str = ""
     regions: tuple[Region, ...] = field(factory=tuple, converter=tuple, validator=_unique_regions)
     layout: tuple[ComponentRef, ...] = field(factory=tuple, converter=tuple)
+    layout_overlap: Literal["later-wins", "error", "keep"] = field(
+        default="later-wins", validator=validators.in_(("later-wins", "error", "keep")))
     backbone: ComponentRef = field(factory=lambda: ComponentRef(name="sd15"))
     blend: ComponentRef = field(factory=lambda: ComponentRef(name="none"))
     modulator: ComponentRef = field(factory=lambda: ComponentRef(name="st-layout"))
@@ -259,3 +263,11 @@ class LayoutRequest:
     transform: Any = field(eq=False)
     frames: Any = field(eq=False)
     features: Any = field(default=None, eq=False)
+
+
+@frozen
+class Control:
+    """One ControlNet condition of a model call: images ``(B, 3, H, W)`` in ``[0, 1]`` and a scale."""
+
+    images: torch.Tensor = field(eq=False)
+    scale: float

@@ -13,6 +13,8 @@ import attrs
 
 from stmod.core.errors import ConfigError, InputError, OutputExistsError
 from stmod.core.types import ComponentRef, ControlSpec, EditSpec
+from stmod.core.video import probe_video, select_frames
+from stmod.layouts.compose import split_regions
 from stmod.plugins.registry import Registry
 
 __all__ = ["LayoutAssignment", "Components", "assign_layout_regions", "build_components", "check_job"]
@@ -31,48 +33,26 @@ def assign_layout_regions(spec: EditSpec) -> tuple[LayoutAssignment, ...]:
     """Split the job's regions between its layout providers.
 
     A layout entry may list ``regions: [a, b]``; at most one entry may omit it and then supplies every
-    region not listed elsewhere. Each region must be supplied by exactly one provider.
+    region not listed elsewhere (see :func:`stmod.layouts.compose.split_regions`).
     """
     if not spec.layout:
         if spec.regions:
             raise ConfigError("the job has regions but no layout; add e.g. layout: {name: masks, dir: masks/}",
                               key="layout")
         return ()
-    names = spec.region_names
-    explicit: list[tuple[int, tuple[str, ...]]] = []
-    implicit: list[int] = []
+    claims: list[tuple[str, tuple[str, ...] | None]] = []
     for i, ref in enumerate(spec.layout):
         listed = ref.options.get("regions")
-        if listed is None:
-            implicit.append(i)
-            continue
         if isinstance(listed, str):
             listed = [listed]
-        if not isinstance(listed, (list, tuple)) or not all(isinstance(n, str) for n in listed):
+        if listed is not None and (not isinstance(listed, (list, tuple)) or not all(isinstance(n, str) for n in listed)):
             raise ConfigError(f"layout[{i}].regions must be a list of region names, got {listed!r}")
-        for name in listed:
-            if name not in names:
-                raise ConfigError(f"layout[{i}] ({ref.name}) lists region {name!r}, which is not in regions "
-                                  f"({', '.join(names) or 'none'})")
-        explicit.append((i, tuple(listed)))
-    if len(implicit) > 1:
-        raise ConfigError("several layout providers without 'regions:'; list the regions each one supplies")
-    owner: dict[str, int] = {}
-    for i, listed in explicit:
-        for name in listed:
-            if name in owner:
-                raise ConfigError(f"region {name!r} is supplied by layout[{owner[name]}] and layout[{i}]; pick one")
-            owner[name] = i
-    assigned = {i: listed for i, listed in explicit}
-    rest = tuple(n for n in names if n not in owner)
-    if implicit:
-        assigned[implicit[0]] = rest
-    elif rest:
-        raise ConfigError(f"no layout provider supplies region(s) {', '.join(rest)}; add them to a layout's regions")
+        claims.append((ref.name, None if listed is None else tuple(listed)))
+    assigned = split_regions(spec.region_names, claims)
     return tuple(
         LayoutAssignment(ref=attrs.evolve(ref, options={k: v for k, v in ref.options.items() if k != "regions"}),
-                         regions=assigned[i], place=f"layout[{i}] ({ref.name})")
-        for i, ref in enumerate(spec.layout)
+                         regions=regions, place=f"layout[{i}] ({ref.name})")
+        for i, (ref, regions) in enumerate(zip(spec.layout, assigned))
     )
 
 
@@ -113,8 +93,7 @@ def _check_output(spec: EditSpec) -> None:
 
 def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) -> Components:
     """Validate ``spec`` and its files without loading a model; returns the built components."""
-    if not spec.video.path.exists():
-        raise InputError("video.path", str(spec.video.path), "no such file or folder")
+    select_frames(spec.video, probe_video(spec.video.path).frames)
     if check_output:
         _check_output(spec)
     components = build_components(spec, registry)

@@ -49,6 +49,9 @@ ENTRY_POINT_GROUP = "stmod"
 BUILTIN_PLUGINS: dict[str, str] = {
     "stmod.commands": "stmod.core.commands",
     "stmod.blenders": "stmod.plugins.blenders",
+    "stmod.modulators": "stmod.plugins.modulators",
+    "stmod.backbones": "stmod.backbones.plugin",
+    "stmod.layouts": "stmod.layouts.plugin",
 }
 
 #: Built-ins that cannot be blocked (without them there is no CLI).

@@ -205,6 +205,5 @@ class _NoOptions:
 
 
 def _protocol_members(protocol: type) -> list[str]:
-    return sorted(getattr(protocol, "__protocol_attrs__", None) or [
-        n for n in vars(protocol) if not n.startswith("_")
-    ])
+    names = set(getattr(protocol, "__annotations__", {})) | {n for n in vars(protocol) if callable(vars(protocol)[n])}
+    return sorted(n for n in names if not n.startswith("_"))

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from stmod import hookimpl
+from stmod.core.sampling import NoiseSchedule
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
 from stmod.plugins.manager import StmodPluginManager, make_plugin_manager
 
@@ -81,29 +82,57 @@ def run_cli(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> Cli
 
 
 class IdentityBackbone:
-    """A backbone without a model: latents are the frames average-pooled by 8 (first 3 channels + a zero).
+    """A backbone without a model: latents are the frames average-pooled by 8 (3 channels + a zero).
 
-    ``decode(encode(x))`` is the nearest-upsampled block average of ``x``. Useful to test layout,
-    blending and orchestration code quickly.
+    ``decode(encode(x))`` is the nearest-upsampled block average of ``x``; ε is always zero, so DDIM
+    inversion and denoising are exact and an edit reproduces the (pooled) source. It has no tokenizer,
+    so regions get no text tokens. Useful to test layouts, blending and orchestration quickly.
     """
 
     scale_factor = 8
+    model_id = "identity"
+    tokenizer = None
 
     def __init__(self) -> None:
+        self.device, self.dtype = torch.device("cpu"), torch.float32
         self.loaded = False
 
     def check(self, spec: EditSpec) -> None:
         return None
 
-    def load(self) -> None:
+    def load_tokenizer(self, base_dir: Any = None) -> None:
+        return None
+
+    def controlnet_location(self, annotator: str, model: str | None) -> str:
+        return model or annotator
+
+    def load(self, controlnets: Sequence[str] = (), base_dir: Any = None) -> None:
         self.loaded = True
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         pooled = F.avg_pool2d(frames.float(), self.scale_factor)
         return torch.cat([pooled, torch.zeros_like(pooled[:, :1])], dim=1)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(latents[:, :3], scale_factor=self.scale_factor, mode="nearest").clamp(-1, 1)
+    def decode(self, latents: torch.Tensor, *, progress: Any = None) -> torch.Tensor:
+        return F.interpolate(latents[:, :3].float(), scale_factor=self.scale_factor, mode="nearest").clamp(-1, 1)
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        return torch.zeros(len(prompts), 77, 8)
+
+    def predict_noise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.zeros_like(latents)
+
+    def noise_schedule(self) -> NoiseSchedule:
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2  # SD 1.5's schedule
+        alphas = torch.cumprod(1 - betas, 0)
+        return NoiseSchedule(alphas_cumprod=alphas, clean_alpha=float(alphas[0]), steps_offset=1)
+
+    def attention_models(self) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def control_tensor(self, images: np.ndarray, repeat: int = 1) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        return tensor.repeat(repeat, 1, 1, 1)
 
 
 class ConstantLayoutProvider:
@@ -132,8 +161,8 @@ class PassThroughAnnotator:
     def check(self, spec: EditSpec) -> None:
         return None
 
-    def annotate(self, frames: np.ndarray) -> np.ndarray:
-        return np.array(frames, dtype=np.uint8, copy=True)
+    def annotate(self, request: LayoutRequest) -> np.ndarray:
+        return np.array(request.frames, dtype=np.uint8, copy=True)
 
 
 class NullModulator:
@@ -146,7 +175,8 @@ class NullModulator:
     def install(self, model: torch.nn.Module, *, role: str) -> Iterator[None]:
         yield
 
-    def call_kwargs(self, *, phase: str, step_index: int, timestep: int) -> dict[str, Any]:
+    def call_kwargs(self, *, phase: str, step_index: int, timestep: int,
+                    branches: Sequence[str] = ("uncond", "cond")) -> dict[str, Any]:
         return {}
 
 

@@ -33,6 +33,12 @@ def write_clip(path: Path, frames: int = 4, size: tuple[int, int] = (64, 64), fp
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Tiny models and inversion caches go to a per-session folder, never to ~/.cache."""
+    os.environ["STMOD_CACHE_DIR"] = str(tmp_path_factory.mktemp("stmod-cache"))
+
+
 @pytest.fixture
 def make_clip():
     """``make_clip(path, frames=4, size=(h, w), fps=8)`` writes a small synthetic H.264 clip."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stmod import hookimpl
-from stmod.core.commands import check, inspect
+from stmod.core.commands import check, edit, inspect
 
 
 @hookimpl
@@ -14,3 +14,7 @@ def stmod_register_commands(register) -> None:
                  help="list the components of one kind (backbones, layouts, modulators, blenders, annotators)")
     register.add("check", configure=check.configure, run=check.run,
                  help="validate a job and its files without loading any model")
+    register.add("edit", configure=edit.configure_edit, run=edit.run_edit,
+                 help="edit a clip: a job file and/or flags (see stmod-run edit --help)")
+    register.add("demo", configure=edit.configure_demo, run=edit.run_demo,
+                 help="run the whole pipeline on a synthetic clip with the tiny model (CPU, ~1-2 min)")

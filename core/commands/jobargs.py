@@ -66,6 +66,9 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, job_required: bool = F
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output folder")
     g.add_argument("--save-attention", action="store_true", default=None,
                    help="write cross-attention maps of each local prompt to attention/")
+    g.add_argument("--allow-unsupported", action="store_true",
+                   help="run an official VideoGrain config without the features stmod does not implement "
+                        "(FLATTEN, PnP, FreeU, ...), each logged as dropped")
 
 
 def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,5 +107,5 @@ def load_job_from_args(args: argparse.Namespace) -> EditSpec:
     """The validated job described by ``JOB.yaml`` (if given) plus the override flags."""
     overrides = job_overrides(args)
     if args.job:
-        return load_job(Path(args.job), overrides)
+        return load_job(Path(args.job), overrides, allow_unsupported=args.allow_unsupported)
     return job_from_mapping(overrides, base_dir=Path.cwd(), source="command line")

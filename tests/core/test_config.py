@@ -106,6 +106,14 @@ def test_overrides_merge_nested_and_widen_component_names() -> None:
     assert merged == {"video": {"path": "a", "frames": 4}, "backbone": {"name": "sd15", "device": "cpu"}}
 
 
+def test_override_with_another_component_drops_old_options() -> None:
+    """Naming a different component replaces the old one with its options; the same name merges."""
+    data = {"backbone": {"name": "tiny", "seed": 3}, "blend": {"name": "latent", "soft_edge": 1.0}}
+    merged = apply_overrides(data, {"backbone": {"name": "sd15", "device": "cpu"}, "blend": {"name": "latent"}})
+    assert merged["backbone"] == {"name": "sd15", "device": "cpu"}
+    assert merged["blend"] == {"name": "latent", "soft_edge": 1.0}
+
+
 def test_dump_round_trips(tmp_path: Path) -> None:
     """The printed job, loaded again, gives the same values."""
     spec = _job(blend={"name": "latent", "soft_edge": 1.5}, modulation={"preset": "paper", "end_step": 10})

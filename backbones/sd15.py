@@ -1,0 +1,315 @@
+"""The ``sd15`` backbone: Stable Diffusion 1.5-family checkpoints plus zero or more ControlNets.
+
+Weights come from a Hugging Face hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5`` by default,
+served from the local HF cache when offline), a local diffusers folder, or a single ``.safetensors``
+file. fp16 on CUDA, fp32 on CPU unless told otherwise. ``check`` validates every location without
+loading weights and says exactly what is missing and how to provide it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from attrs import field, frozen, validators
+
+from stmod.core.errors import CheckpointError
+from stmod.core.sampling import NoiseSchedule
+from stmod.core.types import Control, EditSpec
+
+__all__ = ["SD15Options", "StableDiffusionBackbone", "DEFAULT_MODEL", "DEFAULT_CONTROLNETS"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+#: ControlNet used when a job's control entry names an annotator but no model.
+DEFAULT_CONTROLNETS = {
+    "canny": "lllyasviel/control_v11p_sd15_canny",
+    "depth": "lllyasviel/control_v11f1p_sd15_depth",
+    "openpose": "lllyasviel/control_v11p_sd15_openpose",
+}
+
+_HOW_TO_GET = (
+    "download it where the hub is reachable (huggingface-cli download {id}) and copy the HF cache, "
+    "or point to a local diffusers folder"
+)
+
+
+@frozen(kw_only=True)
+class SD15Options:
+    """Options of the ``sd15`` backbone (job key ``backbone``)."""
+
+    #: Hub id, local diffusers folder, or a single ``.safetensors``/``.ckpt`` file.
+    model: str = DEFAULT_MODEL
+    #: Diffusers config folder for a single-file checkpoint (needed offline).
+    config: str | None = None
+    #: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
+    device: str = "auto"
+    #: ``auto``: float16 on CUDA, float32 on CPU.
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = field(
+        default="auto", validator=validators.in_(("auto", "float16", "bfloat16", "float32")))
+    #: Frames per VAE call (VAE slicing); lower it to save memory.
+    vae_batch: int = field(default=8, validator=validators.ge(1))
+    #: Tiled VAE encode/decode for large frames.
+    vae_tiling: bool = False
+    #: Keep models on the CPU and move each to the device only while it runs.
+    cpu_offload: bool = False
+
+
+def _is_local(location: str) -> bool:
+    return location.startswith((".", "/", "~")) or Path(location).expanduser().exists() or location.endswith(
+        (".safetensors", ".ckpt"))
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+
+
+def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), base_dir: Path | None = None) -> str:
+    """Validate a weights location without loading it; returns the resolved location.
+
+    :raises CheckpointError: naming the location and how to provide the weights.
+    """
+    if _is_local(location):
+        path = Path(location).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.exists():
+            raise CheckpointError(str(path), f"{what} not found: no such file or folder")
+        if path.is_dir():
+            if not (path / "model_index.json").exists() and not (path / "config.json").exists() and subfolders:
+                missing = [s for s in subfolders if not (path / s).is_dir()]
+                if missing:
+                    raise CheckpointError(str(path), f"{what} folder lacks {', '.join(m + '/' for m in missing)} (expected a diffusers "
+                                                     "layout: save it with save_pretrained)")
+        return str(path)
+    if _offline():
+        from huggingface_hub import scan_cache_dir
+
+        try:
+            cached = {repo.repo_id for repo in scan_cache_dir().repos}
+        except Exception:  # no cache folder yet
+            cached = set()
+        if location not in cached:
+            raise CheckpointError(location, f"{what} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; "
+                                            + _HOW_TO_GET.format(id=location))
+    return location
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+class StableDiffusionBackbone:
+    """SD 1.5 (+ ControlNets) driven step by step: the orchestrator owns the loops."""
+
+    scale_factor = 8
+
+    def __init__(self, options: SD15Options) -> None:
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype, self.device)
+        self.vae = self.unet = self.text_encoder = self.tokenizer = self.scheduler_config = None
+        self.controlnets: dict[str, Any] = {}
+
+    # -- validation (no weights) ------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        """What identifies the weights (part of the inversion cache key)."""
+        return self.options.model
+
+    def controlnet_location(self, annotator: str, model: str | None) -> str:
+        """The ControlNet for a control entry: its ``model`` or the default for its annotator."""
+        if model:
+            return model
+        if annotator not in DEFAULT_CONTROLNETS:
+            raise CheckpointError(annotator, f"no default ControlNet for annotator {annotator!r}; set control[].model")
+        return DEFAULT_CONTROLNETS[annotator]
+
+    def check(self, spec: EditSpec) -> None:
+        if self.options.device != "auto" and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise CheckpointError(self.options.device, "device is CUDA but no CUDA device is available; use --device cpu")
+        check_location(self.options.model, what="SD 1.5 model",
+                       subfolders=("unet", "vae", "text_encoder", "tokenizer", "scheduler"), base_dir=spec.base_dir)
+        if self.options.config:
+            check_location(self.options.config, what="single-file config", base_dir=spec.base_dir)
+        for control in spec.control:
+            location = self.controlnet_location(control.annotator.name, control.model)
+            check_location(location, what="ControlNet", base_dir=spec.base_dir)
+
+    def load_tokenizer(self, base_dir: Path | None = None):
+        """The CLIP tokenizer alone (cheap: no weights), for prompt checks before loading."""
+        if self.tokenizer is None:
+            from transformers import CLIPTokenizer
+
+            location = check_location(self.options.model, what="SD 1.5 model", base_dir=base_dir)
+            if location.endswith((".safetensors", ".ckpt")):
+                if not self.options.config:
+                    return None
+                location = self.options.config
+            self.tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer")
+        return self.tokenizer
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    def load(self, controlnets: Sequence[str] = (), base_dir: Path | None = None) -> None:
+        """Load the model and the given ControlNet locations (idempotent per location)."""
+        if self.unet is None:
+            self._load_model(base_dir)
+        for location in controlnets:
+            if location not in self.controlnets:
+                from diffusers import ControlNetModel
+
+                resolved = check_location(location, what="ControlNet", base_dir=base_dir)
+                try:
+                    net = ControlNetModel.from_pretrained(resolved, torch_dtype=self.dtype)
+                except OSError as exc:
+                    raise CheckpointError(location, f"cannot load the ControlNet: {_first_line(exc)}") from exc
+                self.controlnets[location] = self._place(net.eval().requires_grad_(False))
+
+    def _load_model(self, base_dir: Path | None) -> None:
+        from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        location = check_location(self.options.model, what="SD 1.5 model",
+                                  subfolders=("unet", "vae", "text_encoder", "tokenizer", "scheduler"), base_dir=base_dir)
+        try:
+            if location.endswith((".safetensors", ".ckpt")):
+                pipe = StableDiffusionPipeline.from_single_file(
+                    location, config=self.options.config, torch_dtype=self.dtype,
+                    safety_checker=None, requires_safety_checker=False)
+                vae, unet, text_encoder = pipe.vae, pipe.unet, pipe.text_encoder
+                self.tokenizer, scheduler_config = pipe.tokenizer, pipe.scheduler.config
+            else:
+                vae = AutoencoderKL.from_pretrained(location, subfolder="vae", torch_dtype=self.dtype)
+                unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", torch_dtype=self.dtype)
+                text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", torch_dtype=self.dtype)
+                self.load_tokenizer(base_dir)
+                scheduler_config = DDIMScheduler.from_pretrained(location, subfolder="scheduler").config
+        except OSError as exc:
+            raise CheckpointError(self.options.model, f"cannot load the model: {_first_line(exc)}") from exc
+        if self.options.vae_tiling:
+            vae.enable_tiling()
+        self.vae, self.unet, self.text_encoder = (
+            self._place(m.eval().requires_grad_(False)) for m in (vae, unet, text_encoder))
+        self.scheduler_config = scheduler_config
+        log.info("loaded %s on %s (%s)", self.options.model, self.device, self.dtype)
+
+    def _place(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module.to("cpu" if self.options.cpu_offload else self.device)
+
+    @contextlib.contextmanager
+    def _on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
+        """With cpu_offload, move ``modules`` to the device for the duration of the block."""
+        if not self.options.cpu_offload:
+            yield
+            return
+        for m in modules:
+            m.to(self.device)
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # -- model calls -------------------------------------------------------------------------------
+
+    def noise_schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.from_scheduler_config(self.scheduler_config)
+
+    def attention_models(self) -> dict[str, torch.nn.Module]:
+        """Models whose attention a modulator may replace: ``unet`` and ``controlnet.<i>``."""
+        models = {"unet": self.unet}
+        models.update({f"controlnet.{i}": net for i, net in enumerate(self.controlnets.values())})
+        return models
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP embeddings ``(len(prompts), 77, D)`` of prompts padded to 77 tokens."""
+        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        with self._on_device(self.text_encoder):
+            return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """``float32 (F, 3, H, W)`` in [-1, 1] → latents ``(F, 4, H/8, W/8)`` (distribution mean × scale)."""
+        scale = self.vae.config.scaling_factor
+        out = []
+        with self._on_device(self.vae):
+            for chunk in frames.split(self.options.vae_batch):
+                dist = self.vae.encode(chunk.to(self.device, self.dtype)).latent_dist
+                out.append(dist.mean * scale)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, *, progress: Callable[[int], Any] | None = None) -> torch.Tensor:
+        """Latents → ``float32 (F, 3, H, W)`` in [-1, 1] on the CPU; ``progress(n)`` after each n frames."""
+        scale = self.vae.config.scaling_factor
+        out = []
+        with self._on_device(self.vae):
+            for chunk in latents.split(self.options.vae_batch):
+                out.append(self.vae.decode(chunk.to(self.device, self.dtype) / scale).sample.float().clamp(-1, 1).cpu())
+                if progress is not None:
+                    progress(len(chunk))
+        return torch.cat(out)
+
+    def control_tensor(self, images: np.ndarray, repeat: int = 1) -> torch.Tensor:
+        """``uint8 (F, H, W, 3)`` control images → ``(repeat·F, 3, H, W)`` in [0, 1] on the device."""
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        return tensor.repeat(repeat, 1, 1, 1).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        timestep: int,
+        text: torch.Tensor,
+        *,
+        controls: Sequence[tuple[str, Control]] = (),
+        control_text: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """ε for a batch of latents ``(B, 4, h, w)`` with text ``(B, 77, D)``.
+
+        ``controls`` pairs a loaded ControlNet location with its condition; residuals of several
+        ControlNets add up. ``control_text`` is the ControlNets' text (defaults to ``text``).
+        """
+        t = torch.tensor(timestep, device=self.device)
+        latents = latents.to(self.device, self.dtype)
+        down, mid = None, None
+        for location, control in controls:
+            net = self.controlnets[location]
+            with self._on_device(net):
+                d, m = net(latents, t, encoder_hidden_states=control_text if control_text is not None else text,
+                           controlnet_cond=control.images, conditioning_scale=control.scale,
+                           cross_attention_kwargs=cross_attention_kwargs, return_dict=False)
+            down = d if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
+        with self._on_device(self.unet):
+            return self.unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                             mid_block_additional_residual=mid, cross_attention_kwargs=cross_attention_kwargs,
+                             return_dict=False)[0]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,214 @@
+"""Pictures for people: side-by-side clips, region overlays with a legend, attention heat maps, grids.
+
+Everything here is pure numpy/OpenCV: inputs and outputs are ``uint8`` RGB arrays (``(H, W, 3)`` for
+one picture, ``(F, H, W, 3)`` for a clip) and nothing is written to disk. Text is drawn with OpenCV's
+Hershey font, which covers ASCII only (other characters show as ``?``).
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "region_colours",
+    "draw_label",
+    "legend",
+    "side_by_side",
+    "mask_overlay",
+    "heatmap_overlay",
+    "tile",
+]
+
+# Tableau 10: distinct on screen and for most colour-blind viewers; more regions get golden-ratio hues.
+_PALETTE = np.array([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+], dtype=np.uint8)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def region_colours(count: int) -> np.ndarray:
+    """``uint8 (count, 3)`` RGB colours, pairwise distinct, the same for the same region index every time."""
+    colours = [tuple(c) for c in _PALETTE[:count]]
+    for i in range(len(colours), count):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.85, 0.95)
+        colours.append((round(r * 255), round(g * 255), round(b * 255)))
+    return np.array(colours, dtype=np.uint8).reshape(count, 3)
+
+
+def _font_scale(width: int) -> float:
+    """Small, legible text: about 1/40 of the picture width tall, within sane bounds."""
+    return float(np.clip(width / 700.0, 0.3, 0.8))
+
+
+def _fit(text: str, width: int, scale: float) -> str:
+    """``text`` shortened with ``..`` so that it is at most ``width`` pixels wide."""
+    if cv2.getTextSize(text, _FONT, scale, 1)[0][0] <= width:
+        return text
+    while text and cv2.getTextSize(text + "..", _FONT, scale, 1)[0][0] > width:
+        text = text[:-1]
+    return text + ".."
+
+
+def draw_label(
+    image: np.ndarray, text: str, *, corner: tuple[int, int] = (4, 4), scale: float | None = None
+) -> np.ndarray:
+    """A copy of ``uint8 (H, W, 3)`` ``image`` with ``text`` in white on a dark box at ``corner`` ``(x, y)``."""
+    out = np.ascontiguousarray(image).copy()
+    scale = scale or _font_scale(out.shape[1])
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
+    x, y = corner
+    cv2.rectangle(out, (x, y), (x + tw + 6, y + th + base + 6), (0, 0, 0), thickness=-1)
+    cv2.putText(out, text, (x + 3, y + th + 3), _FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def legend(names: Sequence[str], colours: np.ndarray, width: int) -> np.ndarray:
+    """A white strip ``uint8 (h, width, 3)`` with one colour swatch and name per region, wrapped in rows."""
+    scale = _font_scale(width)
+    (_, th), base = cv2.getTextSize("Ag", _FONT, scale, 1)
+    row_h, swatch = th + base + 8, th + base
+    items, x, rows = [], 4, 0
+    for name in names:
+        name = _fit(name, width - swatch - 16, scale)
+        item_w = swatch + 4 + cv2.getTextSize(name, _FONT, scale, 1)[0][0] + 12
+        if x > 4 and x + item_w > width:
+            x, rows = 4, rows + 1
+        items.append((x, rows, name))
+        x += item_w
+    strip = np.full(((rows + 1) * row_h, width, 3), 255, dtype=np.uint8)
+    for (x, row, name), colour in zip(items, colours):
+        y = row * row_h + 4
+        cv2.rectangle(strip, (x, y), (x + swatch, y + swatch), tuple(int(c) for c in colour), thickness=-1)
+        cv2.putText(strip, name, (x + swatch + 4, y + th), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def _resize_to_height(frames: np.ndarray, height: int) -> np.ndarray:
+    if frames.shape[1] == height:
+        return frames
+    width = max(1, round(frames.shape[2] * height / frames.shape[1]))
+    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def side_by_side(
+    left: np.ndarray, right: np.ndarray, *, labels: tuple[str, str] = ("source", "edit"), gap: int = 4
+) -> np.ndarray:
+    """Two clips ``uint8 (F, H, W, 3)`` next to each other, each labelled: ``uint8 (F, H, Wl + gap + Wr, 3)``.
+
+    ``right`` is resized to ``left``'s height when they differ; frame counts must match.
+    """
+    if left.shape[0] != right.shape[0]:
+        raise ValueError(f"side_by_side needs equal frame counts, got {left.shape[0]} and {right.shape[0]}")
+    right = _resize_to_height(right, left.shape[1])
+    spacer = np.full((left.shape[0], left.shape[1], gap, 3), 255, dtype=np.uint8)
+    out = np.concatenate([left, spacer, right], axis=2)
+    for i in range(out.shape[0]):
+        out[i] = draw_label(out[i], labels[0], scale=_font_scale(left.shape[2]))
+        out[i] = draw_label(out[i], labels[1], corner=(left.shape[2] + gap + 4, 4), scale=_font_scale(left.shape[2]))
+    return out
+
+
+def _numpy(array: Any) -> np.ndarray:
+    if hasattr(array, "detach"):  # a torch tensor; keeps torch an optional import here
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _edge(masks: np.ndarray) -> np.ndarray:
+    """Bool ``(F, H, W)``: mask pixels with a 4-neighbour outside the mask (the picture border counts as inside)."""
+    padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    inner = padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:]
+    return masks & ~inner
+
+
+def mask_overlay(
+    frames: np.ndarray, masks: Any, names: Sequence[str], *, alpha: float = 0.5, with_legend: bool = True
+) -> np.ndarray:
+    """Regions tinted over the frames, plus a legend strip below.
+
+    :param frames: ``uint8 (F, H, W, 3)``.
+    :param masks: bool ``(F, K, H, W)`` (numpy or torch, e.g. ``LayoutMasks.masks``); region ``k`` is
+        tinted with ``region_colours(K)[k]`` at opacity ``alpha`` and outlined in it; overlaps blend.
+    :param names: ``K`` region names for the legend.
+    :returns: ``uint8 (F, H + legend height, W, 3)`` (``(F, H, W, 3)`` without the legend).
+    """
+    masks = _numpy(masks).astype(bool)
+    if masks.ndim != 4 or masks.shape[0] != frames.shape[0] or masks.shape[2:] != frames.shape[1:3]:
+        raise ValueError(f"masks {masks.shape} do not fit frames {frames.shape} (need (F, K, H, W))")
+    if len(names) != masks.shape[1]:
+        raise ValueError(f"{len(names)} names for {masks.shape[1]} masks")
+    colours = region_colours(len(names))
+    out = frames.astype(np.float32)
+    for k in range(masks.shape[1]):
+        m = masks[:, k]
+        out = np.where(m[..., None], (1 - alpha) * out + alpha * colours[k].astype(np.float32), out)
+        out[_edge(m)] = colours[k]  # a solid outline keeps the region readable over similar colours
+    result = out.round().astype(np.uint8)
+    if not with_legend:
+        return result
+    strip = legend(names, colours, frames.shape[2])
+    return np.concatenate([result, np.broadcast_to(strip, (frames.shape[0], *strip.shape))], axis=1)
+
+
+def heatmap_overlay(
+    image: np.ndarray, heat: Any, *, alpha: float = 0.5, vmin: float | None = None, vmax: float | None = None
+) -> np.ndarray:
+    """A heat map (e.g. one token's cross-attention) over a picture, in the JET colour map.
+
+    :param image: ``uint8 (H, W, 3)``.
+    :param heat: float ``(h, w)`` at any resolution; resized bilinearly to ``(H, W)``; values are scaled
+        from ``[vmin, vmax]`` (default: its own min and max) to ``[0, 1]``.
+    :returns: ``uint8 (H, W, 3)``.
+    """
+    heat = _numpy(heat).astype(np.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"heat must be (h, w), got {heat.shape}")
+    lo = float(heat.min()) if vmin is None else vmin
+    hi = float(heat.max()) if vmax is None else vmax
+    norm = np.clip((heat - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(heat)
+    norm = cv2.resize(norm, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.cvtColor(cv2.applyColorMap((norm * 255).round().astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return ((1 - alpha) * image.astype(np.float32) + alpha * colour).round().astype(np.uint8)
+
+
+def tile(
+    images: Sequence[np.ndarray],
+    *,
+    titles: Sequence[str] | None = None,
+    columns: int | None = None,
+    pad: int = 4,
+    background: int = 255,
+) -> np.ndarray:
+    """Images in a grid, row by row, each under its title: ``uint8 (rows·(h + t + pad) + pad, ..., 3)``.
+
+    ``images`` are ``uint8 (H, W, 3)`` or ``(H, W)`` (grey) of any sizes; cells take the largest size
+    and images sit at their top-left. ``columns`` defaults to about the square root of the count.
+    """
+    if not images:
+        raise ValueError("tile needs at least one image")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(titles)} titles for {len(images)} images")
+    pics = [np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im for im in map(np.asarray, images)]
+    columns = columns or int(np.ceil(np.sqrt(len(pics))))
+    rows = int(np.ceil(len(pics) / columns))
+    cell_h, cell_w = max(p.shape[0] for p in pics), max(p.shape[1] for p in pics)
+    scale = _font_scale(cell_w)
+    title_h = 0
+    if titles:
+        (_, th), base = cv2.getTextSize("Ag", _FONT, scale, 1)
+        title_h = th + base + 6
+    grid = np.full((rows * (cell_h + title_h + pad) + pad, columns * (cell_w + pad) + pad, 3), background, np.uint8)
+    for i, pic in enumerate(pics):
+        y = pad + (i // columns) * (cell_h + title_h + pad)
+        x = pad + (i % columns) * (cell_w + pad)
+        if titles:
+            text = _fit(titles[i], cell_w, scale)
+            cv2.putText(grid, text, (x, y + title_h - base - 3), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        grid[y + title_h:y + title_h + pic.shape[0], x:x + pic.shape[1]] = pic.astype(np.uint8)
+    return grid

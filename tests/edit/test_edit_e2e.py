@@ -1,0 +1,126 @@
+"""`stmod-run edit` end to end on the tiny model loaded from a saved folder, with ControlNet (canny)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from stmod.core.config import load_job
+from stmod.core.orchestrator import Editor
+from stmod.core.runinfo import InversionCache
+from stmod.core.video import probe_video, read_video
+from stmod.testing import fresh_plugin_manager, run_cli
+
+ENV = {"STMOD_LOAD_PLUGINS": ""}
+
+
+def test_edit_end_to_end_with_canny(demo_job) -> None:
+    """The CLI writes every output of design §7 and records the run."""
+    job = demo_job()
+    result = run_cli(["edit", str(job), "--quiet", "--save-attention"], env=ENV)
+    assert result.exit_code == 0, result.stderr
+    out = Path(yaml.safe_load(job.read_text())["output"])
+    names = {p.name for p in out.iterdir()}
+    assert {"result.mp4", "result.gif", "side_by_side.mp4", "masks.mp4", "control.mp4", "config.yaml",
+            "run.json", "attention", "attention_effect.png"} <= names
+    info = probe_video(out / "result.mp4")
+    assert (info.frames, info.width, info.height) == (4, 64, 64)
+    assert probe_video(out / "side_by_side.mp4").width > 2 * 64
+    run = json.loads((out / "run.json").read_text())
+    assert run["inversion"]["cached"] is False and "invert" in run["phases_run"]
+    assert set(run["phases"]) >= {"check", "read", "layout", "control", "load", "encode", "invert", "denoise",
+                                  "decode"}
+    assert run["peak_rss_bytes"] > 0 and run["versions"]["diffusers"]
+    assert set(run["attention"]) == {"square", "disc"}
+    assert (out / "attention" / "square.png").exists()
+    again = load_job(out / "config.yaml")  # the resolved job is a valid job
+    assert again.prompt == load_job(job).prompt and again.control[0].annotator.name == "canny"
+    assert "wrote" in result.stdout
+
+
+def test_second_run_uses_inversion_cache_and_gives_same_result(demo_job, tmp_path: Path) -> None:
+    """The second edit of the same clip skips inversion (run.json says so) and gives the same frames."""
+    editor = Editor(fresh_plugin_manager().registry, progress=False, cache=InversionCache(tmp_path / "cache"))
+    spec = load_job(demo_job())
+    first = editor.run(spec)
+    second = editor.run(attrs.evolve(spec, overwrite=True))
+    assert first.run["inversion"]["cached"] is False and second.run["inversion"]["cached"] is True
+    assert "invert" not in second.run["phases_run"] and "invert" in first.run["phases_run"]
+    assert np.array_equal(first.frames, second.frames)
+    frames, _ = read_video(second.output / "result.mp4")
+    assert frames.shape == (4, 64, 64, 3)
+
+
+def test_changed_source_prompt_invalidates_cache(demo_job, tmp_path: Path) -> None:
+    """The cache key includes the source prompt: a different one inverts again."""
+    editor = Editor(fresh_plugin_manager().registry, progress=False, cache=InversionCache(tmp_path / "cache"))
+    editor.run(load_job(demo_job()))
+    other = editor.run(load_job(demo_job(source_prompt="a red cat on the grass", overwrite=True)))
+    assert other.run["inversion"]["cached"] is False
+
+
+def test_existing_output_untouched_without_overwrite(demo_job, tmp_path: Path) -> None:
+    """An existing output folder is an error (exit 2) and its files stay as they were."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run_cli(["edit", str(demo_job()), "--quiet"], env=ENV)
+    assert result.exit_code == 2 and "already exists; pass --overwrite" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_output_folder(demo_job, tmp_path: Path) -> None:
+    """With --overwrite the old folder is replaced as a whole."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    result = run_cli(["edit", str(demo_job()), "--quiet", "--overwrite", "--no-cache"], env=ENV)
+    assert result.exit_code == 0, result.stderr
+    assert not (out / "stale.txt").exists() and (out / "result.mp4").exists()
+
+
+def test_failed_run_leaves_no_partial_output(demo_job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash while writing outputs leaves no output folder and no temporary folder behind."""
+    import stmod.core.outputs as outputs
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(outputs, "write_gif", broken)
+    result = run_cli(["edit", str(demo_job()), "--quiet"], env=ENV)
+    assert result.exit_code == 1 and "disk on fire" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_tiny_backbone_by_name(demo_job) -> None:
+    """The `tiny` backbone (generated into the cache, loaded through the sd15 path) edits too."""
+    job = demo_job(backbone={"name": "tiny"}, control=[{"annotator": "canny"}])
+    result = run_cli(["edit", str(job), "--quiet", "--steps", "2"], env=ENV)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_demo_command(tmp_path: Path) -> None:
+    """`stmod-run demo` writes inputs, all outputs and the attention figure, and says pixels are not meaningful."""
+    result = run_cli(["demo", "--out", str(tmp_path / "demo"), "--frames", "4", "--steps", "3", "--quiet"], env=ENV)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "demo" / "inputs" / "job.yaml").exists()
+    assert (tmp_path / "demo" / "result" / "attention_effect.png").exists()
+    assert "NOT a meaningful edit" in result.stdout
+    again = run_cli(["demo", "--out", str(tmp_path / "demo"), "--quiet"], env=ENV)
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+
+
+def test_modulation_raises_in_region_attention(demo_job) -> None:
+    """On the tiny model, modulation moves each local prompt's attention into its region."""
+    editor = Editor(fresh_plugin_manager().registry, progress=False)
+    result = editor.run(load_job(demo_job(save_attention=True)))
+    for region, mass in result.run["attention"].items():
+        assert mass["modulated"] > mass["plain"] + 0.02, (region, mass)
+    assert torch.is_tensor(result.layout.masks)
