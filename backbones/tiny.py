@@ -101,7 +101,7 @@ class TinyOptions:
     folder: str | None = None
     #: Seed of the random weights.
     seed: int = field(default=0, validator=validators.ge(0))
-    #: ``cpu`` by default: the tiny model is faster there than the transfer to a GPU.
+    #: ``cpu`` by default: the tiny model is faster there than on a GPU (float16 there, float32 on CPU).
     device: str = "cpu"
 
 
@@ -111,7 +111,7 @@ class TinyBackbone(StableDiffusionBackbone):
     def __init__(self, options: TinyOptions) -> None:
         self.folder = Path(options.folder).expanduser() if options.folder else default_tiny_folder(options.seed)
         self.seed = options.seed
-        super().__init__(SD15Options(model=str(self.folder), device=options.device, dtype="float32"))
+        super().__init__(SD15Options(model=str(self.folder), device=options.device))
 
     def controlnet_location(self, annotator: str, model: str | None) -> str:
         return model or str(self.folder / "controlnet")
