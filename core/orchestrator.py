@@ -217,20 +217,20 @@ class Editor:
     @staticmethod
     def _texts(spec: EditSpec, backbone: Any, plan: ModulationPlan, frames: int,
                branches: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """UNet and ControlNet text for the batch ``[branch × frames]``.
+        """UNet and ControlNet text for the batch ``[branch × frames]``, as the preset's rules say.
 
         ``videograin`` reproduces the official code: the UNet's unconditional branch is the empty
         prompt and its conditional branch the composite embedding; the negative prompt reaches only
         the ControlNet. ``paper``: the negative prompt and the plain global prompt for both models.
         """
+        rules = plan.rules
         negative, prompt = backbone.encode_text([spec.negative_prompt, spec.prompt]).chunk(2)
-        if spec.modulation.preset == "videograin":
-            uncond = backbone.encode_text([""])
+        uncond = backbone.encode_text([""]) if rules.uncond_text == "empty" else negative
+        cond = prompt
+        if rules.composite_text:
             locals_ = [backbone.encode_text([r.prompt]) if span is not None else None
                        for r, span in zip(plan.regions, plan.spans)]
             cond = composite_text_embedding(prompt, locals_, plan.spans)
-        else:
-            uncond, cond = negative, prompt
         by_branch = {"uncond": (uncond, negative), "cond": (cond, prompt)}
         unet = torch.cat([by_branch[b][0].repeat(frames, 1, 1) for b in branches])
         control = torch.cat([by_branch[b][1].repeat(frames, 1, 1) for b in branches])
