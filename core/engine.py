@@ -35,6 +35,7 @@ from attrs import field, frozen, validators
 from stmod.core.attention import modulated_attention, modulated_attention_explicit
 from stmod.core.attention_maps import AttentionRecorder
 from stmod.core.errors import LayoutError
+from stmod.core.features import InversionFeatureRecorder
 from stmod.core.modulation import LevelLayout, PresetRules, layer_grid, level_layout, rules_for, time_weight
 from stmod.core.protocols import Phase
 from stmod.core.tokens import MAX_TOKENS, TokenSpan, find_token_spans
@@ -161,6 +162,7 @@ class _EngineState:
         self.plan: ModulationPlan | None = None
         self.rules = rules_for("videograin")
         self.recorder: AttentionRecorder | None = None
+        self.features: InversionFeatureRecorder | None = None  # fed during inversion (K-Means layouts)
         self._levels: dict[tuple[tuple[int, int], torch.device], LevelLayout] = {}
 
     def prepare(self, plan: ModulationPlan, record: bool) -> None:
@@ -221,11 +223,13 @@ class STLayoutProcessor:
     :param state: the owning modulator's per-edit state.
     :param engine: ``False`` makes a processor that always behaves like ``AttnProcessor2_0`` but
         accepts ``stmod_step`` (a plain per-frame ControlNet).
+    :param features: feed the state's inversion feature recorder, if any (UNet processors only).
     """
 
-    def __init__(self, state: _EngineState, *, engine: bool = True) -> None:
+    def __init__(self, state: _EngineState, *, engine: bool = True, features: bool = True) -> None:
         self._state = state
         self._engine = engine
+        self._features = features
 
     def __call__(
         self,
@@ -290,12 +294,24 @@ class STLayoutProcessor:
             raise ValueError(f"batch of {rows} is not {len(step.branches)} CFG branches {step.branches} of equal size")
         return rows // len(step.branches)
 
+    def _record_features(self, step: StepInfo, q: torch.Tensor, k: torch.Tensor,
+                         kind: Literal["self", "cross"]) -> None:
+        """Feed the inversion feature recorder (UNet, inversion, conditional branch, wanted level only)."""
+        recorder = self._state.features
+        if recorder is None or not self._features or step.phase != "invert" or "cond" not in step.branches:
+            return
+        if recorder.wants(q.shape[2]):
+            frames = self._frames(q.shape[0], step)
+            part = slice(step.branches.index("cond") * frames, (step.branches.index("cond") + 1) * frames)
+            (recorder.add_self if kind == "self" else recorder.add_cross)(q[part], k[part])
+
     def _self_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo) -> torch.Tensor:
         """``(B·F, H, N, d)`` → same; all frames of a branch attend jointly (or per the temporal mode)."""
         state, temporal = self._state, self._state.temporal
         rows, heads, n, d = q.shape
         nb = len(step.branches)
         frames = self._frames(rows, step)
+        self._record_features(step, q, k, "self")
         strength = state.strength(step, "self", n)
         target = state.rules.self_branch if strength is not None else None
         if temporal == "full":
@@ -344,6 +360,7 @@ class STLayoutProcessor:
         state = self._state
         rows, heads, n, _ = q.shape
         frames = self._frames(rows, step)
+        self._record_features(step, q, k, "cross")
         strength = state.strength(step, "cross", n)
         recorder = state.recorder if state.in_window(step) else None
         jobs = []  # (branch index, modulate it, record it)
@@ -390,7 +407,8 @@ class STLayoutModulator:
 
     ``prepare(plan)`` once per edit (again to switch plans, e.g. after inversion found a layout);
     ``install(model, role=...)`` swaps in the processors for the ``with`` block; ``call_kwargs(...)``
-    gives the ``cross_attention_kwargs`` of each model call; :attr:`recorder` holds the recorded maps.
+    gives the ``cross_attention_kwargs`` of each model call; :attr:`recorder` holds the recorded maps;
+    ``with record_features(recorder):`` feeds inversion features to K-Means layouts (:mod:`stmod.core.features`).
     """
 
     def __init__(self, options: EngineOptions | None = None) -> None:
@@ -422,6 +440,15 @@ class STLayoutModulator:
         return self._state.recorder
 
     @contextlib.contextmanager
+    def record_features(self, recorder: InversionFeatureRecorder) -> Iterator[InversionFeatureRecorder]:
+        """Feed ``recorder`` from the UNet's attention during inversion calls inside the ``with`` block."""
+        self._state.features = recorder
+        try:
+            yield recorder
+        finally:
+            self._state.features = None
+
+    @contextlib.contextmanager
     def install(self, model: torch.nn.Module, *, role: str = "unet") -> Iterator[None]:
         """Swap ``model``'s attention processors for ST-Layout ones; restore the originals on exit.
 
@@ -434,7 +461,8 @@ class STLayoutModulator:
             raise TypeError(f"{type(model).__name__} has no diffusers attention processors to replace")
         original = dict(model.attn_processors)
         engine = role == "unet" or self.options.modulate_controlnet
-        model.set_attn_processor({name: STLayoutProcessor(self._state, engine=engine) for name in original})
+        model.set_attn_processor({name: STLayoutProcessor(self._state, engine=engine, features=role == "unet")
+                                  for name in original})
         try:
             yield
         finally:

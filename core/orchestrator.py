@@ -4,6 +4,11 @@
 blender) and owns the loop bookkeeping: it hands step index, timestep and CFG branches to the
 attention processors explicitly, caches DDIM inversions, times every phase and writes the outputs.
 
+The layout is computed before any model loads, except when a layout provider needs inversion
+features (``needs_inversion_features``, e.g. K-Means): then the inversion runs first, with the
+features recorded (:mod:`stmod.core.features`), and the layout follows it. :meth:`Editor.layout`
+computes the layout alone (``stmod-run layout``).
+
 From Python::
 
     from stmod.core.orchestrator import Editor
@@ -15,6 +20,7 @@ From Python::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from stmod.core.engine import ModulationPlan
+from stmod.core.features import (FeatureRequest, InversionFeatureRecorder, InversionFeatures, feature_requests,
+                                 word_positions)
 from stmod.core.modulation import downsample_masks
 from stmod.core.outputs import write_outputs
 from stmod.core.runinfo import InversionCache, PhaseTimer, versions
@@ -37,7 +45,7 @@ from stmod.core.video import SourceClip, load_video
 from stmod.layouts.compose import compose, empty_layout
 from stmod.plugins.registry import Registry
 
-__all__ = ["Editor", "EditResult"]
+__all__ = ["Editor", "EditResult", "LayoutResult"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,29 @@ class EditResult:
     layout: LayoutMasks
     run: dict[str, Any]
     recorder: Any = None
+
+
+@attrs.define(kw_only=True)
+class LayoutResult:
+    """What :meth:`Editor.layout` produced: the clip, the layout, the components that made it, timings."""
+
+    clip: SourceClip
+    layout: LayoutMasks
+    components: Components
+    run: dict[str, Any]
+
+
+@attrs.define(kw_only=True)
+class _Inverted:
+    """The state after inversion: session, clean latents, schedule, trajectory and recorded features."""
+
+    session: _Session
+    x0: torch.Tensor
+    schedule: NoiseSchedule
+    timesteps: list[int]
+    trajectory: dict[int, torch.Tensor]
+    cache_info: dict[str, Any]
+    features: InversionFeatures | None
 
 
 class Editor:
@@ -96,20 +127,18 @@ class Editor:
             clip = load_video(spec.video)
         request = LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,
                                 transform=clip.transform, frames=clip.frames)
-        with timer.phase("layout"):
-            layout = self._layout(spec, components, request)
-        with timer.phase("control"):
-            control_images = [annotator.annotate(request) for annotator, _ in components.annotators]
-        backbone = components.backbone
-        locations = [backbone.controlnet_location(c.annotator.name, c.model) for _, c in components.annotators]
-        with timer.phase("load"):
-            backbone.load(controlnets=locations, base_dir=spec.base_dir)
-        session = _Session(spec, components, backbone, locations, control_images, clip)
-        with timer.phase("encode"):
-            x0 = backbone.encode(_to_model_frames(clip.frames))
-        schedule = backbone.noise_schedule()
-        timesteps = schedule.timesteps(spec.steps)
-        trajectory, cache_info = self._inversion(session, x0, schedule, timesteps, timer)
+        requests = feature_requests(provider for provider, _ in components.layouts)
+        layout = None
+        if not requests:  # masks or boxes: known before any model loads
+            with timer.phase("layout"):
+                layout = self._layout(spec, components, request)
+        inverted = self._invert_clip(spec, components, clip, request, timer, requests)
+        if layout is None:  # K-Means: clusters the inversion's attention features
+            with timer.phase("layout"):
+                layout = self._layout(spec, components, attrs.evolve(request, features=inverted.features))
+        session, x0, trajectory = inverted.session, inverted.x0, inverted.trajectory
+        schedule, timesteps, cache_info = inverted.schedule, inverted.timesteps, inverted.cache_info
+        backbone, control_images = session.backbone, session.control_images
         with timer.phase("denoise"):
             latents, recorder = self._denoise(session, layout, x0, trajectory, schedule, timesteps)
         with timer.phase("decode"), self._bar(len(latents), "decoding", unit="frame") as bar:
@@ -133,7 +162,50 @@ class Editor:
         return EditResult(output=spec.output, source=clip.frames, frames=frames, layout=layout, run=run,
                           recorder=recorder)
 
+    def layout(self, spec: EditSpec) -> LayoutResult:
+        """The layout of ``spec`` alone; writes nothing (``stmod-run layout`` writes it).
+
+        No diffusion model runs unless a layout provider needs inversion features (K-Means): then the
+        backbone loads and inverts the clip (through the inversion cache), but nothing is denoised.
+        The job is checked as for :meth:`run`, including its output folder (where the command writes).
+        """
+        timer = PhaseTimer()
+        with timer.phase("check"):
+            components = self.check(spec)
+        with timer.phase("read"):
+            clip = load_video(spec.video)
+        request = LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,
+                                transform=clip.transform, frames=clip.frames)
+        requests = feature_requests(provider for provider, _ in components.layouts)
+        inversion = None
+        if requests:
+            inverted = self._invert_clip(spec, components, clip, request, timer, requests)
+            request, inversion = attrs.evolve(request, features=inverted.features), inverted.cache_info
+        with timer.phase("layout"):
+            layout = self._layout(spec, components, request)
+        run = {"versions": versions(), "inversion": inversion,
+               "phases": {name: round(seconds, 3) for name, seconds in timer.seconds.items()}}
+        return LayoutResult(clip=clip, layout=layout, components=components, run=run)
+
     # -- phases ------------------------------------------------------------------------------------
+
+    def _invert_clip(self, spec: EditSpec, components: Components, clip: SourceClip, request: LayoutRequest,
+                     timer: PhaseTimer, requests: tuple[FeatureRequest, ...]) -> _Inverted:
+        """Control images, model load, encoding and the (cached) inversion, recording ``requests``."""
+        with timer.phase("control"):
+            control_images = [annotator.annotate(request) for annotator, _ in components.annotators]
+        backbone = components.backbone
+        locations = [backbone.controlnet_location(c.annotator.name, c.model) for _, c in components.annotators]
+        with timer.phase("load"):
+            backbone.load(controlnets=locations, base_dir=spec.base_dir)
+        session = _Session(spec, components, backbone, locations, control_images, clip)
+        with timer.phase("encode"):
+            x0 = backbone.encode(_to_model_frames(clip.frames))
+        schedule = backbone.noise_schedule()
+        timesteps = schedule.timesteps(spec.steps)
+        trajectory, cache_info, features = self._inversion(session, x0, schedule, timesteps, timer, requests)
+        return _Inverted(session=session, x0=x0, schedule=schedule, timesteps=timesteps, trajectory=trajectory,
+                         cache_info=cache_info, features=features)
 
     def _layout(self, spec: EditSpec, components: Components, request: LayoutRequest) -> LayoutMasks:
         frames, height, width = request.frames.shape[:3]
@@ -144,19 +216,32 @@ class Editor:
         return compose(parts, spec.region_names, overlap=spec.layout_overlap, frame_indices=request.frame_indices)
 
     def _inversion(self, session: _Session, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int],
-                   timer: PhaseTimer) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
+                   timer: PhaseTimer, requests: tuple[FeatureRequest, ...] = ()
+                   ) -> tuple[dict[int, torch.Tensor], dict[str, Any], InversionFeatures | None]:
+        """The DDIM trajectory (from the cache when possible) and, for ``requests``, the attention features.
+
+        Cache: with feature ``requests`` the key also covers them, and the entry stores the features
+        beside the trajectory, so re-clustering (another ``clusters`` count) reuses both; an entry
+        without features is never taken for such a job, so feature recording is never skipped.
+        """
         spec, backbone = session.spec, session.backbone
-        key = InversionCache.key(frames_digest=InversionCache.digest(session.clip.frames), settings={
+        settings = {
             "backbone": spec.backbone.name, "model": backbone.model_id, "dtype": str(backbone.dtype),
             "steps": spec.steps, "timesteps": timesteps, "source_prompt": spec.source_prompt,
             "control": [[c.annotator.name, dict(c.annotator.options), loc, c.scale]
                         for (_, c), loc in zip(session.components.annotators, session.locations)],
             "temporal": spec.modulation.temporal,
-        })
-        cached = self.cache.load(key) if self.cache is not None else None
-        if cached is not None:
+        }
+        if requests:
+            settings["features"] = [r.as_list() for r in requests]
+        key = InversionCache.key(frames_digest=InversionCache.digest(session.clip.frames), settings=settings)
+        entry = self.cache.load_entry(key) if self.cache is not None else None
+        if entry is not None and (not requests or entry[1] is not None):
             log.info("inversion loaded from cache (%s)", key)
-            return {t: z.to(backbone.device, backbone.dtype) for t, z in cached.items()}, {"cached": True, "key": key}
+            trajectory = {t: z.to(backbone.device, backbone.dtype) for t, z in entry[0].items()}
+            return trajectory, {"cached": True, "key": key}, self._features(spec, backbone, entry[1], requests)
+        recorder = (InversionFeatureRecorder(requests, num_frames=len(x0), latent_size=tuple(x0.shape[-2:]))
+                    if requests else None)
         with timer.phase("invert"):
             text = backbone.encode_text([spec.source_prompt]).repeat(len(x0), 1, 1)
             modulator = session.components.modulator
@@ -167,11 +252,21 @@ class Editor:
                 kwargs = modulator.call_kwargs(phase="invert", step_index=k, timestep=t, branches=("cond",))
                 return backbone.predict_noise(x, t, text, controls=session.controls(1), cross_attention_kwargs=kwargs)
 
-            with self._bar(len(timesteps), "inversion") as bar, session.installed():
+            recording = modulator.record_features(recorder) if recorder is not None else contextlib.nullcontext()
+            with self._bar(len(timesteps), "inversion") as bar, session.installed(), recording:
                 trajectory = invert(x0, predict, schedule, timesteps, on_step=lambda _: bar.update())
+        state = recorder.result().to_state() if recorder is not None else None
         if self.cache is not None:
-            self.cache.save(key, trajectory)
-        return trajectory, {"cached": False, "key": key}
+            self.cache.save(key, trajectory, features=state)
+        return trajectory, {"cached": False, "key": key}, self._features(spec, backbone, state, requests)
+
+    @staticmethod
+    def _features(spec: EditSpec, backbone: Any, state: dict[str, Any] | None,
+                  requests: tuple[FeatureRequest, ...]) -> InversionFeatures | None:
+        if not requests or state is None:
+            return None
+        words = word_positions(getattr(backbone, "tokenizer", None), spec.source_prompt)
+        return InversionFeatures.from_state(state, words=words, prompt=spec.source_prompt)
 
     def _denoise(self, session: _Session, layout: LayoutMasks, x0: torch.Tensor, trajectory: dict[int, torch.Tensor],
                  schedule: NoiseSchedule, timesteps: list[int]) -> tuple[torch.Tensor, Any]:

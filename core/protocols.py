@@ -65,7 +65,8 @@ class LayoutProvider(Protocol):
     ``layout`` returns :class:`~stmod.core.types.LayoutMasks` for exactly ``regions`` (names, in that
     order) with one mask per selected frame at the edit's pixel size ``(H, W)``.
     ``needs_inversion_features`` tells the orchestrator to run inversion first and pass its
-    self-attention features (K-Means layouts).
+    self-attention features (K-Means layouts) as ``request.features``
+    (:class:`~stmod.core.features.InversionFeatures`, for the provider's optional ``feature_request``).
     """
 
     needs_inversion_features: bool

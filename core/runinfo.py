@@ -110,23 +110,33 @@ class InversionCache:
         return self.root / f"{key}.pt"
 
     def load(self, key: str) -> dict[int, torch.Tensor] | None:
+        entry = self.load_entry(key)
+        return None if entry is None else entry[0]
+
+    def load_entry(self, key: str) -> tuple[dict[int, torch.Tensor], dict[str, Any] | None] | None:
+        """``(trajectory, features or None)`` stored under ``key`` (see :meth:`save`), or ``None``."""
         path = self.path(key)
         if not path.exists():
             return None
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
-            return {int(k): v for k, v in data["trajectory"].items()}
+            return {int(k): v for k, v in data["trajectory"].items()}, data.get("features")
         except Exception as exc:  # unreadable: recompute rather than fail the edit
             log.warning("ignoring unreadable inversion cache %s: %s", path, exc)
             return None
 
-    def save(self, key: str, trajectory: Mapping[int, torch.Tensor]) -> Path:
+    def save(self, key: str, trajectory: Mapping[int, torch.Tensor], *,
+             features: Mapping[str, Any] | None = None) -> Path:
+        """Store ``trajectory`` (and the inversion ``features`` state of K-Means layouts, if given)."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=self.root)
         os.close(fd)
         try:
-            torch.save({"trajectory": {int(k): v.detach().cpu() for k, v in trajectory.items()}}, tmp)
+            data: dict[str, Any] = {"trajectory": {int(k): v.detach().cpu() for k, v in trajectory.items()}}
+            if features is not None:
+                data["features"] = dict(features)
+            torch.save(data, tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

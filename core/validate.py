@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from stmod.core.errors import ConfigError, InputError, OutputExistsError
+from stmod.core.features import feature_requests
 from stmod.core.types import ComponentRef, ControlSpec, EditSpec
 from stmod.core.video import probe_video, select_frames
 from stmod.layouts.compose import split_regions
@@ -101,6 +102,10 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
         annotator.check(spec)
     for provider, assignment in components.layouts:
         provider.check(spec, assignment.regions)
+        if feature_requests([provider]) and not hasattr(components.modulator, "record_features"):
+            raise ConfigError(f"{assignment.place} needs attention features recorded during inversion, which "
+                              f"modulator {spec.modulator.name!r} cannot record; use modulator: st-layout",
+                              key="modulator")
     components.backbone.check(spec)
     return components
 

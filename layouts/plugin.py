@@ -1,4 +1,4 @@
-"""Built-in plugin ``stmod.layouts``: registers the ``masks`` and ``boxes`` layout providers.
+"""Built-in plugin ``stmod.layouts``: registers the ``masks``, ``boxes``, ``kmeans`` and ``sam2`` layout providers.
 
 It goes through the same hook as third-party plugins. Example job entries::
 
@@ -9,13 +9,21 @@ It goes through the same hook as third-party plugins. Example job entries::
         units: normalized
         boxes:
           car: {0: [0.10, 0.40, 0.40, 0.80], 15: [0.50, 0.40, 0.80, 0.80]}
+      - name: kmeans         # clusters of self-attention features found during inversion
+        clusters: 4
+        assign: {trees: tree, sky: [2, 3]}
+      - name: sam2           # needs the extra stmod[sam2] and a SAM 2 checkpoint
+        checkpoint: sam2.1_hiera_tiny.pt
+        prompts: {man: {0: {points: [[120, 200]]}}}
 """
 
 from __future__ import annotations
 
 from stmod import hookimpl
 from stmod.layouts.boxes import BoxesOptions, BoxLayoutProvider
+from stmod.layouts.kmeans import KMeansLayoutProvider, KMeansOptions
 from stmod.layouts.masks import MaskFolderProvider, MasksOptions
+from stmod.layouts.sam2 import Sam2LayoutProvider, Sam2Options
 from stmod.plugins.registry import ComponentRegistrar
 
 __all__ = ["stmod_register_layout_providers"]
@@ -23,8 +31,12 @@ __all__ = ["stmod_register_layout_providers"]
 
 @hookimpl
 def stmod_register_layout_providers(register: ComponentRegistrar) -> None:
-    """Register ``masks`` (PNG folders: SAM-Track, VideoGrain, DAVIS, SAM-Track WebUI) and ``boxes``."""
+    """Register ``masks`` (PNG folders: SAM-Track, VideoGrain, DAVIS, SAM-Track WebUI), ``boxes``, ``kmeans``, ``sam2``."""
     register.add("masks", MaskFolderProvider, options=MasksOptions,
                  summary="region masks from PNG folders (SAM-Track / VideoGrain / DAVIS / SAM-Track WebUI)")
     register.add("boxes", BoxLayoutProvider, options=BoxesOptions,
                  summary="region masks from boxes at keyframes, linearly interpolated")
+    register.add("kmeans", KMeansLayoutProvider, options=KMeansOptions,
+                 summary="regions from K-Means on self-attention features recorded during inversion (no masks needed)")
+    register.add("sam2", Sam2LayoutProvider, options=Sam2Options,
+                 summary="region masks tracked by SAM 2 from clicks or boxes on a few frames (extra stmod[sam2])")

@@ -39,6 +39,40 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
     os.environ["STMOD_CACHE_DIR"] = str(tmp_path_factory.mktemp("stmod-cache"))
 
 
+TINY_FRAMES, TINY_STEPS, TINY_SIZE = 4, 3, (64, 64)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD-1.5-shaped model, written with save_pretrained like a user's model folder."""
+    from stmod.backbones.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd15")
+
+
+@pytest.fixture
+def demo_job(tmp_path: Path, tiny_folder: Path):
+    """``demo_job(**changes) -> job path``: the demo's synthetic clip, masks and job, made small.
+
+    The backbone is ``sd15`` pointed at the saved tiny folder (the path users take with their own
+    model folder) with its ControlNet for ``canny``.
+    """
+    from stmod.core.demo import write_demo_inputs
+
+    def make(**changes) -> Path:
+        path = write_demo_inputs(tmp_path / "inputs", frames=TINY_FRAMES, size=TINY_SIZE, steps=TINY_STEPS)
+        job = yaml.safe_load(path.read_text())
+        job["backbone"] = {"name": "sd15", "model": str(tiny_folder), "device": "cpu"}
+        job["control"] = [{"annotator": "canny", "model": str(tiny_folder / "controlnet"), "scale": 1.0}]
+        job["output"] = str(tmp_path / "out")
+        job["save_attention"] = False
+        job.update(changes)
+        path.write_text(yaml.safe_dump(job))
+        return path
+
+    return make
+
+
 @pytest.fixture
 def make_clip():
     """``make_clip(path, frames=4, size=(h, w), fps=8)`` writes a small synthetic H.264 clip."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from stmod import hookimpl
 from stmod.core.commands import check, edit, inspect
+from stmod.core.commands import layout as layout_command
 
 
 @hookimpl
@@ -18,3 +19,5 @@ def stmod_register_commands(register) -> None:
                  help="edit a clip: a job file and/or flags (see stmod-run edit --help)")
     register.add("demo", configure=edit.configure_demo, run=edit.run_demo,
                  help="run the whole pipeline on a synthetic clip with the tiny model (CPU, ~1-2 min)")
+    register.add("layout", configure=layout_command.configure, run=layout_command.run,
+                 help="compute a job's layout only: masks.mp4 and mask PNG folders (kmeans runs the inversion)")
