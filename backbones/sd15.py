@@ -37,7 +37,7 @@ DEFAULT_CONTROLNETS = {
 }
 
 _HOW_TO_GET = (
-    "download it where the hub is reachable (huggingface-cli download {id}) and copy the HF cache, "
+    "download it where the hub is reachable (hf download {id}) and copy the HF cache, "
     "or point to a local diffusers folder"
 )
 

@@ -4,7 +4,8 @@ Everything goes into a temporary sibling folder that replaces the output folder 
 so a failed run leaves earlier outputs untouched.
 
 ``result.mp4`` / ``result.gif`` — the edit; ``side_by_side.mp4`` — source | edit; ``masks.mp4`` —
-regions over the source; ``control.mp4`` — ControlNet images; ``attention/`` and
+regions over the source; ``control.mp4`` — ControlNet images; ``eval/`` — lossless source, result
+and exact masks for ``stmod-run eval`` (see :mod:`stmod.core.evaldata`); ``attention/`` and
 ``attention_effect.png`` — each local prompt's cross-attention without and with modulation (when
 recorded); ``config.yaml`` — the resolved job; ``run.json`` — versions, seed, timings per phase,
 peak memory, inversion cache use, in-region attention mass.
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from stmod.core.config import dump_job
+from stmod.core.evaldata import write_eval_frames
 from stmod.core.runinfo import PhaseTimer, peak_gpu_bytes, peak_rss_bytes
 from stmod.core.types import EditSpec, LayoutMasks
 from stmod.core.video import SourceClip, atomic_path, write_gif, write_mp4
@@ -91,6 +93,7 @@ def write_outputs(
             write_mp4(folder / "masks.mp4", mask_overlay(clip.frames, layout.masks, layout.names), fps)
         if control_images:
             write_mp4(folder / "control.mp4", np.concatenate(control_images, axis=2), fps)
+        write_eval_frames(folder, source=clip.frames, result=frames, layout=layout, fps=fps)
         recorded = recorder is not None and bool(recorder.grids) and bool(recorder.regions)
         if recorded:
             (folder / "attention").mkdir()

@@ -38,7 +38,7 @@ from stmod.core.types import VideoSource
 __all__ = [
     "IMAGE_SUFFIXES", "FOLDER_FPS", "VideoInfo", "SourceClip", "FrameTransform", "natural_key",
     "list_frame_files", "probe_video", "read_video", "select_frames", "load_video",
-    "atomic_path", "write_video", "write_mp4", "write_gif", "write_frames",
+    "atomic_path", "write_video", "write_mp4", "write_gif", "write_frames", "write_lossless",
 ]
 
 log = logging.getLogger(__name__)
@@ -453,14 +453,44 @@ def write_frames(folder: Path | str, frames: np.ndarray | Iterable[np.ndarray], 
     return folder
 
 
+def write_lossless(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: float) -> Path:
+    """Write ``uint8 (F, H, W, 3)`` RGB frames losslessly (FFV1 in Matroska, ``.mkv``), atomically.
+
+    :func:`read_video` gives back exactly the same bytes (what ``stmod-run eval`` relies on); the file
+    is a few times smaller than PNG frames and any ffmpeg-based player reads it. Returns ``path``.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        container = av.open(str(tmp), mode="w", format="matroska")
+        try:
+            stream = None
+            for frame in _checked(frames):
+                if stream is None:
+                    stream = container.add_stream("ffv1", rate=Fraction(fps).limit_denominator(1001))
+                    stream.height, stream.width = frame.shape[:2]
+                    stream.pix_fmt = "bgr0"  # RGB without chroma subsampling: exact round trip
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                    container.mux(packet)
+            if stream is None:
+                raise ValueError("no frames to write")
+            for packet in stream.encode():
+                container.mux(packet)
+        finally:
+            container.close()
+    return path
+
+
 def write_video(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: float) -> Path:
-    """Write by suffix: ``.mp4``/``.m4v``/``.mov`` → H.264, ``.gif`` → GIF, no suffix → PNG folder."""
+    """Write by suffix: ``.mp4``/``.m4v``/``.mov`` → H.264, ``.mkv`` → lossless FFV1, ``.gif`` → GIF,
+    no suffix → PNG folder."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in _CONTAINERS:
         return write_mp4(path, frames, fps)
+    if suffix == ".mkv":
+        return write_lossless(path, frames, fps)
     if suffix == ".gif":
         return write_gif(path, frames, fps)
     if not suffix:
         return write_frames(path, frames)
-    raise ValueError(f"cannot write {path.name}: use .mp4, .mov, .gif or a folder name without suffix")
+    raise ValueError(f"cannot write {path.name}: use .mp4, .mov, .mkv, .gif or a folder name without suffix")

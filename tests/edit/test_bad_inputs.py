@@ -94,7 +94,7 @@ def test_hub_model_not_cached_offline(demo_job, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     job = demo_job(backbone={"name": "sd15", "model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "device": "cpu"})
-    _assert_clean_failure(_edit(job), tmp_path, "not in the Hugging Face cache", "huggingface-cli download")
+    _assert_clean_failure(_edit(job), tmp_path, "not in the Hugging Face cache", "hf download stable-diffusion-v1-5/stable-diffusion-v1-5")
 
 
 def test_missing_controlnet_folder(demo_job, tmp_path: Path) -> None:
