@@ -21,6 +21,7 @@ From Python::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,6 +98,7 @@ class Editor:
         self.registry = registry
         self.progress = progress
         self.cache = None if cache is False else (cache if isinstance(cache, InversionCache) else InversionCache())
+        self._backbones: dict[str, Any] = {}  # loaded backbones, reused by later jobs with the same one
 
     @classmethod
     def from_plugins(cls, plugin_args: Sequence[str] = (), **kwargs: Any) -> Editor:
@@ -108,6 +110,10 @@ class Editor:
     def check(self, spec: EditSpec) -> Components:
         """Validate ``spec`` and its files and build its components, without loading any model."""
         components = check_job(spec, self.registry)
+        # A batch edits many clips with one model: keep a backbone (and its loaded weights) per setting.
+        key = json.dumps([spec.backbone.name, dict(spec.backbone.options), str(spec.base_dir)], sort_keys=True,
+                         default=str)
+        components.backbone = self._backbones.setdefault(key, components.backbone)
         tokenizer = components.backbone.load_tokenizer(spec.base_dir)
         if tokenizer is not None:  # prompt problems are user errors: report them before any weights load
             find_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])

@@ -124,3 +124,15 @@ def test_modulation_raises_in_region_attention(demo_job) -> None:
     for region, mass in result.run["attention"].items():
         assert mass["modulated"] > mass["plain"] + 0.02, (region, mass)
     assert torch.is_tensor(result.layout.masks)
+
+
+def test_editor_reuses_loaded_backbone(demo_job, tmp_path: Path) -> None:
+    """Jobs with the same backbone settings share one loaded model (a batch does not reload weights)."""
+    editor = Editor(fresh_plugin_manager().registry, progress=False, cache=InversionCache(tmp_path / "cache"))
+    first = editor.check(load_job(demo_job()))
+    first.backbone.load()
+    unet = first.backbone.unet
+    second = editor.check(load_job(demo_job(seed=3)))
+    assert second.backbone is first.backbone and second.backbone.unet is unet
+    other = editor.check(load_job(demo_job(backbone={"name": "tiny"})))
+    assert other.backbone is not first.backbone
