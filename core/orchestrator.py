@@ -124,16 +124,20 @@ class Editor:
     def _bar(self, total: int, desc: str, unit: str = "step") -> tqdm:
         return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
 
-    def run(self, spec: EditSpec) -> EditResult:
-        """Edit the clip of ``spec`` and write its output folder; returns what was produced."""
-        timer = PhaseTimer()
+    def _prepare(self, spec: EditSpec, timer: PhaseTimer) -> tuple[Components, SourceClip, LayoutRequest, Any]:
+        """Check the job, read its frames, and say which inversion features its layout needs."""
         with timer.phase("check"):
             components = self.check(spec)
         with timer.phase("read"):
             clip = load_video(spec.video)
         request = LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,
                                 transform=clip.transform, frames=clip.frames)
-        requests = feature_requests(provider for provider, _ in components.layouts)
+        return components, clip, request, feature_requests(provider for provider, _ in components.layouts)
+
+    def run(self, spec: EditSpec) -> EditResult:
+        """Edit the clip of ``spec`` and write its output folder; returns what was produced."""
+        timer = PhaseTimer()
+        components, clip, request, requests = self._prepare(spec, timer)
         layout = None
         if not requests:  # masks or boxes: known before any model loads
             with timer.phase("layout"):
@@ -163,7 +167,7 @@ class Editor:
         }
         with timer.phase("write"):
             run = write_outputs(spec, clip=clip, frames=frames, layout=layout, control_images=control_images,
-                          recorder=recorder, run=run, timer=timer)
+                                recorder=recorder, run=run, timer=timer)
         log.info("wrote %s in %.1f s", spec.output, timer.total)
         return EditResult(output=spec.output, source=clip.frames, frames=frames, layout=layout, run=run,
                           recorder=recorder)
@@ -176,13 +180,7 @@ class Editor:
         The job is checked as for :meth:`run`, including its output folder (where the command writes).
         """
         timer = PhaseTimer()
-        with timer.phase("check"):
-            components = self.check(spec)
-        with timer.phase("read"):
-            clip = load_video(spec.video)
-        request = LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,
-                                transform=clip.transform, frames=clip.frames)
-        requests = feature_requests(provider for provider, _ in components.layouts)
+        components, clip, request, requests = self._prepare(spec, timer)
         inversion = None
         if requests:
             inverted = self._invert_clip(spec, components, clip, request, timer, requests)

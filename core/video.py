@@ -392,24 +392,20 @@ def _checked(frames: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         yield frame
 
 
-def write_mp4(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: float, *, crf: int = 18) -> Path:
-    """Write ``uint8 (F, H, W, 3)`` RGB frames as H.264 (yuv420p) mp4/mov, atomically.
-
-    Odd sizes are padded by one edge pixel (yuv420p needs even sizes). Returns ``path``.
-    """
-    path = Path(path)
-    fmt = _CONTAINERS.get(path.suffix.lower(), "mp4")
+def _encode(path: Path, frames: np.ndarray | Iterable[np.ndarray], fps: float, *, fmt: str, codec: str,
+            pix_fmt: str, options: dict[str, str], even: bool) -> Path:
+    """Encode frames with PyAV into ``path`` atomically; ``even`` pads odd sizes by one edge pixel."""
     with atomic_path(path) as tmp:
         container = av.open(str(tmp), mode="w", format=fmt)
         try:
             stream = None
             for frame in _checked(frames):
                 if stream is None:
-                    stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+                    stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
                     height, width = frame.shape[:2]
-                    stream.height, stream.width = height + height % 2, width + width % 2
-                    stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf)}
+                    stream.height, stream.width = (height + height % 2, width + width % 2) if even else (height, width)
+                    stream.pix_fmt = pix_fmt
+                    stream.options = options
                 pad = ((0, stream.height - frame.shape[0]), (0, stream.width - frame.shape[1]), (0, 0))
                 image = np.pad(frame, pad, mode="edge") if any(p[1] for p in pad) else frame
                 for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
@@ -421,6 +417,16 @@ def write_mp4(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: 
         finally:
             container.close()
     return path
+
+
+def write_mp4(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: float, *, crf: int = 18) -> Path:
+    """Write ``uint8 (F, H, W, 3)`` RGB frames as H.264 (yuv420p) mp4/mov, atomically.
+
+    Odd sizes are padded by one edge pixel (yuv420p needs even sizes). Returns ``path``.
+    """
+    path = Path(path)
+    return _encode(path, frames, fps, fmt=_CONTAINERS.get(path.suffix.lower(), "mp4"), codec="libx264",
+                   pix_fmt="yuv420p", options={"crf": str(crf)}, even=True)
 
 
 def write_gif(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: float) -> Path:
@@ -459,25 +465,8 @@ def write_lossless(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], 
     :func:`read_video` gives back exactly the same bytes (what ``stmod-run eval`` relies on); the file
     is a few times smaller than PNG frames and any ffmpeg-based player reads it. Returns ``path``.
     """
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        container = av.open(str(tmp), mode="w", format="matroska")
-        try:
-            stream = None
-            for frame in _checked(frames):
-                if stream is None:
-                    stream = container.add_stream("ffv1", rate=Fraction(fps).limit_denominator(1001))
-                    stream.height, stream.width = frame.shape[:2]
-                    stream.pix_fmt = "bgr0"  # RGB without chroma subsampling: exact round trip
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                    container.mux(packet)
-            if stream is None:
-                raise ValueError("no frames to write")
-            for packet in stream.encode():
-                container.mux(packet)
-        finally:
-            container.close()
-    return path
+    # bgr0: RGB without chroma subsampling, so the round trip is exact
+    return _encode(Path(path), frames, fps, fmt="matroska", codec="ffv1", pix_fmt="bgr0", options={}, even=False)
 
 
 def write_video(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: float) -> Path:
