@@ -188,7 +188,7 @@ class Editor:
         with timer.phase("layout"):
             layout = self._layout(spec, components, request)
         run = {"versions": versions(), "inversion": inversion,
-               "phases": {name: round(seconds, 3) for name, seconds in timer.seconds.items()}}
+               "phases": timer.snapshot()}
         return LayoutResult(clip=clip, layout=layout, components=components, run=run)
 
     # -- phases ------------------------------------------------------------------------------------

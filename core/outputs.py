@@ -103,7 +103,7 @@ def write_outputs(
         (folder / "config.yaml").write_text(dump_job(spec), encoding="utf-8")
         record = {
             **run,
-            "phases": {name: round(seconds, 3) for name, seconds in timer.seconds.items()},
+            "phases": timer.snapshot(),
             "phases_run": list(timer.ran),
             "peak_rss_bytes": peak_rss_bytes(),
             "peak_gpu_bytes": peak_gpu_bytes(),

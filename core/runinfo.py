@@ -36,16 +36,23 @@ class PhaseTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.ran: list[str] = []
+        self._running: dict[str, float] = {}
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start = self._running[name] = time.perf_counter()
+        if name not in self.ran:
+            self.ran.append(name)
         try:
             yield
         finally:
+            del self._running[name]
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            if name not in self.ran:
-                self.ran.append(name)
+
+    def snapshot(self) -> dict[str, float]:
+        """Seconds per phase so far, phases still running included (rounded to ms)."""
+        now = time.perf_counter()
+        return {name: round(self.seconds.get(name, 0.0) + now - self._running.get(name, now), 3) for name in self.ran}
 
     @property
     def total(self) -> float:
