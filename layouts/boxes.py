@@ -9,7 +9,13 @@ interpolated; before the first and after the last keyframe the nearest box is he
 A box is rasterised at source size — pixel ``(row, col)`` is inside when its centre
 ``(col + 0.5, row + 0.5)`` lies in the box — and then scaled and cropped exactly like the frames
 (``LayoutRequest.transform``). A region whose box falls outside the crop in every selected frame is an
-error. (Refining boxes to the object inside them arrives with the K-Means provider.)
+error.
+
+``refine: N`` (N ≥ 2 K-Means clusters) shrinks each box to the object inside it: the clip's
+inversion self-attention features are clustered like the ``kmeans`` provider does (all frames
+jointly, UNet level ``refine_level``), and the box keeps the clusters that lie mostly inside it
+(:func:`stmod.layouts.clustering.refine_to_object`). This needs the inversion, so the Editor inverts
+before computing the layout.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import torch
 from attrs import field, frozen, validators
 
 from stmod.core.errors import LayoutError
+from stmod.core.features import FeatureRequest, InversionFeatures
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
 from stmod.core.video import FrameTransform, probe_video, select_frames
+from stmod.layouts.clustering import cluster_features, refine_to_object, upsample_labels
 from stmod.layouts.compose import empty_layout
 
 __all__ = ["Box", "BoxesOptions", "BoxLayoutProvider", "interpolate_box", "rasterise_box"]
@@ -76,8 +84,14 @@ class BoxesOptions:
     boxes: Mapping[str, Mapping[int, Box]] = field(converter=_box_table)
     #: ``pixels`` (source frame pixels) or ``normalized`` (fractions of width and height).
     units: Units = field(default="pixels", validator=validators.in_(("pixels", "normalized")))
+    #: K-Means clusters used to shrink boxes to their object (0: keep whole boxes).
+    refine: int = field(default=0, validator=validators.ge(0))
+    #: UNet level of the features used by ``refine`` (1: half the latent grid, as ``kmeans``).
+    refine_level: int = field(default=1, validator=validators.ge(0))
 
     def __attrs_post_init__(self) -> None:
+        if self.refine == 1:
+            raise ValueError("refine: 1 cannot separate an object from its background; use 0 (off) or 2 or more")
         if self.units == "normalized":
             for region, frames in self.boxes.items():
                 for frame, box in frames.items():
@@ -105,10 +119,10 @@ def rasterise_box(box: Box, height: int, width: int) -> np.ndarray:
 class BoxLayoutProvider:
     """The ``boxes`` layout provider (see the module docs)."""
 
-    needs_inversion_features = False
-
     def __init__(self, options: BoxesOptions) -> None:
         self.options = options
+        self.needs_inversion_features = options.refine > 0
+        self.feature_request = FeatureRequest(level=options.refine_level) if options.refine else None
 
     def _pixels(self, box: Box, height: int, width: int) -> Box:
         if self.options.units == "normalized":
@@ -165,4 +179,24 @@ class BoxLayoutProvider:
                 raise LayoutError(f"region {region!r}: its box lies outside the centre crop in every selected frame",
                                   region=region)
             stacks.append(masks)
+        if self.options.refine:
+            stacks = self._refine(request, regions, stacks)
         return LayoutMasks(masks=torch.from_numpy(np.stack(stacks, axis=1)), names=tuple(regions))
+
+    def _refine(self, request: LayoutRequest, regions: Sequence[str], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        if not isinstance(request.features, InversionFeatures):
+            raise LayoutError("layout 'boxes' with refine needs attention features recorded during inversion; run it "
+                              "through the Editor (stmod-run edit or stmod-run layout)")
+        maps = request.features.get(self.feature_request)
+        f, h, w = maps.self_rows.shape[:3]
+        rows = torch.sqrt(maps.self_rows.clamp_min(0)).reshape(f * h * w, -1).numpy()  # Hellinger, as kmeans
+        labels = cluster_features(rows, self.options.refine).reshape(f, h, w)
+        pixels = upsample_labels(labels, *boxes[0].shape[1:])
+        refined = []
+        for region, box in zip(regions, boxes):
+            mask = refine_to_object(box, pixels)
+            if not mask.any():
+                raise LayoutError(f"region {region!r}: refine left nothing of its box; try more clusters or refine: 0",
+                                  region=region)
+            refined.append(mask)
+        return refined

@@ -17,7 +17,8 @@ import numpy as np
 
 from stmod.core.errors import LayoutError
 
-__all__ = ["cluster_features", "word_cluster_scores", "name_clusters", "cluster_words"]
+__all__ = ["cluster_features", "word_cluster_scores", "name_clusters", "cluster_words", "refine_to_object",
+           "upsample_labels"]
 
 
 def cluster_features(features: np.ndarray, n_clusters: int, *, pca: int = 32, n_init: int = 10,
@@ -84,3 +85,31 @@ def cluster_words(named: Mapping[str, int], n_clusters: int) -> list[list[str]]:
     for word, cluster in named.items():
         table[cluster].append(word)
     return table
+
+
+def refine_to_object(box: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The part of a box that belongs to the object it frames: the box ∩ the clusters inside it.
+
+    A cluster counts as the object's when at least half of its pixels (over all frames) lie inside the
+    box — background clusters spread far beyond it; when none does, the cluster with the largest
+    inside share is taken.
+
+    :param box: bool ``(F, H, W)`` box masks of one region.
+    :param labels: int ``(F, H, W)`` cluster labels at the same pixels.
+    :returns: bool ``(F, H, W)``, a subset of ``box``.
+    """
+    ids = np.unique(labels[box])
+    if ids.size == 0:
+        return np.zeros_like(box)
+    inside = np.array([np.count_nonzero(labels[box] == c) for c in ids], dtype=np.float64)
+    total = np.array([np.count_nonzero(labels == c) for c in ids], dtype=np.float64)
+    share = inside / total
+    chosen = ids[share >= 0.5] if (share >= 0.5).any() else ids[[int(np.argmax(share))]]
+    return box & np.isin(labels, chosen)
+
+
+def upsample_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(F, h, w)`` → ``(F, height, width)`` by nearest sampling (cell ``floor(i·h/height)``)."""
+    rows = np.minimum(np.arange(height) * labels.shape[1] // height, labels.shape[1] - 1)
+    cols = np.minimum(np.arange(width) * labels.shape[2] // width, labels.shape[2] - 1)
+    return labels[:, rows][:, :, cols]

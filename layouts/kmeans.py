@@ -47,7 +47,7 @@ from attrs import field, frozen, validators
 from stmod.core.errors import LayoutError
 from stmod.core.features import FeatureRequest, InversionFeatures, prompt_words
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
-from stmod.layouts.clustering import cluster_features, cluster_words, name_clusters
+from stmod.layouts.clustering import cluster_features, cluster_words, name_clusters, upsample_labels
 from stmod.layouts.compose import empty_layout
 
 __all__ = ["KMeansOptions", "KMeansLayoutProvider", "ClusterResult", "upsample_labels"]
@@ -152,13 +152,6 @@ class ClusterResult:
         owner = {c: r for r, ids in self.regions.items() for c in ids}
         return [{"id": c, "fraction": round(f, 4), "words": list(self.words[c]), "region": owner.get(c)}
                 for c, f in enumerate(self.fractions())]
-
-
-def upsample_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``(F, h, w)`` → ``(F, height, width)`` by nearest sampling (cell ``floor(i·h/height)``)."""
-    rows = np.minimum(np.arange(height) * labels.shape[1] // height, labels.shape[1] - 1)
-    cols = np.minimum(np.arange(width) * labels.shape[2] // width, labels.shape[2] - 1)
-    return labels[:, rows][:, :, cols]
 
 
 def _via(pick: Pick) -> str:
