@@ -8,7 +8,6 @@ files (``dpt_hybrid-midas-501f0c75.pt``; ``body_pose_model.pth``) or a hub id al
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import cv2
 import numpy as np
 from attrs import field, frozen, validators
 
+from stmod.backbones.sd15 import hub_offline
 from stmod.core.errors import CheckpointError, InputError, MissingDependencyError
 from stmod.core.types import EditSpec, LayoutRequest
 
@@ -104,7 +104,7 @@ class _WeightsAnnotator:
             if missing:
                 raise CheckpointError(str(location), f"{self.component} annotator weights missing: {', '.join(missing)}"
                                                      f" (copy them from the {ANNOTATOR_REPO} hub repository)")
-        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        elif hub_offline():
             from huggingface_hub import try_to_load_from_cache
 
             missing = [f for f in self.files if not isinstance(try_to_load_from_cache(self.options.weights, f), str)]

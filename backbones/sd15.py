@@ -68,7 +68,8 @@ def _is_local(location: str) -> bool:
         (".safetensors", ".ckpt"))
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` forbids downloads (checkpoints must then be in the HF cache)."""
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
 
 
@@ -90,7 +91,7 @@ def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), 
                     raise CheckpointError(str(path), f"{what} folder lacks {', '.join(m + '/' for m in missing)} (expected a diffusers "
                                                      "layout: save it with save_pretrained)")
         return str(path)
-    if _offline():
+    if hub_offline():
         from huggingface_hub import scan_cache_dir
 
         try:

@@ -299,8 +299,7 @@ class Editor:
             uncond, cond = eps.chunk(2)
             return uncond + guidance * (cond - uncond)
 
-        union = layout.union()[:, None] if layout.masks.shape[1] else torch.zeros(frames, 1, *layout.size, dtype=torch.bool)
-        mask = downsample_masks(union, latent_size, spec.modulation.mask_downsample).to(backbone.device, backbone.dtype)
+        mask = downsample_masks(layout.union()[:, None], latent_size, spec.modulation.mask_downsample).to(backbone.device, backbone.dtype)
         generator = torch.Generator(device=backbone.device).manual_seed(spec.seed)
         context = {"mask": mask, "source_latents": x0, "trajectory": trajectory, "add_noise": schedule.add_noise,
                    "generator": generator}
@@ -359,8 +358,6 @@ class _Session:
 
     def installed(self):
         """Install the modulator on every attention model of the backbone for a ``with`` block."""
-        import contextlib
-
         stack = contextlib.ExitStack()
         for role, model in self.backbone.attention_models().items():
             stack.enter_context(self.components.modulator.install(model, role=role.split(".")[0]))

@@ -32,7 +32,7 @@ from stmod.core.errors import LayoutError
 from stmod.core.features import FeatureRequest, InversionFeatures
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
 from stmod.core.video import FrameTransform, probe_video, select_frames
-from stmod.layouts.clustering import cluster_features, refine_to_object, upsample_labels
+from stmod.layouts.clustering import cluster_self_rows, refine_to_object, upsample_labels
 from stmod.layouts.compose import empty_layout
 
 __all__ = ["Box", "BoxesOptions", "BoxLayoutProvider", "interpolate_box", "rasterise_box"]
@@ -187,10 +187,7 @@ class BoxLayoutProvider:
         if not isinstance(request.features, InversionFeatures):
             raise LayoutError("layout 'boxes' with refine needs attention features recorded during inversion; run it "
                               "through the Editor (stmod-run edit or stmod-run layout)")
-        maps = request.features.get(self.feature_request)
-        f, h, w = maps.self_rows.shape[:3]
-        rows = torch.sqrt(maps.self_rows.clamp_min(0)).reshape(f * h * w, -1).numpy()  # Hellinger, as kmeans
-        labels = cluster_features(rows, self.options.refine).reshape(f, h, w)
+        labels = cluster_self_rows(request.features.get(self.feature_request).self_rows, self.options.refine)
         pixels = upsample_labels(labels, *boxes[0].shape[1:])
         refined = []
         for region, box in zip(regions, boxes):

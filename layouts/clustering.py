@@ -17,8 +17,8 @@ import numpy as np
 
 from stmod.core.errors import LayoutError
 
-__all__ = ["cluster_features", "word_cluster_scores", "name_clusters", "cluster_words", "refine_to_object",
-           "upsample_labels"]
+__all__ = ["cluster_features", "cluster_self_rows", "word_cluster_scores", "name_clusters", "cluster_words",
+           "refine_to_object", "upsample_labels"]
 
 
 def cluster_features(features: np.ndarray, n_clusters: int, *, pca: int = 32, n_init: int = 10,
@@ -52,6 +52,17 @@ def cluster_features(features: np.ndarray, n_clusters: int, *, pca: int = 32, n_
     renumber = np.empty(n_clusters, dtype=np.int64)
     renumber[order] = np.arange(n_clusters)
     return renumber[raw]
+
+
+def cluster_self_rows(self_rows, n_clusters: int, *, pca: int = 32, n_init: int = 10, seed: int = 0) -> np.ndarray:
+    """Cluster the tokens of recorded self-attention rows: float ``(F, h, w, D)`` → int64 labels ``(F, h, w)``.
+
+    Rows are probability distributions; Euclidean distance between their square roots is the
+    Hellinger distance, which suits K-Means better than raw probabilities.
+    """
+    rows = np.sqrt(np.clip(np.asarray(self_rows, dtype=np.float32), 0, None))
+    f, h, w = rows.shape[:3]
+    return cluster_features(rows.reshape(f * h * w, -1), n_clusters, pca=pca, n_init=n_init, seed=seed).reshape(f, h, w)
 
 
 def word_cluster_scores(cross: np.ndarray, labels: np.ndarray, positions: Sequence[int], n_clusters: int) -> np.ndarray:

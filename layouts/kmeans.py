@@ -47,7 +47,7 @@ from attrs import field, frozen, validators
 from stmod.core.errors import LayoutError
 from stmod.core.features import FeatureRequest, InversionFeatures, prompt_words
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
-from stmod.layouts.clustering import cluster_features, cluster_words, name_clusters, upsample_labels
+from stmod.layouts.clustering import cluster_self_rows, cluster_words, name_clusters, upsample_labels
 from stmod.layouts.compose import empty_layout
 
 __all__ = ["KMeansOptions", "KMeansLayoutProvider", "ClusterResult", "upsample_labels"]
@@ -249,15 +249,11 @@ class KMeansLayoutProvider:
                               "the Editor (stmod-run edit or stmod-run layout)")
         plan = self._plan(request.spec, regions)
         maps = features.get(self.feature_request)
-        f, h, w = maps.self_rows.shape[:3]
         opts = self.options
-        # Hellinger embedding: rows are probability distributions, and Euclidean distance between their
-        # square roots is the Hellinger distance, which suits K-Means better than raw probabilities.
-        rows = torch.sqrt(maps.self_rows.clamp_min(0)).reshape(f * h * w, -1).numpy()
-        labels = cluster_features(rows, opts.clusters, pca=opts.pca, n_init=opts.n_init, seed=opts.seed)
-        named = name_clusters(maps.cross.reshape(f * h * w, -1).numpy(), labels, features.words, opts.clusters)
+        labels = cluster_self_rows(maps.self_rows, opts.clusters, pca=opts.pca, n_init=opts.n_init, seed=opts.seed)
+        named = name_clusters(maps.cross.reshape(labels.size, -1).numpy(), labels.reshape(-1), features.words,
+                              opts.clusters)
         assigned = self._resolve(plan, named, features)
-        labels = labels.reshape(f, h, w)
         self.result = ClusterResult(labels=labels, words=tuple(map(tuple, cluster_words(named, opts.clusters))),
                                     regions=assigned)
         for line in self.result.summary():
