@@ -1,10 +1,11 @@
-"""Built-in plugin: the ``sd15`` and ``tiny`` backbones and the ControlNet annotators."""
+"""Built-in plugin: the ``sd15``, ``tiny`` and ``shapes`` backbones and the ControlNet annotators."""
 
 from __future__ import annotations
 
 from stmod import hookimpl
 from stmod.backbones import annotators
 from stmod.backbones.sd15 import SD15Options, StableDiffusionBackbone
+from stmod.backbones.shapes import ShapesBackbone, ShapesOptions
 from stmod.backbones.tiny import TinyBackbone, TinyOptions
 
 
@@ -13,7 +14,9 @@ def stmod_register_backbones(register) -> None:
     register.add("sd15", StableDiffusionBackbone, options=SD15Options,
                  summary="Stable Diffusion 1.5 family (hub id, diffusers folder or .safetensors) + ControlNets")
     register.add("tiny", TinyBackbone, options=TinyOptions,
-                 summary="SD-1.5-shaped random-weight model for demos and tests (pictures are not meaningful)")
+                 summary="SD-1.5-shaped random-weight model for fast tests (pictures are not meaningful)")
+    register.add("shapes", ShapesBackbone, options=ShapesOptions,
+                 summary="small SD-1.5-layout model trained on the shapes world (colours, shapes, parts; 128 px)")
 
 
 @hookimpl

@@ -81,20 +81,22 @@ def write_tiny_clip_tokenizer(folder: str | Path, words: Iterable[str] = DEFAULT
             raise ValueError(f"tokenizer word {word!r} must be lower-case letters only")
     # Longer words first: their merge chains then outrank any shorter word's pair inside them
     # (e.g. "spiderman" stays one token although "man" has merges of its own).
+    # A word first takes the merges already made (they outrank its own), then its remaining pieces
+    # are chained left to right; a new merge never applies to an earlier word, which always has an
+    # older, better-ranked merge available until it is a single token.
     merges: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
+    ranks: dict[tuple[str, str], int] = {}
     for word in sorted(unique, key=len, reverse=True):
-        parts = _word_symbols(word, table)
+        parts = _bpe(_word_symbols(word, table), ranks)
         current = parts[0]
         for right in parts[1:]:
             pair = (current, right)
-            if pair not in seen:
-                seen.add(pair)
+            if pair not in ranks:
+                ranks[pair] = len(merges)
                 merges.append(pair)
             current += right
             vocab.setdefault(current, len(vocab))
 
-    ranks = {pair: i for i, pair in enumerate(merges)}
     for word in unique:
         if len(_bpe(_word_symbols(word, table), ranks)) != 1:
             raise ValueError(f"tokenizer word {word!r} does not become a single token with this word list")

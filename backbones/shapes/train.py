@@ -1,0 +1,344 @@
+"""Train the ``shapes`` model on the shapes world: ``python -m stmod.backbones.shapes.train``.
+
+Three stages, each resumable from its checkpoint in ``--work`` and logged to ``loss.jsonl``:
+
+1. ``vae``: an SD-layout ``AutoencoderKL`` (×8, 4 latent channels) on random crops of world frames.
+2. ``unet``: a ``UNet2DConditionModel`` with SD 1.5's block structure and a CLIP text encoder trained
+   jointly with it (the tokenizer has one token per world word), on latents of captioned world frames
+   with SD's noise schedule, ε-prediction, min-SNR weighting, 10 % caption dropout (for classifier-free
+   guidance) and an EMA of the UNet.
+3. ``export``: the EMA weights as a diffusers folder (``StableDiffusionPipeline.save_pretrained``,
+   safetensors) plus ``manifest.json`` (checksums, the command, the figures measured on held-out frames).
+
+Everything is seeded: the same command and thread count reproduce the model up to floating-point
+reduction order. Optimiser, schedules, EMA and SNR weights are torch's and diffusers' own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from stmod.backbones.shapes import world
+from stmod.backbones.tiny_tokenizer import write_tiny_clip_tokenizer
+
+__all__ = ["TrainConfig", "main", "make_dataset", "build_models", "file_checksums"]
+
+#: Frame size of the world (pixels); the UNet works on 16×16 latents.
+IMAGE_SIZE = 128
+CAPTION_DROPOUT = 0.1
+
+
+class TrainConfig:
+    """Hyper-parameters; the defaults are the shipped model's (see ``docs/shapes.md``)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.seed: int = args.seed
+        self.images: int = args.images
+        self.vae_steps: int = args.vae_steps
+        self.vae_batch: int = 16
+        self.vae_crop: int = 64
+        self.vae_lr: float = 1e-3
+        self.unet_steps: int = args.unet_steps
+        self.unet_batch: int = 32
+        self.unet_lr: float = 5e-4
+        self.ema_decay: float = 0.999
+        self.snr_gamma: float = 5.0
+        self.checkpoint_every: int = 200
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+def _render_one(args: tuple[int, int]) -> tuple[np.ndarray, str]:
+    seed, index = args
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    scene = world.random_scene(rng)
+    frame = world.render(scene, float(rng.uniform(0, 8)), (IMAGE_SIZE, IMAGE_SIZE))
+    return frame.image, world.caption(scene, rng)
+
+
+def make_dataset(count: int, seed: int, *, workers: int = 2) -> tuple[np.ndarray, list[str]]:
+    """``count`` captioned world frames: uint8 ``(N, H, W, 3)`` and captions; image ``i`` depends only
+    on ``(seed, i)``, so the set is the same for any number of workers."""
+    jobs = [(seed, i) for i in range(count)]
+    with Pool(workers) as pool:
+        items = list(tqdm(pool.imap(_render_one, jobs, chunksize=64), total=count, desc="world frames",
+                          unit="frame"))
+    return np.stack([im for im, _ in items]), [c for _, c in items]
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+# -- models -----------------------------------------------------------------------------------------
+
+def build_models(tokenizer_dir: Path, seed: int):
+    """Fresh ``(vae, unet, text_encoder, tokenizer)`` of the shapes architecture."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = write_tiny_clip_tokenizer(tokenizer_dir, words=world.WORDS)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=[32, 64, 64, 64], down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, norm_num_groups=32,
+                        layers_per_block=1, sample_size=IMAGE_SIZE)
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64, 96, 96), layers_per_block=1, sample_size=IMAGE_SIZE // 8,
+        in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1,
+        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=77, projection_dim=64))
+    return vae, unet, text_encoder, tokenizer
+
+
+def noise_scheduler():
+    """SD 1.5's training noise schedule."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear")
+
+
+# -- checkpoints and logs -------------------------------------------------------------------------
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _log(work: Path, record: dict) -> None:
+    with open(work / "loss.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (over the 0…255 range)."""
+    mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+# -- stage 1: the autoencoder ---------------------------------------------------------------------
+
+def train_vae(vae, images: np.ndarray, held_out: np.ndarray, cfg: TrainConfig, work: Path) -> float:
+    """Train ``vae`` in place; returns the held-out reconstruction PSNR (dB)."""
+    from diffusers.optimization import get_scheduler
+
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=50, num_training_steps=cfg.vae_steps)
+    start, ckpt = 0, work / "vae.ckpt"
+    rng = np.random.default_rng(cfg.seed + 10)
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
+        start, rng.bit_generator.state = state["step"], state["rng"]
+    vae.train()
+    bar = tqdm(range(start, cfg.vae_steps), initial=start, total=cfg.vae_steps, desc="vae", unit="step")
+    crop = cfg.vae_crop
+    for step in bar:
+        idx = rng.integers(0, len(images), cfg.vae_batch)
+        ys, xs = rng.integers(0, IMAGE_SIZE - crop + 1, (2, cfg.vae_batch))
+        batch = _to_tensor(np.stack([images[i, y:y + crop, x:x + crop] for i, y, x in zip(idx, ys, xs)]))
+        dist = vae.encode(batch).latent_dist
+        recon = vae.decode(dist.sample()).sample
+        rec = (recon - batch).pow(2).mean() + 0.5 * (recon - batch).abs().mean()
+        loss = rec + 1e-6 * dist.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step(), sched.step()
+        bar.set_postfix(loss=f"{rec.item():.4f}")
+        if (step + 1) % 20 == 0:
+            _log(work, {"stage": "vae", "step": step + 1, "loss": rec.item(), "lr": sched.get_last_lr()[0]})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                          "step": step + 1, "rng": rng.bit_generator.state}, ckpt)
+    vae.eval()
+    with torch.no_grad():
+        x = _to_tensor(held_out)
+        recon = torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in x.split(16)])
+    return _psnr(recon, x)
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray) -> torch.Tensor:
+    """Distribution means of ``images`` (unscaled), float32 ``(N, 4, h, w)``."""
+    out = [vae.encode(_to_tensor(images[i:i + 64])).latent_dist.mean
+           for i in tqdm(range(0, len(images), 64), desc="latents", unit="batch")]
+    return torch.cat(out)
+
+
+# -- stage 2: UNet + text encoder -----------------------------------------------------------------
+
+def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], cfg: TrainConfig,
+               work: Path):
+    """Train ``unet`` and ``text_encoder`` in place on scaled latents; returns the UNet's EMA."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel, compute_snr
+
+    scheduler = noise_scheduler()
+    ids = tokenizer(captions + [""], padding="max_length", max_length=77, truncation=True,
+                    return_tensors="pt").input_ids
+    empty, ids = ids[-1], ids[:-1]
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=200, num_training_steps=cfg.unet_steps)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
+    gen = torch.Generator().manual_seed(cfg.seed + 20)
+    start, ckpt = 0, work / "unet.ckpt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
+        opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"]), ema.load_state_dict(state["ema"])
+        start = state["step"]
+        gen.set_state(state["gen"])
+    unet.train(), text_encoder.train()
+    bar = tqdm(range(start, cfg.unet_steps), initial=start, total=cfg.unet_steps, desc="unet", unit="step")
+    for step in bar:
+        idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=gen)
+        x0 = latents[idx]
+        tokens = ids[idx].clone()
+        tokens[torch.rand(cfg.unet_batch, generator=gen) < CAPTION_DROPOUT] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+        noisy = scheduler.add_noise(x0, noise, t)
+        pred = unet(noisy, t, text_encoder(tokens)[0]).sample
+        # min-SNR-γ weighting (Hang et al. 2023) for ε-prediction, as in diffusers' training examples.
+        snr = compute_snr(scheduler, t)
+        weight = torch.clamp(snr, max=cfg.snr_gamma) / snr
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(), sched.step()
+        ema.step(unet.parameters())
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % 20 == 0:
+            _log(work, {"stage": "unet", "step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+            _save_atomic({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "opt": opt.state_dict(),
+                          "sched": sched.state_dict(), "ema": ema.state_dict(), "step": step + 1,
+                          "gen": gen.get_state()}, ckpt)
+    unet.eval(), text_encoder.eval()
+    return ema
+
+
+# -- stage 3: export ------------------------------------------------------------------------------
+
+def file_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` except ``manifest.json``, keyed by relative POSIX path."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != "manifest.json":
+            out[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict) -> None:
+    """Write the diffusers folder and its manifest to ``out`` (replacing a folder this script wrote)."""
+    import shutil
+
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    ddim = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=ddim, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    tmp = out.with_name(out.name + ".export.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    info = dict(info, files=file_checksums(tmp))
+    (tmp / "manifest.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if out.exists():
+        if not (out / "manifest.json").exists():
+            raise SystemExit(f"train: --out {out} exists and is not a shapes model folder; choose another")
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+# -- command --------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m stmod.backbones.shapes.train", description=__doc__.split("\n")[0])
+    p.add_argument("--work", type=Path, default=Path("shapes-train"),
+                   help="checkpoints, data cache and loss log (resumes from it; default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where the model folder goes (default: WORK/model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=16000, help="world frames to train on (default: %(default)s)")
+    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--unet-steps", type=int, default=2500)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = TrainConfig(args)
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    out = args.out or work / "model"
+    began = time.time()
+
+    data_file = work / f"data-{cfg.seed}-{cfg.images}.npz"
+    if data_file.exists():
+        with np.load(data_file) as data:
+            images, captions = data["images"], list(data["captions"])
+    else:
+        images, captions = make_dataset(cfg.images + 64, cfg.seed, workers=max(1, args.threads))
+        np.savez(data_file.with_suffix(".tmp.npz"), images=images, captions=np.array(captions))
+        os.replace(data_file.with_suffix(".tmp.npz"), data_file)
+    held_out, images, captions = images[-64:], images[:-64], captions[:-64]
+
+    vae, unet, text_encoder, tokenizer = build_models(work / "tokenizer", cfg.seed)
+    psnr = train_vae(vae, images, held_out, cfg, work)
+    print(f"train: vae held-out PSNR {psnr:.2f} dB", file=sys.stderr)
+    latents = encode_latents(vae, images)
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    ema = train_unet(unet, text_encoder, tokenizer, latents * scaling, captions, cfg, work)
+    ema.copy_to(unet.parameters())
+    info = {
+        "model": "shapes",
+        "command": "python -m stmod.backbones.shapes.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "config": cfg.as_dict(),
+        "threads": args.threads,
+        "train_seconds": round(time.time() - began, 1),
+        "vae_psnr_db": round(psnr, 2),
+        "latent_scaling_factor": scaling,
+        "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
+                     "transformers": __import__("transformers").__version__},
+    }
+    export(out, vae, unet, text_encoder, tokenizer, info)
+    print(f"train: wrote {out} in {info['train_seconds'] / 60:.1f} min", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

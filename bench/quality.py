@@ -1,0 +1,143 @@
+"""Edit quality on the shapes world: the paper's ablation, measured on a model trained here.
+
+Runs fixed shapes-world edits (``--per-kind`` of each kind: class, instance, part, object, crossing;
+see :mod:`stmod.backbones.shapes.edits`) through the real :class:`Editor` on the ``shapes`` backbone,
+once per row — no modulation (the global prompt alone), cross only, self only, both (``videograin``),
+both (``paper``), the temporal focus ``per-frame`` / ``sparse-causal``, and without the latent blend —
+and scores each result against the world's exact masks (:mod:`stmod.backbones.shapes.metrics`).
+Prints a table and writes ``quality.json``::
+
+    .venv/bin/python bench/quality.py                     # 30 cases x 8 rows, ~25 min on 2 cores
+    .venv/bin/python bench/quality.py --per-kind 2 --rows none,both
+
+Inversions are cached per clip (in ``OUT/cache``), so rows that share one reuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import numpy as np
+from tqdm.auto import tqdm
+
+from stmod.backbones.shapes import edits, metrics, world
+from stmod.core.config import load_job
+from stmod.core.orchestrator import Editor
+from stmod.core.runinfo import InversionCache
+from stmod.core.types import ComponentRef
+
+#: Row name → (description, modulation overrides, blend or None for the job's).
+ROWS: dict[str, tuple[str, dict, str | None]] = {
+    "none": ("no modulation (global prompt only)",
+             {"preset": "paper", "modulate_cross": False, "modulate_self": False}, None),
+    "cross": ("cross-attention only", {"modulate_self": False}, None),
+    "self": ("self-attention only", {"modulate_cross": False}, None),
+    "both": ("cross + self, videograin preset", {}, None),
+    "paper": ("cross + self, paper preset", {"preset": "paper"}, None),
+    "per-frame": ("both, temporal focus per-frame", {"temporal": "per-frame"}, None),
+    "sparse-causal": ("both, temporal focus sparse-causal", {"temporal": "sparse-causal"}, None),
+    "no-blend": ("both, no latent blend", {}, "none"),
+}
+
+
+def score(case: edits.EditCase, source: np.ndarray, result: np.ndarray, frames: int) -> dict:
+    """The metrics of one edited clip (means over its regions)."""
+    _, bodies, parts = world.render_clip(case.scene, frames, (source.shape[2], source.shape[1]))
+    masks = edits.case_masks(case, bodies, parts)
+    colours = {r.name: r.colour for r in case.regions}
+    accuracy = [metrics.attribute_accuracy(result, masks[r.name], r.colour) for r in case.regions]
+    leak = metrics.leakage(source, result, masks, colours)
+    return {
+        "accuracy": float(np.mean(accuracy)),
+        "leakage": float(np.mean(list(leak.values()))),
+        "background_psnr": metrics.background_psnr(source, result, (bodies | parts).any(axis=1)),
+        "flicker": float(np.mean([metrics.flicker(result, masks[r.name]) for r in case.regions])),
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    out: Path = args.out.absolute()
+    cases = edits.benchmark_cases(args.per_kind, seed=args.seed)
+    rows = [r.strip() for r in args.rows.split(",")]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"quality: unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    editor = Editor.from_plugins(progress=False, cache=InversionCache(out / "cache"))
+    jobs = {c.name: edits.write_case(out / "cases" / c.name, c, frames=args.frames, steps=args.steps) for c in cases}
+    records = []
+    bar = tqdm(total=len(rows) * len(cases), desc="quality", unit="edit")
+    for row in rows:
+        _, modulation, blend = ROWS[row]
+        for case in cases:
+            spec = load_job(jobs[case.name])
+            spec = attrs.evolve(spec, modulation=attrs.evolve(spec.modulation, **modulation),
+                                blend=ComponentRef(name=blend) if blend else spec.blend,
+                                output=out / "runs" / row / case.name, overwrite=True)
+            began = time.perf_counter()
+            result = editor.run(spec)
+            seconds = time.perf_counter() - began
+            records.append({"row": row, "case": case.name, "kind": case.kind, "seconds": seconds,
+                            **score(case, result.source, result.frames, args.frames)})
+            bar.update()
+    bar.close()
+    return {"frames": args.frames, "steps": args.steps, "per_kind": args.per_kind, "seed": args.seed,
+            "rows": rows, "records": records, "summary": summarise(records, rows)}
+
+
+def summarise(records: list[dict], rows: list[str]) -> dict:
+    """Per row: accuracy overall and per kind, mean leakage, background PSNR, flicker, seconds per edit."""
+    summary = {}
+    for row in rows:
+        mine = [r for r in records if r["row"] == row]
+        entry = {"accuracy": float(np.mean([r["accuracy"] for r in mine]))}
+        for kind in edits.KINDS:
+            of_kind = [r["accuracy"] for r in mine if r["kind"] == kind]
+            if of_kind:
+                entry[f"accuracy_{kind}"] = float(np.mean(of_kind))
+        for key in ("leakage", "background_psnr", "flicker", "seconds"):
+            entry[key] = float(np.mean([r[key] for r in mine]))
+        summary[row] = entry
+    return summary
+
+
+def table(summary: dict) -> str:
+    kinds = [k for k in edits.KINDS if any(f"accuracy_{k}" in s for s in summary.values())]
+    head = ["row", "acc"] + [f"acc {k}" for k in kinds] + ["leak %", "bg PSNR", "flicker", "s/edit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, s in summary.items():
+        cells = [row, f"{s['accuracy']:.2f}"] + [f"{s.get(f'accuracy_{k}', float('nan')):.2f}" for k in kinds]
+        cells += [f"{100 * s['leakage']:.2f}", f"{s['background_psnr']:.1f}", f"{s['flicker']:.1f}",
+                  f"{s['seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--per-kind", type=int, default=6, help="cases of each kind (default: %(default)s; 5 kinds)")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="first case seed")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (default: all): " + ", ".join(ROWS))
+    p.add_argument("--out", type=Path, default=Path("bench-quality"), help="work folder (default: %(default)s)")
+    p.add_argument("--json", type=Path, default=None, help="where the results go (default: OUT/quality.json)")
+    args = p.parse_args(argv)
+    results = run(args)
+    path = args.json or args.out / "quality.json"
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"shapes world, {len(results['records']) // len(results['rows'])} edits per row, "
+          f"{args.frames} frames, {args.steps} steps")
+    for row in results["rows"]:
+        print(f"  {row}: {ROWS[row][0]}")
+    print(table(results["summary"]))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
