@@ -65,6 +65,12 @@ def attention_effect_figure(recorder: Any, layout: LayoutMasks, frames: np.ndarr
     return tile(images, titles=titles, columns=3)
 
 
+def _captions(spec: EditSpec) -> tuple[str, str]:
+    """What ``side_by_side.mp4`` says under the source and under the edit: the prompts."""
+    edit = "\n".join([spec.prompt] + [f"{r.name}: {r.prompt}" for r in spec.regions if r.prompt])
+    return spec.source_prompt or "(no source prompt)", edit
+
+
 def _save_png(path, image: np.ndarray) -> None:
     from PIL import Image
 
@@ -88,7 +94,8 @@ def write_outputs(
         folder.mkdir()
         write_mp4(folder / "result.mp4", frames, fps)
         write_gif(folder / "result.gif", frames, fps)
-        write_mp4(folder / "side_by_side.mp4", side_by_side(clip.frames, frames), fps)
+        write_mp4(folder / "side_by_side.mp4", side_by_side(clip.frames, frames, captions=_captions(spec),
+                                                            min_height=256), fps)
         if layout.names:
             write_mp4(folder / "masks.mp4", mask_overlay(clip.frames, layout.masks, layout.names), fps)
         if control_images:

@@ -2,7 +2,8 @@
 
 Everything here is pure numpy/OpenCV: inputs and outputs are ``uint8`` RGB arrays (``(H, W, 3)`` for
 one picture, ``(F, H, W, 3)`` for a clip) and nothing is written to disk. Text is drawn with OpenCV's
-Hershey font, which covers ASCII only (other characters show as ``?``).
+Hershey font, which covers ASCII only (other characters show as ``?``), except the caption strips
+(prompts), which use Pillow's scalable default font so any text shows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "region_colours",
     "draw_label",
     "legend",
+    "caption_strip",
     "side_by_side",
     "mask_overlay",
     "heatmap_overlay",
@@ -96,22 +98,63 @@ def _resize_to_height(frames: np.ndarray, height: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
 
 
-def side_by_side(
-    left: np.ndarray, right: np.ndarray, *, labels: tuple[str, str] = ("source", "edit"), gap: int = 4
-) -> np.ndarray:
-    """Two clips ``uint8 (F, H, W, 3)`` next to each other, each labelled: ``uint8 (F, H, Wl + gap + Wr, 3)``.
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and font.getlength(candidate) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
 
-    ``right`` is resized to ``left``'s height when they differ; frame counts must match.
+
+def caption_strip(text: str, width: int, *, size: int = 14) -> np.ndarray:
+    """A white strip ``uint8 (h, width, 3)`` with ``text`` in black, wrapped to ``width`` (Pillow font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=size)
+    lines = _wrap(text, font, width - 8)
+    line_h = size + 4
+    strip = Image.new("RGB", (width, line_h * len(lines) + 6), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, line in enumerate(lines):
+        draw.text((4, 3 + i * line_h), line, fill=(0, 0, 0), font=font)
+    return np.asarray(strip)
+
+
+def side_by_side(
+    left: np.ndarray, right: np.ndarray, *, labels: tuple[str, str] = ("source", "edit"), gap: int = 4,
+    captions: tuple[str, str] | None = None, min_height: int = 0,
+) -> np.ndarray:
+    """Two clips ``uint8 (F, H, W, 3)`` next to each other, each labelled: ``uint8 (F, H', W', 3)``.
+
+    ``right`` is resized to ``left``'s height when they differ; frame counts must match. Clips lower
+    than ``min_height`` are enlarged by a whole factor (nearest neighbour, so pixels stay visible);
+    ``captions`` (e.g. the prompts) are written under each clip.
     """
     if left.shape[0] != right.shape[0]:
         raise ValueError(f"side_by_side needs equal frame counts, got {left.shape[0]} and {right.shape[0]}")
     right = _resize_to_height(right, left.shape[1])
+    factor = -(-min_height // left.shape[1]) if left.shape[1] < min_height else 1
+    if factor > 1:
+        left, right = (f.repeat(factor, axis=1).repeat(factor, axis=2) for f in (left, right))
     spacer = np.full((left.shape[0], left.shape[1], gap, 3), 255, dtype=np.uint8)
     out = np.concatenate([left, spacer, right], axis=2)
     for i in range(out.shape[0]):
         out[i] = draw_label(out[i], labels[0], scale=_font_scale(left.shape[2]))
         out[i] = draw_label(out[i], labels[1], corner=(left.shape[2] + gap + 4, 4), scale=_font_scale(left.shape[2]))
-    return out
+    if captions is None:
+        return out
+    strips = [caption_strip(text, w) for text, w in zip(captions, (left.shape[2], right.shape[2]))]
+    height = max(s.shape[0] for s in strips)
+    strips = [np.pad(s, ((0, height - s.shape[0]), (0, 0), (0, 0)), constant_values=255) for s in strips]
+    below = np.concatenate([strips[0], np.full((height, gap, 3), 255, np.uint8), strips[1]], axis=1)
+    return np.concatenate([out, np.broadcast_to(below, (out.shape[0], *below.shape))], axis=1)
 
 
 def _numpy(array: Any) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Train the ``shapes`` model on the shapes world: ``python -m stmod.backbones.shapes.train``.
 
-Three stages, each resumable from its checkpoint in ``--work`` and logged to ``loss.jsonl``:
+Four stages, each resumable from its checkpoint in ``--work`` and logged to ``loss.jsonl``:
 
-1. ``vae``: an SD-layout ``AutoencoderKL`` (×8, 4 latent channels) on random crops of world frames.
+1. ``vae``: an SD-layout ``AutoencoderKL`` (×8, 4 latent channels) on world frames;
+   ``decoder``: then its decoder alone, the encoder frozen (so the UNet's latents do not change).
 2. ``unet``: a ``UNet2DConditionModel`` with SD 1.5's block structure and a CLIP text encoder trained
    jointly with it (the tokenizer has one token per world word), on latents of captioned world frames
    with SD's noise schedule, ε-prediction, min-SNR weighting, 10 % caption dropout (for classifier-free
@@ -48,9 +49,11 @@ class TrainConfig:
         self.seed: int = args.seed
         self.images: int = args.images
         self.vae_steps: int = args.vae_steps
-        self.vae_batch: int = 16
-        self.vae_crop: int = 64
-        self.vae_lr: float = 1e-3
+        self.vae_batch: int = 4
+        self.vae_crop: int = IMAGE_SIZE
+        self.vae_lr: float = 1.5e-3
+        self.decoder_steps: int = args.decoder_steps
+        self.decoder_lr: float = 1e-3
         self.unet_steps: int = args.unet_steps
         self.unet_batch: int = 32
         self.unet_lr: float = 5e-4
@@ -95,9 +98,11 @@ def build_models(tokenizer_dir: Path, seed: int):
 
     vocab = write_tiny_clip_tokenizer(tokenizer_dir, words=world.WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    # Few channels per norm group would normalise each channel's mean away, and with it the flat
+    # colours this world is made of: 4+ channels share a group everywhere (SD 1.5 has 4-40).
     torch.manual_seed(seed)
-    vae = AutoencoderKL(block_out_channels=[32, 64, 64, 64], down_block_types=["DownEncoderBlock2D"] * 4,
-                        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, norm_num_groups=32,
+    vae = AutoencoderKL(block_out_channels=[16, 32, 64, 64], down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, norm_num_groups=4,
                         layers_per_block=1, sample_size=IMAGE_SIZE)
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(
@@ -105,7 +110,7 @@ def build_models(tokenizer_dir: Path, seed: int):
         in_channels=4, out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16)
+        cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1,
@@ -143,43 +148,58 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # -- stage 1: the autoencoder ---------------------------------------------------------------------
 
-def train_vae(vae, images: np.ndarray, held_out: np.ndarray, cfg: TrainConfig, work: Path) -> float:
-    """Train ``vae`` in place; returns the held-out reconstruction PSNR (dB)."""
+def _fit_autoencoder(vae, images: np.ndarray, cfg: TrainConfig, work: Path, *, stage: str, steps: int,
+                     lr: float) -> float:
+    """Train ``vae`` in place for stage ``vae`` (all of it) or ``decoder`` (the decoder alone, the
+    encoder frozen, as SD's fine-tuned ft-MSE VAE: sharper pictures, the same latents); returns the
+    seconds this stage has taken in all its runs."""
     from diffusers.optimization import get_scheduler
 
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=50, num_training_steps=cfg.vae_steps)
-    start, ckpt = 0, work / "vae.ckpt"
-    rng = np.random.default_rng(cfg.seed + 10)
+    decoder_only = stage == "decoder"
+    params = [p for n, p in vae.named_parameters() if not decoder_only or n.startswith(("decoder.", "post_quant"))]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=100, num_training_steps=steps)
+    start, seconds, ckpt = 0, 0.0, work / f"{stage}.ckpt"
+    rng = np.random.default_rng(cfg.seed + (11 if decoder_only else 10))
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
-        start, rng.bit_generator.state = state["step"], state["rng"]
+        start, rng.bit_generator.state, seconds = state["step"], state["rng"], state.get("seconds", 0.0)
     vae.train()
-    bar = tqdm(range(start, cfg.vae_steps), initial=start, total=cfg.vae_steps, desc="vae", unit="step")
+    began = time.time() - seconds
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, unit="step")
     crop = cfg.vae_crop
     for step in bar:
         idx = rng.integers(0, len(images), cfg.vae_batch)
         ys, xs = rng.integers(0, IMAGE_SIZE - crop + 1, (2, cfg.vae_batch))
         batch = _to_tensor(np.stack([images[i, y:y + crop, x:x + crop] for i, y, x in zip(idx, ys, xs)]))
-        dist = vae.encode(batch).latent_dist
-        recon = vae.decode(dist.sample()).sample
+        with torch.set_grad_enabled(not decoder_only):
+            dist = vae.encode(batch).latent_dist
+        # Decode the mean, as stmod encodes clips (``latent_dist.mean``); the small KL term only keeps
+        # the latents' scale in check.
+        recon = vae.decode(dist.mode()).sample
         rec = (recon - batch).pow(2).mean() + 0.5 * (recon - batch).abs().mean()
-        loss = rec + 1e-6 * dist.kl().mean()
+        loss = rec if decoder_only else rec + 1e-6 * dist.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(), sched.step()
         bar.set_postfix(loss=f"{rec.item():.4f}")
         if (step + 1) % 20 == 0:
-            _log(work, {"stage": "vae", "step": step + 1, "loss": rec.item(), "lr": sched.get_last_lr()[0]})
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            _log(work, {"stage": stage, "step": step + 1, "loss": rec.item(), "lr": sched.get_last_lr()[0],
+                        "time": time.time()})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
             _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                          "step": step + 1, "rng": rng.bit_generator.state}, ckpt)
+                          "step": step + 1, "rng": rng.bit_generator.state, "seconds": time.time() - began}, ckpt)
     vae.eval()
-    with torch.no_grad():
-        x = _to_tensor(held_out)
-        recon = torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in x.split(16)])
+    return time.time() - began if start < steps else seconds
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae, images: np.ndarray) -> float:
+    """Held-out reconstruction PSNR (dB) through the distribution mean, as stmod encodes."""
+    x = _to_tensor(images)
+    recon = torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in x.split(16)])
     return _psnr(recon, x)
 
 
@@ -195,7 +215,8 @@ def encode_latents(vae, images: np.ndarray) -> torch.Tensor:
 
 def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], cfg: TrainConfig,
                work: Path):
-    """Train ``unet`` and ``text_encoder`` in place on scaled latents; returns the UNet's EMA."""
+    """Train ``unet`` and ``text_encoder`` in place on scaled latents; returns the UNet's EMA and the
+    seconds this stage has taken in all its runs."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
@@ -208,14 +229,15 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: l
     sched = get_scheduler("cosine", opt, num_warmup_steps=200, num_training_steps=cfg.unet_steps)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
     gen = torch.Generator().manual_seed(cfg.seed + 20)
-    start, ckpt = 0, work / "unet.ckpt"
+    start, seconds, ckpt = 0, 0.0, work / "unet.ckpt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
         opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"]), ema.load_state_dict(state["ema"])
-        start = state["step"]
+        start, seconds = state["step"], state.get("seconds", 0.0)
         gen.set_state(state["gen"])
     unet.train(), text_encoder.train()
+    began = time.time() - seconds
     bar = tqdm(range(start, cfg.unet_steps), initial=start, total=cfg.unet_steps, desc="unet", unit="step")
     for step in bar:
         idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=gen)
@@ -237,13 +259,14 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: l
         ema.step(unet.parameters())
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % 20 == 0:
-            _log(work, {"stage": "unet", "step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+            _log(work, {"stage": "unet", "step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                        "time": time.time()})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
             _save_atomic({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "opt": opt.state_dict(),
                           "sched": sched.state_dict(), "ema": ema.state_dict(), "step": step + 1,
-                          "gen": gen.get_state()}, ckpt)
+                          "gen": gen.get_state(), "seconds": time.time() - began}, ckpt)
     unet.eval(), text_encoder.eval()
-    return ema
+    return ema, (time.time() - began if start < cfg.unet_steps else seconds)
 
 
 # -- stage 3: export ------------------------------------------------------------------------------
@@ -291,8 +314,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the model folder goes (default: WORK/model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=16000, help="world frames to train on (default: %(default)s)")
-    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--vae-steps", type=int, default=2400)
+    p.add_argument("--decoder-steps", type=int, default=3000)
     p.add_argument("--unet-steps", type=int, default=2500)
+    p.add_argument("--stages", type=lambda v: set(v.split(",")), default={"vae", "decoder", "unet", "export"},
+                   help="comma-separated subset of vae,decoder,unet,export (default: all); a finished stage "
+                        "is loaded from its checkpoint")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     return p
 
@@ -317,26 +344,37 @@ def main(argv: list[str] | None = None) -> int:
     held_out, images, captions = images[-64:], images[:-64], captions[:-64]
 
     vae, unet, text_encoder, tokenizer = build_models(work / "tokenizer", cfg.seed)
-    psnr = train_vae(vae, images, held_out, cfg, work)
+    seconds = {"vae": _fit_autoencoder(vae, images, cfg, work, stage="vae", steps=cfg.vae_steps, lr=cfg.vae_lr)}
+    # The UNet learns on the encoder's latents, which the decoder stage leaves as they are: the two
+    # stages are independent (``--stages vae,decoder`` and ``--stages vae,unet`` may run at once).
+    latents = encode_latents(vae, images) if "unet" in args.stages or "export" in args.stages else None
+    if "decoder" in args.stages or "export" in args.stages:
+        seconds["decoder"] = _fit_autoencoder(vae, images, cfg, work, stage="decoder", steps=cfg.decoder_steps,
+                                              lr=cfg.decoder_lr)
+    psnr = reconstruction_psnr(vae, held_out)
     print(f"train: vae held-out PSNR {psnr:.2f} dB", file=sys.stderr)
-    latents = encode_latents(vae, images)
+    if latents is None:
+        return 0
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
-    ema = train_unet(unet, text_encoder, tokenizer, latents * scaling, captions, cfg, work)
+    ema, seconds["unet"] = train_unet(unet, text_encoder, tokenizer, latents * scaling, captions, cfg, work)
+    if "export" not in args.stages:
+        return 0
     ema.copy_to(unet.parameters())
     info = {
         "model": "shapes",
         "command": "python -m stmod.backbones.shapes.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "config": cfg.as_dict(),
         "threads": args.threads,
-        "train_seconds": round(time.time() - began, 1),
+        "stage_seconds": {k: round(v, 1) for k, v in seconds.items()},
         "vae_psnr_db": round(psnr, 2),
         "latent_scaling_factor": scaling,
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
                      "transformers": __import__("transformers").__version__},
     }
     export(out, vae, unet, text_encoder, tokenizer, info)
-    print(f"train: wrote {out} in {info['train_seconds'] / 60:.1f} min", file=sys.stderr)
+    print(f"train: wrote {out}; stages took {', '.join(f'{k} {v / 60:.1f} min' for k, v in seconds.items())}",
+          file=sys.stderr)
     return 0
 
 

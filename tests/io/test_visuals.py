@@ -70,3 +70,13 @@ def test_tile_grid() -> None:
     assert grid.dtype == np.uint8 and grid.ndim == 3
     assert grid.shape[1] == 2 * (48 + 4) + 4 and grid.shape[0] > 2 * (32 + 4)
     assert tile(images).shape[1] == grid.shape[1]
+
+
+def test_side_by_side_enlarges_small_clips_and_writes_captions() -> None:
+    """Small clips are enlarged by a whole factor; the captions (any script) go in a strip below."""
+    left = np.full((2, 64, 64, 3), 128, np.uint8)
+    out = side_by_side(left, left, gap=4, captions=("a white disc", "un disque rouge: é"), min_height=256)
+    assert out.shape[0] == 2 and out.shape[2] == 256 + 4 + 256 and out.shape[1] > 256
+    strip = out[0, 256:]
+    assert (strip < 100).any() and (strip == 255).mean() > 0.5  # dark text on white
+    assert np.array_equal(out[0, 100:110, 100], np.full((10, 3), 128, np.uint8))
