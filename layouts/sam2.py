@@ -44,8 +44,8 @@ from PIL import Image
 
 from stmod.core.errors import CheckpointError, LayoutError, MissingDependencyError
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
-from stmod.core.video import FrameTransform, probe_video, select_frames
-from stmod.layouts.compose import empty_layout
+from stmod.core.io.video import FrameTransform, probe_video, select_frames
+from stmod.core.pipeline.compose import empty_layout
 
 __all__ = ["Sam2Prompt", "Sam2Options", "Sam2LayoutProvider", "PredictorFactory", "build_sam2_predictor"]
 
@@ -159,7 +159,7 @@ class Sam2LayoutProvider:
     :param predictor_factory: builds the video predictor; default :func:`build_sam2_predictor`.
     """
 
-    needs_inversion_features = False
+    feature_request = None  # needs no diffusion model
 
     def __init__(self, options: Sam2Options, *, predictor_factory: PredictorFactory | None = None) -> None:
         self.options = options

@@ -1,7 +1,7 @@
 """``stmod-run``: the command-line entry point.
 
 Subcommands come from plugins (``stmod_register_commands``); the built-ins live in
-:mod:`stmod.core.commands`. Exit status: 0 success, 2 user error (one line on stderr, no traceback),
+:mod:`stmod.plugins.commands`. Exit status: 0 success, 2 user error (one line on stderr, no traceback),
 1 internal error (a bug: the traceback is shown with ``-v``), 130 interrupted.
 """
 

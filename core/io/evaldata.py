@@ -11,7 +11,7 @@ Every output folder therefore also holds ``eval/``:
     the composed region masks, bool ``(F, K, H, W)`` under ``masks`` and their names under ``names``.
 
 :func:`read_eval_frames` returns them; output folders without ``eval/`` (written by older versions)
-are evaluated from ``result.mp4`` and the job's source instead (see :mod:`stmod.core.evaluate`).
+are evaluated from ``result.mp4`` and the job's source instead (see :mod:`stmod.plugins.eval.evaluate`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stmod.core.types import LayoutMasks
-from stmod.core.video import atomic_path, read_video, write_lossless
+from stmod.core.io.video import atomic_path, read_video, write_lossless
 
 __all__ = ["EVAL_DIR", "write_eval_frames", "read_eval_frames", "read_eval_masks"]
 

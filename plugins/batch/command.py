@@ -1,7 +1,7 @@
 """``stmod-run batch MANIFEST.yaml``: many edits, resumable, on one process or sharded over many.
 
 Under ``torchrun --nproc_per_node N -m stmod batch MANIFEST.yaml`` (or ``accelerate launch``) each
-process runs its share; see :mod:`stmod.core.batch` for the manifest and the sharding.
+process runs its share; see :mod:`stmod.plugins.batch.manifest` for the manifest and the sharding.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stmod.core.batch import BatchError, BatchState, DistInfo, group_jobs, load_manifest, shard_groups
-from stmod.core.batchrun import run_batch, validate_jobs
-from stmod.core.commands.eval import add_eval_arguments, eval_options
+from stmod.plugins.batch.manifest import BatchError, BatchState, DistInfo, group_jobs, load_manifest, shard_groups
+from stmod.plugins.batch.run import run_batch, validate_jobs
+from stmod.plugins.eval.command import add_eval_arguments, eval_options
 
 __all__ = ["configure", "run"]
 
@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _plan(args: argparse.Namespace, session, manifest, dist: DistInfo) -> int:
-    from stmod.core.orchestrator import Editor
+    from stmod.core.pipeline.editor import Editor
 
     validate_jobs(manifest, Editor(session.registry, progress=False, cache=False))
     state = BatchState(manifest.output)
@@ -46,7 +46,7 @@ def _plan(args: argparse.Namespace, session, manifest, dist: DistInfo) -> int:
 
 
 def run(args: argparse.Namespace, session) -> int:
-    from stmod.core.orchestrator import Editor
+    from stmod.core.pipeline.editor import Editor
 
     manifest = load_manifest(args.manifest)
     dist = DistInfo.from_env(session.env)
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, session) -> int:
         return _plan(args, session, manifest, dist)
     evaluator = None
     if args.eval:
-        from stmod.core.evaluate import Evaluator
+        from stmod.plugins.eval.evaluate import Evaluator
 
         evaluator = Evaluator(eval_options(args))
     editor = Editor(session.registry, progress=False, cache=False if args.no_cache else None)

@@ -48,7 +48,7 @@ import yaml
 from stmod.core.config import apply_overrides, dump_job, job_from_mapping, load_mapping, unstructure
 from stmod.core.errors import ConfigError, StmodError
 from stmod.core.types import NAME_PATTERN, EditSpec
-from stmod.core.video import atomic_path
+from stmod.core.io.video import atomic_path
 
 __all__ = ["BatchError", "BatchJob", "Manifest", "DistInfo", "BatchState", "load_manifest", "group_jobs",
            "shard_groups", "job_status"]

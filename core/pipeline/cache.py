@@ -1,28 +1,23 @@
-"""Run bookkeeping: wall time per phase, peak memory, versions, and the inversion cache.
+"""The DDIM inversion cache: trajectories (and K-Means features) on disk, keyed by what made them.
 
-Everything here is cheap and model-agnostic; the orchestrator writes it to ``run.json``.
+The one reader of ``$STMOD_CACHE_DIR`` is :func:`cache_root`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import platform
-import resource
-import sys
 import tempfile
-import time
-from collections.abc import Iterator, Mapping
-from importlib import metadata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 
-__all__ = ["PhaseTimer", "peak_rss_bytes", "versions", "InversionCache", "cache_root"]
+__all__ = ["CachedInversion", "InversionCache", "cache_root", "INVERSION_FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -30,58 +25,13 @@ log = logging.getLogger(__name__)
 INVERSION_FORMAT = 1
 
 
-class PhaseTimer:
-    """Accumulates wall-clock seconds per named phase, in the order phases first ran."""
+@attrs.frozen(kw_only=True)
+class CachedInversion:
+    """One cache entry: the DDIM ``trajectory`` ``{timestep: latents (F, C, h, w)}`` on the CPU, and the
+    inversion ``features`` state (:meth:`~stmod.core.features.InversionFeatures.to_state`) or ``None``."""
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.ran: list[str] = []
-        self._running: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = self._running[name] = time.perf_counter()
-        if name not in self.ran:
-            self.ran.append(name)
-        try:
-            yield
-        finally:
-            del self._running[name]
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-    def snapshot(self) -> dict[str, float]:
-        """Seconds per phase so far, phases still running included (rounded to ms)."""
-        now = time.perf_counter()
-        return {name: round(self.seconds.get(name, 0.0) + now - self._running.get(name, now), 3) for name in self.ran}
-
-    @property
-    def total(self) -> float:
-        return sum(self.seconds.values())
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def peak_gpu_bytes() -> int | None:
-    """Peak CUDA memory allocated by torch in this process, or ``None`` without CUDA."""
-    if not torch.cuda.is_available():
-        return None
-    return int(torch.cuda.max_memory_allocated())
-
-
-def versions() -> dict[str, str]:
-    """Versions of stmod and the libraries that decide its numbers."""
-    found = {"python": platform.python_version()}
-    for name in ("stmod", "torch", "diffusers", "transformers", "numpy"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    found["cuda"] = torch.version.cuda or "none"
-    return found
+    trajectory: dict[int, torch.Tensor] = attrs.field(eq=False)
+    features: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
 
 
 def cache_root() -> Path:
@@ -116,18 +66,15 @@ class InversionCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
-    def load(self, key: str) -> dict[int, torch.Tensor] | None:
-        entry = self.load_entry(key)
-        return None if entry is None else entry[0]
-
-    def load_entry(self, key: str) -> tuple[dict[int, torch.Tensor], dict[str, Any] | None] | None:
-        """``(trajectory, features or None)`` stored under ``key`` (see :meth:`save`), or ``None``."""
+    def load(self, key: str) -> CachedInversion | None:
+        """The entry stored under ``key`` (see :meth:`save`), or ``None``."""
         path = self.path(key)
         if not path.exists():
             return None
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
-            return {int(k): v for k, v in data["trajectory"].items()}, data.get("features")
+            return CachedInversion(trajectory={int(k): v for k, v in data["trajectory"].items()},
+                                   features=data.get("features"))
         except Exception as exc:  # unreadable: recompute rather than fail the edit
             log.warning("ignoring unreadable inversion cache %s: %s", path, exc)
             return None

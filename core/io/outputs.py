@@ -5,7 +5,7 @@ so a failed run leaves earlier outputs untouched.
 
 ``result.mp4`` / ``result.gif`` — the edit; ``side_by_side.mp4`` — source | edit; ``masks.mp4`` —
 regions over the source; ``control.mp4`` — ControlNet images; ``eval/`` — lossless source, result
-and exact masks for ``stmod-run eval`` (see :mod:`stmod.core.evaldata`); ``attention/`` and
+and exact masks for ``stmod-run eval`` (see :mod:`stmod.core.io.evaldata`); ``attention/`` and
 ``attention_effect.png`` — each local prompt's cross-attention without and with modulation (when
 recorded); ``config.yaml`` — the resolved job; ``run.json`` — versions, seed, timings per phase,
 peak memory, inversion cache use, in-region attention mass.
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from stmod.core.config import dump_job
-from stmod.core.evaldata import write_eval_frames
-from stmod.core.runinfo import PhaseTimer, peak_gpu_bytes, peak_rss_bytes
+from stmod.core.io.evaldata import write_eval_frames
+from stmod.core.pipeline.records import PhaseTimer, peak_gpu_bytes, peak_rss_bytes
 from stmod.core.types import EditSpec, LayoutMasks
-from stmod.core.video import SourceClip, atomic_path, write_gif, write_mp4
-from stmod.core.visuals import heatmap_overlay, mask_overlay, side_by_side, tile
+from stmod.core.io.video import SourceClip, atomic_path, write_gif, write_mp4
+from stmod.core.io.visuals import heatmap_overlay, mask_overlay, side_by_side, tile
 
 __all__ = ["write_outputs", "attention_figure", "attention_effect_figure"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import stmod
 from stmod.core.errors import UsageError
-from stmod.plugins.registry import KINDS, normalise_kind
+from stmod.core.registry import KINDS, normalise_kind
 
 
 def configure_plugins(parser: argparse.ArgumentParser) -> None:

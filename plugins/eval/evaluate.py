@@ -2,12 +2,12 @@
 
 :class:`Evaluator` holds the options and the lazily loaded models (CLIP, RAFT), so a batch evaluates
 many folders with one CLIP. :func:`load_inputs` reads a folder: the exact frames and masks of
-``eval/`` when present (see :mod:`stmod.core.evaldata`), else ``result.mp4``, the job's source clip
+``eval/`` when present (see :mod:`stmod.core.io.evaldata`), else ``result.mp4``, the job's source clip
 (from ``config.yaml``) and masks rebuilt by the job's layout providers. Metrics already in ``run.json``
 with the same settings are reused unless ``recompute`` is set.
 
 Metric names (``--metrics``): ``clip-t``, ``clip-f``, ``warp``, ``q-edit``, ``regions`` (per-region
-CLIP-T) and ``background`` (PSNR and SSIM outside all masks). Formulas: :mod:`stmod.core.metrics`.
+CLIP-T) and ``background`` (PSNR and SSIM outside all masks). Formulas: :mod:`stmod.plugins.eval.metrics`.
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from typing import Any, Literal
 import attrs
 import numpy as np
 
-from stmod.core.clipscore import DEFAULT_CLIP, ClipScorer, region_crops
+from stmod.plugins.eval.clipscore import DEFAULT_CLIP, ClipScorer, region_crops
 from stmod.core.config import load_job
 from stmod.core.errors import InputError, StmodError, UsageError
-from stmod.core.evaldata import read_eval_frames, read_eval_masks
-from stmod.core.flow import FlowEstimator, FlowMethod, make_flow
-from stmod.core.metrics import (
+from stmod.core.io.evaldata import read_eval_frames, read_eval_masks
+from stmod.plugins.eval.flow import FlowEstimator, FlowMethod, make_flow
+from stmod.plugins.eval.metrics import (
     FrameConsistency, WarpNorm, background_psnr, background_ssim, clip_frame_consistency, clip_text_score, q_edit,
     warp_error,
 )
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
-from stmod.core.video import atomic_path, load_video, read_video
+from stmod.core.io.video import atomic_path, load_video, read_video
 
 __all__ = ["METRICS", "EvalOptions", "EvalInputs", "Evaluator", "load_inputs", "load_run", "write_run",
            "parse_metrics", "efficiency"]
@@ -123,8 +123,8 @@ def write_run(folder: Path, run: dict[str, Any]) -> None:
 
 def _rebuilt_masks(spec: EditSpec, frames: np.ndarray, registry: Any) -> LayoutMasks | None:
     """Masks from the job's layout providers (for folders without ``eval/masks.npz``), or ``None``."""
-    from stmod.core.validate import check_job
-    from stmod.layouts.compose import compose, empty_layout
+    from stmod.core.pipeline.components import check_job
+    from stmod.core.pipeline.compose import compose, empty_layout
 
     try:
         components = check_job(spec, registry, check_output=False)

@@ -12,11 +12,12 @@ from typing import Any
 import attrs
 
 from stmod.core.errors import ConfigError, InputError, OutputExistsError
-from stmod.core.features import feature_requests
+from stmod.core.io.video import probe_video, select_frames
+from stmod.core.pipeline.compose import split_regions
+from stmod.core.protocols import Backbone, Blender, ControlAnnotator, FeatureRecording, LayoutProvider, Modulator
+from stmod.core.registry import Registry
+from stmod.core.tokens import TokenSpan
 from stmod.core.types import ComponentRef, ControlSpec, EditSpec
-from stmod.core.video import probe_video, select_frames
-from stmod.layouts.compose import split_regions
-from stmod.plugins.registry import Registry
 
 __all__ = ["LayoutAssignment", "Components", "assign_layout_regions", "build_components", "check_job"]
 
@@ -34,7 +35,7 @@ def assign_layout_regions(spec: EditSpec) -> tuple[LayoutAssignment, ...]:
     """Split the job's regions between its layout providers.
 
     A layout entry may list ``regions: [a, b]``; at most one entry may omit it and then supplies every
-    region not listed elsewhere (see :func:`stmod.layouts.compose.split_regions`).
+    region not listed elsewhere (see :func:`stmod.core.pipeline.compose.split_regions`).
     """
     if not spec.layout:
         if spec.regions:
@@ -59,13 +60,18 @@ def assign_layout_regions(spec: EditSpec) -> tuple[LayoutAssignment, ...]:
 
 @attrs.define(kw_only=True)
 class Components:
-    """The components an edit uses, built from the registry (no weights loaded)."""
+    """The components an edit uses, built from the registry (no weights loaded).
 
-    backbone: Any
-    modulator: Any
-    blender: Any
-    layouts: list[tuple[Any, LayoutAssignment]]
-    annotators: list[tuple[Any, ControlSpec]]
+    ``spans`` are the regions' token spans in the global prompt, found once when the job is checked
+    with a tokenizer (``None`` until then, or when the backbone has no tokenizer before loading).
+    """
+
+    backbone: Backbone
+    modulator: Modulator
+    blender: Blender
+    layouts: list[tuple[LayoutProvider, LayoutAssignment]]
+    annotators: list[tuple[ControlAnnotator, ControlSpec]]
+    spans: tuple[TokenSpan | None, ...] | None = None
 
 
 def build_components(spec: EditSpec, registry: Registry) -> Components:
@@ -102,7 +108,7 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
         annotator.check(spec)
     for provider, assignment in components.layouts:
         provider.check(spec, assignment.regions)
-        if feature_requests([provider]) and not hasattr(components.modulator, "record_features"):
+        if provider.feature_request is not None and not isinstance(components.modulator, FeatureRecording):
             raise ConfigError(f"{assignment.place} needs attention features recorded during inversion, which "
                               f"modulator {spec.modulator.name!r} cannot record; use modulator: st-layout",
                               key="modulator")

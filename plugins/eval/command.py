@@ -14,10 +14,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from stmod.core.clipscore import DEFAULT_CLIP
+from stmod.plugins.eval.clipscore import DEFAULT_CLIP
 from stmod.core.errors import InputError
-from stmod.core.evaluate import METRICS, EvalOptions, Evaluator, efficiency, load_run, parse_metrics
-from stmod.core.tables import COMPARE_COLUMNS, fmt, rows, text_table
+from stmod.plugins.eval.evaluate import METRICS, EvalOptions, Evaluator, efficiency, load_run, parse_metrics
+from stmod.plugins.eval.tables import COMPARE_COLUMNS, fmt, rows, text_table
 
 __all__ = ["add_eval_arguments", "eval_options", "expand_result_dirs", "configure", "run"]
 

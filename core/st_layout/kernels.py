@@ -1,7 +1,7 @@
 """Modulated attention kernels that never build a full score matrix (design §4, "Memory").
 
 Both kernels compute, per query x, ``softmax_y(s'_xy) · V`` with ``s' `` from
-:func:`stmod.core.modulation.modulated_scores` and ``R = relation[query_codes[x], key_codes[y]]``.
+:func:`stmod.core.st_layout.labels.modulated_scores` and ``R = relation[query_codes[x], key_codes[y]]``.
 Inputs are SDPA-shaped: ``q (B, H, Lq, d)``, ``k (B, H, Lk, d)``, ``v (B, H, Lk, dv)``; labels and
 strengths are per token and shared by the heads: ``strength`` float ``(B or 1, Lq)``,
 ``query_codes`` int64 ``(B or 1, Lq)``, ``key_codes`` int64 ``(B or 1, Lk)``, ``relation`` bool
@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from stmod.core.modulation import modulated_scores
+from stmod.core.st_layout.labels import modulated_scores
 
 __all__ = ["DEFAULT_BUDGET", "row_extrema", "modulated_attention", "modulated_attention_explicit"]
 

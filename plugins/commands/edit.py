@@ -8,11 +8,11 @@ from pathlib import Path
 
 import attrs
 
-from stmod.core.commands.jobargs import add_job_arguments, load_job_from_args
+from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 from stmod.core.config import load_job
-from stmod.core.demo import NOTICE, write_demo_inputs
+from stmod.plugins.commands.demo import NOTICE, write_demo_inputs
 from stmod.core.errors import OutputExistsError
-from stmod.core.orchestrator import Editor
+from stmod.core.pipeline.editor import Editor
 
 log = logging.getLogger(__name__)
 

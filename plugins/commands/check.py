@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from stmod.core.commands.jobargs import add_job_arguments, load_job_from_args
+from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 from stmod.core.config import dump_job
-from stmod.core.validate import check_job
+from stmod.core.pipeline.components import check_job
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

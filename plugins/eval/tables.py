@@ -1,7 +1,7 @@
 """Plain-text and Markdown tables of metrics and efficiency (``stmod-run eval`` and ``bench/report.py``).
 
 A *record* is what the tables read from one run: ``{"name": str, "metrics": run.json's metrics or {},
-"efficiency": stmod.core.evaluate.efficiency(run)}``. Missing values print as ``—``.
+"efficiency": stmod.plugins.eval.evaluate.efficiency(run)}``. Missing values print as ``—``.
 """
 
 from __future__ import annotations

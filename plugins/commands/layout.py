@@ -1,6 +1,6 @@
 """``stmod-run layout JOB.yaml``: compute a job's layout only and write it as masks.
 
-What is written is described in :mod:`stmod.core.layout_outputs`.
+What is written is described in :mod:`stmod.core.io.layout_outputs`.
 
 No diffusion model runs, except the inversion a ``kmeans`` layout needs (read from the inversion
 cache when possible). The job's output folder (or ``--out``) is written atomically and never
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from stmod.core.commands.jobargs import add_job_arguments, load_job_from_args
-from stmod.core.layout_outputs import write_layout_outputs
-from stmod.core.orchestrator import Editor
+from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
+from stmod.core.io.layout_outputs import write_layout_outputs
+from stmod.core.pipeline.editor import Editor
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -2,15 +2,15 @@
 
 :func:`run_batch` is what ``stmod-run batch`` calls; from Python::
 
-    from stmod.core.batch import load_manifest
-    from stmod.core.batchrun import run_batch
-    from stmod.core.orchestrator import Editor
+    from stmod.plugins.batch.manifest import load_manifest
+    from stmod.plugins.batch.run import run_batch
+    from stmod import editor_from_plugins
 
-    editor = Editor.from_plugins(progress=False)
+    editor = editor_from_plugins(progress=False)
     report = run_batch(load_manifest("batch.yaml"), editor)
 
 Several processes (``torchrun --nproc_per_node N -m stmod batch batch.yaml``) each run their shard
-(see :mod:`stmod.core.batch`). When the launcher provides a rendezvous (``MASTER_ADDR``/``MASTER_PORT``)
+(see :mod:`stmod.plugins.batch.manifest`). When the launcher provides a rendezvous (``MASTER_ADDR``/``MASTER_PORT``)
 the processes join a gloo group only to check that they all planned the same jobs and to let rank 0
 write the final summary after a barrier; every rank also merges the summary from the files when its
 shard is done, so a crashed or timed-out peer never costs a finished result or the summary.
@@ -30,7 +30,7 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
-from stmod.core.batch import BatchError, BatchJob, BatchState, DistInfo, Manifest, group_jobs, shard_groups
+from stmod.plugins.batch.manifest import BatchError, BatchJob, BatchState, DistInfo, Manifest, group_jobs, shard_groups
 from stmod.core.config import dump_job
 from stmod.core.errors import StmodError
 
@@ -150,11 +150,11 @@ def run_batch(
     progress: bool = True,
     env: Mapping[str, str] | None = None,
 ) -> BatchReport:
-    """Run this rank's shard of ``manifest`` with ``editor`` (an :class:`~stmod.core.orchestrator.Editor`).
+    """Run this rank's shard of ``manifest`` with ``editor`` (an :class:`~stmod.core.pipeline.editor.Editor`).
 
     Finished jobs are skipped; jobs whose output belongs to another job definition are re-run;
     failed jobs are retried unless ``retry_failed`` is false. ``evaluator`` (an
-    :class:`~stmod.core.evaluate.Evaluator`) adds metrics to each finished job's ``run.json``.
+    :class:`~stmod.plugins.eval.evaluate.Evaluator`) adds metrics to each finished job's ``run.json``.
 
     :raises BatchError: before running anything when a job is invalid or the ranks disagree on the plan.
     """

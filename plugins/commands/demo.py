@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from stmod.core.video import write_frames, write_mp4
+from stmod.core.io.video import write_frames, write_mp4
 
 __all__ = ["DEMO_PROMPT", "DEMO_REGIONS", "synthetic_clip", "write_demo_inputs"]
 

@@ -11,8 +11,9 @@
     clustering again. The mapping back is exact whenever the source frames are at least as large as
     the crop (every crop pixel then has its own source pixel).
 ``clusters.mp4`` (``clusters-<i>.mp4`` for the i-th of several)
-    For each ``kmeans`` layout entry: every cluster, labelled ``<id> <words naming it> > <region>``,
-    to choose cluster ids for ``assign``.
+    For each layout entry that reports what it found (:class:`~stmod.core.protocols.LayoutReporting`;
+    ``kmeans``: every cluster, labelled ``<id> <words naming it> > <region>``, to choose cluster ids
+    for ``assign``).
 ``layout.json``
     Regions (pixel share, which layout entry made each), source frame indices, sizes, the K-Means
     cluster tables, inversion cache use and timings.
@@ -23,15 +24,20 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from stmod.core.config import dump_job
+from stmod.core.protocols import LayoutReporting
 from stmod.core.types import EditSpec
-from stmod.core.video import FrameTransform, atomic_path, write_mp4
-from stmod.core.visuals import mask_overlay
+from stmod.core.io.video import FrameTransform, atomic_path, write_mp4
+from stmod.core.io.visuals import mask_overlay
+
+if TYPE_CHECKING:
+    from stmod.core.pipeline.editor import LayoutResult
 
 __all__ = ["masks_to_source", "write_layout_outputs"]
 
@@ -57,21 +63,17 @@ def masks_to_source(masks: np.ndarray, transform: FrameTransform) -> np.ndarray:
     return flat.reshape(frames, hs, ws)
 
 
-def _cluster_clips(result: Any, frames: np.ndarray) -> list[tuple[str, np.ndarray, list[dict[str, Any]]]]:
-    """``(entry place, overlay clip, cluster table)`` for every layout entry that reports K-Means clusters."""
-    from stmod.layouts.kmeans import ClusterResult, upsample_labels
-
+def _reports(result: LayoutResult, frames: np.ndarray) -> list[tuple[str, np.ndarray, list[Mapping[str, object]]]]:
+    """``(entry place, overlay clip, table)`` for every layout entry that reports what it found (K-Means)."""
     found = []
     for provider, assignment in result.components.layouts:
-        clusters = getattr(provider, "result", None)
-        if isinstance(clusters, ClusterResult):
-            pixels = upsample_labels(clusters.labels, *frames.shape[1:3])
-            masks = pixels[:, None] == np.arange(clusters.clusters)[None, :, None, None]
-            found.append((assignment.place, mask_overlay(frames, masks, clusters.legend()), clusters.summary()))
+        report = provider.report(*frames.shape[1:3]) if isinstance(provider, LayoutReporting) else None
+        if report is not None:
+            found.append((assignment.place, mask_overlay(frames, report.masks, report.legend), list(report.table)))
     return found
 
 
-def write_layout_outputs(spec: EditSpec, result: Any) -> dict[str, Any]:
+def write_layout_outputs(spec: EditSpec, result: LayoutResult) -> dict[str, Any]:
     """Write the folder described in the module docs for ``result`` (an ``Editor.layout`` result).
 
     :returns: the record written to ``layout.json``.
@@ -79,7 +81,7 @@ def write_layout_outputs(spec: EditSpec, result: Any) -> dict[str, Any]:
     clip, layout = result.clip, result.layout
     masks = layout.masks.numpy()
     owner = {r: a.place for _, a in result.components.layouts for r in a.regions}
-    clusters = _cluster_clips(result, clip.frames)
+    clusters = _reports(result, clip.frames)
     record = {
         "regions": {name: {"layout": owner.get(name), "pixels": round(float(masks[:, k].mean()), 4)}
                     for k, name in enumerate(layout.names)},

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from stmod.core.errors import CheckpointError
-from stmod.core.metrics import square_box
+from stmod.plugins.eval.metrics import square_box
 
 __all__ = ["DEFAULT_CLIP", "ClipScorer", "region_crops"]
 
@@ -114,7 +114,7 @@ def region_crops(frames: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
     """Square crops around a region's bounding box, one per frame where the region is present.
 
     :param frames: ``uint8 (F, H, W, 3)``; :param masks: bool ``(F, H, W)`` of one region.
-    :returns: ``uint8 (S, S, 3)`` crops (see :func:`~stmod.core.metrics.square_box`); where the square
+    :returns: ``uint8 (S, S, 3)`` crops (see :func:`~stmod.plugins.eval.metrics.square_box`); where the square
         overhangs the frame it is padded with black.
     """
     crops = []
