@@ -31,7 +31,6 @@ the rows are computed in query chunks of bounded size.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from attrs import field, frozen, validators
 
 from stmod.core.errors import LayoutError
+from stmod.core.levels import level_grid, level_of
 from stmod.core.tokens import prompt_token_ids
 
 if TYPE_CHECKING:
@@ -81,10 +81,7 @@ class FeatureRequest:
 
     def grid(self, latent_size: Sequence[int]) -> tuple[int, int]:
         """``(h, w)`` of this level for latents of ``latent_size`` (each level halves, rounding up)."""
-        h, w = int(latent_size[0]), int(latent_size[1])
-        for _ in range(self.level):
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        return h, w
+        return level_grid(latent_size, self.level)
 
     def as_list(self) -> list[int]:
         return [self.level, self.reference_frames, self.key_grid]
@@ -231,12 +228,9 @@ class InversionFeatureRecorder:
 
     def wants(self, tokens: int) -> bool:
         """Whether a layer with ``tokens`` tokens per frame is recorded (noting the level either way)."""
-        h, w = self.latent_size
-        for level in range(16):
-            if h * w == tokens:
-                self._levels.add(level)
-                break
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        level = level_of(tokens, self.latent_size)
+        if level is not None:
+            self._levels.add(level)
         return any(s.grid[0] * s.grid[1] == tokens for s in self._sums)
 
     def _check(self, q: torch.Tensor) -> None:

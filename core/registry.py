@@ -60,7 +60,7 @@ class ComponentInfo:
     kind: str
     name: str
     summary: str
-    factory: Callable[..., Any] = attrs.field(eq=False)
+    factory: Callable[..., object] = attrs.field(eq=False)
     options: type | None = None
     plugin: str
 
@@ -82,6 +82,11 @@ class _Registrar:
     def __init__(self, plugin: str, entries: dict[str, Any], label: str) -> None:
         self._plugin, self._entries, self._label = plugin, entries, label
 
+    @property
+    def plugin(self) -> str:
+        """The plugin this registrar registers for (its name in ``stmod-run plugins``)."""
+        return self._plugin
+
     def _claim(self, name: str) -> None:
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ComponentContractError(self._label, str(name), self._plugin, "has an invalid name")
@@ -101,7 +106,7 @@ class ComponentRegistrar(_Registrar):
     def add(
         self,
         name: str,
-        factory: Callable[..., Any],
+        factory: Callable[..., object],
         *,
         summary: str,
         options: type | None = None,
@@ -175,7 +180,7 @@ class Registry:
             available = {n: i.plugin for n, i in self._components[kind].items()}
             raise UnknownComponentError(kind, name, available) from None
 
-    def parse_options(self, kind: str, name: str, options: Mapping[str, Any], *, place: str = "") -> Any:
+    def parse_options(self, kind: str, name: str, options: Mapping[str, object], *, place: str = "") -> object:
         """Validate ``options`` for component ``name`` (unknown keys are errors); returns the options object."""
         info = self.info(kind, name)
         where = place or f"{kind} {name!r} options"
@@ -185,7 +190,7 @@ class Registry:
             return None
         return structure(info.options, options, place=where)
 
-    def create(self, kind: str, name: str, options: Mapping[str, Any] | None = None, *, place: str = "") -> Any:
+    def create(self, kind: str, name: str, options: Mapping[str, object] | None = None, *, place: str = "") -> Any:
         """Build component ``name`` of ``kind`` with ``options``; checks the product against its protocol."""
         info = self.info(kind, name)
         parsed = self.parse_options(kind, name, options or {}, place=place)

@@ -60,7 +60,7 @@ def _valid_name(_: Any, attribute: attrs.Attribute, value: str) -> None:
         )
 
 
-def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def _frozen_mapping(value: Mapping[str, object] | None) -> Mapping[str, object]:
     return dict(value or {})
 
 
@@ -107,7 +107,7 @@ class ComponentRef:
     """A component chosen by name, with the options passed to its factory (validated by its plugin)."""
 
     name: str = field(validator=_valid_name)
-    options: Mapping[str, Any] = field(factory=dict, converter=_frozen_mapping)
+    options: Mapping[str, object] = field(factory=dict, converter=_frozen_mapping)
 
 
 @frozen(kw_only=True)

@@ -122,12 +122,16 @@ class StmodPluginManager(pluggy.PluginManager):
 
     def _call_each(self, hook_name: str, make_registrar) -> None:
         # Each implementation gets a registrar bound to its own plugin, so components know their
-        # provider; get_hookimpls() lists them in registration order (built-ins first).
-        for impl in getattr(self.hook, hook_name).get_hookimpls():
-            args = {"register": make_registrar(impl.plugin_name)}
+        # provider. Every call goes through pluggy (a hook caller without the other plugins'
+        # implementations), so hook wrappers and add_hookcall_monitoring see it; get_hookimpls()
+        # lists the implementations in registration order (built-ins first).
+        impls = [impl for impl in getattr(self.hook, hook_name).get_hookimpls()
+                 if not (impl.wrapper or impl.hookwrapper)]
+        for impl in impls:
+            caller = self.subset_hook_caller(hook_name, [other.plugin for other in impls if other is not impl])
             log.debug("%s: calling %s", hook_name, impl.plugin_name)
             try:
-                impl.function(*[args[name] for name in impl.argnames])
+                caller(register=make_registrar(impl.plugin_name))
             except StmodError:
                 raise
             except Exception as exc:  # a plugin bug: name the plugin, keep the traceback for -v

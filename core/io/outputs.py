@@ -1,4 +1,4 @@
-"""The output folder of an edit (design §7), written atomically.
+"""The output folder of an edit, written atomically.
 
 Everything goes into a temporary sibling folder that replaces the output folder only when complete,
 so a failed run leaves earlier outputs untouched.

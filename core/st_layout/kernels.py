@@ -1,4 +1,4 @@
-"""Modulated attention kernels that never build a full score matrix (design §4, "Memory").
+"""Modulated attention kernels that never build a full score matrix (``docs/method.md`` §3).
 
 Both kernels compute, per query x, ``softmax_y(s'_xy) · V`` with ``s' `` from
 :func:`stmod.core.st_layout.labels.modulated_scores` and ``R = relation[query_codes[x], key_codes[y]]``.

@@ -1,4 +1,4 @@
-"""ST-Layout modulation as pure tensor math (design §4). No diffusers, no model, no state.
+"""ST-Layout modulation as pure tensor math (``docs/method.md``). No diffusers, no model, no state.
 
 For a query x and key y with scaled scores ``s = q·k/√d`` (one attention row per query)::
 
@@ -28,6 +28,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from attrs import field, frozen
+
+from stmod.core.levels import level_grid, level_of
 
 __all__ = [
     "AREA_THRESHOLD",
@@ -133,14 +135,10 @@ def layer_grid(tokens: int, latent_size: tuple[int, int]) -> tuple[int, int]:
 
     :raises ValueError: when no level of ``latent_size`` has that many tokens.
     """
-    h, w = latent_size
-    for _ in range(16):
-        if h * w == tokens:
-            return h, w
-        if h == 1 and w == 1:
-            break
-        h, w = math.ceil(h / 2), math.ceil(w / 2)
-    raise ValueError(f"no UNet level of a {latent_size[0]}×{latent_size[1]} latent has {tokens} tokens per frame")
+    level = level_of(tokens, latent_size)
+    if level is None:
+        raise ValueError(f"no UNet level of a {latent_size[0]}×{latent_size[1]} latent has {tokens} tokens per frame")
+    return level_grid(latent_size, level)
 
 
 def downsample_masks(

@@ -1,8 +1,5 @@
 """The ST-Layout attention processor of one layer.
 
-# Adapted from diffusers' ``AttnProcessor2_0`` (diffusers/models/attention_processor.py): the same
-# call signature and the same projection / norm / residual steps around the attention itself.
-
 Without a ``stmod_step`` argument a processor behaves exactly like ``AttnProcessor2_0`` (per frame),
 so a stock pipeline call is unaffected. With it, self-attention is spatio-temporal (all frames of a
 video form one sequence, or the ``per-frame`` / ``sparse-causal`` variants) in inversion and
@@ -42,6 +39,8 @@ class STLayoutProcessor:
         self._engine = engine
         self._features = features
 
+    # Adapted from diffusers.models.attention_processor.AttnProcessor2_0.__call__: the same signature and
+    # the same norm / projection / residual steps; only the attention itself is replaced (below).
     def __call__(
         self,
         attn: Any,

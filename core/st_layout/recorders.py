@@ -72,10 +72,6 @@ class AttentionRecorder:
             raise LookupError("nothing was recorded (enable recording and run denoising steps in the window)")
         return self.modulated_grids or self.grids
 
-    def reset(self) -> None:
-        """Forget everything recorded."""
-        self._grids.clear()
-
     def add(self, grid: tuple[int, int], masks: torch.Tensor, plain: torch.Tensor, modulated: torch.Tensor,
             *, applied: bool = True) -> None:
         """Add one layer call: float ``(F, N, T)`` head-averaged probabilities over all ``T`` text tokens.

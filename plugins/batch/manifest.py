@@ -151,6 +151,25 @@ def group_key(spec: EditSpec) -> str:
     return f"{spec.video.path.name}#{digest}"
 
 
+def _grid(base: dict[str, Any], clips: dict[str, Any], shared_prompts: dict[str, Any], presets: dict[str, Any],
+          seeds: list[int] | None, source: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(name, job mapping, axes)`` for every clip × prompt × preset × seed (absent axes count once)."""
+    variations = []
+    for clip_name, clip in (clips.items() if clips else [(None, {})]):
+        own = _named(clip.pop("prompts", None), f"clips.{clip_name}.prompts", source) if clip_name else {}
+        prompts = own or shared_prompts
+        for prompt_name, prompt in (prompts.items() if prompts else [(None, {})]):
+            for preset_name, preset in (presets.items() if presets else [(None, {})]):
+                for seed in (seeds or [None]):
+                    job = _merge(_merge(_merge(base, clip), prompt), preset)
+                    if seed is not None:
+                        job["seed"] = seed
+                    axes = {"clip": clip_name, "prompt": prompt_name, "preset": preset_name, "seed": seed}
+                    parts = [clip_name, prompt_name, preset_name, None if seed is None else f"s{seed}"]
+                    variations.append(("-".join(p for p in parts if p) or "job", job, axes))
+    return variations
+
+
 def load_manifest(path: Path) -> Manifest:
     """Read a manifest and build every job (validated as job files are, nothing checked on disk yet).
 
@@ -180,21 +199,8 @@ def load_manifest(path: Path) -> Manifest:
                               or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}", key="seeds", source=source)
 
-    variations: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (name, job mapping, axes)
-    grid = clips or shared_prompts or presets or seeds or not data.get("jobs")
-    if grid:
-        for clip_name, clip in (clips.items() if clips else [(None, {})]):
-            own = _named(clip.pop("prompts", None), f"clips.{clip_name}.prompts", source) if clip_name else {}
-            prompts = own or shared_prompts
-            for prompt_name, prompt in (prompts.items() if prompts else [(None, {})]):
-                for preset_name, preset in (presets.items() if presets else [(None, {})]):
-                    for seed in (seeds or [None]):
-                        job = _merge(_merge(_merge(base, clip), prompt), preset)
-                        if seed is not None:
-                            job["seed"] = seed
-                        axes = {"clip": clip_name, "prompt": prompt_name, "preset": preset_name, "seed": seed}
-                        parts = [clip_name, prompt_name, preset_name, None if seed is None else f"s{seed}"]
-                        variations.append(("-".join(p for p in parts if p) or "job", job, axes))
+    variations = _grid(base, clips, shared_prompts, presets, seeds, source) if (
+        clips or shared_prompts or presets or seeds or not data.get("jobs")) else []
     extra = data.get("jobs") or []
     if not isinstance(extra, list):
         raise ConfigError(f"jobs must be a list of mappings with a 'name', got {extra!r}", key="jobs", source=source)

@@ -140,6 +140,44 @@ def _evaluate(job: BatchJob, evaluator: Any, state: BatchState, dist: DistInfo) 
         log.warning("job %s: evaluation failed: %s", job.name, " ".join(str(exc).split()))
 
 
+def _run_shard(mine: list[BatchJob], editor: Any, state: BatchState, dist: DistInfo, evaluator: Any,
+               retry_failed: bool, progress: bool) -> tuple[int, int, int]:
+    """Run (or skip) each job of this rank's shard; returns ``(done, failed, skipped)``."""
+    done = failed = skipped = 0
+    desc = "batch" if dist.world_size == 1 else f"batch rank {dist.rank}/{dist.world_size}"
+    with tqdm(total=len(mine), desc=desc, unit="job", disable=not progress, position=dist.rank) as bar:
+        for job in mine:
+            status = state.status(job)
+            if status == "done" or (status == "failed" and not retry_failed):
+                skipped += 1
+                if status == "done" and evaluator is not None:
+                    _evaluate(job, evaluator, state, dist)
+            elif _run_one(job, editor, state, dist, evaluator):
+                done += 1
+            else:
+                failed += 1
+            if status == "stale":
+                log.warning("job %s: its output folder held another job definition; it was re-run", job.name)
+            bar.set_postfix(done=done, failed=failed, skipped=skipped)
+            bar.update()
+    return done, failed, skipped
+
+
+def _merge_summary(manifest: Manifest, state: BatchState, dist: DistInfo, grouped: bool) -> dict[str, Any]:
+    """Merge the summary from the files; in a process group rank 0 merges again after the barrier."""
+    summary = state.merge(manifest, world_size=dist.world_size)
+    if grouped:
+        import torch.distributed as td
+
+        try:
+            td.barrier()
+            if dist.rank == 0:
+                summary = state.merge(manifest, world_size=dist.world_size)
+        except RuntimeError as exc:  # a peer died or timed out: the file merge above still stands
+            log.warning("barrier failed (%s); batch.json holds what was finished", exc)
+    return summary
+
+
 def run_batch(
     manifest: Manifest,
     editor: Any,
@@ -166,37 +204,12 @@ def run_batch(
         evaluator.prepare()
     grouped, created = _join_group(dist, env)
     state = BatchState(manifest.output)
-    done = failed = skipped = 0
     try:
         if grouped:
             _check_same_plan(manifest, dist)
         log.info("rank %d/%d: %d of %d jobs", dist.rank, dist.world_size, len(mine), len(manifest.jobs))
-        desc = "batch" if dist.world_size == 1 else f"batch rank {dist.rank}/{dist.world_size}"
-        with tqdm(total=len(mine), desc=desc, unit="job", disable=not progress, position=dist.rank) as bar:
-            for job in mine:
-                status = state.status(job)
-                if status == "done" or (status == "failed" and not retry_failed):
-                    skipped += 1
-                    if status == "done" and evaluator is not None:
-                        _evaluate(job, evaluator, state, dist)
-                elif _run_one(job, editor, state, dist, evaluator):
-                    done += 1
-                else:
-                    failed += 1
-                if status == "stale":
-                    log.warning("job %s: its output folder held another job definition; it was re-run", job.name)
-                bar.set_postfix(done=done, failed=failed, skipped=skipped)
-                bar.update()
-        summary = state.merge(manifest, world_size=dist.world_size)
-        if grouped:
-            import torch.distributed as td
-
-            try:
-                td.barrier()
-                if dist.rank == 0:
-                    summary = state.merge(manifest, world_size=dist.world_size)
-            except RuntimeError as exc:  # a peer died or timed out: the file merge above still stands
-                log.warning("barrier failed (%s); batch.json holds what was finished", exc)
+        done, failed, skipped = _run_shard(mine, editor, state, dist, evaluator, retry_failed, progress)
+        summary = _merge_summary(manifest, state, dist, grouped)
     finally:
         if created:
             import torch.distributed as td

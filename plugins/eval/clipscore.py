@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError
 from stmod.plugins.eval.metrics import square_box
 
@@ -27,12 +28,6 @@ log = logging.getLogger(__name__)
 #: The CLIP checkpoint of LOVEU-TGVE's official evaluation (ViT-L/14).
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 _BATCH = 16  # images per forward pass
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _looks_like_path(location: str) -> bool:
@@ -84,7 +79,7 @@ class ClipScorer:
                            f"fetch them once with `hf download {location}` or pass --clip PATH to a local CLIP "
                            "folder (or --metrics warp,background to skip CLIP)")
             raise CheckpointError(location, f"{problem} ({type(exc).__name__})") from exc
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         model = model.to(dev).eval()
         log.info("loaded CLIP %s on %s", location, dev)
         return cls(model, processor, tokenizer, name=location, device=dev)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError, MissingDependencyError
 
 __all__ = ["FlowMethod", "FlowEstimator", "DisFlow", "RaftFlow", "make_flow"]
@@ -80,8 +81,7 @@ class RaftFlow(FlowEstimator):
             from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
         except ImportError as exc:
             raise MissingDependencyError("--flow raft", ["torchvision"], extra="aux") from exc
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                   else "cpu" if device == "auto" else device)
+        self.device = resolve_device(device)
         if weights is not None:
             path = Path(weights).expanduser()
             if not path.is_file():

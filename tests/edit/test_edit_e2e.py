@@ -21,7 +21,7 @@ ENV = {"STMOD_LOAD_PLUGINS": ""}
 
 
 def test_edit_end_to_end_with_canny(demo_job) -> None:
-    """The CLI writes every output of design §7 and records the run."""
+    """The CLI writes every output of an edit folder (``stmod.core.io.outputs``) and records the run."""
     job = demo_job()
     result = run_cli(["edit", str(job), "--quiet", "--save-attention"], env=ENV)
     assert result.exit_code == 0, result.stderr

@@ -80,6 +80,6 @@ def write_masks() -> Callable[..., None]:
 
 @pytest.fixture
 def request_for() -> Callable[[EditSpec], LayoutRequest]:
-    """``request_for(spec)`` → the LayoutRequest the orchestrator would build (frames read and transformed)."""
+    """``request_for(spec)`` → the LayoutRequest the editor would build (frames read and transformed)."""
 
     return layout_request
