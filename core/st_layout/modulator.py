@@ -36,7 +36,7 @@ from stmod.core.st_layout.labels import PresetRules, rules_for
 from stmod.core.st_layout.processor import STLayoutProcessor
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.st_layout.state import EngineState, StepInfo
-from stmod.core.tokens import MAX_TOKENS, TokenSpan, composite_text_embedding, find_token_spans
+from stmod.core.tokens import MAX_TOKENS, composite_text_embedding, find_token_spans
 from stmod.core.types import Branch, LayoutMasks, ModulationConfig, ModulationInput, Region, TextConditioning
 
 __all__ = ["Branch", "StepInfo", "EngineOptions", "ModulationPlan", "STLayoutModulator"]

@@ -130,7 +130,7 @@ def _rebuilt_masks(spec: EditSpec, frames: np.ndarray, registry: Any) -> LayoutM
         components = check_job(spec, registry, check_output=False)
         if not components.layouts:
             return empty_layout(*frames.shape[:3])
-        if any(getattr(p, "needs_inversion_features", False) for p, _ in components.layouts):
+        if any(p.feature_request is not None for p, _ in components.layouts):
             log.warning("%s: masks need inversion features; region and background metrics skipped", spec.output)
             return None
         clip = load_video(spec.video)
