@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from attrs import field, frozen, validators
 
+from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError
 from stmod.core.sampling import NoiseSchedule
 from stmod.core.types import Control, EditSpec
@@ -104,12 +105,6 @@ def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), 
     return location
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -117,7 +112,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 class StableDiffusionBackbone:
-    """SD 1.5 (+ ControlNets) driven step by step: the orchestrator owns the loops."""
+    """SD 1.5 (+ ControlNets) driven step by step: the editor owns the loops."""
 
     scale_factor = 8
 

@@ -4,8 +4,8 @@ Compares, on the same inputs (F frames × N tokens form one sequence of L = F·N
 head dim 80, three moving regions plus uncovered background, ξ(981)·0.3 strength):
 
 (a) ``plain``    — ``F.scaled_dot_product_attention`` over the whole video (the unmodulated engine path);
-(b) ``ours``     — :func:`stmod.core.attention.modulated_attention` (two passes, no L×L tensor),
-                   labels from :func:`stmod.core.modulation.level_layout`;
+(b) ``ours``     — :func:`stmod.core.st_layout.kernels.modulated_attention` (two passes, no L×L tensor),
+                   labels from :func:`stmod.core.st_layout.labels.level_layout`;
 (c) ``official`` — the official code's style: a dense fp16 ``(L, L)`` condition map ``Σ_s m_s m_sᵀ``
                    and, per head, a materialised score slice modulated in place, softmax, ``@V``.
 
@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from stmod.core.attention import modulated_attention
-from stmod.core.modulation import level_layout, rules_for, time_weight
+from stmod.core.st_layout.kernels import modulated_attention
+from stmod.core.st_layout.labels import level_layout, rules_for, time_weight
 
 HEADS, HEAD_DIM, STRENGTH = 8, 80, 0.3
 VARIANTS = ("plain", "ours", "official")

@@ -27,8 +27,8 @@ import attrs
 import torch
 
 from stmod.core.config import load_job
-from stmod.core.demo import write_demo_inputs
-from stmod.core.orchestrator import Editor
+from stmod.plugins.commands.demo import write_demo_inputs
+from stmod.core.pipeline.editor import Editor
 from stmod.plugins.manager import make_plugin_manager
 
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import yaml
 
-from stmod.core.evaluate import efficiency
-from stmod.core.tables import EFFICIENCY_COLUMNS, METRIC_COLUMNS, Column, markdown_table, rows
+from stmod.plugins.eval.evaluate import efficiency
+from stmod.plugins.eval.tables import EFFICIENCY_COLUMNS, METRIC_COLUMNS, Column, markdown_table, rows
 
 ABLATION = ("baseline", "+ cross", "+ self", "+ cross + self")
 

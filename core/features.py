@@ -1,8 +1,7 @@
 """Attention features recorded during DDIM inversion, for layouts found without masks (K-Means).
 
-A layout provider with ``needs_inversion_features = True`` (and optionally a ``feature_request``:
-:class:`FeatureRequest`) makes the orchestrator run the inversion *before* the layout, with an
-:class:`InversionFeatureRecorder` fed by the ``st-layout`` engine's UNet processors, and hand the
+A layout provider with a ``feature_request`` (a :class:`FeatureRequest`, not ``None``) makes the
+editor run the inversion *before* the layout, with an :class:`InversionFeatureRecorder` fed by the ``st-layout`` engine's UNet processors, and hand the
 result to the provider as ``LayoutRequest.features`` (:class:`InversionFeatures`).
 
 **What is recorded, per token of one UNet level** (``level`` 0 is the latent grid, 1 is half of it —
@@ -32,17 +31,20 @@ the rows are computed in query chunks of bounded size.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from attrs import field, frozen, validators
 
 from stmod.core.errors import LayoutError
+from stmod.core.levels import level_grid, level_of
 from stmod.core.tokens import prompt_token_ids
+
+if TYPE_CHECKING:
+    from stmod.core.protocols import LayoutProvider, Tokenizer
 
 __all__ = [
     "FeatureRequest",
@@ -79,10 +81,7 @@ class FeatureRequest:
 
     def grid(self, latent_size: Sequence[int]) -> tuple[int, int]:
         """``(h, w)`` of this level for latents of ``latent_size`` (each level halves, rounding up)."""
-        h, w = int(latent_size[0]), int(latent_size[1])
-        for _ in range(self.level):
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        return h, w
+        return level_grid(latent_size, self.level)
 
     def as_list(self) -> list[int]:
         return [self.level, self.reference_frames, self.key_grid]
@@ -97,14 +96,12 @@ def reference_positions(frames: int, count: int) -> tuple[int, ...]:
     return tuple(sorted({round(i * (frames - 1) / (count - 1)) for i in range(count)}))
 
 
-def feature_requests(providers: Iterable[Any]) -> tuple[FeatureRequest, ...]:
-    """The distinct feature requests of the providers that need inversion features (``()`` if none)."""
+def feature_requests(providers: Iterable[LayoutProvider]) -> tuple[FeatureRequest, ...]:
+    """The distinct ``feature_request`` of the providers that have one (``()`` if none)."""
     found: list[FeatureRequest] = []
     for provider in providers:
-        if getattr(provider, "needs_inversion_features", False):
-            request = getattr(provider, "feature_request", None) or FeatureRequest()
-            if request not in found:
-                found.append(request)
+        if provider.feature_request is not None and provider.feature_request not in found:
+            found.append(provider.feature_request)
     return tuple(found)
 
 
@@ -174,7 +171,7 @@ class InversionFeatures:
         return cls(maps=maps, words=dict(words or {}), prompt=prompt, levels=tuple(int(v) for v in state["levels"]))
 
 
-def word_positions(tokenizer: Any, prompt: str) -> dict[str, tuple[int, ...]]:
+def word_positions(tokenizer: Tokenizer | None, prompt: str) -> dict[str, tuple[int, ...]]:
     """``{word: token positions}`` of ``prompt`` (see :func:`prompt_words`), matched in order.
 
     Each word is tokenized alone and looked up in the prompt's tokens after the previous word; a word
@@ -231,12 +228,9 @@ class InversionFeatureRecorder:
 
     def wants(self, tokens: int) -> bool:
         """Whether a layer with ``tokens`` tokens per frame is recorded (noting the level either way)."""
-        h, w = self.latent_size
-        for level in range(16):
-            if h * w == tokens:
-                self._levels.add(level)
-                break
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        level = level_of(tokens, self.latent_size)
+        if level is not None:
+            self._levels.add(level)
         return any(s.grid[0] * s.grid[1] == tokens for s in self._sums)
 
     def _check(self, q: torch.Tensor) -> None:

@@ -7,7 +7,8 @@ trajectory attention, PnP injection, FreeU, ``blending_percentage``, dwpose/zoe 
 editing prompts in one run) are refused with one line naming them, unless the caller allows editing
 without them (``--allow-unsupported``), in which case each is logged as dropped.
 
-Key meanings follow ``reference/videograin-official.md`` §6.2.
+Key meanings follow the official code's own reading of its configs (``dataset_config``,
+``control_config``, ``editing_config``; its spelling ``negative_promot`` included).
 """
 
 from __future__ import annotations
@@ -59,40 +60,25 @@ def _section(data: Mapping[str, Any], name: str, allowed: set[str], source: str)
     return dict(section)
 
 
-def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsupported: bool = False) -> dict[str, Any]:
-    """An stmod job mapping equivalent to an official VideoGrain config.
-
-    :param source: the config file (its name gives the official default output folder).
-    :param allow_unsupported: drop unsupported features with a warning instead of refusing.
-    :raises ConfigError: for unknown keys, or unsupported features unless allowed.
-    """
-    where = str(source)
+def _check_top(data: Mapping[str, Any], where: str) -> None:
     for key in data:
         if key not in _TOP:
             close = difflib.get_close_matches(str(key), sorted(_TOP), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown key {key!r} at the top level of an official VideoGrain config{hint}",
                               key=str(key), suggestion=close[0] if close else None, source=where)
-    dataset = _section(data, "dataset_config", _DATASET, where)
-    control = _section(data, "control_config", _CONTROL, where)
-    editing = _section(data, "editing_config", _EDITING, where)
+
+
+def _unsupported(data: Mapping[str, Any], dataset: Mapping[str, Any], control: Mapping[str, Any],
+                 editing: Mapping[str, Any], prompts: list[Any]) -> list[str]:
+    """What the official config asks for that stmod does not implement, one phrase each."""
     dropped: list[str] = []
 
     def unsupported(condition: bool, what: str) -> None:
         if condition:
             dropped.append(what)
 
-    prompts = editing.get("editing_prompts") or []
-    if not prompts or not isinstance(prompts[0], (list, tuple)) or not prompts[0]:
-        raise ConfigError("editing_config.editing_prompts must hold [global prompt, local prompt, ...]", source=where)
     unsupported(len(prompts) > 1, f"{len(prompts)} editing prompts in one run (stmod edits one per job)")
-    global_prompt, *local_prompts = (str(p) for p in prompts[0])
-    order = list(dataset.get("layout_mask_order") or [])
-    if len(local_prompts) > len(order):
-        raise ConfigError(f"{len(local_prompts)} local prompts but only {len(order)} masks in "
-                          "dataset_config.layout_mask_order (they pair by position)", source=where)
-    size = int(dataset.get("image_size", 512))
-
     unsupported(dataset.get("crop", "center") != "center", f"crop {dataset.get('crop')!r} (only center crops)")
     unsupported(any(dataset.get("offset") or []) if isinstance(dataset.get("offset"), (list, tuple)) else
                 bool(dataset.get("offset")), "dataset_config.offset (pre-crop offsets)")
@@ -109,6 +95,32 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
     unsupported(control_type is not None and control_type not in _ANNOTATORS,
                 f"control_type {control_type!r} (stmod has canny, openpose, depth and precomputed frames)")
     unsupported(bool(control.get("hand")) or bool(control.get("face")), "openpose hand/face drawing")
+    return dropped
+
+
+def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsupported: bool = False) -> dict[str, Any]:
+    """An stmod job mapping equivalent to an official VideoGrain config.
+
+    :param source: the config file (its name gives the official default output folder).
+    :param allow_unsupported: drop unsupported features with a warning instead of refusing.
+    :raises ConfigError: for unknown keys, or unsupported features unless allowed.
+    """
+    where = str(source)
+    _check_top(data, where)
+    dataset = _section(data, "dataset_config", _DATASET, where)
+    control = _section(data, "control_config", _CONTROL, where)
+    editing = _section(data, "editing_config", _EDITING, where)
+    prompts = editing.get("editing_prompts") or []
+    if not prompts or not isinstance(prompts[0], (list, tuple)) or not prompts[0]:
+        raise ConfigError("editing_config.editing_prompts must hold [global prompt, local prompt, ...]", source=where)
+    global_prompt, *local_prompts = (str(p) for p in prompts[0])
+    order = list(dataset.get("layout_mask_order") or [])
+    if len(local_prompts) > len(order):
+        raise ConfigError(f"{len(local_prompts)} local prompts but only {len(order)} masks in "
+                          "dataset_config.layout_mask_order (they pair by position)", source=where)
+    size = int(dataset.get("image_size", 512))
+    control_type = control.get("control_type")
+    dropped = _unsupported(data, dataset, control, editing, prompts)
     if dropped:
         if not allow_unsupported:
             raise ConfigError("official VideoGrain config uses what stmod does not implement: " + "; ".join(dropped)

@@ -13,9 +13,9 @@ protocols. Tensor conventions used throughout:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -23,20 +23,38 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from stmod.core.features import FeatureRequest, InversionFeatureRecorder
     from stmod.core.sampling import NoiseSchedule
-    from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
+    from stmod.core.st_layout.recorders import AttentionRecorder
+    from stmod.core.types import (BlendContext, Branch, Control, EditSpec, LayoutMasks, LayoutReport, LayoutRequest,
+                                  ModulationInput, TextConditioning)
 
 __all__ = [
     "Backbone",
     "LayoutProvider",
+    "LayoutReporting",
     "Modulator",
+    "FeatureRecording",
+    "RecordsAttention",
+    "ConditionsText",
     "Blender",
     "ControlAnnotator",
     "Phase",
+    "Tokenizer",
 ]
 
 #: Which pass of an edit a model call belongs to: DDIM inversion or denoising.
 Phase = Literal["invert", "denoise"]
+
+
+class Tokenizer(Protocol):
+    """What stmod uses of a ``transformers`` (CLIP) tokenizer: ``tokenizer(text, ...)["input_ids"]``."""
+
+    model_max_length: int
+
+    def __call__(self, text: str, *, add_special_tokens: bool = True,
+                 truncation: bool = False) -> Mapping[str, Sequence[int]]:
+        """Token ids of ``text`` under ``"input_ids"``."""
 
 
 @runtime_checkable
@@ -64,12 +82,12 @@ class LayoutProvider(Protocol):
     model and raises :class:`~stmod.core.errors.LayoutError` naming the file or region at fault.
     ``layout`` returns :class:`~stmod.core.types.LayoutMasks` for exactly ``regions`` (names, in that
     order) with one mask per selected frame at the edit's pixel size ``(H, W)``.
-    ``needs_inversion_features`` tells the orchestrator to run inversion first and pass its
-    self-attention features (K-Means layouts) as ``request.features``
-    (:class:`~stmod.core.features.InversionFeatures`, for the provider's optional ``feature_request``).
+    ``feature_request`` is ``None`` for a provider that needs no model (masks, boxes, SAM 2); a
+    :class:`~stmod.core.features.FeatureRequest` makes the editor run the inversion first, record those
+    self-attention features, and pass them as ``request.features`` (K-Means layouts).
     """
 
-    needs_inversion_features: bool
+    feature_request: FeatureRequest | None
 
     def check(self, spec: EditSpec, regions: Sequence[str]) -> None:
         """Validate options and files for ``regions``; raise ``LayoutError`` on the first problem."""
@@ -79,24 +97,40 @@ class LayoutProvider(Protocol):
 
 
 @runtime_checkable
+class LayoutReporting(Protocol):
+    """**Optional ability** of a layout provider: a report of what its last ``layout`` call found.
+
+    ``stmod-run layout`` draws it (``clusters.mp4``) and writes its table to ``layout.json``.
+    """
+
+    def report(self, height: int, width: int) -> LayoutReport | None:
+        """What the last ``layout`` found at the edit's pixel size ``(height, width)``; ``None`` if nothing."""
+
+
+@runtime_checkable
 class Modulator(Protocol):
     """**Protocol:** decides how the backbone's attention behaves during an edit.
 
-    The orchestrator calls ``prepare(plan)`` once per edit (the built-in ``st-layout`` modulator
-    takes a :class:`stmod.core.engine.ModulationPlan`: pixel masks bool ``(F, K, H, W)``, regions
-    with their token spans, frame count, latent ``(h, w)``, ``ModulationConfig``), then wraps every
-    model that should be modulated in ``install(model, role=...)`` (a context manager that swaps the
-    attention processors and restores the originals on exit, even on error). Before each model call
-    the backbone asks ``call_kwargs(...)`` for the ``cross_attention_kwargs`` to pass to the UNet and
-    the ControlNet; the processors read the phase, step index, timestep and CFG batch layout from
-    there (never from counters).
+    The editor calls ``prepare(request)`` once per pass (inversion: no masks; denoising: the layout)
+    with a :class:`~stmod.core.types.ModulationInput` (pixel masks bool ``(F, K, H, W)``, regions with
+    their token spans, frame count, latent ``(h, w)``, ``ModulationConfig``, prompts); the modulator
+    derives its own plan from it. It then wraps every model that should be modulated in
+    ``install(model, role=...)`` (a context manager that swaps the attention processors and restores
+    the originals on exit, even on error). Before each model call the editor asks ``call_kwargs(...)``
+    for the ``cross_attention_kwargs`` to pass to the UNet and the ControlNet; processors read the
+    phase, step index, timestep and CFG batch layout from there (never from counters).
+
+    Optional abilities, each a protocol of its own checked with ``isinstance``:
+    :class:`ConditionsText` (the text each CFG branch sees; without it, standard CFG text),
+    :class:`FeatureRecording` (inversion features for K-Means layouts) and :class:`RecordsAttention`
+    (cross-attention maps for ``--save-attention``).
 
     Batch layout: model inputs are ``(B·F, C, h, w)`` latents with the CFG branches outermost in the
     order given by ``branches`` and the F frames inner (row ``b·F + f``).
     """
 
-    def prepare(self, plan: Any) -> None:
-        """Precompute what every layer needs for this edit (region labels, token spans, sizes)."""
+    def prepare(self, request: ModulationInput) -> None:
+        """Precompute what every layer needs for this pass (region labels, token spans, sizes)."""
 
     def install(self, model: torch.nn.Module, *, role: str) -> AbstractContextManager[None]:
         """Install processors on ``model`` (``role`` is ``"unet"`` or ``"controlnet"``)."""
@@ -107,8 +141,8 @@ class Modulator(Protocol):
         phase: Phase,
         step_index: int,
         timestep: int,
-        branches: Sequence[Literal["uncond", "cond"]] = ("uncond", "cond"),
-    ) -> dict[str, Any]:
+        branches: Sequence[Branch] = ("uncond", "cond"),
+    ) -> Mapping[str, object]:
         """``cross_attention_kwargs`` for one model call.
 
         :param phase: ``"invert"`` or ``"denoise"``.
@@ -119,15 +153,42 @@ class Modulator(Protocol):
 
 
 @runtime_checkable
+class ConditionsText(Protocol):
+    """**Optional ability** of a modulator: it decides the text each CFG branch is conditioned on.
+
+    Without it the editor uses standard CFG text: the negative prompt for ``uncond`` and the global
+    prompt for ``cond``, for the UNet and the ControlNets alike.
+    """
+
+    def text_conditioning(self, request: ModulationInput,
+                          encode_text: Callable[[Sequence[str]], torch.Tensor]) -> TextConditioning:
+        """Per branch, the ``(1, 77, D)`` embeddings (``encode_text`` is the backbone's)."""
+
+
+@runtime_checkable
+class FeatureRecording(Protocol):
+    """**Optional ability** of a modulator: feed an inversion feature recorder (K-Means layouts)."""
+
+    def record_features(self, recorder: InversionFeatureRecorder) -> AbstractContextManager[InversionFeatureRecorder]:
+        """Feed ``recorder`` from the UNet's attention during inversion calls inside the ``with`` block."""
+
+
+@runtime_checkable
+class RecordsAttention(Protocol):
+    """**Optional ability** of a modulator: record the local prompts' cross-attention maps."""
+
+    def start_recording(self) -> AttentionRecorder:
+        """Record from now on (after ``prepare`` with masks); the recorder fills during denoising."""
+
+
+@runtime_checkable
 class Blender(Protocol):
     """**Protocol:** combines the edited latents with the source after each denoising step.
 
     ``blend`` receives the latents right after scheduler step ``step_index`` moved them from noise
-    level ``timestep`` to ``next_timestep`` (``0`` after the last step), and a context mapping with:
-    ``mask`` (float ``(F, 1, h, w)`` in ``[0, 1]``, 1 where the edit may change the video),
-    ``source_latents`` (clean source latents ``x0``), ``trajectory`` (``{timestep: latents}`` from
-    DDIM inversion, including ``0: x0``), ``add_noise`` (``add_noise(x0, noise, timestep)``, the
-    scheduler's forward noising) and ``generator`` (a ``torch.Generator`` for fresh noise).
+    level ``timestep`` to ``next_timestep`` (``0`` after the last step), and the edit's
+    :class:`~stmod.core.types.BlendContext` (mask, source latents, inversion trajectory, noise
+    schedule, generator; shapes and dtypes documented there).
     It returns latents of the same shape, dtype and device and must not modify its inputs.
     """
 
@@ -138,7 +199,7 @@ class Blender(Protocol):
         step_index: int,
         timestep: int,
         next_timestep: int,
-        context: Mapping[str, Any],
+        context: BlendContext,
     ) -> torch.Tensor:
         """Blended latents."""
 
@@ -147,7 +208,7 @@ class Blender(Protocol):
 class Backbone(Protocol):
     """**Protocol:** a frozen text-to-image diffusion model (plus ControlNets) driven for video edits.
 
-    The orchestrator owns the loops (:mod:`stmod.core.sampling`); the backbone answers model calls.
+    The editor owns the loops (:mod:`stmod.core.sampling`); the backbone answers model calls.
     ``check`` validates the job cheaply (checkpoint locations, device) and must not load weights;
     ``load_tokenizer`` returns the tokenizer alone (no weights) so prompts are checked before loading,
     or ``None`` when that is not possible. After ``load``:
@@ -168,11 +229,12 @@ class Backbone(Protocol):
     model_id: str
     device: torch.device
     dtype: torch.dtype
+    tokenizer: Tokenizer | None
 
     def check(self, spec: EditSpec) -> None:
         """Validate model locations for ``spec`` without loading weights."""
 
-    def load_tokenizer(self, base_dir: Path | None = None) -> Any:
+    def load_tokenizer(self, base_dir: Path | None = None) -> Tokenizer | None:
         """The tokenizer without model weights, or ``None`` if it cannot be had before ``load``."""
 
     def controlnet_location(self, annotator: str, model: str | None) -> str:
@@ -184,13 +246,22 @@ class Backbone(Protocol):
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames → latents."""
 
-    def decode(self, latents: torch.Tensor, *, progress: Any = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, *, progress: Callable[[int], object] | None = None) -> torch.Tensor:
         """Latents → frames; ``progress(n)``, if given, is called after each ``n`` decoded frames."""
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text embeddings of ``prompts``."""
 
-    def predict_noise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        timestep: int,
+        text: torch.Tensor,
+        *,
+        controls: Sequence[tuple[str, Control]] = (),
+        control_text: torch.Tensor | None = None,
+        cross_attention_kwargs: Mapping[str, object] | None = None,
+    ) -> torch.Tensor:
         """ε for one batch (see the class docs for the keyword arguments)."""
 
     def noise_schedule(self) -> NoiseSchedule:

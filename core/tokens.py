@@ -128,7 +128,7 @@ def composite_text_embedding(
     local_embeddings: Sequence[torch.Tensor | None],
     spans: Sequence[TokenSpan | None],
 ) -> torch.Tensor:
-    """The ``videograin`` preset's text condition (official code §1.7, from DenseDiffusion).
+    """The ``videograin`` preset's text condition (as the official code builds it, after DenseDiffusion).
 
     Each local prompt is encoded *alone*; its word embeddings (positions ``1 … len``) replace the
     global prompt's embeddings at its span, in region order (a later span overwrites an earlier

@@ -10,11 +10,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+import numpy as np
 import torch
 from attrs import field, frozen, validators
+
+if TYPE_CHECKING:  # annotations only: these modules build on the values defined here
+    from stmod.core.features import InversionFeatures
+    from stmod.core.io.video import FrameTransform
+    from stmod.core.sampling import NoiseSchedule
+    from stmod.core.tokens import TokenSpan
 
 __all__ = [
     "NAME_PATTERN",
@@ -26,8 +33,16 @@ __all__ = [
     "EditSpec",
     "LayoutMasks",
     "LayoutRequest",
+    "LayoutReport",
+    "ModulationInput",
+    "TextConditioning",
+    "BlendContext",
     "Control",
+    "Branch",
 ]
+
+#: A classifier-free-guidance branch of a model batch.
+Branch = Literal["uncond", "cond"]
 
 #: Region and component names: letters, digits, ``_``, ``-`` and ``.``; they become folder names.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -45,7 +60,7 @@ def _valid_name(_: Any, attribute: attrs.Attribute, value: str) -> None:
         )
 
 
-def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def _frozen_mapping(value: Mapping[str, object] | None) -> Mapping[str, object]:
     return dict(value or {})
 
 
@@ -92,7 +107,7 @@ class ComponentRef:
     """A component chosen by name, with the options passed to its factory (validated by its plugin)."""
 
     name: str = field(validator=_valid_name)
-    options: Mapping[str, Any] = field(factory=dict, converter=_frozen_mapping)
+    options: Mapping[str, object] = field(factory=dict, converter=_frozen_mapping)
 
 
 @frozen(kw_only=True)
@@ -106,7 +121,7 @@ class ControlSpec:
 
 @frozen(kw_only=True)
 class ModulationConfig:
-    """How ST-Layout attention modulates cross- and self-attention (design §4).
+    """How ST-Layout attention modulates cross- and self-attention (``docs/method.md``).
 
     ``preset`` picks the semantics (``videograin``: the official code; ``paper``: the equations); the
     other fields tune it. Modulation is active for denoising steps ``start_step <= i < end_step``.
@@ -149,7 +164,7 @@ class EditSpec:
 
     ``regions`` are keyed by name: each name must match a mask of the layout. ``layout`` may combine
     several providers (e.g. SAM 2 for people, K-Means for the background); where regions overlap,
-    ``layout_overlap`` decides (see :mod:`stmod.layouts.compose`). ``base_dir`` is the folder
+    ``layout_overlap`` decides (see :mod:`stmod.core.pipeline.compose`). ``base_dir`` is the folder
     that relative paths in component options are resolved against (the job file's folder).
     """
 
@@ -248,21 +263,103 @@ class LayoutMasks:
 
 @frozen(kw_only=True)
 class LayoutRequest:
-    """What a layout provider gets to build masks for one edit.
+    """What a layout provider (and a control annotator) gets for one edit.
 
-    ``frame_indices`` are the source frame indices selected by the job; ``source_size`` is the
-    ``(height, width)`` of the source frames before the transform; ``transform`` maps a stack of
-    source-sized masks ``uint8/bool (F, H_src, W_src)`` to the edit size exactly as the frames were
-    mapped (nearest sampling); ``frames`` are the edit's frames ``uint8 (F, H, W, 3)``;
-    ``features`` holds inversion features for providers that ask for them (else ``None``).
+    :ivar spec: the job.
+    :ivar frame_indices: the source frame indices the job selected.
+    :ivar source_size: ``(height, width)`` of the source frames before the transform.
+    :ivar transform: maps a stack of source-sized masks ``uint8/bool (F, H_src, W_src)`` to the edit
+        size exactly as the frames were mapped (nearest sampling).
+    :ivar frames: the edit's frames, ``uint8 (F, H, W, 3)`` RGB.
+    :ivar features: the inversion features a provider asked for with its ``feature_request``
+        (:class:`~stmod.core.features.InversionFeatures`), else ``None``.
     """
 
     spec: EditSpec
     frame_indices: tuple[int, ...] = field(converter=tuple)
     source_size: tuple[int, int] = field(converter=tuple)
-    transform: Any = field(eq=False)
-    frames: Any = field(eq=False)
-    features: Any = field(default=None, eq=False)
+    transform: FrameTransform = field(eq=False)
+    frames: np.ndarray = field(eq=False)
+    features: InversionFeatures | None = field(default=None, eq=False)
+
+
+@frozen(kw_only=True)
+class LayoutReport:
+    """What a layout provider found beyond its masks, for ``stmod-run layout`` (e.g. K-Means clusters).
+
+    :ivar masks: bool ``(F, C, H, W)`` at the edit's pixel size, one mask per reported part.
+    :ivar legend: one label per part (drawn on ``clusters.mp4``).
+    :ivar table: JSON-ready rows, one per part (written to ``layout.json``).
+    """
+
+    masks: np.ndarray = field(eq=False)
+    legend: tuple[str, ...] = field(converter=tuple)
+    table: tuple[Mapping[str, object], ...] = field(converter=tuple)
+
+
+@frozen(kw_only=True)
+class ModulationInput:
+    """What a modulator is told about one pass (its ``prepare`` input); it derives its own plan from it.
+
+    :ivar masks: pixel masks, bool ``(F, K, H, W)``; ``None`` for a pass without regions (inversion).
+    :ivar num_frames: F. ``latent_size``: ``(h, w)`` of the latents.
+    :ivar regions: regions with their local prompts; each name has a mask.
+    :ivar spans: per region, its token span in ``prompt`` (``None``: no text tokens), found once per job.
+    :ivar config: the job's modulation settings (preset, window, strengths, temporal focus, ...).
+    :ivar prompt, negative_prompt: the job's global and negative prompts (for text conditioning).
+    """
+
+    masks: LayoutMasks | None
+    num_frames: int = field(validator=validators.ge(1))
+    latent_size: tuple[int, int] = field(converter=tuple)
+    regions: tuple[Region, ...] = field(default=(), converter=tuple)
+    spans: tuple[TokenSpan | None, ...] = field(default=(), converter=tuple)
+    config: ModulationConfig = field(factory=ModulationConfig)
+    prompt: str = ""
+    negative_prompt: str = ""
+
+
+@frozen(kw_only=True)
+class TextConditioning:
+    """Per CFG branch, the text embeddings ``(1, 77, D)`` of the UNet and of the ControlNets."""
+
+    unet: Mapping[Branch, torch.Tensor] = field(eq=False)
+    control: Mapping[Branch, torch.Tensor] = field(eq=False)
+
+
+@frozen(kw_only=True)
+class BlendContext:
+    """What a blender gets besides the latents, for one edit (the same object for every step).
+
+    Declared like diffusers' ``_callback_tensor_inputs``: these fields and nothing else.
+
+    :ivar mask: float ``(F, 1, h, w)`` in ``[0, 1]`` in the backbone's dtype and device; 1 where the
+        edit may change the video (the union of the regions, at latent size).
+    :ivar source_latents: the clean source latents ``x0``, ``(F, C, h, w)``.
+    :ivar trajectory: ``{timestep: latents (F, C, h, w)}`` from DDIM inversion, including ``0: x0``.
+    :ivar schedule: the backbone's noise schedule (``schedule.add_noise(x0, noise, timestep)``).
+    :ivar generator: a ``torch.Generator`` on the backbone's device, seeded with the job's seed.
+
+    ``context["mask"]`` (and the other field names, plus ``"add_noise"``) still reads like the mapping
+    blenders got before, so a blender written against it keeps working.
+    """
+
+    mask: torch.Tensor = field(eq=False)
+    source_latents: torch.Tensor = field(eq=False)
+    trajectory: Mapping[int, torch.Tensor] = field(eq=False)
+    schedule: NoiseSchedule = field(eq=False)
+    generator: torch.Generator = field(eq=False)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        """The scheduler's forward noising of ``x0`` to ``timestep``."""
+        return self.schedule.add_noise(x0, noise, timestep)
+
+    def __getitem__(self, name: str) -> object:
+        if name == "add_noise":
+            return self.add_noise
+        if name in attrs.fields_dict(BlendContext):
+            return getattr(self, name)
+        raise KeyError(name)
 
 
 @frozen

@@ -31,9 +31,9 @@ from attrs import field, frozen, validators
 from stmod.core.errors import LayoutError
 from stmod.core.features import FeatureRequest, InversionFeatures
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
-from stmod.core.video import FrameTransform, probe_video, select_frames
+from stmod.core.io.video import FrameTransform, probe_video, select_frames
 from stmod.layouts.clustering import cluster_self_rows, refine_to_object, upsample_labels
-from stmod.layouts.compose import empty_layout
+from stmod.core.pipeline.compose import empty_layout
 
 __all__ = ["Box", "BoxesOptions", "BoxLayoutProvider", "interpolate_box", "rasterise_box"]
 
@@ -121,7 +121,6 @@ class BoxLayoutProvider:
 
     def __init__(self, options: BoxesOptions) -> None:
         self.options = options
-        self.needs_inversion_features = options.refine > 0
         self.feature_request = FeatureRequest(level=options.refine_level) if options.refine else None
 
     def _pixels(self, box: Box, height: int, width: int) -> Box:

@@ -46,9 +46,9 @@ from attrs import field, frozen, validators
 
 from stmod.core.errors import LayoutError
 from stmod.core.features import FeatureRequest, InversionFeatures, prompt_words
-from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
+from stmod.core.types import EditSpec, LayoutMasks, LayoutReport, LayoutRequest
 from stmod.layouts.clustering import cluster_self_rows, cluster_words, name_clusters, upsample_labels
-from stmod.layouts.compose import empty_layout
+from stmod.core.pipeline.compose import empty_layout
 
 __all__ = ["KMeansOptions", "KMeansLayoutProvider", "ClusterResult", "upsample_labels"]
 
@@ -147,6 +147,12 @@ class ClusterResult:
         return [f"{c} {' '.join(self.words[c]) or '-'}" + (f" > {owner[c]}" if c in owner else "")
                 for c in range(self.clusters)]
 
+    def report(self, height: int, width: int) -> LayoutReport:
+        """The clusters as a :class:`~stmod.core.types.LayoutReport` at the edit's pixel size."""
+        pixels = upsample_labels(self.labels, height, width)
+        masks = pixels[:, None] == np.arange(self.clusters)[None, :, None, None]
+        return LayoutReport(masks=masks, legend=tuple(self.legend()), table=tuple(self.summary()))
+
     def summary(self) -> list[dict[str, Any]]:
         """JSON-ready table: id, share of tokens, naming words, region."""
         owner = {c: r for r, ids in self.regions.items() for c in ids}
@@ -160,8 +166,6 @@ def _via(pick: Pick) -> str:
 
 class KMeansLayoutProvider:
     """The ``kmeans`` layout provider (see the module docs)."""
-
-    needs_inversion_features = True
 
     def __init__(self, options: KMeansOptions) -> None:
         self.options = options
@@ -236,6 +240,10 @@ class KMeansLayoutProvider:
                     raise LayoutError(f"region {region!r} (rest) gets no cluster: the other regions of layout 'kmeans' "
                                       f"take all {self.options.clusters}; ask for more clusters", region=region)
         return {region: out[region] for region in plan}
+
+    def report(self, height: int, width: int) -> LayoutReport | None:
+        """The clusters the last :meth:`layout` call found, for ``stmod-run layout`` (``None`` before)."""
+        return self.result.report(height, width) if self.result is not None else None
 
     def layout(self, request: LayoutRequest, regions: Sequence[str]) -> LayoutMasks:
         """Bool ``(F, K, H, W)`` masks for ``regions``, from ``request.features`` (see the module docs)."""

@@ -38,8 +38,8 @@ from PIL import Image
 
 from stmod.core.errors import LayoutError
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
-from stmod.core.video import FrameTransform, natural_key, probe_video, select_frames
-from stmod.layouts.compose import empty_layout
+from stmod.core.io.video import FrameTransform, natural_key, probe_video, select_frames
+from stmod.core.pipeline.compose import empty_layout
 
 __all__ = ["MasksOptions", "MaskFolderProvider", "frame_files"]
 
@@ -141,7 +141,7 @@ class _Source:
 class MaskFolderProvider:
     """The ``masks`` layout provider (see the module docs for formats and rules)."""
 
-    needs_inversion_features = False
+    feature_request = None  # needs no model
 
     def __init__(self, options: MasksOptions) -> None:
         self.options = options

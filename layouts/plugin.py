@@ -24,7 +24,7 @@ from stmod.layouts.boxes import BoxesOptions, BoxLayoutProvider
 from stmod.layouts.kmeans import KMeansLayoutProvider, KMeansOptions
 from stmod.layouts.masks import MaskFolderProvider, MasksOptions
 from stmod.layouts.sam2 import Sam2LayoutProvider, Sam2Options
-from stmod.plugins.registry import ComponentRegistrar
+from stmod.core.registry import ComponentRegistrar
 
 __all__ = ["stmod_register_layout_providers"]
 

@@ -42,10 +42,11 @@ import torch
 from attrs import field, frozen, validators
 from PIL import Image
 
+from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError, LayoutError, MissingDependencyError
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
-from stmod.core.video import FrameTransform, probe_video, select_frames
-from stmod.layouts.compose import empty_layout
+from stmod.core.io.video import FrameTransform, probe_video, select_frames
+from stmod.core.pipeline.compose import empty_layout
 
 __all__ = ["Sam2Prompt", "Sam2Options", "Sam2LayoutProvider", "PredictorFactory", "build_sam2_predictor"]
 
@@ -147,19 +148,13 @@ def build_sam2_predictor(config: str, checkpoint: Path, device: torch.device, ov
                               "configs/sam2.1/sam2.1_hiera_s.yaml)") from exc
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Sam2LayoutProvider:
     """The ``sam2`` layout provider (see the module docs).
 
     :param predictor_factory: builds the video predictor; default :func:`build_sam2_predictor`.
     """
 
-    needs_inversion_features = False
+    feature_request = None  # needs no diffusion model
 
     def __init__(self, options: Sam2Options, *, predictor_factory: PredictorFactory | None = None) -> None:
         self.options = options
@@ -260,7 +255,7 @@ class Sam2LayoutProvider:
                   for k, region in enumerate(regions) for frame, prompt in sorted(self.options.prompts[region].items())]
         if self._factory is None:
             self._check_package()
-        device = _resolve_device(self.options.device)
+        device = resolve_device(self.options.device)
         factory = self._factory or build_sam2_predictor
         predictor = factory(self.options.config, self._checkpoint(request.spec), device, self.options.overrides)
         logits: dict[int, np.ndarray] = {}  # frame position -> float32 (K, H, W)

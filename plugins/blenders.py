@@ -15,14 +15,12 @@ Gaussian that feathers the mask edge (0 keeps it hard).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from attrs import field, frozen, validators
 
-from stmod import hookimpl
+from stmod import BlendContext, hookimpl
 
 __all__ = ["BlendOptions", "NoBlend", "LatentBlend", "VideoGrainBlend", "feather"]
 
@@ -53,7 +51,7 @@ class NoBlend:
     """Leaves the latents untouched."""
 
     def blend(self, latents: torch.Tensor, *, step_index: int, timestep: int, next_timestep: int,
-              context: Mapping[str, Any]) -> torch.Tensor:
+              context: BlendContext) -> torch.Tensor:
         return latents
 
 
@@ -64,14 +62,14 @@ class LatentBlend:
         self.options = options
 
     def blend(self, latents: torch.Tensor, *, step_index: int, timestep: int, next_timestep: int,
-              context: Mapping[str, Any]) -> torch.Tensor:
-        trajectory = context["trajectory"]
+              context: BlendContext) -> torch.Tensor:
+        trajectory = context.trajectory
         if next_timestep not in trajectory:
             raise KeyError(
                 f"the inversion trajectory has no latent at timestep {next_timestep} "
                 f"(it has {sorted(trajectory)}); inversion and denoising must use the same schedule"
             )
-        mask = feather(context["mask"], self.options.soft_edge).to(latents.dtype)
+        mask = feather(context.mask, self.options.soft_edge).to(latents.dtype)
         source = trajectory[next_timestep].to(latents.device, latents.dtype)
         return torch.lerp(source, latents, mask.expand_as(latents))  # exact at mask 0 and 1
 
@@ -83,12 +81,12 @@ class VideoGrainBlend:
         self.options = options
 
     def blend(self, latents: torch.Tensor, *, step_index: int, timestep: int, next_timestep: int,
-              context: Mapping[str, Any]) -> torch.Tensor:
-        source = context["source_latents"].to(latents.device, latents.dtype)
-        noise = torch.randn(source.shape, generator=context["generator"], dtype=torch.float32,
-                            device=context["generator"].device).to(latents.device, latents.dtype)
-        noised = context["add_noise"](source, noise, timestep)
-        mask = feather(context["mask"], self.options.soft_edge).to(latents.dtype)
+              context: BlendContext) -> torch.Tensor:
+        source = context.source_latents.to(latents.device, latents.dtype)
+        noise = torch.randn(source.shape, generator=context.generator, dtype=torch.float32,
+                            device=context.generator.device).to(latents.device, latents.dtype)
+        noised = context.add_noise(source, noise, timestep)
+        mask = feather(context.mask, self.options.soft_edge).to(latents.dtype)
         return torch.lerp(noised, latents, mask.expand_as(latents))
 
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from stmod.plugins.registry import CommandRegistrar, ComponentRegistrar
+    from stmod.core.registry import CommandRegistrar, ComponentRegistrar
 
 #: Marker for hook specifications (private to stmod; plugins use :data:`stmod.hookimpl`).
-hookspec = pluggy.HookspecMarker("stmod")
+from stmod import hookspec  # the one marker, defined with hookimpl
 
 
 @hookspec

@@ -23,13 +23,17 @@ import importlib.metadata as md
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
 
 from stmod.core.errors import PluginConflictError, PluginLoadError, StmodError, UsageError
 from stmod.plugins import hookspecs
-from stmod.plugins.registry import KINDS, CommandInfo, CommandRegistrar, ComponentInfo, ComponentRegistrar, Registry
+from stmod.core.registry import KINDS, CommandInfo, CommandRegistrar, ComponentInfo, ComponentRegistrar, Registry
+
+if TYPE_CHECKING:
+    from stmod.core.pipeline.editor import Editor
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -38,6 +42,7 @@ __all__ = [
     "PluginRecord",
     "StmodPluginManager",
     "make_plugin_manager",
+    "editor_from_plugins",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,7 +52,9 @@ ENTRY_POINT_GROUP = "stmod"
 
 #: Built-in plugins: ``name -> module``. Registered through the same hooks as third-party ones.
 BUILTIN_PLUGINS: dict[str, str] = {
-    "stmod.commands": "stmod.core.commands",
+    "stmod.commands": "stmod.plugins.commands",
+    "stmod.eval": "stmod.plugins.eval",
+    "stmod.batch": "stmod.plugins.batch",
     "stmod.blenders": "stmod.plugins.blenders",
     "stmod.modulators": "stmod.plugins.modulators",
     "stmod.backbones": "stmod.backbones.plugin",
@@ -115,12 +122,16 @@ class StmodPluginManager(pluggy.PluginManager):
 
     def _call_each(self, hook_name: str, make_registrar) -> None:
         # Each implementation gets a registrar bound to its own plugin, so components know their
-        # provider; get_hookimpls() lists them in registration order (built-ins first).
-        for impl in getattr(self.hook, hook_name).get_hookimpls():
-            args = {"register": make_registrar(impl.plugin_name)}
+        # provider. Every call goes through pluggy (a hook caller without the other plugins'
+        # implementations), so hook wrappers and add_hookcall_monitoring see it; get_hookimpls()
+        # lists the implementations in registration order (built-ins first).
+        impls = [impl for impl in getattr(self.hook, hook_name).get_hookimpls()
+                 if not (impl.wrapper or impl.hookwrapper)]
+        for impl in impls:
+            caller = self.subset_hook_caller(hook_name, [other.plugin for other in impls if other is not impl])
             log.debug("%s: calling %s", hook_name, impl.plugin_name)
             try:
-                impl.function(*[args[name] for name in impl.argnames])
+                caller(register=make_registrar(impl.plugin_name))
             except StmodError:
                 raise
             except Exception as exc:  # a plugin bug: name the plugin, keep the traceback for -v
@@ -239,3 +250,13 @@ def _load_module(pm: StmodPluginManager, name: str, *, available: list[str]) -> 
         raise PluginLoadError(name, f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
     pm.add_plugin(module, PluginRecord(name=name, module=name))
 
+
+
+def editor_from_plugins(plugin_args: Sequence[str] = (), **kwargs: Any) -> Editor:
+    """An :class:`~stmod.core.pipeline.editor.Editor` over the installed plugins (selection like ``stmod-run -p``).
+
+    ``kwargs`` go to the editor (``progress``, ``cache``).
+    """
+    from stmod.core.pipeline.editor import Editor  # torch and the pipeline load only when an editor is made
+
+    return Editor(make_plugin_manager(plugin_args=plugin_args).registry, **kwargs)

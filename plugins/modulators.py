@@ -1,13 +1,13 @@
-"""Built-in modulators: registers ``st-layout``, the ST-Layout attention engine (:mod:`stmod.core.engine`)."""
+"""Built-in modulators: registers ``st-layout``, the ST-Layout attention engine (:mod:`stmod.core.st_layout.modulator`)."""
 
 from __future__ import annotations
 
 from stmod import hookimpl
-from stmod.plugins.registry import ComponentRegistrar
+from stmod.core.registry import ComponentRegistrar
 
 
 def _st_layout(options: object) -> object:
-    from stmod.core.engine import EngineOptions, STLayoutModulator
+    from stmod.core.st_layout.modulator import EngineOptions, STLayoutModulator
 
     assert isinstance(options, EngineOptions)
     return STLayoutModulator(options)
@@ -16,7 +16,7 @@ def _st_layout(options: object) -> object:
 @hookimpl
 def stmod_register_modulators(register: ComponentRegistrar) -> None:
     """Register ``st-layout``."""
-    from stmod.core.engine import EngineOptions
+    from stmod.core.st_layout.modulator import EngineOptions
 
     register.add(
         "st-layout",

@@ -1,32 +1,66 @@
 """stmod: zero-shot multi-grained video editing (ST-Modulator / VideoGrain) as a plugin framework.
 
-The public surface for users and plugin authors::
+The public surface for users and plugin authors; nothing else is needed to write a plugin::
 
-    from stmod import hookimpl, StmodError
+    from stmod import hookimpl, LayoutMasks, LayoutRequest
 
     @hookimpl
-    def stmod_register_blenders(register):
-        register.add("mine", MyBlender, summary="...")
+    def stmod_register_layout_providers(register):
+        register.add("mine", MyProvider, summary="...")
 
-Subpackages: :mod:`stmod.core` (values, protocols, engine, CLI), :mod:`stmod.plugins` (hooks,
-plugin manager, built-in blenders), :mod:`stmod.backbones`, :mod:`stmod.layouts`.
+and to run an edit from Python::
+
+    from stmod import editor_from_plugins, load_job
+
+    result = editor_from_plugins().run(load_job("job.yaml"))
+
+Names other than the markers are loaded on first use (module ``__getattr__``), so ``import stmod``
+(which every plugin does) stays cheap: no torch, no diffusers. Subpackages: :mod:`stmod.core`
+(values, protocols, the ST-Layout engine, the pipeline), :mod:`stmod.plugins` (hooks, plugin manager,
+built-in blenders, modulator and commands), :mod:`stmod.backbones`, :mod:`stmod.layouts`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from stmod.core.errors import StmodError
-
-__all__ = ["hookimpl", "hookspec", "StmodError", "__version__"]
+if TYPE_CHECKING:
+    from stmod.core.config import load_job
+    from stmod.core.errors import (CheckpointError, ConfigError, InputError, LayoutError, MissingDependencyError,
+                                   OutputExistsError, PromptError, StmodError, UsageError)
+    from stmod.core.features import FeatureMaps, FeatureRequest, InversionFeatures
+    from stmod.core.pipeline.editor import Editor, EditResult, LayoutResult
+    from stmod.core.protocols import (Backbone, Blender, ConditionsText, ControlAnnotator, FeatureRecording,
+                                      LayoutProvider, LayoutReporting, Modulator, Phase, RecordsAttention, Tokenizer)
+    from stmod.core.types import (BlendContext, EditSpec, LayoutMasks, LayoutReport, LayoutRequest,
+                                  ModulationConfig, ModulationInput, Region, TextConditioning)
+    from stmod.plugins.manager import editor_from_plugins
 
 #: Decorator for hook implementations in plugins: ``@stmod.hookimpl def stmod_register_...``.
 hookimpl = pluggy.HookimplMarker("stmod")
 
 #: Decorator for hook specifications; only stmod itself and hosts extending it need this.
 hookspec = pluggy.HookspecMarker("stmod")
+
+#: Public name → the module that defines it (imported on first access).
+_LAZY = {
+    **dict.fromkeys(("StmodError", "UsageError", "ConfigError", "InputError", "LayoutError", "PromptError",
+                     "CheckpointError", "OutputExistsError", "MissingDependencyError"), "stmod.core.errors"),
+    **dict.fromkeys(("EditSpec", "Region", "ModulationConfig", "LayoutMasks", "LayoutRequest", "LayoutReport",
+                     "ModulationInput", "TextConditioning", "BlendContext"), "stmod.core.types"),
+    **dict.fromkeys(("Backbone", "LayoutProvider", "Modulator", "Blender", "ControlAnnotator", "Phase", "Tokenizer",
+                     "LayoutReporting", "ConditionsText", "FeatureRecording", "RecordsAttention"),
+                    "stmod.core.protocols"),
+    **dict.fromkeys(("FeatureRequest", "FeatureMaps", "InversionFeatures"), "stmod.core.features"),
+    **dict.fromkeys(("Editor", "EditResult", "LayoutResult"), "stmod.core.pipeline.editor"),
+    "load_job": "stmod.core.config",
+    "editor_from_plugins": "stmod.plugins.manager",
+}
+
+__all__ = ["hookimpl", "hookspec", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
@@ -37,4 +71,10 @@ def __getattr__(name: str) -> Any:
             return version("stmod")
         except PackageNotFoundError:  # running from a source tree that is not installed
             return "0+unknown"
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'stmod' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from stmod.core.cli import main
+from stmod.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

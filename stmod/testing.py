@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from stmod import hookimpl
+from stmod.core.features import InversionFeatures
 from stmod.core.sampling import NoiseSchedule
-from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
+from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest, ModulationInput
 from stmod.plugins.manager import StmodPluginManager, make_plugin_manager
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "ConstantLayoutProvider",
     "PassThroughAnnotator",
     "NullModulator",
+    "layout_request",
 ]
 
 
@@ -62,6 +64,17 @@ def fresh_plugin_manager(
                                extra_plugins=extra)
 
 
+def layout_request(spec: EditSpec, *, features: InversionFeatures | None = None) -> LayoutRequest:
+    """The :class:`~stmod.LayoutRequest` the editor builds for ``spec``: its clip read, frames selected,
+    resized and cropped (reads the video; loads no model). ``features`` stand in for the inversion
+    features a provider with a ``feature_request`` would get."""
+    from stmod.core.io.video import load_video
+
+    clip = load_video(spec.video)
+    return LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,
+                         transform=clip.transform, frames=clip.frames, features=features)
+
+
 @attrs.frozen
 class CliResult:
     """Outcome of :func:`run_cli`."""
@@ -73,7 +86,7 @@ class CliResult:
 
 def run_cli(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> CliResult:
     """Run ``stmod-run argv`` in this process; ``env`` replaces ``os.environ`` for plugin selection."""
-    from stmod.core.cli import main
+    from stmod.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -138,7 +151,7 @@ class IdentityBackbone:
 class ConstantLayoutProvider:
     """Serves fixed masks: ``masks`` (a :class:`LayoutMasks`) or, if ``None``, full-frame regions."""
 
-    needs_inversion_features = False
+    feature_request = None
 
     def __init__(self, masks: LayoutMasks | None = None) -> None:
         self.masks = masks
@@ -168,8 +181,8 @@ class PassThroughAnnotator:
 class NullModulator:
     """Installs nothing and passes no per-call arguments: plain attention everywhere."""
 
-    def prepare(self, plan: Any) -> None:
-        self.plan = plan
+    def prepare(self, request: ModulationInput) -> None:
+        self.request = request
 
     @contextlib.contextmanager
     def install(self, model: torch.nn.Module, *, role: str) -> Iterator[None]:

@@ -57,7 +57,7 @@ def demo_job(tmp_path: Path, tiny_folder: Path):
     The backbone is ``sd15`` pointed at the saved tiny folder (the path users take with their own
     model folder) with its ControlNet for ``canny``.
     """
-    from stmod.core.demo import write_demo_inputs
+    from stmod.plugins.commands.demo import write_demo_inputs
 
     def make(**changes) -> Path:
         path = write_demo_inputs(tmp_path / "inputs", frames=TINY_FRAMES, size=TINY_SIZE, steps=TINY_STEPS)

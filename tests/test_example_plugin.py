@@ -31,6 +31,7 @@ def test_example_plugin_blocked_with_p_no() -> None:
 
 def test_example_components_work() -> None:
     """Its stripes layout and fade blender do what they say."""
+    from stmod import BlendContext
     from stmod.core.types import EditSpec, LayoutRequest, VideoSource
     from stmod.plugins.manager import make_plugin_manager
 
@@ -46,6 +47,7 @@ def test_example_components_work() -> None:
 
     fade = registry.create("blender", "fade", {"ramp_steps": 4})
     latents, source = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    context = {"trajectory": {10: source}, "mask": torch.ones(2, 1, 8, 8)}
+    context = BlendContext(trajectory={10: source}, mask=torch.ones(2, 1, 8, 8), source_latents=source,
+                           schedule=None, generator=torch.Generator())
     out = fade.blend(latents, step_index=1, timestep=20, next_timestep=10, context=context)
     assert torch.allclose(out, source + 0.5 * (latents - source))

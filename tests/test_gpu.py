@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stmod.core.attention import modulated_attention, modulated_attention_explicit
+from stmod.core.st_layout.kernels import modulated_attention, modulated_attention_explicit
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -35,8 +35,8 @@ def test_fp16_two_pass_kernel_matches_fp32_explicit() -> None:
 def test_tiny_edit_on_cuda(tmp_path) -> None:
     """The whole pipeline runs on CUDA in fp16 with the tiny model."""
     from stmod.core.config import load_job
-    from stmod.core.demo import write_demo_inputs
-    from stmod.core.orchestrator import Editor
+    from stmod.plugins.commands.demo import write_demo_inputs
+    from stmod.core.pipeline.editor import Editor
     from stmod.testing import fresh_plugin_manager
 
     job = write_demo_inputs(tmp_path / "inputs", frames=4, size=(64, 64), steps=3)

@@ -38,4 +38,4 @@ def test_wheel_has_only_the_stmod_namespace(tmp_path: Path) -> None:
             assert f"{package}/{rel}" in names, f"{folder}/{rel} is missing from the wheel"
     assert "stmod/py.typed" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "stmod-run = stmod.core.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "stmod-run = stmod.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

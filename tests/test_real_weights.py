@@ -21,8 +21,8 @@ pytestmark = [
 def test_real_sd15_edit_moves_attention_into_regions(tmp_path) -> None:
     """With real weights, each local prompt's attention mass inside its region grows under modulation."""
     from stmod.core.config import load_job
-    from stmod.core.demo import write_demo_inputs
-    from stmod.core.orchestrator import Editor
+    from stmod.plugins.commands.demo import write_demo_inputs
+    from stmod.core.pipeline.editor import Editor
     from stmod.testing import fresh_plugin_manager
 
     job = write_demo_inputs(tmp_path / "inputs", frames=4, size=(256, 256), steps=20)

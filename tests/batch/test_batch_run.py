@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stmod.core.batch import BatchState, DistInfo, load_manifest
-from stmod.core.batchrun import run_batch
-from stmod.core.orchestrator import Editor
+from stmod.plugins.batch.manifest import BatchState, DistInfo, load_manifest
+from stmod.plugins.batch.run import run_batch
+from stmod.core.pipeline.editor import Editor
 from stmod.testing import fresh_plugin_manager, run_cli
 
 TESTING = ["-p", "stmod.testing"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stmod.core.batch import DistInfo, group_jobs, load_manifest, shard_groups
+from stmod.plugins.batch.manifest import DistInfo, group_jobs, load_manifest, shard_groups
 from stmod.core.errors import ConfigError
 
 

@@ -114,7 +114,7 @@ def test_unknown_command_and_no_command() -> None:
 
 def test_internal_error_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug (non-StmodError) exits 1 and says it is a bug; -v shows the traceback."""
-    from stmod.core.commands import inspect as inspect_cmd
+    from stmod.plugins.commands import inspect as inspect_cmd
 
     def crash(args, session):
         raise RuntimeError("kaboom")

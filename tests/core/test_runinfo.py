@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stmod.core.runinfo import InversionCache, PhaseTimer
+from stmod.core.pipeline.cache import InversionCache
+from stmod.core.pipeline.records import PhaseTimer
 
 
 def test_phase_timer_accumulates_and_snapshots_running_phases() -> None:
@@ -37,6 +38,6 @@ def test_inversion_cache_round_trip_and_keys(tmp_path: Path) -> None:
     trajectory = {0: torch.randn(2, 4, 1, 1), 981: torch.randn(2, 4, 1, 1)}
     cache.save(key, trajectory)
     loaded = cache.load(key)
-    assert loaded is not None and all(torch.equal(loaded[t], trajectory[t]) for t in trajectory)
+    assert loaded is not None and all(torch.equal(loaded.trajectory[t], trajectory[t]) for t in trajectory)
     cache.path(key).write_bytes(b"corrupt")
     assert cache.load(key) is None  # unreadable entries are recomputed, not fatal

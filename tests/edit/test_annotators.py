@@ -12,7 +12,7 @@ from stmod.backbones.annotators import (CannyAnnotator, CannyOptions, DepthAnnot
                                         OpenposeAnnotator, WeightsOptions)
 from stmod.core.errors import CheckpointError, InputError
 from stmod.core.types import EditSpec, LayoutRequest, VideoSource
-from stmod.core.video import FrameTransform
+from stmod.core.io.video import FrameTransform
 
 
 def _request(frames: np.ndarray, tmp_path: Path, indices=(0, 1), source_size=None, transform=None) -> LayoutRequest:

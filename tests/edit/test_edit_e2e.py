@@ -12,16 +12,16 @@ import torch
 import yaml
 
 from stmod.core.config import load_job
-from stmod.core.orchestrator import Editor
-from stmod.core.runinfo import InversionCache
-from stmod.core.video import probe_video, read_video
+from stmod.core.pipeline.editor import Editor
+from stmod.core.pipeline.cache import InversionCache
+from stmod.core.io.video import probe_video, read_video
 from stmod.testing import fresh_plugin_manager, run_cli
 
 ENV = {"STMOD_LOAD_PLUGINS": ""}
 
 
 def test_edit_end_to_end_with_canny(demo_job) -> None:
-    """The CLI writes every output of design §7 and records the run."""
+    """The CLI writes every output of an edit folder (``stmod.core.io.outputs``) and records the run."""
     job = demo_job()
     result = run_cli(["edit", str(job), "--quiet", "--save-attention"], env=ENV)
     assert result.exit_code == 0, result.stderr
@@ -87,7 +87,7 @@ def test_overwrite_replaces_output_folder(demo_job, tmp_path: Path) -> None:
 
 def test_failed_run_leaves_no_partial_output(demo_job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash while writing outputs leaves no output folder and no temporary folder behind."""
-    import stmod.core.outputs as outputs
+    import stmod.core.io.outputs as outputs
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")

@@ -7,8 +7,8 @@ import torch
 
 from stmod.backbones.sd15 import SD15Options, StableDiffusionBackbone
 from stmod.core.config import load_job
-from stmod.core.engine import ModulationPlan, STLayoutModulator
-from stmod.core.orchestrator import Editor
+from stmod.core.st_layout.modulator import ModulationPlan, STLayoutModulator
+from stmod.core.pipeline.editor import Editor
 from stmod.core.sampling import ddim_timesteps, denoise, invert
 from stmod.core.types import ModulationConfig
 from stmod.plugins.blenders import BlendOptions, LatentBlend

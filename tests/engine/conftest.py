@@ -1,7 +1,7 @@
 """Fixtures for the ST-Layout engine tests, and the literal float64 dense implementation of the method.
 
-``DenseReference`` is written straight from the equations (design §4) and the official code's
-behaviour (videograin-official.md §1), with full (F·N)×(F·N) matrices, Python loops over heads and
+``DenseReference`` is written straight from the equations (``docs/method.md`` §1) and the official
+code's behaviour (the ``videograin`` preset, ``docs/method.md`` §2), with full (F·N)×(F·N) matrices, Python loops over heads and
 frames, and no code shared with the engine. The engine must match it to fp32 precision.
 """
 
@@ -189,7 +189,7 @@ def dense() -> type[DenseReference]:
 
 @pytest.fixture
 def official_xi() -> list[float]:
-    """ξ(t) of the official code for denoising steps 0..14 (videograin-official.md §1.3)."""
+    """ξ(t) of the official code for denoising steps 0..14 (``((t − 1)/1000)^5``, ``docs/method.md`` §1)."""
     return OFFICIAL_XI
 
 

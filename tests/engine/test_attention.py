@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from stmod.core.attention import modulated_attention, modulated_attention_explicit, row_extrema
-from stmod.core.modulation import relation_codes
+from stmod.core.st_layout.kernels import modulated_attention, modulated_attention_explicit, row_extrema
+from stmod.core.st_layout.labels import relation_codes
 
 KERNELS = [modulated_attention, modulated_attention_explicit]
 

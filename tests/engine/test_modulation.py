@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from stmod.core.modulation import (
+from stmod.core.st_layout.labels import (
     downsample_masks,
     layer_grid,
     level_layout,

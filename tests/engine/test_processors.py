@@ -10,7 +10,7 @@ import torch
 from diffusers.models.attention import AttentionMixin
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from stmod.core.engine import EngineOptions, ModulationPlan, STLayoutModulator
+from stmod.core.st_layout.modulator import EngineOptions, ModulationPlan, STLayoutModulator
 from stmod.core.tokens import TokenSpan
 from stmod.core.types import LayoutMasks, ModulationConfig, Region
 

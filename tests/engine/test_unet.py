@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from stmod.core.engine import EngineOptions, ModulationPlan, STLayoutModulator
+from stmod.core.st_layout.modulator import EngineOptions, ModulationPlan, STLayoutModulator
 from stmod.core.protocols import Modulator
 from stmod.core.types import LayoutMasks, ModulationConfig, Region
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stmod.core.demo import write_demo_inputs
+from stmod.plugins.commands.demo import write_demo_inputs
 
 
 @pytest.fixture(scope="session")

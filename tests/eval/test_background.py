@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stmod.core.metrics import PSNR_CAP, background_psnr, background_ssim, ssim_map
+from stmod.plugins.eval.metrics import PSNR_CAP, background_psnr, background_ssim, ssim_map
 
 
 def _clip(seed: int = 0, frames: int = 3, size: tuple[int, int] = (32, 40)) -> np.ndarray:

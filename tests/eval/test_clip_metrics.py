@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from stmod.core.clipscore import ClipScorer, region_crops
+from stmod.plugins.eval.clipscore import ClipScorer, region_crops
 from stmod.core.errors import CheckpointError
-from stmod.core.metrics import clip_frame_consistency, clip_text_score, square_box
+from stmod.plugins.eval.metrics import clip_frame_consistency, clip_text_score, square_box
 
 
 @pytest.fixture(scope="module")

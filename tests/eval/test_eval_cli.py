@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stmod.core.evaluate import write_run
+from stmod.plugins.eval.evaluate import write_run
 from stmod.testing import run_cli
 
 TESTING = ["-p", "stmod.testing"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from stmod.core.flow import DisFlow
-from stmod.core.metrics import occlusion_mask, q_edit, warp, warp_error
+from stmod.plugins.eval.flow import DisFlow
+from stmod.plugins.eval.metrics import occlusion_mask, q_edit, warp, warp_error
 
 
 # --- plain float64 references, written from the reference code (FlowNet2 Resample2d, utils.detect_occlusion)
@@ -141,7 +141,7 @@ def test_q_edit_is_the_ratio_of_scaled_numbers() -> None:
 def test_raft_with_user_weights(tmp_path, monkeypatch) -> None:
     """--raft-weights PATH loads torchvision's raft_large state_dict; a wrong file is one clear error."""
     models = pytest.importorskip("torchvision.models.optical_flow")
-    from stmod.core import flow as flow_module
+    from stmod.plugins.eval import flow as flow_module
     from stmod.core.errors import CheckpointError
 
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ import torch
 
 from stmod.core.errors import InputError
 from stmod.core.types import VideoSource
-from stmod.core.video import (
+from stmod.core.io.video import (
     FrameTransform,
     load_video,
     probe_video,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stmod.core.visuals import heatmap_overlay, legend, mask_overlay, region_colours, side_by_side, tile
+from stmod.core.io.visuals import heatmap_overlay, legend, mask_overlay, region_colours, side_by_side, tile
 
 
 def test_region_colours_distinct() -> None:

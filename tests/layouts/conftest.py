@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from stmod.core.types import EditSpec, LayoutRequest, Region, VideoSource
-from stmod.core.video import load_video, write_frames
+from stmod.core.io.video import write_frames
+from stmod.testing import layout_request
 
 FRAMES, HEIGHT, WIDTH = 6, 96, 160  # non-square source; the edit size (128, 64) needs a scale and a crop
 
@@ -79,11 +80,6 @@ def write_masks() -> Callable[..., None]:
 
 @pytest.fixture
 def request_for() -> Callable[[EditSpec], LayoutRequest]:
-    """``request_for(spec)`` → the LayoutRequest the orchestrator would build (frames read and transformed)."""
+    """``request_for(spec)`` → the LayoutRequest the editor would build (frames read and transformed)."""
 
-    def make(spec: EditSpec) -> LayoutRequest:
-        clip = load_video(spec.video)
-        return LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,
-                             transform=clip.transform, frames=clip.frames)
-
-    return make
+    return layout_request

@@ -8,7 +8,7 @@ import pytest
 
 from stmod.core.errors import ConfigError, LayoutError
 from stmod.core.types import VideoSource
-from stmod.core.video import write_frames
+from stmod.core.io.video import write_frames
 from stmod.layouts.boxes import BoxesOptions, BoxLayoutProvider, interpolate_box, rasterise_box
 from stmod.plugins.manager import make_plugin_manager
 

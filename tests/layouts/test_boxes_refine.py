@@ -9,7 +9,7 @@ import torch
 from stmod.core.errors import LayoutError
 from stmod.core.features import FeatureMaps, FeatureRequest, InversionFeatures
 from stmod.core.types import EditSpec, LayoutRequest, Region, VideoSource
-from stmod.core.video import FrameTransform
+from stmod.core.io.video import FrameTransform
 from stmod.layouts.boxes import BoxesOptions, BoxLayoutProvider
 from stmod.layouts.clustering import refine_to_object
 
@@ -52,7 +52,7 @@ def test_boxes_refine_end_to_end_with_planted_features(tmp_path) -> None:
     """With refine, the region becomes the object's pixels inside the box, in every frame."""
     f, size, cell = 3, 64, 8
     provider = BoxLayoutProvider(BoxesOptions(boxes={"car": {0: [8, 8, 48, 48]}}, refine=2))
-    assert provider.needs_inversion_features and provider.feature_request == FeatureRequest(level=1)
+    assert provider.feature_request == FeatureRequest(level=1)
     obj = np.zeros((f, size // cell, size // cell), bool)
     obj[:, 2:5, 2:5] = True  # 24x24 px object inside the 40x40 px box
     spec = EditSpec(video=VideoSource(path="clip.mp4", size=(size, size)), prompt="a car", regions=[Region(name="car", prompt="car")], base_dir=tmp_path)

@@ -7,7 +7,7 @@ import torch
 
 from stmod.core.errors import LayoutError
 from stmod.core.types import LayoutMasks
-from stmod.layouts.compose import compose, split_regions
+from stmod.core.pipeline.compose import compose, split_regions
 
 
 def _masks(names: tuple[str, ...], boxes: list[tuple[int, int, int, int]], frames: int = 2) -> LayoutMasks:

@@ -180,7 +180,7 @@ def test_rest_without_clusters_and_missing_features() -> None:
 
 def test_modulator_must_record_features(clip: Path) -> None:
     """check_job refuses a K-Means layout with a modulator that cannot record inversion features."""
-    from stmod.core.validate import check_job
+    from stmod.core.pipeline.components import check_job
 
     spec = EditSpec(video=VideoSource(path=clip, size=(64, 64)), prompt="a cat", source_prompt="a cat",
                     regions=(Region(name="cat"),), layout=(ComponentRef(name="kmeans"),),

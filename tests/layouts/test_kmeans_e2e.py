@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from stmod.core.config import load_job
-from stmod.core.demo import synthetic_clip
+from stmod.plugins.commands.demo import synthetic_clip
 from stmod.core.features import FeatureRequest
-from stmod.core.orchestrator import Editor
-from stmod.core.runinfo import InversionCache
+from stmod.core.pipeline.editor import Editor
+from stmod.core.pipeline.cache import InversionCache
 from stmod.core.types import ComponentRef
 from stmod.testing import fresh_plugin_manager
 
@@ -43,12 +43,12 @@ def test_engine_feeds_only_unet_inversion_calls(demo_job, editor: Editor) -> Non
     result = editor.layout(load_job(job))
     provider = result.components.layouts[0][0]
     assert result.run["inversion"]["cached"] is False
-    entry = editor.cache.load_entry(result.run["inversion"]["key"])
-    assert entry is not None and entry[1] is not None
-    (state,) = entry[1]["maps"]
+    entry = editor.cache.load(result.run["inversion"]["key"])
+    assert entry is not None and entry.features is not None
+    (state,) = entry.features["maps"]
     assert state["calls"] == [5 * 3, 5 * 3] and state["grid"] == [8, 8]
     assert list(state["self"].shape) == [4, 8, 8, 3 * 64]
-    assert entry[1]["levels"] == [0, 1, 2] and provider.result.labels.shape == (4, 8, 8)  # 2: the mid block
+    assert entry.features["levels"] == [0, 1, 2] and provider.result.labels.shape == (4, 8, 8)  # 2: the mid block
 
 
 def test_masks_for_one_region_and_kmeans_for_the_background(demo_job, editor: Editor) -> None:

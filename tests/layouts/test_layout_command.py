@@ -11,9 +11,9 @@ import yaml
 from PIL import Image
 
 from stmod.core.config import load_job
-from stmod.core.layout_outputs import masks_to_source
+from stmod.core.io.layout_outputs import masks_to_source
 from stmod.core.types import EditSpec
-from stmod.core.video import FrameTransform, probe_video
+from stmod.core.io.video import FrameTransform, probe_video
 from stmod.layouts.masks import MaskFolderProvider, MasksOptions
 from stmod.testing import run_cli
 

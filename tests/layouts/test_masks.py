@@ -10,7 +10,7 @@ from PIL import Image
 
 from stmod.core.errors import InputError, LayoutError
 from stmod.core.types import VideoSource
-from stmod.core.video import write_frames
+from stmod.core.io.video import write_frames
 from stmod.layouts.masks import MaskFolderProvider, MasksOptions, frame_files
 
 

@@ -30,7 +30,7 @@ def test_job_file_relative_dir(scene, request_for) -> None:
     registry = make_plugin_manager(load_entrypoints=False).registry
     ref = spec.layout[0]
     provider = registry.create("layout", ref.name, ref.options)
-    assert isinstance(provider, LayoutProvider) and provider.needs_inversion_features is False
+    assert isinstance(provider, LayoutProvider) and provider.feature_request is None
     provider.check(spec, spec.region_names)
     masks = provider.layout(request_for(spec), spec.region_names)
     assert masks.names == ("red", "blue") and masks.masks.shape == (4, 2, 64, 128)

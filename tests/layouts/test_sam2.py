@@ -160,7 +160,7 @@ def test_config_name_checked(scene, make_spec, checkpoint: Path) -> None:
 
 
 def _request(make_spec, frames: int):
-    from stmod.core.video import load_video
+    from stmod.core.io.video import load_video
     from stmod.core.types import LayoutRequest
 
     spec = make_spec(frames=frames)

@@ -7,22 +7,26 @@ import math
 import pytest
 import torch
 
+from stmod import BlendContext
 from stmod.plugins.blenders import BlendOptions, LatentBlend, NoBlend, VideoGrainBlend, feather
 from stmod.testing import fresh_plugin_manager
 
 
-def _context(seed: int = 0) -> dict:
+class _Schedule:
+    """A noise schedule whose forward noising is ``√(1 − t/100)·x0 + √(t/100)·ε``."""
+
+    @staticmethod
+    def add_noise(x0, noise, t):
+        return math.sqrt(1 - t / 100) * x0 + math.sqrt(t / 100) * noise
+
+
+def _context(seed: int = 0) -> BlendContext:
     g = torch.Generator().manual_seed(seed)
     f, h, w = 3, 6, 5
     mask = (torch.rand(f, 1, h, w, generator=g) > 0.5).float()
     trajectory = {t: torch.randn(f, 4, h, w, generator=g) for t in (0, 20, 40)}
-    return {
-        "mask": mask,
-        "trajectory": trajectory,
-        "source_latents": trajectory[0],
-        "add_noise": lambda x0, noise, t: math.sqrt(1 - t / 100) * x0 + math.sqrt(t / 100) * noise,
-        "generator": torch.Generator().manual_seed(seed + 1),
-    }
+    return BlendContext(mask=mask, trajectory=trajectory, source_latents=trajectory[0], schedule=_Schedule(),
+                        generator=torch.Generator().manual_seed(seed + 1))
 
 
 def test_none_returns_latents_unchanged() -> None:
@@ -85,7 +89,8 @@ def test_soft_edge_softens_only_near_the_edge() -> None:
     mask = torch.zeros(1, 1, 16, 16)
     mask[..., :, :8] = 1
     z, src = torch.ones(1, 4, 16, 16), torch.zeros(1, 4, 16, 16)
-    ctx = {"mask": mask, "trajectory": {0: src}}
+    ctx = BlendContext(mask=mask, trajectory={0: src}, source_latents=src, schedule=_Schedule(),
+                       generator=torch.Generator())
     out = LatentBlend(BlendOptions(soft_edge=1.0)).blend(z, step_index=0, timestep=1, next_timestep=0, context=ctx)
     assert torch.allclose(out[..., 0], torch.ones(1, 4, 16)) and torch.allclose(out[..., 15], torch.zeros(1, 4, 16))
     assert 0.0 < out[0, 0, 0, 7] < 1.0 and 0.0 < out[0, 0, 0, 8] < 1.0

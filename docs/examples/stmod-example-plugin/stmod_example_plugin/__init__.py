@@ -6,16 +6,14 @@ implementations below with a registrar for each component kind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 import attrs
 import numpy as np
 import torch
 
-from stmod import hookimpl
-from stmod.core.errors import LayoutError
-from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
+from stmod import BlendContext, EditSpec, LayoutError, LayoutMasks, LayoutRequest, hookimpl
 
 __version__ = "0.1.0"
 
@@ -32,7 +30,7 @@ class StripesOptions:
 class StripesLayout:
     """Region ``i`` of ``n`` is the ``i``-th of ``n`` equal stripes of every frame."""
 
-    needs_inversion_features = False
+    feature_request = None  # no inversion features needed
 
     def __init__(self, options: StripesOptions) -> None:
         self.options = options
@@ -72,10 +70,10 @@ class FadeBlend:
         self.options = options
 
     def blend(self, latents: torch.Tensor, *, step_index: int, timestep: int, next_timestep: int,
-              context: Mapping[str, Any]) -> torch.Tensor:
+              context: BlendContext) -> torch.Tensor:
         weight = min(1.0, (step_index + 1) / self.options.ramp_steps)
-        source = context["trajectory"][next_timestep].to(latents.device, latents.dtype)
-        mask = context["mask"].to(latents.dtype) * weight
+        source = context.trajectory[next_timestep].to(latents.device, latents.dtype)
+        mask = context.mask.to(latents.dtype) * weight
         return source + mask * (latents - source)
 
 

@@ -1,0 +1,1 @@
+"""Reading and writing: video clips, visual overlays, evaluation frames and output folders."""

@@ -1,0 +1,283 @@
+"""The editor: one edit from a validated job to an output folder, phase by phase.
+
+:class:`Editor` fixes the order of the phases (check, read, layout, control, load, encode, invert,
+denoise, decode, write) and owns the loop bookkeeping: it hands step index, timestep and CFG
+branches to the modulator explicitly. What each phase does lives beside it: building and checking
+components (:mod:`.components`), layout composition (:mod:`.compose`), the cached inversion
+(:mod:`.inversion`), run records (:mod:`.records`) and the output folder (:mod:`stmod.core.io.outputs`).
+
+The layout is computed before any model loads, except when a layout provider has a
+``feature_request`` (e.g. K-Means): then the inversion runs first, with the features recorded
+(:mod:`stmod.core.features`), and the layout follows it. :meth:`Editor.layout`
+computes the layout alone (``stmod-run layout``).
+
+From Python::
+
+    from stmod import editor_from_plugins, load_job
+
+    result = editor_from_plugins().run(load_job("job.yaml"))
+    print(result.output, result.run["phases"])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from stmod.core.features import FeatureRequest, feature_requests
+from stmod.core.io.outputs import write_outputs
+from stmod.core.io.video import SourceClip, load_video
+from stmod.core.pipeline.cache import InversionCache
+from stmod.core.pipeline.components import Components, check_job
+from stmod.core.pipeline.compose import compose, empty_layout
+from stmod.core.pipeline.inversion import Inversion, cached_inversion
+from stmod.core.pipeline.records import PhaseTimer, versions
+from stmod.core.pipeline.session import EditSession, to_model_frames, to_uint8
+from stmod.core.protocols import Backbone, ConditionsText, RecordsAttention
+from stmod.core.registry import Registry
+from stmod.core.sampling import NoiseSchedule, denoise
+from stmod.core.st_layout.labels import downsample_masks
+from stmod.core.st_layout.recorders import AttentionRecorder
+from stmod.core.tokens import find_token_spans
+from stmod.core.types import (BlendContext, Branch, EditSpec, LayoutMasks, LayoutRequest, ModulationInput,
+                              TextConditioning)
+
+__all__ = ["Editor", "EditResult", "LayoutResult"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define(kw_only=True)
+class EditResult:
+    """What an edit produced: the output folder, the frames, the layout and the run record."""
+
+    output: Path
+    source: np.ndarray
+    frames: np.ndarray
+    layout: LayoutMasks
+    run: dict[str, Any]
+    recorder: AttentionRecorder | None = None
+
+
+@attrs.define(kw_only=True)
+class LayoutResult:
+    """What :meth:`Editor.layout` produced: the clip, the layout, the components that made it, timings."""
+
+    clip: SourceClip
+    layout: LayoutMasks
+    components: Components
+    run: dict[str, Any]
+
+
+@attrs.define(kw_only=True)
+class _Inverted:
+    """The state after inversion: session, clean latents, schedule and timesteps, and the inversion."""
+
+    session: EditSession
+    x0: torch.Tensor
+    schedule: NoiseSchedule
+    timesteps: list[int]
+    inversion: Inversion
+
+
+class Editor:
+    """Runs edits with components from ``registry``.
+
+    :param registry: components to build jobs from (``stmod.editor_from_plugins()`` builds an editor
+        over the installed ones).
+    :param progress: show progress bars (on stderr).
+    :param cache: where inversions are cached; ``None`` for the default cache, ``False`` to disable.
+    """
+
+    def __init__(self, registry: Registry, *, progress: bool = True, cache: InversionCache | None | bool = None):
+        self.registry = registry
+        self.progress = progress
+        self.cache = None if cache is False else (cache if isinstance(cache, InversionCache) else InversionCache())
+        self._backbones: dict[str, Backbone] = {}  # loaded backbones, reused by later jobs with the same one
+
+    def check(self, spec: EditSpec) -> Components:
+        """Validate ``spec`` and its files and build its components, without loading any model."""
+        components = check_job(spec, self.registry)
+        # A batch edits many clips with one model: keep a backbone (and its loaded weights) per setting.
+        key = json.dumps([spec.backbone.name, dict(spec.backbone.options), str(spec.base_dir)], sort_keys=True,
+                         default=str)
+        components.backbone = self._backbones.setdefault(key, components.backbone)
+        tokenizer = components.backbone.load_tokenizer(spec.base_dir)
+        if tokenizer is not None:  # prompt problems are user errors: report them before any weights load
+            components.spans = tuple(find_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions]))
+            find_token_spans(tokenizer, spec.source_prompt, [])
+            find_token_spans(tokenizer, spec.negative_prompt, [])
+        return components
+
+    def _bar(self, total: int, desc: str, unit: str = "step") -> tqdm:
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
+
+    def _prepare(self, spec: EditSpec, timer: PhaseTimer
+                 ) -> tuple[Components, SourceClip, LayoutRequest, tuple[FeatureRequest, ...]]:
+        """Check the job, read its frames, and say which inversion features its layout needs."""
+        with timer.phase("check"):
+            components = self.check(spec)
+        with timer.phase("read"):
+            clip = load_video(spec.video)
+        request = LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,
+                                transform=clip.transform, frames=clip.frames)
+        return components, clip, request, feature_requests(provider for provider, _ in components.layouts)
+
+    def run(self, spec: EditSpec) -> EditResult:
+        """Edit the clip of ``spec`` and write its output folder; returns what was produced."""
+        timer = PhaseTimer()
+        components, clip, request, requests = self._prepare(spec, timer)
+        layout = None
+        if not requests:  # masks or boxes: known before any model loads
+            with timer.phase("layout"):
+                layout = self._layout(spec, components, request)
+        inverted = self._invert_clip(spec, components, clip, request, timer, requests)
+        if layout is None:  # K-Means: clusters the inversion's attention features
+            with timer.phase("layout"):
+                layout = self._layout(spec, components, attrs.evolve(request, features=inverted.inversion.features))
+        backbone = inverted.session.backbone
+        with timer.phase("denoise"):
+            latents, recorder = self._denoise(inverted, layout)
+        with timer.phase("decode"), self._bar(len(latents), "decoding", unit="frame") as bar:
+            frames = to_uint8(backbone.decode(latents, progress=bar.update))
+        run = {
+            "versions": versions(),
+            "seed": spec.seed,
+            "device": str(backbone.device),
+            "dtype": str(backbone.dtype).replace("torch.", ""),
+            "frames": len(clip.indices),
+            "source_frames": list(clip.indices),
+            "size": [int(clip.frames.shape[2]), int(clip.frames.shape[1])],
+            "steps": spec.steps,
+            "inversion": inverted.inversion.cache_info,
+            "attention": recorder.summary() if recorder is not None and recorder.grids else None,
+        }
+        with timer.phase("write"):
+            run = write_outputs(spec, clip=clip, frames=frames, layout=layout,
+                                control_images=inverted.session.control_images, recorder=recorder, run=run,
+                                timer=timer)
+        log.info("wrote %s in %.1f s", spec.output, timer.total)
+        return EditResult(output=spec.output, source=clip.frames, frames=frames, layout=layout, run=run,
+                          recorder=recorder)
+
+    def layout(self, spec: EditSpec) -> LayoutResult:
+        """The layout of ``spec`` alone; writes nothing (``stmod-run layout`` writes it).
+
+        No diffusion model runs unless a layout provider needs inversion features (K-Means): then the
+        backbone loads and inverts the clip (through the inversion cache), but nothing is denoised.
+        The job is checked as for :meth:`run`, including its output folder (where the command writes).
+        """
+        timer = PhaseTimer()
+        components, clip, request, requests = self._prepare(spec, timer)
+        inversion = None
+        if requests:
+            inverted = self._invert_clip(spec, components, clip, request, timer, requests)
+            request, inversion = (attrs.evolve(request, features=inverted.inversion.features),
+                                  inverted.inversion.cache_info)
+        with timer.phase("layout"):
+            layout = self._layout(spec, components, request)
+        run = {"versions": versions(), "inversion": inversion,
+               "phases": timer.snapshot()}
+        return LayoutResult(clip=clip, layout=layout, components=components, run=run)
+
+    # -- phases ------------------------------------------------------------------------------------
+
+    def _invert_clip(self, spec: EditSpec, components: Components, clip: SourceClip, request: LayoutRequest,
+                     timer: PhaseTimer, requests: tuple[FeatureRequest, ...]) -> _Inverted:
+        """Control images, model load, encoding and the (cached) inversion, recording ``requests``."""
+        with timer.phase("control"):
+            control_images = [annotator.annotate(request) for annotator, _ in components.annotators]
+        backbone = components.backbone
+        locations = [backbone.controlnet_location(c.annotator.name, c.model) for _, c in components.annotators]
+        with timer.phase("load"):
+            backbone.load(controlnets=locations, base_dir=spec.base_dir)
+        session = EditSession(spec, components, backbone, locations, control_images, clip)
+        with timer.phase("encode"):
+            x0 = backbone.encode(to_model_frames(clip.frames))
+        schedule = backbone.noise_schedule()
+        timesteps = schedule.timesteps(spec.steps)
+        inversion = cached_inversion(session, x0, schedule, timesteps, cache=self.cache, timer=timer,
+                                     requests=requests, bar=self._bar)
+        return _Inverted(session=session, x0=x0, schedule=schedule, timesteps=timesteps, inversion=inversion)
+
+    def _layout(self, spec: EditSpec, components: Components, request: LayoutRequest) -> LayoutMasks:
+        frames, height, width = request.frames.shape[:3]
+        if not components.layouts:
+            return empty_layout(frames, height, width)
+        parts = [(assignment.place, provider.layout(request, assignment.regions))
+                 for provider, assignment in components.layouts]
+        return compose(parts, spec.region_names, overlap=spec.layout_overlap, frame_indices=request.frame_indices)
+
+    def _denoise(self, inverted: _Inverted, layout: LayoutMasks) -> tuple[torch.Tensor, AttentionRecorder | None]:
+        session, x0, schedule, timesteps = inverted.session, inverted.x0, inverted.schedule, inverted.timesteps
+        spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
+        branches: tuple[Branch, ...] = ("uncond", "cond") if spec.guidance != 1.0 else ("cond",)
+        request = _modulation_input(session, layout, len(x0), tuple(x0.shape[-2:]))
+        modulator.prepare(request)
+        recorder = modulator.start_recording() if spec.save_attention and isinstance(modulator, RecordsAttention) else None
+        unet_text, control_text = _batch_text(_texts(modulator, request, backbone), len(x0), branches)
+        guidance = spec.guidance
+
+        def predict(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+            kwargs = modulator.call_kwargs(phase="denoise", step_index=i, timestep=t, branches=branches)
+            eps = backbone.predict_noise(torch.cat([x] * len(branches)), t, unet_text,
+                                         controls=session.controls(len(branches)), control_text=control_text,
+                                         cross_attention_kwargs=kwargs)
+            if len(branches) == 1:
+                return eps
+            uncond, cond = eps.chunk(2)
+            return uncond + guidance * (cond - uncond)
+
+        context = _blend_context(session, layout, x0, inverted.inversion.trajectory, schedule)
+
+        def blend(x: torch.Tensor, i: int, t: int, nxt: int) -> torch.Tensor:
+            return session.components.blender.blend(x, step_index=i, timestep=t, next_timestep=nxt, context=context)
+
+        with self._bar(len(timesteps), "denoising") as bar, session.installed():
+            latents = denoise(inverted.inversion.trajectory[timesteps[0]], predict, schedule, timesteps, blend=blend,
+                              on_step=lambda _: bar.update())
+        return latents, recorder
+
+
+def _modulation_input(session: EditSession, layout: LayoutMasks, frames: int,
+                      latent_size: tuple[int, int]) -> ModulationInput:
+    """What the modulator is told for denoising; token spans come from :meth:`Editor.check` when it had a
+    tokenizer, else from the loaded one; a backbone without text tokens gives regions none."""
+    spec, backbone, spans = session.spec, session.backbone, session.components.spans
+    if spans is None:
+        spans = ((None,) * len(spec.regions) if backbone.tokenizer is None else
+                 tuple(find_token_spans(backbone.tokenizer, spec.prompt, [r.prompt for r in spec.regions])))
+    return ModulationInput(masks=layout, num_frames=frames, latent_size=latent_size, regions=spec.regions,
+                           spans=spans, config=spec.modulation, prompt=spec.prompt,
+                           negative_prompt=spec.negative_prompt)
+
+
+def _texts(modulator: object, request: ModulationInput, backbone: Backbone) -> TextConditioning:
+    """The modulator's text conditioning, or standard CFG text (negative / global prompt) without one."""
+    if isinstance(modulator, ConditionsText):
+        return modulator.text_conditioning(request, backbone.encode_text)
+    negative, prompt = backbone.encode_text([request.negative_prompt, request.prompt]).chunk(2)
+    by_branch = {"uncond": negative, "cond": prompt}
+    return TextConditioning(unet=by_branch, control=by_branch)
+
+
+def _batch_text(text: TextConditioning, frames: int, branches: tuple[Branch, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """UNet and ControlNet text for the batch ``[branch × frames]``."""
+    unet = torch.cat([text.unet[b].repeat(frames, 1, 1) for b in branches])
+    control = torch.cat([text.control[b].repeat(frames, 1, 1) for b in branches])
+    return unet, control
+
+
+def _blend_context(session: EditSession, layout: LayoutMasks, x0: torch.Tensor,
+                   trajectory: dict[int, torch.Tensor], schedule: NoiseSchedule) -> BlendContext:
+    spec, backbone = session.spec, session.backbone
+    mask = downsample_masks(layout.union()[:, None], tuple(x0.shape[-2:]), spec.modulation.mask_downsample)
+    return BlendContext(mask=mask.to(backbone.device, backbone.dtype), source_latents=x0, trajectory=trajectory,
+                        schedule=schedule, generator=torch.Generator(device=backbone.device).manual_seed(spec.seed))

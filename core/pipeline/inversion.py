@@ -1,0 +1,104 @@
+"""The cached DDIM inversion of one edit, recording layout features when a provider asks for them.
+
+Cache: with feature requests the key also covers them, and the entry stores the features beside
+the trajectory, so re-clustering (another ``clusters`` count) reuses both; an entry without
+features is never taken for such a job, so feature recording is never skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import torch
+from tqdm.auto import tqdm
+
+from stmod.core.features import FeatureRequest, InversionFeatureRecorder, InversionFeatures, word_positions
+from stmod.core.pipeline.cache import InversionCache
+from stmod.core.pipeline.records import PhaseTimer
+from stmod.core.pipeline.session import EditSession
+from stmod.core.protocols import FeatureRecording
+from stmod.core.sampling import NoiseSchedule, invert
+from stmod.core.types import ModulationInput
+
+__all__ = ["Inversion", "cached_inversion"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class Inversion:
+    """The DDIM trajectory ``{timestep: latents}`` on the model's device, whether it came from the
+    cache (``cache_info``: ``{"cached": bool, "key": str}``), and the recorded features (or ``None``)."""
+
+    trajectory: dict[int, torch.Tensor] = attrs.field(eq=False)
+    cache_info: dict[str, Any]
+    features: InversionFeatures | None = attrs.field(default=None, eq=False)
+
+
+def _key(session: EditSession, timesteps: list[int], requests: tuple[FeatureRequest, ...]) -> str:
+    spec, backbone = session.spec, session.backbone
+    settings: dict[str, Any] = {
+        "backbone": spec.backbone.name, "model": backbone.model_id, "dtype": str(backbone.dtype),
+        "steps": spec.steps, "timesteps": timesteps, "source_prompt": spec.source_prompt,
+        "control": [[c.annotator.name, dict(c.annotator.options), loc, c.scale]
+                    for (_, c), loc in zip(session.components.annotators, session.locations)],
+        "temporal": spec.modulation.temporal,
+    }
+    if requests:
+        settings["features"] = [r.as_list() for r in requests]
+    return InversionCache.key(frames_digest=InversionCache.digest(session.clip.frames), settings=settings)
+
+
+def _features(session: EditSession, state: Mapping[str, Any] | None,
+              requests: tuple[FeatureRequest, ...]) -> InversionFeatures | None:
+    if not requests or state is None:
+        return None
+    prompt = session.spec.source_prompt
+    return InversionFeatures.from_state(state, words=word_positions(session.backbone.tokenizer, prompt), prompt=prompt)
+
+
+def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int],
+         recorder: InversionFeatureRecorder | None, bar: Callable[[int, str], tqdm]) -> dict[int, torch.Tensor]:
+    """DDIM inversion under the source prompt, the modulator installed without regions."""
+    spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
+    text = backbone.encode_text([spec.source_prompt]).repeat(len(x0), 1, 1)
+    modulator.prepare(ModulationInput(masks=None, num_frames=len(x0), latent_size=tuple(x0.shape[-2:]),
+                                      config=spec.modulation, prompt=spec.source_prompt))
+
+    def predict(x: torch.Tensor, t: int, k: int) -> torch.Tensor:
+        kwargs = modulator.call_kwargs(phase="invert", step_index=k, timestep=t, branches=("cond",))
+        return backbone.predict_noise(x, t, text, controls=session.controls(1), cross_attention_kwargs=kwargs)
+
+    recording = contextlib.nullcontext()
+    if recorder is not None:
+        assert isinstance(modulator, FeatureRecording)  # check_job made sure
+        recording = modulator.record_features(recorder)
+    with bar(len(timesteps), "inversion") as progress, session.installed(), recording:
+        return invert(x0, predict, schedule, timesteps, on_step=lambda _: progress.update())
+
+
+def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int], *,
+                     cache: InversionCache | None, timer: PhaseTimer, requests: tuple[FeatureRequest, ...],
+                     bar: Callable[[int, str], tqdm]) -> Inversion:
+    """The trajectory (from ``cache`` when possible) and, for ``requests``, the attention features."""
+    backbone = session.backbone
+    key = _key(session, timesteps, requests)
+    entry = cache.load(key) if cache is not None else None
+    if entry is not None and (not requests or entry.features is not None):
+        log.info("inversion loaded from cache (%s)", key)
+        trajectory = {t: z.to(backbone.device, backbone.dtype) for t, z in entry.trajectory.items()}
+        return Inversion(trajectory=trajectory, cache_info={"cached": True, "key": key},
+                         features=_features(session, entry.features, requests))
+    recorder = (InversionFeatureRecorder(requests, num_frames=len(x0), latent_size=tuple(x0.shape[-2:]))
+                if requests else None)
+    with timer.phase("invert"):
+        trajectory = _run(session, x0, schedule, timesteps, recorder, bar)
+    state = recorder.result().to_state() if recorder is not None else None
+    if cache is not None:
+        cache.save(key, trajectory, features=state)
+    return Inversion(trajectory=trajectory, cache_info={"cached": False, "key": key},
+                     features=_features(session, state, requests))

@@ -1,0 +1,55 @@
+"""Per-edit state shared by the phases after the model loads: components, ControlNets, control images."""
+
+from __future__ import annotations
+
+import contextlib
+
+import attrs
+import numpy as np
+import torch
+
+from stmod.core.io.video import SourceClip
+from stmod.core.pipeline.components import Components
+from stmod.core.protocols import Backbone
+from stmod.core.types import Control, EditSpec
+
+__all__ = ["EditSession", "to_model_frames", "to_uint8"]
+
+
+@attrs.define
+class EditSession:
+    """One edit's loaded backbone, its ControlNet locations and control images, and the clip."""
+
+    spec: EditSpec
+    components: Components
+    backbone: Backbone
+    locations: list[str]
+    control_images: list[np.ndarray]
+    clip: SourceClip
+    _tensors: dict[int, list[tuple[str, Control]]] = attrs.field(factory=dict)
+
+    def controls(self, repeat: int) -> list[tuple[str, Control]]:
+        """``(ControlNet location, Control)`` pairs with images repeated for ``repeat`` CFG branches."""
+        if repeat not in self._tensors:
+            self._tensors[repeat] = [
+                (loc, Control(images=self.backbone.control_tensor(images, repeat=repeat), scale=c.scale))
+                for loc, images, (_, c) in zip(self.locations, self.control_images, self.components.annotators)
+            ]
+        return self._tensors[repeat]
+
+    def installed(self) -> contextlib.ExitStack:
+        """Install the modulator on every attention model of the backbone for a ``with`` block."""
+        stack = contextlib.ExitStack()
+        for role, model in self.backbone.attention_models().items():
+            stack.enter_context(self.components.modulator.install(model, role=role.split(".")[0]))
+        return stack
+
+
+def to_model_frames(frames: np.ndarray) -> torch.Tensor:
+    """``uint8 (F, H, W, 3)`` → ``float32 (F, 3, H, W)`` in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """``float (F, 3, H, W)`` in [-1, 1] → ``uint8 (F, H, W, 3)``."""
+    return ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

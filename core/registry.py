@@ -1,0 +1,214 @@
+"""Registrars handed to registration hooks, and the registry they fill.
+
+A registrar is bound to one component kind and one plugin, so every component knows who provided it
+and a clash can name both providers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import attrs
+from attrs import frozen
+
+from stmod.core import protocols
+from stmod.core.config import structure
+from stmod.core.errors import ComponentContractError, PluginConflictError, UnknownComponentError
+from stmod.core.types import NAME_PATTERN
+
+__all__ = [
+    "KINDS",
+    "ComponentInfo",
+    "ComponentRegistrar",
+    "CommandInfo",
+    "CommandRegistrar",
+    "Registry",
+    "normalise_kind",
+]
+
+#: Component kinds: ``kind -> (registration hook, protocol the factory's product satisfies)``.
+KINDS: dict[str, tuple[str, type]] = {
+    "backbone": ("stmod_register_backbones", protocols.Backbone),
+    "layout": ("stmod_register_layout_providers", protocols.LayoutProvider),
+    "modulator": ("stmod_register_modulators", protocols.Modulator),
+    "blender": ("stmod_register_blenders", protocols.Blender),
+    "annotator": ("stmod_register_annotators", protocols.ControlAnnotator),
+}
+
+_KIND_ALIASES = {
+    **{kind: kind for kind in KINDS},
+    **{kind + "s": kind for kind in KINDS},
+    "layout-provider": "layout",
+    "layout-providers": "layout",
+    "blend": "blender",
+    "blends": "blender",
+    "control": "annotator",
+}
+
+
+def normalise_kind(text: str) -> str:
+    """``"layouts"`` → ``"layout"``; raises ``KeyError`` for an unknown kind."""
+    return _KIND_ALIASES[text.strip().lower()]
+
+
+@frozen(kw_only=True)
+class ComponentInfo:
+    """A registered component: what it is, who provided it, and how to build it."""
+
+    kind: str
+    name: str
+    summary: str
+    factory: Callable[..., object] = attrs.field(eq=False)
+    options: type | None = None
+    plugin: str
+
+
+@frozen(kw_only=True)
+class CommandInfo:
+    """A registered ``stmod-run`` subcommand."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None] = attrs.field(eq=False)
+    run: Callable[..., int] = attrs.field(eq=False)
+    plugin: str
+
+
+class _Registrar:
+    __slots__ = ("_plugin", "_entries", "_label")
+
+    def __init__(self, plugin: str, entries: dict[str, Any], label: str) -> None:
+        self._plugin, self._entries, self._label = plugin, entries, label
+
+    @property
+    def plugin(self) -> str:
+        """The plugin this registrar registers for (its name in ``stmod-run plugins``)."""
+        return self._plugin
+
+    def _claim(self, name: str) -> None:
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise ComponentContractError(self._label, str(name), self._plugin, "has an invalid name")
+        if name in self._entries:
+            raise PluginConflictError(self._label, name, self._entries[name].plugin, self._plugin)
+
+
+class ComponentRegistrar(_Registrar):
+    """Passed to every ``stmod_register_<kind>`` hook; bound to one kind and one plugin."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str, plugin: str, entries: dict[str, ComponentInfo]) -> None:
+        super().__init__(plugin, entries, kind)
+        self.kind = kind
+
+    def add(
+        self,
+        name: str,
+        factory: Callable[..., object],
+        *,
+        summary: str,
+        options: type | None = None,
+    ) -> None:
+        """Register component ``name``.
+
+        :param name: unique within the kind; letters, digits, ``_``, ``-``, ``.``.
+        :param factory: ``factory(options)`` (or ``factory()`` when ``options`` is ``None``) returns the
+            component. Called only when a job selects it.
+        :param summary: one line shown by ``stmod-run list``.
+        :param options: an ``attrs`` class describing the component's options; job files are
+            validated against it (unknown keys are errors) before anything is built.
+        :raises PluginConflictError: when another plugin registered ``name`` for this kind.
+        """
+        self._claim(name)
+        if not callable(factory):
+            raise ComponentContractError(self.kind, name, self._plugin, "registered a factory that is not callable")
+        if options is not None and not attrs.has(options):
+            raise ComponentContractError(self.kind, name, self._plugin, "declared options that are not an attrs class")
+        if not isinstance(summary, str) or not summary.strip():
+            raise ComponentContractError(self.kind, name, self._plugin, "needs a one-line summary")
+        self._entries[name] = ComponentInfo(
+            kind=self.kind, name=name, summary=summary.strip().splitlines()[0], factory=factory,
+            options=options, plugin=self._plugin,
+        )
+
+
+class CommandRegistrar(_Registrar):
+    """Passed to ``stmod_register_commands``; bound to one plugin."""
+
+    __slots__ = ()
+
+    def add(
+        self,
+        name: str,
+        *,
+        configure: Callable[[argparse.ArgumentParser], None],
+        run: Callable[..., int],
+        help: str,
+    ) -> None:
+        """Register subcommand ``name``.
+
+        :param configure: adds the command's arguments to its ``argparse`` parser.
+        :param run: ``run(args, session) -> int`` executes it.
+        :param help: one line shown by ``stmod-run --help``.
+        """
+        self._claim(name)
+        self._entries[name] = CommandInfo(name=name, help=help, configure=configure, run=run, plugin=self._plugin)
+
+
+class Registry:
+    """All components and commands registered by the loaded plugins."""
+
+    def __init__(self, components: Mapping[str, dict[str, ComponentInfo]], commands: dict[str, CommandInfo]):
+        self._components = {kind: dict(components.get(kind, {})) for kind in KINDS}
+        self.commands = dict(commands)
+
+    def components(self, kind: str) -> dict[str, ComponentInfo]:
+        """``{name: info}`` of one kind."""
+        return dict(self._components[kind])
+
+    def __iter__(self) -> Iterator[ComponentInfo]:
+        for kind in KINDS:
+            yield from self._components[kind].values()
+
+    def info(self, kind: str, name: str) -> ComponentInfo:
+        """The component ``name`` of ``kind``, or an error listing what is available."""
+        try:
+            return self._components[kind][name]
+        except KeyError:
+            available = {n: i.plugin for n, i in self._components[kind].items()}
+            raise UnknownComponentError(kind, name, available) from None
+
+    def parse_options(self, kind: str, name: str, options: Mapping[str, object], *, place: str = "") -> object:
+        """Validate ``options`` for component ``name`` (unknown keys are errors); returns the options object."""
+        info = self.info(kind, name)
+        where = place or f"{kind} {name!r} options"
+        if info.options is None:
+            if options:
+                return structure(_NoOptions, options, place=where)
+            return None
+        return structure(info.options, options, place=where)
+
+    def create(self, kind: str, name: str, options: Mapping[str, object] | None = None, *, place: str = "") -> Any:
+        """Build component ``name`` of ``kind`` with ``options``; checks the product against its protocol."""
+        info = self.info(kind, name)
+        parsed = self.parse_options(kind, name, options or {}, place=place)
+        product = info.factory() if info.options is None else info.factory(parsed)
+        protocol = KINDS[kind][1]
+        if not isinstance(product, protocol):
+            missing = [m for m in _protocol_members(protocol) if not hasattr(product, m)]
+            raise ComponentContractError(
+                kind, name, info.plugin, f"built an object that is not a {protocol.__name__} (missing: {', '.join(missing)})"
+            )
+        return product
+
+
+@attrs.frozen
+class _NoOptions:
+    """A component that takes no options."""
+
+
+def _protocol_members(protocol: type) -> list[str]:
+    names = set(getattr(protocol, "__annotations__", {})) | {n for n in vars(protocol) if callable(vars(protocol)[n])}
+    return sorted(n for n in names if not n.startswith("_"))

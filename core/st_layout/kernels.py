@@ -1,0 +1,192 @@
+"""Modulated attention kernels that never build a full score matrix (``docs/method.md`` §3).
+
+Both kernels compute, per query x, ``softmax_y(s'_xy) · V`` with ``s' `` from
+:func:`stmod.core.st_layout.labels.modulated_scores` and ``R = relation[query_codes[x], key_codes[y]]``.
+Inputs are SDPA-shaped: ``q (B, H, Lq, d)``, ``k (B, H, Lk, d)``, ``v (B, H, Lk, dv)``; labels and
+strengths are per token and shared by the heads: ``strength`` float ``(B or 1, Lq)``,
+``query_codes`` int64 ``(B or 1, Lq)``, ``key_codes`` int64 ``(B or 1, Lk)``, ``relation`` bool
+``(Pq, Pk)``. Scores use ``scale = d^-½`` unless given.
+
+:func:`modulated_attention` (long key sequences, spatio-temporal self-attention) makes two passes:
+
+1. the row max/min of the *unmodulated* scores, in query chunks (``chunk × Lk`` scores at a time);
+2. one fused SDPA call on inputs widened by a few columns. Up to a per-row constant,
+   ``s' = (1 − λ)·s + λ(mx − mn)·R``, and ``R`` factors through the codes:
+   ``R_xy = Σ_p relation[c_x, p]·[c_y = p]``. So with ``q̃ = [(1 − λ)q, λ(mx − mn)/scale · relation[c_x]]``
+   and ``k̃ = [k, onehot(c_y)]``, ``scale · q̃·k̃ = s'`` exactly and SDPA (flash / memory-efficient
+   kernels) never materialises the bias.
+
+:func:`modulated_attention_explicit` (few keys: cross-attention, tests) applies the literal formula
+to ``chunk × Lk`` score blocks and can hand both probability blocks (before and after modulation) to
+a callback for recording.
+
+Peak extra memory is bounded by ``budget_bytes`` plus O(B·H·Lq) row statistics and the output; it
+does not grow with Lq·Lk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from stmod.core.st_layout.labels import modulated_scores
+
+__all__ = ["DEFAULT_BUDGET", "row_extrema", "modulated_attention", "modulated_attention_explicit"]
+
+#: Default working-memory budget of one kernel call (bytes).
+DEFAULT_BUDGET = 256 * 2**20
+
+#: Score block of the CPU row-extrema pass (bytes): about what stays in a core's share of cache.
+CPU_BLOCK_BYTES = 8 * 2**20
+
+#: ``on_probs(start, stop, plain, modulated)``: float32 ``(B, H, stop − start, Lk)`` probabilities of
+#: query rows ``start:stop`` without and with modulation.
+ProbsCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def _chunks(total: int, rows: int) -> list[tuple[int, int]]:
+    rows = max(1, min(total, rows))
+    return [(a, min(total, a + rows)) for a in range(0, total, rows)]
+
+
+@torch.no_grad()
+def row_extrema(
+    q: torch.Tensor, k: torch.Tensor, *, scale: float | None = None, budget_bytes: int = DEFAULT_BUDGET
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query max and min over all keys of ``scale·q·kᵀ``.
+
+    :param q: ``(B, H, Lq, d)``; ``k``: ``(B, H, Lk, d)``; same dtype and device.
+    :returns: ``(mx, mn)``, float32 ``(B, H, Lq)``. Scores are computed in query chunks into one
+        reused buffer: on CPU one head at a time, in blocks of :data:`CPU_BLOCK_BYTES` (the matmul
+        output is still in cache when the two reductions read it); on GPU all heads at once, up to
+        ``budget_bytes`` (fewer kernel launches). Computed without autograd: the extrema are
+        constants for gradients (the engine is for inference).
+    """
+    b, h, lq, d = q.shape
+    lk = k.shape[-2]
+    scale = d**-0.5 if scale is None else scale
+    heads, item = b * h, q.element_size()
+    qs = q.reshape(heads, lq, d)
+    kt = k.reshape(heads, lk, d).transpose(1, 2)
+    group, rows = 1, min(budget_bytes, CPU_BLOCK_BYTES) // (lk * item)
+    if q.device.type != "cpu":
+        rows = budget_bytes // (lk * item)
+        if budget_bytes // (heads * lk * item) >= min(lq, 256):
+            group, rows = heads, budget_bytes // (heads * lk * item)
+    rows = max(1, min(lq, rows))
+    mx = torch.empty(heads, lq, dtype=q.dtype, device=q.device)
+    mn = torch.empty_like(mx)
+    buffer = torch.empty(group * rows * lk, dtype=q.dtype, device=q.device)
+    for first in range(0, heads, group):
+        last = min(heads, first + group)
+        for a, z in _chunks(lq, rows):
+            scores = buffer[: (last - first) * (z - a) * lk].view(last - first, z - a, lk)
+            torch.matmul(qs[first:last, a:z], kt[first:last], out=scores)
+            torch.amax(scores, dim=-1, out=mx[first:last, a:z])
+            torch.amin(scores, dim=-1, out=mn[first:last, a:z])
+    # max(scale·s) = scale·max(s) for scale > 0: scaling after the reduction saves a pass.
+    return (mx.float() * scale).view(b, h, lq), (mn.float() * scale).view(b, h, lq)
+
+
+def _check(q: torch.Tensor, strength: torch.Tensor, query_codes: torch.Tensor, key_codes: torch.Tensor,
+           k: torch.Tensor, relation: torch.Tensor) -> None:
+    if strength.shape[-1] != q.shape[-2] or query_codes.shape[-1] != q.shape[-2]:
+        raise ValueError(f"strength {tuple(strength.shape)} / query codes {tuple(query_codes.shape)} "
+                         f"do not match {q.shape[-2]} queries")
+    if key_codes.shape[-1] != k.shape[-2]:
+        raise ValueError(f"key codes {tuple(key_codes.shape)} do not match {k.shape[-2]} keys")
+    if relation.dtype != torch.bool or relation.ndim != 2:
+        raise ValueError("relation must be a bool (Pq, Pk) table")
+
+
+def modulated_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    strength: torch.Tensor,
+    query_codes: torch.Tensor,
+    key_codes: torch.Tensor,
+    relation: torch.Tensor,
+    scale: float | None = None,
+    budget_bytes: int = DEFAULT_BUDGET,
+) -> torch.Tensor:
+    """Modulated attention in two passes (row extrema, then one SDPA on widened inputs).
+
+    Shapes as in the module docstring. Returns ``(B, H, Lq, dv)`` in ``q``'s dtype. The second pass
+    works on groups of heads sized so that the widened ``q̃, k̃, ṽ`` fit in ``budget_bytes``.
+    """
+    _check(q, strength, query_codes, key_codes, k, relation)
+    b, h, lq, d = q.shape
+    lk, dv = k.shape[-2], v.shape[-1]
+    scale = d**-0.5 if scale is None else scale
+    mx, mn = row_extrema(q, k, scale=scale, budget_bytes=budget_bytes)
+    lam = strength.to(device=q.device, dtype=torch.float32).expand(b, lq)
+    coef = (lam[:, None, :] * (mx - mn)).div_(scale)  # (B, H, Lq); R's weight inside scale·q̃·k̃
+    del mx, mn
+    p = relation.shape[1]
+    q_rows = relation.to(q.device, torch.float32)[query_codes.to(q.device)]  # (B|1, Lq, P)
+    k_onehot = F.one_hot(key_codes.to(q.device), p).to(q.dtype)  # (B|1, Lk, P)
+    # q, k and v share one width (fused kernels need it); GPU flash kernels also want a multiple of 8.
+    width = max(d, dv) + p
+    if q.device.type != "cpu":
+        width = -(-width // 8) * 8
+    per_head = b * (lq + 2 * lk) * width * q.element_size()
+    group = max(1, min(h, budget_bytes // max(1, per_head)))
+    out = torch.empty(b, h, lq, dv, dtype=q.dtype, device=q.device)
+    keep = (1 - lam)[:, None, :, None]
+    for first in range(0, h, group):
+        heads = slice(first, min(h, first + group))
+        g = heads.stop - heads.start
+        q_wide = q.new_zeros(b, g, lq, width)
+        q_wide[..., :d] = q[:, heads] * keep.to(q.dtype)
+        q_wide[..., d : d + p] = (q_rows[:, None] * coef[:, heads, :, None]).to(q.dtype)
+        k_wide = k.new_zeros(b, g, lk, width)
+        k_wide[..., :d] = k[:, heads]
+        k_wide[..., d : d + p] = k_onehot[:, None]
+        v_wide = v.new_zeros(b, g, lk, width)
+        v_wide[..., :dv] = v[:, heads]
+        out[:, heads] = F.scaled_dot_product_attention(q_wide, k_wide, v_wide, scale=scale)[..., :dv]
+        del q_wide, k_wide, v_wide
+    return out
+
+
+def modulated_attention_explicit(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    strength: torch.Tensor,
+    query_codes: torch.Tensor,
+    key_codes: torch.Tensor,
+    relation: torch.Tensor,
+    scale: float | None = None,
+    budget_bytes: int = DEFAULT_BUDGET,
+    on_probs: ProbsCallback | None = None,
+) -> torch.Tensor:
+    """Modulated attention with the literal formula on float32 ``chunk × Lk`` score blocks.
+
+    Meant for short key sequences (cross-attention: 77 text tokens). ``on_probs`` (optional) receives
+    each block's probabilities without and with modulation. Returns ``(B, H, Lq, dv)`` in ``v``'s dtype.
+    """
+    _check(q, strength, query_codes, key_codes, k, relation)
+    b, h, lq, d = q.shape
+    lk = k.shape[-2]
+    scale = d**-0.5 if scale is None else scale
+    device = q.device
+    lam = strength.to(device=device, dtype=torch.float32)
+    relation = relation.to(device)
+    q_codes, k_codes = query_codes.to(device), key_codes.to(device)
+    rows = budget_bytes // max(1, b * h * lk * 4 * (4 if on_probs else 3))
+    out = torch.empty(b, h, lq, v.shape[-1], dtype=v.dtype, device=device)
+    kt = k.transpose(-1, -2)
+    for a, z in _chunks(lq, rows):
+        scores = torch.matmul(q[:, :, a:z], kt).float().mul_(scale)  # (B, H, c, Lk)
+        positive = relation[q_codes[:, a:z, None], k_codes[:, None, :]]  # (B|1, c, Lk)
+        probs = modulated_scores(scores, positive[:, None], lam[:, None, a:z]).softmax(dim=-1)
+        out[:, :, a:z] = torch.matmul(probs.to(v.dtype), v)
+        if on_probs is not None:
+            on_probs(a, z, scores.softmax(dim=-1), probs)
+    return out

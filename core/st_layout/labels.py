@@ -1,0 +1,316 @@
+"""ST-Layout modulation as pure tensor math (``docs/method.md``). No diffusers, no model, no state.
+
+For a query x and key y with scaled scores ``s = q·k/√d`` (one attention row per query)::
+
+    mx = max_y s     mn = min_y s                       (per query row, before modulation)
+    s'  = s + R·λ_x·(mx − s) − (1 − R)·λ_x·(s − mn)
+        = (1 − λ_x)·s + λ_x·(mx − mn)·R + λ_x·mn        (the last term is constant per row)
+    λ_x = ξ(t) · c · (1 − S_x)      ξ(t) = ((t − 1)/1000)^5
+
+``R`` says whether key y is *positive* for query x (same region for self-attention; a token of the
+local prompt of a region that contains x for cross-attention). Everything here derives ``R`` and
+``1 − S`` per attention resolution from the pixel masks, for either preset (:class:`PresetRules`):
+
+* ``R`` is never stored as a matrix. Each token gets a small integer *code* (the index of its set of
+  regions among the distinct sets present) and ``R = relation[code_x, code_y]`` with a tiny
+  ``(P, P)`` table, so a layer's labels cost O(F·N) memory.
+* Masks are down-sampled to each layer's grid with PyTorch ``nearest`` (the sample at the top-left
+  corner of each block, exactly the official ``F.interpolate(mode='nearest')``) or ``area`` (a token
+  is in a region when at least :data:`AREA_THRESHOLD` of its pixels are).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from attrs import field, frozen
+
+from stmod.core.levels import level_grid, level_of
+
+__all__ = [
+    "AREA_THRESHOLD",
+    "PresetRules",
+    "rules_for",
+    "time_weight",
+    "modulated_scores",
+    "layer_grid",
+    "downsample_masks",
+    "region_bits",
+    "token_bits",
+    "relation_codes",
+    "size_factor",
+    "LevelLayout",
+    "level_layout",
+]
+
+#: ``area`` down-sampling: a token belongs to a region when at least this fraction of its pixels do.
+AREA_THRESHOLD = 0.5
+
+
+@frozen(kw_only=True)
+class PresetRules:
+    """The concrete choices behind a preset (``docs/method.md`` lists them side by side).
+
+    :ivar background_region: pixels in no mask form a region of their own (positive among themselves
+        in self-attention); otherwise they are negative to every key.
+    :ivar self_size: ``"video/f²N"`` — ``S = Σ_k m_k[x]·|m_k|_video / (f²·N)`` (official);
+        ``"smallest/video"`` — area fraction over the video of the smallest region containing x.
+    :ivar cross_size: ``"frame-sum"`` — ``S = Σ_k m_k[x]·|m_k|_frame / N`` (official);
+        ``"smallest/frame"`` — area fraction in x's frame of the smallest region containing x.
+    :ivar token_owner: ``"last"`` — a token in several spans belongs to the last region (the official
+        map is overwritten in order); ``"union"`` — it is positive in all their regions.
+    :ivar self_branch, cross_branch: the CFG branch whose attention is modulated.
+    :ivar skip_finest: leave layers with more than ``(h_lat//2)·(w_lat//2)`` tokens per frame (64×64
+        at 512²) unmodulated.
+    :ivar composite_text: condition the UNet on the composite text embedding
+        (:func:`stmod.core.tokens.composite_text_embedding`) instead of the global prompt's.
+    :ivar uncond_text: the UNet's unconditional text: ``"empty"`` (``E("")``; the official code sends
+        the negative prompt to the ControlNet only) or ``"negative"`` (the negative prompt).
+    """
+
+    background_region: bool
+    self_size: Literal["video/f²N", "smallest/video"]
+    cross_size: Literal["frame-sum", "smallest/frame"]
+    token_owner: Literal["last", "union"]
+    self_branch: Literal["uncond", "cond"]
+    cross_branch: Literal["uncond", "cond"]
+    skip_finest: bool
+    composite_text: bool
+    uncond_text: Literal["empty", "negative"]
+
+
+_RULES = {
+    "videograin": PresetRules(
+        background_region=False, self_size="video/f²N", cross_size="frame-sum", token_owner="last",
+        self_branch="uncond", cross_branch="cond", skip_finest=True, composite_text=True,
+        uncond_text="empty",
+    ),
+    "paper": PresetRules(
+        background_region=True, self_size="smallest/video", cross_size="smallest/frame", token_owner="union",
+        self_branch="cond", cross_branch="cond", skip_finest=False, composite_text=False,
+        uncond_text="negative",
+    ),
+}
+
+
+def rules_for(preset: str) -> PresetRules:
+    """The rules of preset ``"videograin"`` (the official code) or ``"paper"`` (the equations)."""
+    return _RULES[preset]
+
+
+def time_weight(timestep: float, exponent: float = 5.0) -> float:
+    """ξ(t) = ((timestep − 1)/1000)^exponent, the official ``treg`` (0.9039 at t = 981 for ^5).
+
+    ``timestep`` is the scheduler's integer timestep (981, 961, … for 50 DDIM steps with
+    ``steps_offset=1``). Timesteps below 1 give 0 instead of a negative or complex power.
+    """
+    base = max(0.0, (float(timestep) - 1.0) / 1000.0)
+    return base**exponent
+
+
+def modulated_scores(scores: torch.Tensor, positive: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """The literal formula: ``s + R·λ·(mx − s) − (1 − R)·λ·(s − mn)`` with row max/min of ``s``.
+
+    :param scores: ``(..., Lq, Lk)`` scaled pre-softmax scores, any float dtype.
+    :param positive: bool, broadcastable to ``scores``: ``R``.
+    :param strength: ``(..., Lq)`` λ per query (broadcastable), any real value.
+    :returns: a new tensor shaped and typed like ``scores``.
+    """
+    mx = scores.amax(dim=-1, keepdim=True)
+    mn = scores.amin(dim=-1, keepdim=True)
+    lam = strength.to(scores.dtype).unsqueeze(-1)
+    pos = positive.to(scores.dtype)
+    return scores + pos * lam * (mx - scores) - (1 - pos) * lam * (scores - mn)
+
+
+def layer_grid(tokens: int, latent_size: tuple[int, int]) -> tuple[int, int]:
+    """The ``(h, w)`` grid of a UNet layer with ``tokens`` tokens per frame.
+
+    Each UNet level halves the latent with a stride-2 convolution (``ceil``), so level ``r`` has
+    ``ceil(h/2^r) × ceil(w/2^r)`` tokens; this works for non-square latents.
+
+    :raises ValueError: when no level of ``latent_size`` has that many tokens.
+    """
+    level = level_of(tokens, latent_size)
+    if level is None:
+        raise ValueError(f"no UNet level of a {latent_size[0]}×{latent_size[1]} latent has {tokens} tokens per frame")
+    return level_grid(latent_size, level)
+
+
+def downsample_masks(
+    masks: torch.Tensor, size: tuple[int, int], mode: Literal["nearest", "area"] = "nearest"
+) -> torch.Tensor:
+    """Bool ``(F, K, H, W)`` pixel masks → bool ``(F, K, h, w)`` on a layer grid.
+
+    ``nearest`` samples pixel ``floor(i·H/h)`` (PyTorch's rule; the official two-stage resize gives the
+    same samples when the sizes divide). ``area`` keeps a token when its covered fraction is at least
+    :data:`AREA_THRESHOLD`.
+    """
+    if masks.shape[-2:] == tuple(size):
+        return masks.clone()
+    if mode == "nearest":
+        return F.interpolate(masks.float(), size=size, mode="nearest") > 0.5
+    if mode == "area":
+        return F.interpolate(masks.float(), size=size, mode="area") >= AREA_THRESHOLD
+    raise ValueError(f"unknown mask down-sampling {mode!r}; use 'nearest' or 'area'")
+
+
+def region_bits(masks: torch.Tensor, *, background_region: bool = False) -> torch.Tensor:
+    """Int64 ``(...)`` bitset per token: bit k set when region k covers it.
+
+    :param masks: bool ``(..., K)`` (regions last).
+    :param background_region: give tokens in no region bit ``K`` instead of no bit.
+    """
+    k = masks.shape[-1]
+    if k + int(background_region) > 62:
+        raise ValueError(f"at most 62 regions are supported, got {k}")
+    weights = 2 ** torch.arange(k, dtype=torch.int64, device=masks.device)
+    bits = (masks.to(torch.int64) * weights).sum(-1)
+    if background_region:
+        bits = torch.where(bits == 0, torch.full_like(bits, 1 << k), bits)
+    return bits
+
+
+def token_bits(
+    spans: Sequence[tuple[int, int] | None], length: int = 77, *, owner: Literal["last", "union"] = "last"
+) -> torch.Tensor:
+    """Int64 ``(length,)`` bitset per text token: the regions whose local-prompt span contains it.
+
+    :param spans: per region k, ``(start, stop)`` token positions in the global prompt or ``None``.
+    :param owner: ``"last"`` keeps only the last region listing a token (official overwrite order);
+        ``"union"`` keeps all of them. Tokens in no span (start/end/padding, other words) get 0.
+    """
+    bits = torch.zeros(length, dtype=torch.int64)
+    for k, span in enumerate(spans):
+        if span is None:
+            continue
+        start, stop = span
+        if owner == "last":
+            bits[start:stop] = 1 << k
+        else:
+            bits[start:stop] |= 1 << k
+    return bits
+
+
+def relation_codes(
+    query_bits: torch.Tensor, key_bits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compress bitsets into codes and a relation table: ``R[x, y] = relation[qc[x], kc[y]]``.
+
+    :param query_bits: int64 bitsets of the queries, any shape.
+    :param key_bits: those of the keys (``None``: same as the queries, one shared code book).
+    :returns: ``(query_codes, key_codes, relation)``: int64 codes shaped like the inputs and a bool
+        ``(Pq, Pk)`` table, ``True`` when the two bitsets share a region.
+    """
+    if key_bits is None:
+        values, codes = torch.unique(query_bits, return_inverse=True)
+        return codes, codes, (values[:, None] & values[None, :]) != 0
+    q_values, q_codes = torch.unique(query_bits, return_inverse=True)
+    k_values, k_codes = torch.unique(key_bits, return_inverse=True)
+    return q_codes, k_codes, (q_values[:, None] & k_values[None, :]) != 0
+
+
+def size_factor(masks: torch.Tensor, rule: str) -> torch.Tensor:
+    """``1 − S_x`` per token, float32 ``(F, N)``, from bool masks ``(F, K, N)`` on one grid.
+
+    Rules (see :class:`PresetRules`): ``"video/f²N"``, ``"frame-sum"`` (official; overlapping masks
+    add up, so ``1 − S`` can go negative — reproduced on purpose), ``"smallest/video"``,
+    ``"smallest/frame"`` (paper; pixels in no mask use the background's own area fraction).
+    """
+    frames, _, n = masks.shape
+    m = masks.to(torch.float32)
+    if rule == "video/f²N":
+        area = m.sum(dim=(0, 2))  # (K,) pixels of each region over all frames
+        return 1 - (m * area[None, :, None]).sum(1) / (frames * frames * n)
+    if rule == "frame-sum":
+        area = m.sum(dim=2, keepdim=True)  # (F, K, 1) pixels of each region in each frame
+        return 1 - (m * area).sum(1) / n
+    if rule not in ("smallest/video", "smallest/frame"):
+        raise ValueError(f"unknown size rule {rule!r}")
+    background = ~masks.any(1, keepdim=True)  # (F, 1, N)
+    full = torch.cat([masks, background], 1).to(torch.float32)
+    if rule == "smallest/video":
+        fraction = full.sum(dim=(0, 2), keepdim=True).expand_as(full) / (frames * n)
+    else:
+        fraction = full.sum(dim=2, keepdim=True).expand_as(full) / n
+    smallest = torch.where(full > 0, fraction, torch.full_like(fraction, math.inf)).amin(1)
+    return 1 - smallest
+
+
+@frozen(kw_only=True)
+class LevelLayout:
+    """Everything one attention resolution needs, for all frames of the video (O(F·N) memory).
+
+    ``N = h·w`` tokens per frame; frame-major flattening (token ``f·N + i``) matches the
+    spatio-temporal sequence of a video.
+
+    :ivar grid: ``(h, w)``.
+    :ivar masks: bool ``(F, K, N)``, the region masks on this grid.
+    :ivar self_codes: int64 ``(F, N)`` codes of the self-attention labels; ``self_relation`` bool
+        ``(P, P)``.
+    :ivar pixel_codes: int64 ``(F, N)`` and ``text_codes`` int64 ``(T,)`` cross-attention codes;
+        ``cross_relation`` bool ``(Pq, Pt)``.
+    :ivar self_size, cross_size: float32 ``(F, N)``: ``1 − S`` (multiply by ``ξ·c`` to get λ).
+    """
+
+    grid: tuple[int, int]
+    masks: torch.Tensor = field(eq=False)
+    self_codes: torch.Tensor = field(eq=False)
+    self_relation: torch.Tensor = field(eq=False)
+    pixel_codes: torch.Tensor = field(eq=False)
+    text_codes: torch.Tensor = field(eq=False)
+    cross_relation: torch.Tensor = field(eq=False)
+    self_size: torch.Tensor = field(eq=False)
+    cross_size: torch.Tensor = field(eq=False)
+
+    def to(self, device: torch.device) -> LevelLayout:
+        """A copy whose tensors live on ``device``."""
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("masks", "self_codes", "self_relation", "pixel_codes", "text_codes",
+                         "cross_relation", "self_size", "cross_size")
+        }
+        return LevelLayout(grid=self.grid, **moved)
+
+
+def level_layout(
+    masks: torch.Tensor,
+    grid: tuple[int, int],
+    *,
+    rules: PresetRules,
+    spans: Sequence[tuple[int, int] | None],
+    text_length: int = 77,
+    downsample: Literal["nearest", "area"] = "nearest",
+) -> LevelLayout:
+    """Build the :class:`LevelLayout` of one grid from pixel masks.
+
+    :param masks: bool ``(F, K, H, W)`` pixel masks, region k ↔ ``spans[k]``.
+    :param grid: the layer's ``(h, w)``.
+    :param rules: the preset's rules.
+    :param spans: per region, its ``(start, stop)`` token positions in the global prompt or ``None``
+        (no text tokens: the region only takes part in self-attention).
+    """
+    if len(spans) != masks.shape[1]:
+        raise ValueError(f"{len(spans)} token spans for {masks.shape[1]} masks")
+    frames, k = masks.shape[:2]
+    small = downsample_masks(masks, grid, downsample).reshape(frames, k, -1)
+    per_token = small.permute(0, 2, 1)  # (F, N, K)
+    self_codes, _, self_relation = relation_codes(region_bits(per_token, background_region=rules.background_region))
+    pixel_codes, text_codes, cross_relation = relation_codes(
+        region_bits(per_token), token_bits(spans, text_length, owner=rules.token_owner)
+    )
+    return LevelLayout(
+        grid=tuple(grid),
+        masks=small,
+        self_codes=self_codes,
+        self_relation=self_relation,
+        pixel_codes=pixel_codes,
+        text_codes=text_codes,
+        cross_relation=cross_relation,
+        self_size=size_factor(small, rules.self_size),
+        cross_size=size_factor(small, rules.cross_size),
+    )

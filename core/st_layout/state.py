@@ -1,0 +1,105 @@
+"""Per-edit state of one ``st-layout`` modulator, shared by its processors (no globals, no counters).
+
+:class:`StepInfo` is what one model call is (it arrives as the processor argument ``stmod_step``);
+:class:`EngineState` holds the prepared plan, the per-resolution region labels (built lazily, once
+per resolution and device) and the recorders.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from attrs import field, frozen, validators
+
+from stmod.core.protocols import Phase
+from stmod.core.st_layout.labels import LevelLayout, layer_grid, level_layout, rules_for, time_weight
+from stmod.core.st_layout.recorders import AttentionRecorder
+from stmod.core.types import Branch
+
+if TYPE_CHECKING:
+    from stmod.core.features import InversionFeatureRecorder
+    from stmod.core.st_layout.modulator import EngineOptions, ModulationPlan
+
+__all__ = ["StepInfo", "EngineState"]
+
+
+@frozen(kw_only=True)
+class StepInfo:
+    """What one model call is: passed to every processor as ``cross_attention_kwargs["stmod_step"]``.
+
+    :ivar phase: ``"invert"`` (DDIM inversion, never modulated) or ``"denoise"``.
+    :ivar step_index: 0-based index of the step in its loop (the window counts denoising steps).
+    :ivar timestep: the scheduler timestep of this call (981, 961, … for 50 DDIM steps).
+    :ivar branches: the CFG branches in batch order, outermost; frames are inner.
+    """
+
+    phase: Phase = field(validator=validators.in_(("invert", "denoise")))
+    step_index: int = field(validator=validators.ge(0))
+    timestep: float
+    branches: tuple[Branch, ...] = field(default=("uncond", "cond"), converter=tuple)
+
+    @branches.validator
+    def _check_branches(self, attribute: Any, value: tuple[str, ...]) -> None:
+        if not value or len(set(value)) != len(value) or not set(value) <= {"uncond", "cond"}:
+            raise ValueError(f"branches must be distinct 'uncond'/'cond' entries, got {value!r}")
+
+
+class EngineState:
+    """Per-edit state shared by one modulator's processors (no globals): plan, layouts, recorder."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        self.budget = int(options.budget_mb * 2**20)
+        self.plan: ModulationPlan | None = None
+        self.rules = rules_for("videograin")
+        self.recorder: AttentionRecorder | None = None
+        self.features: InversionFeatureRecorder | None = None  # fed during inversion (K-Means layouts)
+        self._levels: dict[tuple[tuple[int, int], torch.device], LevelLayout] = {}
+
+    def prepare(self, plan: ModulationPlan, record: bool) -> None:
+        self.plan, self._levels = plan, {}
+        self.rules = rules_for(plan.config.preset)
+        self.recorder = None
+        if record and plan.masks is not None:
+            self.recorder = AttentionRecorder(plan.masks.names, plan.mask_spans())
+
+    @property
+    def temporal(self) -> str:
+        return self.plan.config.temporal if self.plan is not None else "full"
+
+    def level(self, tokens: int, frames: int, device: torch.device) -> LevelLayout:
+        plan = self.plan
+        assert plan is not None and plan.masks is not None
+        if frames != plan.num_frames:
+            raise ValueError(f"the batch holds {frames} frames per CFG branch but the plan has {plan.num_frames}")
+        grid = layer_grid(tokens, plan.latent_size)
+        key = (grid, device)
+        if key not in self._levels:
+            cpu = (grid, torch.device("cpu"))
+            if cpu not in self._levels:
+                self._levels[cpu] = level_layout(
+                    plan.masks.masks, grid, rules=self.rules, spans=plan.mask_spans(),
+                    text_length=plan.text_length, downsample=plan.config.mask_downsample,
+                )
+            self._levels[key] = self._levels[cpu].to(device)
+        return self._levels[key]
+
+    def in_window(self, step: StepInfo) -> bool:
+        plan = self.plan
+        return (plan is not None and plan.masks is not None and step.phase == "denoise"
+                and plan.config.active(step.step_index))
+
+    def strength(self, step: StepInfo, kind: Literal["self", "cross"], tokens: int) -> float | None:
+        """ξ(t)·c when this call's ``kind`` attention is modulated at all, else ``None``."""
+        if not self.in_window(step):
+            return None
+        config = self.plan.config
+        if not (config.modulate_self if kind == "self" else config.modulate_cross):
+            return None
+        h, w = self.plan.latent_size
+        if self.rules.skip_finest and tokens > (h // 2) * (w // 2):
+            return None
+        c = config.self_strength if kind == "self" else config.cross_strength
+        value = time_weight(step.timestep, config.time_exponent) * c
+        return value or None

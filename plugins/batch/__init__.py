@@ -1,0 +1,13 @@
+"""Built-in batch plugin: ``stmod-run batch`` over a manifest of many edits (:mod:`.manifest`, :mod:`.run`)."""
+
+from __future__ import annotations
+
+from stmod import hookimpl
+from stmod.plugins.batch import command
+
+
+@hookimpl
+def stmod_register_commands(register) -> None:
+    register.add("batch", configure=command.configure, run=command.run,
+                 help="run a manifest of many edits (clips x prompts x presets x seeds): resumable, grouped by "
+                      "clip, sharded over processes under torchrun / accelerate launch")

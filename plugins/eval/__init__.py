@@ -1,0 +1,17 @@
+"""Built-in evaluation plugin: the ``stmod-run eval`` command and the metrics behind it.
+
+CLIP-T / CLIP-F (:mod:`.clipscore`), Warp-Err (:mod:`.flow`), background PSNR/SSIM (:mod:`.metrics`),
+the evaluator over output folders (:mod:`.evaluate`) and the tables it prints (:mod:`.tables`).
+"""
+
+from __future__ import annotations
+
+from stmod import hookimpl
+from stmod.plugins.eval import command
+
+
+@hookimpl
+def stmod_register_commands(register) -> None:
+    register.add("eval", configure=command.configure, run=command.run,
+                 help="metrics of output folders: CLIP-T, CLIP-F, Warp-Err, Q-edit, region CLIP-T, background "
+                      "PSNR/SSIM; --compare for a side-by-side table with time and memory")

@@ -1,0 +1,120 @@
+"""``stmod-run``: the command-line entry point.
+
+Subcommands come from plugins (``stmod_register_commands``); the built-ins live in
+:mod:`stmod.plugins.commands`. Exit status: 0 success, 2 user error (one line on stderr, no traceback),
+1 internal error (a bug: the traceback is shown with ``-v``), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import NoReturn, TextIO
+
+import attrs
+
+import stmod
+from stmod.core.errors import StmodError, UsageError
+from stmod.plugins.manager import StmodPluginManager, make_plugin_manager
+
+__all__ = ["main", "Session", "build_parser"]
+
+PROG = "stmod-run"
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as a single line (a ``UsageError``) instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+@attrs.define
+class Session:
+    """What a command gets besides its arguments: the plugin manager and the output streams."""
+
+    pm: StmodPluginManager
+    stdout: TextIO
+    stderr: TextIO
+    env: Mapping[str, str]
+
+    @property
+    def registry(self):
+        return self.pm.registry
+
+    def echo(self, text: str = "") -> None:
+        print(text, file=self.stdout)
+
+
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
+                        help="load plugin NAME (entry point or module); -p no:NAME blocks it (repeatable)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging; -vv for debug")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {stmod.__version__}")
+
+
+def build_parser(pm: StmodPluginManager) -> argparse.ArgumentParser:
+    """The full parser, with one subcommand per registered command."""
+    parser = _Parser(prog=PROG, description="Zero-shot multi-grained video editing (ST-Modulator / VideoGrain).")
+    _global_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for info in pm.registry.commands.values():
+        command = sub.add_parser(info.name, help=info.help, description=info.help)
+        info.configure(command)
+        command.set_defaults(_run=info.run)
+    return parser
+
+
+def _configure_logging(verbosity: int, stream: TextIO) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("stmod")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
+         env: Mapping[str, str] | None = None) -> int:
+    """Run ``stmod-run`` with ``argv``; returns the exit status (the console script exits with it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    env = os.environ if env is None else env
+    verbose = 0
+    try:
+        # Plugins decide which subcommands exist, so -p and -v are read before the full parse.
+        pre = _Parser(prog=PROG, add_help=False)
+        _global_options(pre)
+        early, _ = pre.parse_known_args(argv)
+        verbose = early.verbose
+        _configure_logging(verbose, stderr)
+        pm = make_plugin_manager(plugin_args=early.plugins, env=env)
+        parser = build_parser(pm)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(stdout)
+            return EXIT_USER
+        return int(args._run(args, Session(pm=pm, stdout=stdout, stderr=stderr, env=env)) or EXIT_OK)
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    except StmodError as exc:
+        print(f"{PROG}: error: {exc}", file=stderr)
+        if verbose > 1:
+            traceback.print_exc(file=stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: say so, keep the traceback available
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (this is a bug; rerun with -v for the traceback)",
+              file=stderr)
+        if verbose:
+            traceback.print_exc(file=stderr)
+        return EXIT_INTERNAL
