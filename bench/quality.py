@@ -25,10 +25,9 @@ import attrs
 import numpy as np
 from tqdm.auto import tqdm
 
+from stmod import editor_from_plugins, load_job
 from stmod.backbones.shapes import edits, metrics, world
-from stmod.core.config import load_job
-from stmod.core.orchestrator import Editor
-from stmod.core.runinfo import InversionCache
+from stmod.core.pipeline.cache import InversionCache
 from stmod.core.types import ComponentRef
 
 #: Row name → (description, modulation overrides, blend or None for the job's).
@@ -60,14 +59,15 @@ def score(case: edits.EditCase, source: np.ndarray, result: np.ndarray, frames: 
     }
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, save) -> dict:
+    """Every row over every case; ``save(results)`` after each row, so a long run keeps what it did."""
     out: Path = args.out.absolute()
     cases = edits.benchmark_cases(args.per_kind, seed=args.seed)
     rows = [r.strip() for r in args.rows.split(",")]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"quality: unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
-    editor = Editor.from_plugins(progress=False, cache=InversionCache(out / "cache"))
+    editor = editor_from_plugins(progress=False, cache=InversionCache(out / "cache"))
     jobs = {c.name: edits.write_case(out / "cases" / c.name, c, frames=args.frames, steps=args.steps) for c in cases}
     records = []
     bar = tqdm(total=len(rows) * len(cases), desc="quality", unit="edit")
@@ -84,9 +84,12 @@ def run(args: argparse.Namespace) -> dict:
             records.append({"row": row, "case": case.name, "kind": case.kind, "seconds": seconds,
                             **score(case, result.source, result.frames, args.frames)})
             bar.update()
+        done = rows[: rows.index(row) + 1]
+        results = {"frames": args.frames, "steps": args.steps, "per_kind": args.per_kind, "seed": args.seed,
+                   "rows": done, "records": records, "summary": summarise(records, done)}
+        save(results)
     bar.close()
-    return {"frames": args.frames, "steps": args.steps, "per_kind": args.per_kind, "seed": args.seed,
-            "rows": rows, "records": records, "summary": summarise(records, rows)}
+    return results
 
 
 def summarise(records: list[dict], rows: list[str]) -> dict:
@@ -127,9 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench-quality"), help="work folder (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="where the results go (default: OUT/quality.json)")
     args = p.parse_args(argv)
-    results = run(args)
     path = args.json or args.out / "quality.json"
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+    def save(results: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    results = run(args, save)
     print(f"shapes world, {len(results['records']) // len(results['rows'])} edits per row, "
           f"{args.frames} frames, {args.steps} steps")
     for row in results["rows"]:

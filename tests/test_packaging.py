@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -37,5 +38,8 @@ def test_wheel_has_only_the_stmod_namespace(tmp_path: Path) -> None:
             rel = module.relative_to(ROOT / folder).as_posix()
             assert f"{package}/{rel}" in names, f"{folder}/{rel} is missing from the wheel"
     assert "stmod/py.typed" in names
+    shipped = json.loads((ROOT / "backbones/shapes/model/manifest.json").read_text())["files"]
+    for name in [*shipped, "manifest.json"]:  # the trained shapes model is package data
+        assert f"stmod/backbones/shapes/model/{name}" in names, f"shapes model file {name} is missing from the wheel"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "stmod-run = stmod.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -136,7 +136,7 @@ def case_masks(case: EditCase, bodies: np.ndarray, parts: np.ndarray) -> dict[st
 def write_case(folder: Path, case: EditCase, *, frames: int = 8, size: tuple[int, int] = (128, 128),
                steps: int = 20, blend: str = "latent") -> Path:
     """Write ``frames/``, ``masks/<region>/`` (PNG) and ``job.yaml`` for ``case``; returns the job path."""
-    from stmod.core.video import write_frames
+    from stmod.core.io.video import write_frames
 
     clip, bodies, parts = world.render_clip(case.scene, frames, size)
     folder.mkdir(parents=True, exist_ok=True)

@@ -107,14 +107,20 @@ def test_tiny_backbone_by_name(demo_job) -> None:
 
 
 def test_demo_command(tmp_path: Path) -> None:
-    """`stmod-run demo` writes inputs, all outputs and the attention figure, and says pixels are not meaningful."""
-    result = run_cli(["demo", "--out", str(tmp_path / "demo"), "--frames", "4", "--steps", "3", "--quiet"], env=ENV)
+    """`stmod-run demo` (shapes) writes inputs, all outputs and the attention figure, and reports the
+    measured accuracy; `--backbone tiny` says its pixels are not meaningful."""
+    result = run_cli(["demo", "--out", str(tmp_path / "demo"), "--frames", "2", "--steps", "3", "--quiet"], env=ENV)
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "demo" / "inputs" / "job.yaml").exists()
     assert (tmp_path / "demo" / "result" / "attention_effect.png").exists()
-    assert "NOT a meaningful edit" in result.stdout
+    assert "left_disc -> red disc: attribute accuracy" in result.stdout and "background PSNR" in result.stdout
+    assert "toy world" in result.stdout
     again = run_cli(["demo", "--out", str(tmp_path / "demo"), "--quiet"], env=ENV)
     assert again.exit_code == 2 and "--overwrite" in again.stderr
+    tiny = run_cli(["demo", "--backbone", "tiny", "--out", str(tmp_path / "tiny"), "--frames", "4", "--steps", "3",
+                    "--quiet"], env=ENV)
+    assert tiny.exit_code == 0, tiny.stderr
+    assert "NOT a meaningful edit" in tiny.stdout
 
 
 def test_modulation_raises_in_region_attention(demo_job) -> None:

@@ -1,8 +1,9 @@
 """The shipped ``shapes`` model: intact, loadable through the sd15 path, and editing as the method says.
 
-The edit tests are the instrument that tells a working edit from a broken one: with modulation off,
-with the two regions' masks swapped, or with the ``videograin`` preset's CFG halves swapped, they
-fail (see docs/shapes.md for the measured figures behind the thresholds).
+The instance-edit test is meant as the instrument that tells a working edit from a broken one. With
+the model shipped now it does not pass: the edit recolours the objects only partly and does not bind
+the two colours to their regions (mean accuracy 0.125 with modulation, 0.156 without; docs/shapes.md),
+so it is a strict xfail that turns into an error the day a better model makes it pass.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import pytest
 from stmod.backbones.shapes import SHIPPED_MODEL, edits, metrics, verify_model, world
 from stmod.core.config import load_job
 from stmod.core.errors import CheckpointError
-from stmod.core.orchestrator import Editor
+from stmod.core.pipeline.editor import Editor
 from stmod.testing import fresh_plugin_manager
 
 #: Instance-level cases the edit test runs (seeds of ``make_case("instance", seed)``).
 INSTANCE_SEEDS = (0, 1, 2, 3)
 FRAMES, STEPS = 4, 12
-#: Thresholds: the benchmark's figures at these settings with a margin (docs/shapes.md).
+#: Thresholds a working method must reach (the shipped model reaches 0.125 and 0.008, docs/shapes.md).
 MIN_ACCURACY = 0.8
 MAX_LEAKAGE = 0.02
 
@@ -78,6 +79,8 @@ def _instance_edit(editor: Editor, tmp_path: Path, seed: int, *, swap_masks: boo
     return float(np.mean(accuracy)), float(np.mean(list(leak.values())))
 
 
+@pytest.mark.xfail(strict=True, reason="the shipped shapes model does not yet bind two colours to two identical "
+                                       "objects (accuracy 0.125; docs/shapes.md)")
 def test_instance_edit_puts_each_colour_in_its_own_region(editor: Editor, tmp_path: Path) -> None:
     """Two identical objects, two colours: each lands in its own region, and not in the other."""
     scores = [_instance_edit(editor, tmp_path, seed) for seed in INSTANCE_SEEDS]
