@@ -318,8 +318,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-steps", type=int, default=3000)
     p.add_argument("--unet-steps", type=int, default=2500)
     p.add_argument("--stages", type=lambda v: set(v.split(",")), default={"vae", "decoder", "unet", "export"},
-                   help="comma-separated subset of vae,decoder,unet,export (default: all); a finished stage "
-                        "is loaded from its checkpoint")
+                   help="comma-separated subset of vae,decoder,unet,export (default: all); the vae stage, "
+                        "which all others need, always runs or loads; a finished stage is loaded from its "
+                        "checkpoint")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     return p
 
@@ -331,7 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     out = args.out or work / "model"
-    began = time.time()
 
     data_file = work / f"data-{cfg.seed}-{cfg.images}.npz"
     if data_file.exists():
