@@ -22,6 +22,7 @@ def stmod_register_commands(register) -> None:
     register.add("edit", configure=edit.configure_edit, run=edit.run_edit,
                  help="edit a clip: a job file and/or flags (see stmod-run edit --help)")
     register.add("demo", configure=edit.configure_demo, run=edit.run_demo,
-                 help="run the whole pipeline on a synthetic clip with the tiny model (CPU, ~1-2 min)")
+                 help="edit a shapes-world clip with the shapes model trained here and report the measured "
+                      "accuracy (CPU, ~1 min)")
     register.add("layout", configure=layout_command.configure, run=layout_command.run,
                  help="compute a job's layout only: masks.mp4 and mask PNG folders (kmeans runs the inversion)")
