@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 
@@ -67,8 +68,6 @@ def _instance_edit(editor: Editor, tmp_path: Path, seed: int, *, swap_masks: boo
         (masks / "left").rename(masks / "tmp")
         (masks / "right").rename(masks / "left")
         (masks / "tmp").rename(masks / "right")
-    import attrs
-
     spec = load_job(job)
     spec = attrs.evolve(spec, modulation=attrs.evolve(spec.modulation, **modulation))
     result = editor.run(spec)
