@@ -19,15 +19,21 @@ from typing import Any, Literal, Union
 import attrs
 import yaml
 
-from stmod.core.errors import ConfigError, InputError
+from stmod.core.errors import ConfigError, InputError, show
 from stmod.core.official import convert_official_config, is_official_config
 from stmod.core.types import ComponentRef, EditSpec, Region
+from stmod.core.yamlfile import load_yaml
 
 __all__ = ["structure", "unstructure", "load_mapping", "job_from_mapping", "load_job", "dump_job", "apply_overrides"]
 
 
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{show(value)} ({type(value).__name__})"
+
+
+def _close(word: str, choices: list[str], *, cutoff: float) -> list[str]:
+    """The closest choice to a misspelling; none for a long text (difflib is quadratic in it)."""
+    return difflib.get_close_matches(word, choices, n=1, cutoff=cutoff) if len(word) <= 100 else []
 
 
 def _join(place: str, key: str | int) -> str:
@@ -56,7 +62,7 @@ class _Structurer:
         if origin is Literal:
             choices = typing.get_args(tp)
             if value not in choices:
-                close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+                close = _close(str(value), [str(c) for c in choices], cutoff=0.6)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise self.error(f"{place} must be one of {', '.join(map(repr, choices))}, got {_describe(value)}{hint}")
             return value
@@ -129,11 +135,11 @@ class _Structurer:
         for key, item in value.items():
             if key not in fields or not fields[key].init:
                 valid = [name for name, f in fields.items() if f.init]
-                close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+                close = _close(str(key), valid, cutoff=0.5)
                 where = f"in {place}" if place else "at the top level"
                 hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
                 raise self.error(
-                    f"unknown key {key!r} {where}{hint}", key=str(key), place=place,
+                    f"unknown key {show(key)} {where}{hint}", key=str(key), place=place,
                     suggestion=close[0] if close else None,
                 )
             kwargs[key] = self.convert(hints[key], item, _join(place, key))
@@ -190,12 +196,7 @@ def load_mapping(path: Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError("job", str(path), f"cannot read the job file ({exc.strerror or exc})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", source=str(path)) from exc
+    data = load_yaml(text, source=str(path))  # duplicate keys and alias bombs are refused there
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -8,9 +8,11 @@ and exits with status 1.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 
 __all__ = [
+    "show",
     "StmodError",
     "UsageError",
     "ConfigError",
@@ -27,11 +29,40 @@ __all__ = [
 ]
 
 
+#: Longest shown form of a value in a message: a 10 MB prompt or a huge list stays one readable line.
+SHOW_LIMIT = 80
+#: Longest message: past it the middle is cut, so the start (what) and the end (the fix) survive.
+MESSAGE_LIMIT = 600
+
+# reprlib never builds the full repr, so even a huge (or deeply shared) value costs little to show.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, SHOW_LIMIT, SHOW_LIMIT, SHOW_LIMIT
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def show(value: object, limit: int = SHOW_LIMIT) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters (cut with ``…``).
+
+    Every message that shows a user's value goes through here, so none can repr a huge value.
+    """
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an int past Python's str-digits limit (YAML reads 10**5000 as one)
+        text = f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>" if isinstance(value, int) \
+            else f"<{type(value).__name__}>"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class StmodError(Exception):
     """Root of every error a user can cause; its message is one line that says what to do."""
 
     def __str__(self) -> str:  # one line, always: the CLI prints exactly this
-        return " ".join(super().__str__().split())
+        text = " ".join(super().__str__().split())
+        if len(text) > MESSAGE_LIMIT:
+            half = MESSAGE_LIMIT // 2
+            text = f"{text[:half]} … {text[-half:]}"
+        return text
 
 
 class UsageError(StmodError):
@@ -121,7 +152,7 @@ class InputError(StmodError):
 
     def __init__(self, argument: str, value: object, problem: str) -> None:
         self.argument, self.value = argument, value
-        super().__init__(f"{argument}={value!r}: {problem}")
+        super().__init__(f"{argument}={show(value)}: {problem}")
 
 
 class LayoutError(StmodError):
