@@ -17,7 +17,7 @@ from attrs import field, frozen, validators
 
 from stmod.backbones.sd15 import hub_offline
 from stmod.core.errors import CheckpointError, InputError, MissingDependencyError
-from stmod.core.types import EditSpec, LayoutRequest
+from stmod.core.types import EditSpec, LayoutRequest, number
 
 __all__ = ["CannyOptions", "CannyAnnotator", "WeightsOptions", "DepthAnnotator", "OpenposeAnnotator",
            "FramesOptions", "FramesAnnotator"]
@@ -50,16 +50,19 @@ def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
 class CannyOptions:
     """Options of the ``canny`` annotator (cv2.Canny thresholds)."""
 
-    low_threshold: int = field(default=100, validator=validators.ge(0))
-    high_threshold: int = field(default=200, validator=validators.ge(0))
+    low_threshold: int = number(100, low=0, high=10_000)
+    high_threshold: int = number(200, low=0, high=10_000)
+
+    def __attrs_post_init__(self) -> None:  # here, not in the annotator: a job error, found by check
+        if self.high_threshold < self.low_threshold:
+            raise ValueError(f"high_threshold {self.high_threshold} must not be below low_threshold "
+                             f"{self.low_threshold}")
 
 
 class CannyAnnotator:
     """Canny edges through controlnet-aux's ``CannyDetector`` at the frames' own resolution."""
 
     def __init__(self, options: CannyOptions) -> None:
-        if options.high_threshold < options.low_threshold:
-            raise ValueError(f"high_threshold {options.high_threshold} < low_threshold {options.low_threshold}")
         self.options = options
 
     def check(self, spec: EditSpec) -> None:
@@ -85,7 +88,7 @@ class WeightsOptions:
     #: Folder with the annotator files, or a hub id present in the HF cache.
     weights: str = ANNOTATOR_REPO
     #: Resolution the detector runs at (short side).
-    detect_resolution: int = field(default=512, validator=validators.ge(64))
+    detect_resolution: int = number(512, low=64, high=8192)
 
 
 class _WeightsAnnotator:

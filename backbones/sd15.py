@@ -22,7 +22,7 @@ from attrs import field, frozen, validators
 from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError
 from stmod.core.sampling import NoiseSchedule
-from stmod.core.types import Control, EditSpec
+from stmod.core.types import Control, EditSpec, number
 
 __all__ = ["SD15Options", "StableDiffusionBackbone", "DEFAULT_MODEL", "DEFAULT_CONTROLNETS"]
 
@@ -57,7 +57,7 @@ class SD15Options:
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = field(
         default="auto", validator=validators.in_(("auto", "float16", "bfloat16", "float32")))
     #: Frames per VAE call (VAE slicing); lower it to save memory.
-    vae_batch: int = field(default=8, validator=validators.ge(1))
+    vae_batch: int = number(8, low=1, high=1024)
     #: Tiled VAE encode/decode for large frames.
     vae_tiling: bool = False
     #: Keep models on the CPU and move each to the device only while it runs.

@@ -24,7 +24,7 @@ from attrs import field, frozen, validators
 
 from stmod.backbones.sd15 import SD15Options, StableDiffusionBackbone
 from stmod.backbones.tiny_tokenizer import write_tiny_clip_tokenizer
-from stmod.core.types import EditSpec
+from stmod.core.types import MAX_SEED, EditSpec, number
 
 __all__ = ["TinyOptions", "TinyBackbone", "build_tiny_model", "default_tiny_folder"]
 
@@ -100,7 +100,7 @@ class TinyOptions:
     #: Folder holding the generated model (default: the stmod cache, see ``default_tiny_folder``).
     folder: str | None = None
     #: Seed of the random weights.
-    seed: int = field(default=0, validator=validators.ge(0))
+    seed: int = number(0, low=0, high=MAX_SEED)
     #: ``cpu`` by default: the tiny model is faster there than on a GPU (float16 there, float32 on CPU).
     device: str = "cpu"
 

@@ -9,6 +9,7 @@ valid key, never a silent default.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import types
 import typing
@@ -21,7 +22,7 @@ import yaml
 
 from stmod.core.errors import ConfigError, InputError, show
 from stmod.core.official import convert_official_config, is_official_config
-from stmod.core.types import ComponentRef, EditSpec, Region
+from stmod.core.types import RANGE_KEY, ComponentRef, EditSpec, Range, Region
 from stmod.core.yamlfile import load_yaml
 
 __all__ = ["structure", "unstructure", "load_mapping", "job_from_mapping", "load_job", "dump_job", "apply_overrides"]
@@ -42,6 +43,32 @@ def _join(place: str, key: str | int) -> str:
     return f"{place}.{key}" if place else key
 
 
+#: No number in a job may reach past a signed 64-bit integer: torch, NumPy and files would overflow.
+_INT_LIMIT = 2**63 - 1
+
+
+def check_numbers(value: Any, place: str = "", *, source: str | None = None) -> None:
+    """Refuse a NaN or infinite float, or an integer past 64 bits, anywhere in ``value``.
+
+    Typed fields get their own :class:`~stmod.core.types.Range` from the structurer; this covers the
+    values of untyped fields (mappings, ``Any``) that a plugin's converter reads itself (box corners,
+    click points, cluster ids), so no non-finite number reaches a component.
+    """
+    stack = [(value, place)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend((v, _join(where, str(k))) for k, v in item.items())
+            stack.extend((k, f"{where or 'the job'} key") for k in item if isinstance(k, (int, float)))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, _join(where, i)) for i, v in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{where} must be a finite number, got {item}", place=where, source=source)
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > _INT_LIMIT:
+            raise ConfigError(f"{where} must be an integer of at most 64 bits (|n| <= 2**63 - 1), got {show(item)}",
+                              place=where, source=source)
+
+
 class _Structurer:
     def __init__(self, base_dir: Path | None, source: str | None) -> None:
         self.base_dir, self.source = base_dir, source
@@ -49,16 +76,18 @@ class _Structurer:
     def error(self, message: str, **data: Any) -> ConfigError:
         return ConfigError(message, source=self.source, **data)
 
-    def convert(self, tp: Any, value: Any, place: str) -> Any:
+    def convert(self, tp: Any, value: Any, place: str, rng: Range | None = None) -> Any:
+        """``value`` as type ``tp``; ``rng`` is the field's :class:`Range` (numbers, and tuple items)."""
         origin = typing.get_origin(tp)
         if tp is Any:
+            check_numbers(value, place, source=self.source)
             return value
         if origin in (Union, types.UnionType):
             args = typing.get_args(tp)
             if value is None and type(None) in args:
                 return None
             (inner,) = [a for a in args if a is not type(None)]
-            return self.convert(inner, value, place)
+            return self.convert(inner, value, place, rng)
         if origin is Literal:
             choices = typing.get_args(tp)
             if value not in choices:
@@ -73,10 +102,11 @@ class _Structurer:
         if attrs.has(tp):
             return self.structure(tp, value, place)
         if origin is tuple:
-            return self.tuple_(tp, value, place)
+            return self.tuple_(tp, value, place, rng)
         if origin in (Mapping, dict, typing.Mapping) or tp in (dict, Mapping):
             if not isinstance(value, Mapping):
                 raise self.error(f"{place} must be a mapping, got {_describe(value)}")
+            check_numbers(value, place, source=self.source)  # what the field's converter reads is untyped here
             return dict(value)
         if tp is Path:
             if not isinstance(value, (str, Path)):
@@ -89,31 +119,37 @@ class _Structurer:
             if not isinstance(value, bool):
                 raise self.error(f"{place} must be true or false, got {_describe(value)}")
             return value
-        if tp is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise self.error(f"{place} must be an integer, got {_describe(value)}")
-            return value
-        if tp is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise self.error(f"{place} must be a number, got {_describe(value)}")
-            return float(value)
+        if tp is int or tp is float:
+            return self.number(tp, value, place, rng or Range())
         if tp is str:
             if not isinstance(value, str):
                 raise self.error(f"{place} must be a string, got {_describe(value)} (quote it in YAML)")
             return value
         raise TypeError(f"cannot structure {tp!r} at {place}")  # a bug in a value class, not user input
 
-    def tuple_(self, tp: Any, value: Any, place: str) -> tuple[Any, ...]:
+    def number(self, tp: type, value: Any, place: str, rng: Range) -> int | float:
+        """The one rule for every number of a job: the right type, finite, and within its field's range."""
+        kind = "an integer" if tp is int else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and isinstance(value, float)):
+            raise self.error(f"{place} must be {kind}, got {_describe(value)}")
+        if rng.problem(value) is not None:
+            raise self.error(f"{place} must be {rng.describe(kind)}, got {show(value)}", place=place)
+        try:
+            return float(value) if tp is float else value
+        except OverflowError:  # an int past float's range: out of range whatever the field
+            raise self.error(f"{place} must be {rng.describe(kind)}, got {show(value)}", place=place) from None
+
+    def tuple_(self, tp: Any, value: Any, place: str, rng: Range | None = None) -> tuple[Any, ...]:
         args = typing.get_args(tp)
         if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)):
             if len(args) == 2 and args[1] is Ellipsis:  # a single item where a list is allowed
-                return (self.convert(args[0], value, _join(place, 0)),)
+                return (self.convert(args[0], value, _join(place, 0), rng),)
             raise self.error(f"{place} must be a list of {len(args)} items, got {_describe(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(self.convert(args[0], v, _join(place, i)) for i, v in enumerate(value))
+            return tuple(self.convert(args[0], v, _join(place, i), rng) for i, v in enumerate(value))
         if len(value) != len(args):
             raise self.error(f"{place} must be a list of {len(args)} items, got {_describe(value)}")
-        return tuple(self.convert(a, v, _join(place, i)) for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(self.convert(a, v, _join(place, i), rng) for i, (a, v) in enumerate(zip(args, value)))
 
     def component_ref(self, value: Any, place: str) -> ComponentRef:
         if isinstance(value, str):
@@ -142,7 +178,7 @@ class _Structurer:
                     f"unknown key {show(key)} {where}{hint}", key=str(key), place=place,
                     suggestion=close[0] if close else None,
                 )
-            kwargs[key] = self.convert(hints[key], item, _join(place, key))
+            kwargs[key] = self.convert(hints[key], item, _join(place, key), fields[key].metadata.get(RANGE_KEY))
         return self.build(cls, kwargs, place)
 
     def build(self, cls: type, kwargs: dict[str, Any], place: str) -> Any:

@@ -15,7 +15,7 @@ from attrs import frozen
 
 from stmod.core import protocols
 from stmod.core.config import structure
-from stmod.core.errors import ComponentContractError, PluginConflictError, UnknownComponentError
+from stmod.core.errors import ComponentContractError, ConfigError, PluginConflictError, UnknownComponentError
 from stmod.core.types import NAME_PATTERN
 
 __all__ = [
@@ -194,7 +194,11 @@ class Registry:
         """Build component ``name`` of ``kind`` with ``options``; checks the product against its protocol."""
         info = self.info(kind, name)
         parsed = self.parse_options(kind, name, options or {}, place=place)
-        product = info.factory() if info.options is None else info.factory(parsed)
+        try:
+            product = info.factory() if info.options is None else info.factory(parsed)
+        except ValueError as exc:  # options that fit their class but not each other: the job's error
+            where = place or f"{kind} {name!r} options"
+            raise ConfigError(f"{where}: {exc} (plugin {info.plugin!r})", place=where) from exc
         protocol = KINDS[kind][1]
         if not isinstance(product, protocol):
             missing = [m for m in _protocol_members(protocol) if not hasattr(product, m)]

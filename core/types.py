@@ -7,6 +7,7 @@ They hold no behaviour beyond small derived properties. YAML is turned into them
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,12 @@ if TYPE_CHECKING:  # annotations only: these modules build on the values defined
 
 __all__ = [
     "NAME_PATTERN",
+    "RANGE_KEY",
+    "MAX_SEED",
+    "MAX_STEPS",
+    "MAX_LEVEL",
+    "Range",
+    "number",
     "Region",
     "VideoSource",
     "ComponentRef",
@@ -60,6 +67,61 @@ def _valid_name(_: Any, attribute: attrs.Attribute, value: str) -> None:
         )
 
 
+#: Field metadata key of a :class:`Range` (the structurer and the docs read it).
+RANGE_KEY = "stmod.range"
+#: Largest seed: what NumPy and scikit-learn accept as ``random_state`` (torch takes more).
+MAX_SEED = 2**32 - 1
+#: Deepest UNet level an option may name (each level halves the latent grid; SD 1.5 has levels 0-3).
+MAX_LEVEL = 8
+#: Most DDIM steps: the diffusion models' training timesteps (a schedule cannot have more levels).
+MAX_STEPS = 1000
+
+
+@frozen
+class Range:
+    """The numbers a field accepts: finite, from ``low`` to ``high`` inclusive (``None``: unbounded).
+
+    It is the field's validator (Python callers get the same rule) and sits in its metadata under
+    :data:`RANGE_KEY`, so job files are checked with the YAML path of the value and docs can list it.
+    A tuple field's items, and an optional field's value when set, are each checked.
+    """
+
+    low: int | float | None = None
+    high: int | float | None = None
+
+    def describe(self, kind: str = "a number") -> str:
+        """E.g. ``"an integer from 0 to 4294967295"``."""
+        if self.low is not None and self.high is not None:
+            return f"{kind} from {self.low} to {self.high}"
+        if self.low is not None:
+            return f"{kind} of at least {self.low}"
+        return f"{kind} of at most {self.high}" if self.high is not None else f"a finite {kind.split()[-1]}"
+
+    def problem(self, value: object) -> str | None:
+        """Why ``value`` is out of range (``None`` when it is fine)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return "not finite"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+                return "out of range"
+        return None
+
+    def __call__(self, instance: object, attribute: attrs.Attribute, value: object) -> None:
+        for item in value if isinstance(value, tuple) else (value,):
+            if self.problem(item):
+                kind = "an integer" if isinstance(item, int) else "a number"
+                raise ValueError(f"{attribute.name} must be {self.describe(kind)}, got {item!r}")
+
+
+def number(default: Any = attrs.NOTHING, *, low: int | float | None = None, high: int | float | None = None,
+           validator: Any = None, **kwargs: Any) -> Any:
+    """An attrs field holding numbers in ``[low, high]`` (see :class:`Range`); other ``field`` arguments pass on."""
+    rng = Range(low, high)
+    extra = [] if validator is None else list(validator) if isinstance(validator, (list, tuple)) else [validator]
+    metadata = {**kwargs.pop("metadata", {}), RANGE_KEY: rng}
+    return field(default=default, validator=[rng, *extra], metadata=metadata, **kwargs)
+
+
 def _frozen_mapping(value: Mapping[str, object] | None) -> Mapping[str, object]:
     return dict(value or {})
 
@@ -86,10 +148,10 @@ class VideoSource:
     """
 
     path: Path = field(converter=Path)
-    start: int = field(default=0, validator=validators.ge(0))
-    every: int = field(default=1, validator=validators.ge(1))
-    frames: int | None = field(default=None, validator=validators.optional(validators.ge(1)))
-    size: tuple[int, int] = field(default=(512, 512), converter=tuple)
+    start: int = number(0, low=0, high=10**7)
+    every: int = number(1, low=1, high=10**4)
+    frames: int | None = number(None, low=1, high=10**4)
+    size: tuple[int, int] = number((512, 512), low=64, high=8192, converter=tuple)
 
     @size.validator
     def _check_size(self, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
@@ -116,7 +178,7 @@ class ControlSpec:
 
     annotator: ComponentRef
     model: str | None = None
-    scale: float = field(default=1.0, validator=validators.ge(0.0))
+    scale: float = number(1.0, low=0.0, high=10.0)
 
 
 @frozen(kw_only=True)
@@ -128,11 +190,12 @@ class ModulationConfig:
     """
 
     preset: Preset = field(default="videograin", validator=validators.in_(("videograin", "paper")))
-    start_step: int = field(default=0, validator=validators.ge(0))
-    end_step: int = field(default=15, validator=validators.ge(0))
-    self_strength: float = field(default=0.3, validator=validators.ge(0.0))
-    cross_strength: float = field(default=1.0, validator=validators.ge(0.0))
-    time_exponent: float = field(default=5.0, validator=validators.ge(0.0))
+    start_step: int = number(0, low=0, high=MAX_STEPS)
+    end_step: int = number(15, low=0, high=MAX_STEPS)
+    #: λ scale of self-attention (0.3 in the paper); above 1 the scores' own order is inverted.
+    self_strength: float = number(0.3, low=0.0, high=10.0)
+    cross_strength: float = number(1.0, low=0.0, high=10.0)
+    time_exponent: float = number(5.0, low=0.0, high=100.0)
     modulate_cross: bool = field(default=True, validator=validators.instance_of(bool))
     modulate_self: bool = field(default=True, validator=validators.instance_of(bool))
     temporal: TemporalFocus = field(
@@ -181,9 +244,9 @@ class EditSpec:
     modulator: ComponentRef = field(factory=lambda: ComponentRef(name="st-layout"))
     control: tuple[ControlSpec, ...] = field(factory=tuple, converter=tuple)
     modulation: ModulationConfig = field(factory=ModulationConfig)
-    seed: int = 0
-    steps: int = field(default=50, validator=validators.ge(1))
-    guidance: float = field(default=7.5, validator=validators.ge(0.0))
+    seed: int = number(0, low=0, high=MAX_SEED)
+    steps: int = number(50, low=1, high=MAX_STEPS)
+    guidance: float = number(7.5, low=0.0, high=100.0)
     output: Path = field(default=Path("stmod-out"), converter=Path)
     overwrite: bool = False
     save_attention: bool = False

@@ -30,7 +30,7 @@ from attrs import field, frozen, validators
 
 from stmod.core.errors import LayoutError
 from stmod.core.features import FeatureRequest, InversionFeatures
-from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
+from stmod.core.types import MAX_LEVEL, EditSpec, LayoutMasks, LayoutRequest, number
 from stmod.core.io.video import FrameTransform, probe_video, select_frames
 from stmod.layouts.clustering import cluster_self_rows, refine_to_object, upsample_labels
 from stmod.core.pipeline.compose import empty_layout
@@ -85,9 +85,9 @@ class BoxesOptions:
     #: ``pixels`` (source frame pixels) or ``normalized`` (fractions of width and height).
     units: Units = field(default="pixels", validator=validators.in_(("pixels", "normalized")))
     #: K-Means clusters used to shrink boxes to their object (0: keep whole boxes).
-    refine: int = field(default=0, validator=validators.ge(0))
+    refine: int = number(0, low=0, high=64)
     #: UNet level of the features used by ``refine`` (1: half the latent grid, as ``kmeans``).
-    refine_level: int = field(default=1, validator=validators.ge(0))
+    refine_level: int = number(1, low=0, high=MAX_LEVEL)
 
     def __attrs_post_init__(self) -> None:
         if self.refine == 1:

@@ -46,7 +46,7 @@ from attrs import field, frozen, validators
 
 from stmod.core.errors import LayoutError
 from stmod.core.features import FeatureRequest, InversionFeatures, prompt_words
-from stmod.core.types import EditSpec, LayoutMasks, LayoutReport, LayoutRequest
+from stmod.core.types import MAX_LEVEL, MAX_SEED, EditSpec, LayoutMasks, LayoutReport, LayoutRequest, number
 from stmod.layouts.clustering import cluster_self_rows, cluster_words, name_clusters, upsample_labels
 from stmod.core.pipeline.compose import empty_layout
 
@@ -93,21 +93,21 @@ class KMeansOptions:
     """Options of the ``kmeans`` layout provider (see the module docs)."""
 
     #: Number of K-Means clusters (over all frames jointly).
-    clusters: int = field(default=4, validator=[validators.ge(2), validators.le(64)])
+    clusters: int = number(4, low=2, high=64)
     #: ``{region: word | cluster id | [words and ids]}``.
     assign: Mapping[str, tuple[Pick, ...]] = field(factory=dict, converter=_assign_table)
     #: A region that takes every cluster no other region of this entry takes.
     rest: str | None = None
     #: UNet level of the features: 0 = latent grid (64² at 512²), 1 = half (32², the official choice).
-    level: int = field(default=1, validator=validators.ge(0))
+    level: int = number(1, low=0, high=MAX_LEVEL)
     #: Frames (evenly spaced) whose keys the self-attention rows are taken over.
-    reference_frames: int = field(default=3, validator=validators.ge(1))
+    reference_frames: int = number(3, low=1, high=64)
     #: Principal components kept before K-Means (0: none).
-    pca: int = field(default=32, validator=validators.ge(0))
+    pca: int = number(32, low=0, high=4096)
     #: K-Means restarts; the best one wins.
-    n_init: int = field(default=10, validator=validators.ge(1))
+    n_init: int = number(10, low=1, high=1000)
     #: ``random_state`` of PCA and K-Means.
-    seed: int = 0
+    seed: int = number(0, low=0, high=MAX_SEED)
 
     def __attrs_post_init__(self) -> None:
         for region, picks in self.assign.items():

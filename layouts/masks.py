@@ -37,7 +37,7 @@ from attrs import field, frozen, validators
 from PIL import Image
 
 from stmod.core.errors import LayoutError
-from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
+from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest, number
 from stmod.core.io.video import FrameTransform, natural_key, probe_video, select_frames
 from stmod.core.pipeline.compose import empty_layout
 
@@ -87,7 +87,7 @@ class MasksOptions:
     #: ``{instance id: region}`` (``davis`` only; required there).
     ids: Mapping[int, str] = field(factory=dict, converter=_id_map)
     #: Added to a file's number (or sorted position) to get its source frame index.
-    index_offset: int = 0
+    index_offset: int = number(0, low=-10**7, high=10**7)
 
     def __attrs_post_init__(self) -> None:
         if self.format == "davis":

@@ -44,7 +44,7 @@ from PIL import Image
 
 from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError, LayoutError, MissingDependencyError
-from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest
+from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest, number
 from stmod.core.io.video import FrameTransform, probe_video, select_frames
 from stmod.core.pipeline.compose import empty_layout
 
@@ -127,7 +127,7 @@ class Sam2Options:
     #: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
     device: str = "auto"
     #: Mask logit threshold.
-    threshold: float = 0.0
+    threshold: float = number(0.0, low=-1e6, high=1e6)
     #: Extra Hydra overrides for ``build_sam2_video_predictor`` (e.g. ``++model.image_size=512``).
     overrides: tuple[str, ...] = ()
 

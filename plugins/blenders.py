@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from attrs import field, frozen, validators
 
-from stmod import BlendContext, hookimpl
+from stmod import BlendContext, hookimpl, number
 
 __all__ = ["BlendOptions", "NoBlend", "LatentBlend", "VideoGrainBlend", "feather"]
 
@@ -30,7 +30,7 @@ class BlendOptions:
     """Options of the ``latent`` and ``videograin`` blenders."""
 
     #: Gaussian feathering of the mask edge, in latent pixels (0: hard edge).
-    soft_edge: float = field(default=0.0, validator=validators.ge(0.0))
+    soft_edge: float = number(0.0, low=0.0, high=64.0)
 
 
 def feather(mask: torch.Tensor, sigma: float) -> torch.Tensor:

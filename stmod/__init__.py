@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from stmod.core.protocols import (Backbone, Blender, ConditionsText, ControlAnnotator, FeatureRecording,
                                       LayoutProvider, LayoutReporting, Modulator, Phase, RecordsAttention, Tokenizer)
     from stmod.core.types import (BlendContext, EditSpec, LayoutMasks, LayoutReport, LayoutRequest,
-                                  ModulationConfig, ModulationInput, Region, TextConditioning)
+                                  ModulationConfig, ModulationInput, Range, Region, TextConditioning, number)
     from stmod.plugins.manager import editor_from_plugins
 
 #: Decorator for hook implementations in plugins: ``@stmod.hookimpl def stmod_register_...``.
@@ -50,7 +50,7 @@ _LAZY = {
     **dict.fromkeys(("StmodError", "UsageError", "ConfigError", "InputError", "LayoutError", "PromptError",
                      "CheckpointError", "OutputExistsError", "MissingDependencyError"), "stmod.core.errors"),
     **dict.fromkeys(("EditSpec", "Region", "ModulationConfig", "LayoutMasks", "LayoutRequest", "LayoutReport",
-                     "ModulationInput", "TextConditioning", "BlendContext"), "stmod.core.types"),
+                     "ModulationInput", "TextConditioning", "BlendContext", "Range", "number"), "stmod.core.types"),
     **dict.fromkeys(("Backbone", "LayoutProvider", "Modulator", "Blender", "ControlAnnotator", "Phase", "Tokenizer",
                      "LayoutReporting", "ConditionsText", "FeatureRecording", "RecordsAttention"),
                     "stmod.core.protocols"),

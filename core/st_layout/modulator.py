@@ -37,6 +37,7 @@ from stmod.core.st_layout.processor import STLayoutProcessor
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.st_layout.state import EngineState, StepInfo
 from stmod.core.tokens import MAX_TOKENS, composite_text_embedding, find_token_spans
+from stmod.core.types import number
 from stmod.core.types import Branch, LayoutMasks, ModulationConfig, ModulationInput, Region, TextConditioning
 
 __all__ = ["Branch", "StepInfo", "EngineOptions", "ModulationPlan", "STLayoutModulator"]
@@ -52,7 +53,7 @@ class EngineOptions:
     :ivar record_attention: record the local prompts' cross-attention maps (see :attr:`STLayoutModulator.recorder`).
     """
 
-    budget_mb: float = field(default=256.0, validator=validators.gt(0))
+    budget_mb: float = number(256.0, low=0.001, high=2.0**20)
     modulate_controlnet: bool = field(default=False, validator=validators.instance_of(bool))
     record_attention: bool = field(default=False, validator=validators.instance_of(bool))
 
