@@ -12,8 +12,11 @@ Selection follows pytest:
 * ``-p no:NAME`` and ``STMOD_DISABLE_PLUGINS`` (a comma list) block plugins, built-in or not;
   ``ESSENTIAL_PLUGINS`` cannot be blocked.
 
-A plugin that fails to import is recorded in :attr:`StmodPluginManager.failures`, logged, and
-skipped; the others still load.
+A third-party plugin that fails to import, whose registration hook raises, or that registers a
+component name another plugin already has, is recorded in :attr:`StmodPluginManager.failures`,
+logged as one warning naming it, and skipped as a whole (none of its components or commands
+stay); the others still load, so ``--help`` and ``plugins`` keep working. It is an error only
+when the plugin was asked for (``-p NAME``, ``extra_plugins``), and for the built-ins.
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ class StmodPluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
         self.failures: list[PluginFailure] = []
+        #: Plugins asked for by name (``-p``, ``extra_plugins``): their failures are errors, not skips.
+        self.explicit: set[str] = set()
         self._registry: Registry | None = None
 
     def add_plugin(self, plugin: object, record: PluginRecord) -> None:
@@ -113,29 +118,50 @@ class StmodPluginManager(pluggy.PluginManager):
         return self._registry
 
     def _build_registry(self) -> Registry:
+        # Plugin by plugin, in registration order (built-ins first): each one's registrations go to a
+        # copy that is kept only when all its hooks succeeded, so a skipped plugin leaves nothing behind.
         components: dict[str, dict[str, ComponentInfo]] = {kind: {} for kind in KINDS}
-        for kind, (hook_name, _) in KINDS.items():
-            self._call_each(hook_name, lambda plugin, k=kind: ComponentRegistrar(k, plugin, components[k]))
         commands: dict[str, CommandInfo] = {}
-        self._call_each("stmod_register_commands", lambda plugin: CommandRegistrar(plugin, commands, "command"))
+        for name, plugin in list(self.list_name_plugin()):
+            if plugin is None:  # blocked
+                continue
+            staged = {kind: dict(entries) for kind, entries in components.items()}
+            staged_commands = dict(commands)
+            try:
+                for kind, (hook_name, _) in KINDS.items():
+                    self._call(hook_name, name, ComponentRegistrar(kind, name, staged[kind]))
+                self._call("stmod_register_commands", name, CommandRegistrar(name, staged_commands, "command"))
+            except StmodError as exc:
+                record = self.records.get(name)
+                if record is None or record.builtin or name in self.explicit:
+                    raise
+                self.skip(name, record, str(exc))
+                continue
+            components, commands = staged, staged_commands
         return Registry(components, commands)
 
-    def _call_each(self, hook_name: str, make_registrar) -> None:
-        # Each implementation gets a registrar bound to its own plugin, so components know their
-        # provider. Every call goes through pluggy (a hook caller without the other plugins'
-        # implementations), so hook wrappers and add_hookcall_monitoring see it; get_hookimpls()
-        # lists the implementations in registration order (built-ins first).
+    def _call(self, hook_name: str, plugin_name: str, registrar: object) -> None:
+        # The call goes through pluggy (a hook caller without the other plugins' implementations), so
+        # hook wrappers and add_hookcall_monitoring see it.
         impls = [impl for impl in getattr(self.hook, hook_name).get_hookimpls()
                  if not (impl.wrapper or impl.hookwrapper)]
-        for impl in impls:
-            caller = self.subset_hook_caller(hook_name, [other.plugin for other in impls if other is not impl])
-            log.debug("%s: calling %s", hook_name, impl.plugin_name)
-            try:
-                caller(register=make_registrar(impl.plugin_name))
-            except StmodError:
-                raise
-            except Exception as exc:  # a plugin bug: name the plugin, keep the traceback for -v
-                raise PluginLoadError(impl.plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}") from exc
+        if not any(impl.plugin_name == plugin_name for impl in impls):
+            return
+        caller = self.subset_hook_caller(hook_name, [i.plugin for i in impls if i.plugin_name != plugin_name])
+        log.debug("%s: calling %s", hook_name, plugin_name)
+        try:
+            caller(register=registrar)
+        except StmodError:
+            raise
+        except Exception as exc:  # a plugin bug: name the plugin, keep the traceback for -v
+            raise PluginLoadError(plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}") from exc
+
+    def skip(self, name: str, record: PluginRecord, reason: str) -> None:
+        """Unregister third-party plugin ``name`` and report it as broken (one warning line)."""
+        log.warning("plugin %r (%s) was skipped: %s", name, record.distribution or record.module, reason)
+        self.unregister(name=name)
+        del self.records[name]
+        self.failures.append(PluginFailure(name=name, distribution=record.distribution, reason=reason))
 
     def components_by_plugin(self) -> dict[str, list[ComponentInfo]]:
         """``{plugin name: [components it registered]}``, including plugins that registered none."""
@@ -161,13 +187,19 @@ def _parse_plugin_args(plugin_args: Iterable[str]) -> tuple[list[str], list[str]
     return load, block
 
 
-def _entry_points() -> dict[str, md.EntryPoint]:
+def _entry_points(pm: StmodPluginManager, load: Sequence[str]) -> dict[str, md.EntryPoint]:
+    """Entry points by name; a name two distributions claim keeps the first, the second is broken."""
     found: dict[str, md.EntryPoint] = {}
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in found and found[ep.name].value != ep.value:
             first = found[ep.name].dist.name if found[ep.name].dist else found[ep.name].value
             second = ep.dist.name if ep.dist else ep.value
-            raise PluginConflictError("plugin", ep.name, first, second)
+            clash = PluginConflictError("plugin", ep.name, first, second)
+            if ep.name in load:
+                raise clash
+            log.warning("plugin %r (%s) was skipped: %s", ep.name, second, clash)
+            pm.failures.append(PluginFailure(name=ep.name, distribution=second, reason=str(clash)))
+            continue
         found[ep.name] = ep
     return found
 
@@ -206,8 +238,10 @@ def make_plugin_manager(
     for name, plugin in (extra_plugins or {}).items():
         if name not in block:
             pm.add_plugin(plugin, PluginRecord(name=name, module=getattr(plugin, "__name__", repr(plugin))))
+            pm.explicit.add(name)
+    pm.explicit.update(load)
 
-    eps = _entry_points() if (load_entrypoints or load) else {}
+    eps = _entry_points(pm, load) if (load_entrypoints or load) else {}
     wanted = [n for n in eps if load_entrypoints and (only is None or n in only)] + list(load)
     for name in dict.fromkeys(wanted):  # keeps order, drops repeats
         if name in block or name in pm.records:
@@ -216,8 +250,22 @@ def make_plugin_manager(
             _load_entry_point(pm, eps[name], explicit=name in load)
         else:
             _load_module(pm, name, available=sorted(eps))
-    pm.check_pending()
+    _check_pending(pm)
     return pm
+
+
+def _check_pending(pm: StmodPluginManager) -> None:
+    """pluggy's check for hook implementations no hook spec has (a misspelt hook), plugin by plugin."""
+    while True:
+        try:
+            pm.check_pending()
+            return
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin)
+            record = pm.records.get(name) if name else None
+            if record is None or record.builtin or name in pm.explicit:
+                raise PluginLoadError(str(name), " ".join(str(exc).split())) from exc
+            pm.skip(name, record, " ".join(str(exc).split()))
 
 
 def _load_entry_point(pm: StmodPluginManager, ep: md.EntryPoint, *, explicit: bool) -> None:
@@ -226,10 +274,8 @@ def _load_entry_point(pm: StmodPluginManager, ep: md.EntryPoint, *, explicit: bo
         plugin = ep.load()
         pm.add_plugin(plugin, PluginRecord(name=ep.name, module=ep.value, distribution=dist,
                                            version=ep.dist.version if ep.dist else None))
-    except PluginConflictError:
-        raise
     except Exception as exc:  # a broken third-party plugin must not take the others down
-        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        reason = str(exc) if isinstance(exc, StmodError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         if explicit:
             raise PluginLoadError(ep.name, reason) from exc
         log.warning("plugin %r (%s) failed to load and was skipped: %s", ep.name, dist, reason)

@@ -66,7 +66,7 @@ def build_parser(pm: StmodPluginManager) -> argparse.ArgumentParser:
     for info in pm.registry.commands.values():
         command = sub.add_parser(info.name, help=info.help, description=info.help)
         info.configure(command)
-        command.set_defaults(_run=info.run)
+        command.set_defaults(_run=info.run, _plugin=info.plugin)
     return parser
 
 
@@ -78,6 +78,23 @@ def _configure_logging(verbosity: int, stream: TextIO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+
+class _PluginCommandError(Exception):
+    """A third-party command that raised something other than a ``StmodError``: a bug in that plugin."""
+
+
+def _run_command(args: argparse.Namespace, session: Session) -> int:
+    try:
+        return int(args._run(args, session) or EXIT_OK)
+    except (StmodError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        record = session.pm.records.get(args._plugin)
+        if record is None or record.builtin:
+            raise
+        raise _PluginCommandError(f"command {args.command!r} of plugin {args._plugin!r} failed: "
+                                  f"{type(exc).__name__}: {exc} (a bug in that plugin, not in stmod)") from exc
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
@@ -101,7 +118,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         if args.command is None:
             parser.print_help(stdout)
             return EXIT_USER
-        return int(args._run(args, Session(pm=pm, stdout=stdout, stderr=stderr, env=env)) or EXIT_OK)
+        return _run_command(args, Session(pm=pm, stdout=stdout, stderr=stderr, env=env))
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)
     except StmodError as exc:
@@ -112,6 +129,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=stderr)
         return EXIT_INTERRUPTED
+    except _PluginCommandError as exc:
+        print(f"{PROG}: error: {' '.join(str(exc).split())}; rerun with -v for the traceback", file=stderr)
+        if verbose:
+            traceback.print_exc(file=stderr)
+        return EXIT_INTERNAL
     except Exception as exc:  # a bug: say so, keep the traceback available
         print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (this is a bug; rerun with -v for the traceback)",
               file=stderr)

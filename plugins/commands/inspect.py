@@ -53,7 +53,7 @@ def run_plugins(args: argparse.Namespace, session) -> int:
         for kind, names in plugin["components"].items():
             session.echo(f"    {kind}: {', '.join(names)}")
     for failure in report["failed"]:
-        session.echo(f"FAILED {failure['name']} ({failure['distribution']}): {failure['reason']}")
+        session.echo(f"BROKEN {failure['name']} ({failure['distribution']}): {failure['reason']}")
     return 0
 
 

@@ -99,22 +99,34 @@ def test_broken_plugin_requested_explicitly_is_an_error(fake_entry_points) -> No
         make_plugin_manager(plugin_args=["broken"], env={"STMOD_LOAD_PLUGINS": ""})
 
 
-def test_duplicate_component_names_both_providers(fake_entry_points) -> None:
-    """Two plugins registering the same component name is an error naming both."""
+def test_duplicate_component_names_skip_the_second_plugin(fake_entry_points, caplog) -> None:
+    """The second plugin registering a taken name is skipped, reported naming both; the first stays."""
     fake_entry_points(FakeEntryPoint("one", lambda: _plugin_module("m1", "same")),
                       FakeEntryPoint("two", lambda: _plugin_module("m2", "same")))
     pm = make_plugin_manager(env={})
+    assert pm.registry.info("blender", "same").plugin == "one"
+    assert [f.name for f in pm.failures] == ["two"] and "two" not in pm.records
+    assert "'one' and plugin 'two'" in pm.failures[0].reason and "-p no:two" in pm.failures[0].reason
+    assert [r.message for r in caplog.records if r.levelname == "WARNING"] == [
+        f"plugin 'two' (fake-dist) was skipped: {pm.failures[0].reason}"]
+
+
+def test_duplicate_component_names_are_an_error_when_asked_for(fake_entry_points) -> None:
+    fake_entry_points(FakeEntryPoint("one", lambda: _plugin_module("m1", "same")),
+                      FakeEntryPoint("two", lambda: _plugin_module("m2", "same")))
     with pytest.raises(PluginConflictError) as info:
-        pm.registry
+        make_plugin_manager(env={}, plugin_args=["two"]).registry
     assert (info.value.first, info.value.second, info.value.name) == ("one", "two", "same")
-    assert "-p no:two" in str(info.value)
 
 
 def test_duplicate_with_builtin_component(fake_entry_points) -> None:
-    """Clashing with a built-in name is also a conflict."""
+    """Clashing with a built-in name skips the plugin; asked for with -p, it is an error."""
     fake_entry_points(FakeEntryPoint("clash", lambda: _plugin_module("m", "latent")))
+    pm = make_plugin_manager(env={})
+    assert pm.registry.info("blender", "latent").plugin == "stmod.blenders"
+    assert "'stmod.blenders' and plugin 'clash'" in pm.failures[0].reason
     with pytest.raises(PluginConflictError, match="'stmod.blenders' and plugin 'clash'"):
-        make_plugin_manager(env={}).registry
+        make_plugin_manager(env={}, plugin_args=["clash"]).registry
 
 
 def test_block_with_p_no_and_env(fake_entry_points) -> None:
@@ -178,3 +190,53 @@ def test_hook_that_raises_is_reported_by_plugin_name() -> None:
     pm = fresh_plugin_manager(Buggy())
     with pytest.raises(PluginLoadError, match="stmod_register_blenders raised ZeroDivisionError"):
         pm.registry
+
+
+def _half_broken(name: str) -> types.ModuleType:
+    """Registers a blender, then its commands hook raises: nothing of it may stay."""
+    module = _plugin_module(name, f"{name}-blend")
+
+    @hookimpl
+    def stmod_register_commands(register):
+        raise RuntimeError("commands hook crashed")
+
+    module.stmod_register_commands = stmod_register_commands
+    return module
+
+
+def test_hook_that_raises_skips_the_whole_plugin(fake_entry_points) -> None:
+    fake_entry_points(FakeEntryPoint("half", lambda: _half_broken("half")),
+                      FakeEntryPoint("good", lambda: _plugin_module("m", "fine")))
+    pm = make_plugin_manager(env={})
+    assert "fine" in pm.registry.components("blender")
+    assert "half-blend" not in pm.registry.components("blender")  # rolled back with the plugin
+    assert pm.failures[0].name == "half"
+    assert "stmod_register_commands raised RuntimeError: commands hook crashed" in pm.failures[0].reason
+    with pytest.raises(PluginLoadError, match="plugin 'half' failed to load: stmod_register_commands raised"):
+        make_plugin_manager(env={}, plugin_args=["half"]).registry
+
+
+def test_misspelt_hook_skips_the_plugin(fake_entry_points) -> None:
+    module = types.ModuleType("typo")
+
+    @hookimpl
+    def stmod_register_blender(register):  # no such hook: pluggy refuses it
+        pass
+
+    module.stmod_register_blender = stmod_register_blender
+    fake_entry_points(FakeEntryPoint("typo", lambda: module))
+    pm = make_plugin_manager(env={})
+    assert pm.failures[0].name == "typo" and "stmod_register_blender" in pm.failures[0].reason
+    assert "latent" in pm.registry.components("blender")
+    with pytest.raises(PluginLoadError, match="plugin 'typo'"):
+        make_plugin_manager(env={}, plugin_args=["typo"])
+
+
+def test_entry_point_name_claimed_twice_keeps_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = FakeEntryPoint("twin", lambda: _plugin_module("a", "from-a"), dist="dist-a")
+    second = FakeEntryPoint("twin", lambda: _plugin_module("b", "from-b"), dist="dist-b")
+    monkeypatch.setattr(manager_module.md, "entry_points", lambda group: [first, second] if group == "stmod" else [])
+    pm = make_plugin_manager(env={})
+    assert "from-a" in pm.registry.components("blender") and pm.failures[0].distribution == "dist-b"
+    with pytest.raises(PluginConflictError):
+        make_plugin_manager(env={}, plugin_args=["twin"])
