@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -161,6 +162,24 @@ class StableDiffusionBackbone:
                 location = self.options.config
             self.tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer")
         return self.tokenizer
+
+    def attention_levels(self, base_dir: Path | None = None) -> tuple[int, ...] | None:
+        """UNet levels with attention layers, read from a local model's ``unet/config.json`` (no weights).
+
+        ``None`` when the config is not a local file (a hub id or a single-file checkpoint): then a
+        layout's ``level`` is checked after loading, as before.
+        """
+        try:
+            location = Path(check_location(self.options.model, what="SD 1.5 model", base_dir=base_dir))
+            config = json.loads((location / "unet" / "config.json").read_text(encoding="utf-8"))
+            down, up = list(config["down_block_types"]), list(config["up_block_types"])
+        except (OSError, ValueError, KeyError, TypeError, CheckpointError):
+            return None
+        levels = {i for i, kind in enumerate(down) if "CrossAttn" in kind}
+        levels |= {len(up) - 1 - j for j, kind in enumerate(up) if "CrossAttn" in kind}
+        if "CrossAttn" in str(config.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
+            levels.add(len(down) - 1)
+        return tuple(sorted(levels))
 
     # -- loading ----------------------------------------------------------------------------------
 

@@ -44,11 +44,12 @@ import numpy as np
 import torch
 from attrs import field, frozen, validators
 
-from stmod.core.errors import LayoutError
+from stmod.core.errors import InputError, LayoutError
 from stmod.core.features import FeatureRequest, InversionFeatures, prompt_words
 from stmod.core.types import MAX_LEVEL, MAX_SEED, EditSpec, LayoutMasks, LayoutReport, LayoutRequest, number
 from stmod.layouts.clustering import cluster_self_rows, cluster_words, name_clusters, upsample_labels
 from stmod.core.pipeline.compose import empty_layout
+from stmod.core.io.video import probe_video, select_frames
 
 __all__ = ["KMeansOptions", "KMeansLayoutProvider", "ClusterResult", "upsample_labels"]
 
@@ -203,8 +204,22 @@ class KMeansLayoutProvider:
         return plan
 
     def check(self, spec: EditSpec, regions: Sequence[str]) -> None:
-        """Validate ``assign`` and ``rest`` against the entry's regions and the source prompt's words."""
+        """Validate ``assign`` and ``rest`` against the entry's regions and the source prompt's words, and
+        ``clusters`` against the tokens there will be (before the inversion that records them)."""
         self._plan(spec, regions)
+        try:
+            frames = len(select_frames(spec.video, probe_video(spec.video.path).frames)) if regions else 0
+        except InputError:  # the video's own check reports it
+            return
+        if regions:
+            width, height = spec.video.size
+            # SD-family latents are 1/8 of the pixel size; the level then halves them (core.levels)
+            grid = self.feature_request.grid((height // 8, width // 8))
+            tokens = frames * grid[0] * grid[1]
+            if tokens < self.options.clusters:
+                raise LayoutError(f"layout 'kmeans' clusters: {self.options.clusters} is more than the {tokens} "
+                                  f"tokens to cluster ({frames} frames of {grid[0]}x{grid[1]} at level "
+                                  f"{self.options.level}); ask for fewer clusters or a finer level")
 
     def _resolve(self, plan: Mapping[str, tuple[Pick, ...] | None], named: Mapping[str, int],
                  features: InversionFeatures) -> dict[str, tuple[int, ...]]:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from stmod.core.errors import LayoutError
 from stmod.core.features import FeatureRequest, feature_requests
 from stmod.core.io.outputs import write_outputs
 from stmod.core.io.video import SourceClip, load_video
@@ -49,7 +50,7 @@ from stmod.core.tokens import find_token_spans
 from stmod.core.types import (BlendContext, Branch, EditSpec, LayoutMasks, LayoutRequest, ModulationInput,
                               TextConditioning)
 
-__all__ = ["Editor", "EditResult", "LayoutResult"]
+__all__ = ["Editor", "EditResult", "LayoutResult", "Prepared"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,33 @@ class LayoutResult:
     layout: LayoutMasks
     components: Components
     run: dict[str, Any]
+
+
+@attrs.define(kw_only=True)
+class Prepared:
+    """What :meth:`Editor.prepare` validated and read: components, clip, layout request and layout parts.
+
+    :ivar requests: the inversion features the layout needs (``()``: none; ``layout`` is then set).
+    :ivar parts: ``{layout entry: (place, masks)}`` of the entries that need no model.
+    """
+
+    components: Components
+    clip: SourceClip
+    request: LayoutRequest
+    requests: tuple[FeatureRequest, ...]
+    parts: dict[int, tuple[str, LayoutMasks]]
+    layout: LayoutMasks | None
+
+
+def _check_feature_levels(spec: EditSpec, backbone: Backbone, requests: tuple[FeatureRequest, ...]) -> None:
+    """A layout's UNet ``level`` must have attention layers; backbones that can tell say so before loading."""
+    probe = getattr(backbone, "attention_levels", None)
+    levels = probe(spec.base_dir) if callable(probe) and requests else None
+    for request in requests if levels is not None else ():
+        if request.level not in levels:
+            raise LayoutError(f"layout option level: {request.level} has no attention layer in backbone "
+                              f"{spec.backbone.name!r} (levels with attention: {', '.join(map(str, levels))}); "
+                              "choose one of those")
 
 
 @attrs.define(kw_only=True)
@@ -119,29 +147,42 @@ class Editor:
     def _bar(self, total: int, desc: str, unit: str = "step") -> tqdm:
         return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
 
-    def _prepare(self, spec: EditSpec, timer: PhaseTimer
-                 ) -> tuple[Components, SourceClip, LayoutRequest, tuple[FeatureRequest, ...]]:
-        """Check the job, read its frames, and say which inversion features its layout needs."""
+    def prepare(self, spec: EditSpec, timer: PhaseTimer | None = None) -> Prepared:
+        """Everything an edit validates before any model weights load; ``stmod-run check`` runs exactly this.
+
+        The job and its files (:func:`check_job`), prompts against the tokenizer, the clip read,
+        every layout that needs no model computed (masks, boxes: so empty or overlapping masks
+        under ``layout_overlap: error`` show here), and the UNet level of a layout that needs
+        inversion features (K-Means) against the backbone's levels when it can tell them.
+        """
+        timer = timer or PhaseTimer()
         with timer.phase("check"):
             components = self.check(spec)
         with timer.phase("read"):
             clip = load_video(spec.video)
         request = LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,
                                 transform=clip.transform, frames=clip.frames)
-        return components, clip, request, feature_requests(provider for provider, _ in components.layouts)
+        requests = feature_requests(provider for provider, _ in components.layouts)
+        _check_feature_levels(spec, components.backbone, requests)
+        # masks and boxes beside a K-Means entry are read now too (their errors are the job's), timed as checking
+        with timer.phase("check" if requests else "layout"):
+            parts = {i: (a.place, provider.layout(request, a.regions))
+                     for i, (provider, a) in enumerate(components.layouts) if provider.feature_request is None}
+            layout = None if requests else self._layout(spec, components, request, parts)
+        return Prepared(components=components, clip=clip, request=request, requests=requests, parts=parts,
+                        layout=layout)
 
     def run(self, spec: EditSpec) -> EditResult:
         """Edit the clip of ``spec`` and write its output folder; returns what was produced."""
         timer = PhaseTimer()
-        components, clip, request, requests = self._prepare(spec, timer)
-        layout = None
-        if not requests:  # masks or boxes: known before any model loads
-            with timer.phase("layout"):
-                layout = self._layout(spec, components, request)
+        prepared = self.prepare(spec, timer)
+        components, clip, request, requests = prepared.components, prepared.clip, prepared.request, prepared.requests
+        layout = prepared.layout  # None when a layout needs the inversion's features
         inverted = self._invert_clip(spec, components, clip, request, timer, requests)
         if layout is None:  # K-Means: clusters the inversion's attention features
             with timer.phase("layout"):
-                layout = self._layout(spec, components, attrs.evolve(request, features=inverted.inversion.features))
+                layout = self._layout(spec, components, attrs.evolve(request, features=inverted.inversion.features),
+                                      prepared.parts)
         backbone = inverted.session.backbone
         with timer.phase("denoise"):
             latents, recorder = self._denoise(inverted, layout)
@@ -175,14 +216,15 @@ class Editor:
         The job is checked as for :meth:`run`, including its output folder (where the command writes).
         """
         timer = PhaseTimer()
-        components, clip, request, requests = self._prepare(spec, timer)
-        inversion = None
+        prepared = self.prepare(spec, timer)
+        components, clip, request, requests = prepared.components, prepared.clip, prepared.request, prepared.requests
+        inversion, layout = None, prepared.layout
         if requests:
             inverted = self._invert_clip(spec, components, clip, request, timer, requests)
             request, inversion = (attrs.evolve(request, features=inverted.inversion.features),
                                   inverted.inversion.cache_info)
-        with timer.phase("layout"):
-            layout = self._layout(spec, components, request)
+            with timer.phase("layout"):
+                layout = self._layout(spec, components, request, prepared.parts)
         run = {"versions": versions(), "inversion": inversion,
                "phases": timer.snapshot()}
         return LayoutResult(clip=clip, layout=layout, components=components, run=run)
@@ -207,12 +249,14 @@ class Editor:
                                      requests=requests, bar=self._bar)
         return _Inverted(session=session, x0=x0, schedule=schedule, timesteps=timesteps, inversion=inversion)
 
-    def _layout(self, spec: EditSpec, components: Components, request: LayoutRequest) -> LayoutMasks:
+    def _layout(self, spec: EditSpec, components: Components, request: LayoutRequest,
+                done: dict[int, tuple[str, LayoutMasks]]) -> LayoutMasks:
+        """The job's layout; ``done`` holds the parts :meth:`prepare` computed already (by entry)."""
         frames, height, width = request.frames.shape[:3]
         if not components.layouts:
             return empty_layout(frames, height, width)
-        parts = [(assignment.place, provider.layout(request, assignment.regions))
-                 for provider, assignment in components.layouts]
+        parts = [done[i] if i in done else (assignment.place, provider.layout(request, assignment.regions))
+                 for i, (provider, assignment) in enumerate(components.layouts)]
         return compose(parts, spec.region_names, overlap=spec.layout_overlap, frame_indices=request.frame_indices)
 
     def _denoise(self, inverted: _Inverted, layout: LayoutMasks) -> tuple[torch.Tensor, AttentionRecorder | None]:

@@ -1,4 +1,8 @@
-"""``stmod-run check JOB.yaml``: validate a job and its files without loading a model."""
+"""``stmod-run check JOB.yaml``: validate a job and its files without loading a model.
+
+It runs :meth:`Editor.prepare`, the validation ``edit`` runs before loading weights, so a job that
+``check`` calls valid fails in ``edit`` only for what needs the model (or the inversion's features).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 
 from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 from stmod.core.config import dump_job
-from stmod.core.pipeline.components import check_job
+from stmod.core.pipeline.editor import Editor
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, session) -> int:
     spec = load_job_from_args(args)
-    check_job(spec, session.registry)
+    Editor(session.registry, progress=False, cache=False).prepare(spec)
     if args.print_job:
         session.echo(dump_job(spec).rstrip())
     regions = ", ".join(f"{r.name}={r.prompt!r}" for r in spec.regions) or "none"

@@ -61,9 +61,10 @@ def test_check_misspelled_key(job_file) -> None:
 
 def test_check_print_shows_resolved_job_with_overrides(job_file) -> None:
     """--print shows the job after flags override it."""
-    result = run_cli([*TESTING, "check", str(job_file()), "--print", "--steps", "7", "--preset", "paper",
-                      "--region", "dog=a brown dog", "--size", "128x64"], env=ENV)
-    # the override adds a region the full-frame layout serves too
+    # the override adds a region the full-frame layout serves too; overlap: keep lets both cover the frame
+    # (under later-wins, 'dog' would cover 'cat' entirely: an error check reports, as edit would)
+    result = run_cli([*TESTING, "check", str(job_file(layout_overlap="keep")), "--print", "--steps", "7",
+                      "--preset", "paper", "--region", "dog=a brown dog", "--size", "128x64"], env=ENV)
     assert result.exit_code == 0, result.stderr
     assert "steps: 7" in result.stdout and "preset: paper" in result.stdout and "dog: a brown dog" in result.stdout
     assert "- 128\n  - 64" in result.stdout
