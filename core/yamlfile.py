@@ -94,9 +94,10 @@ def load_yaml(text: str, *, source: str | None = None) -> Any:
     :raises ConfigError: for invalid YAML (with its line and column), a duplicate key, a recursive
         alias, or a document that expands past :data:`MAX_NODES` values / :data:`MAX_CHARS` characters.
     """
-    loader = _StrictLoader(text)
-    loader.source = source
+    loader = None
     try:
+        loader = _StrictLoader(text)  # the reader refuses control characters already here
+        loader.source = source
         node = loader.get_single_node()
         if node is None:
             return None
@@ -113,4 +114,5 @@ def load_yaml(text: str, *, source: str | None = None) -> Any:
     except RecursionError:
         raise ConfigError("the YAML is nested too deeply; a job file needs a few levels", source=source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

@@ -117,6 +117,8 @@ def compose(
                           region=extra[0])
 
     stack = torch.cat([m.masks for _, m in parts], dim=1)  # (F, K, H, W) in precedence order
+    if not names:  # a layout entry in a job without regions: nothing to compose
+        return LayoutMasks(masks=stack, names=())
     if overlap == "error":
         _raise_on_overlap(stack, names, source, frame_indices)
     elif overlap == "later-wins":
