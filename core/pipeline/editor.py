@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from stmod.core.errors import environment_errors
 from stmod.core.features import FeatureRequest, feature_requests
 from stmod.core.io.outputs import write_outputs
 from stmod.core.io.video import SourceClip, load_video
 from stmod.core.pipeline.cache import InversionCache
-from stmod.core.pipeline.components import Components, check_job
+from stmod.core.pipeline.components import Components, check_job, claim_output
 from stmod.core.pipeline.compose import compose, empty_layout
 from stmod.core.pipeline.inversion import Inversion, cached_inversion
 from stmod.core.pipeline.records import PhaseTimer, versions
@@ -131,9 +132,16 @@ class Editor:
         return components, clip, request, feature_requests(provider for provider, _ in components.layouts)
 
     def run(self, spec: EditSpec) -> EditResult:
-        """Edit the clip of ``spec`` and write its output folder; returns what was produced."""
+        """Edit the clip of ``spec`` and write its output folder; returns what was produced.
+
+        The output folder is locked from the check to the end (a second run into it is refused)."""
         timer = PhaseTimer()
         components, clip, request, requests = self._prepare(spec, timer)
+        with claim_output(spec):
+            return self._run_claimed(spec, timer, components, clip, request, requests)
+
+    def _run_claimed(self, spec: EditSpec, timer: PhaseTimer, components: Components, clip: SourceClip,
+                     request: LayoutRequest, requests: tuple[FeatureRequest, ...]) -> EditResult:
         layout = None
         if not requests:  # masks or boxes: known before any model loads
             with timer.phase("layout"):
@@ -159,7 +167,7 @@ class Editor:
             "inversion": inverted.inversion.cache_info,
             "attention": recorder.summary() if recorder is not None and recorder.grids else None,
         }
-        with timer.phase("write"):
+        with timer.phase("write"), environment_errors(spec.output):
             run = write_outputs(spec, clip=clip, frames=frames, layout=layout,
                                 control_images=inverted.session.control_images, recorder=recorder, run=run,
                                 timer=timer)
