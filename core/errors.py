@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -253,7 +254,13 @@ def environment_problem(exc: BaseException, path: object = None) -> EnvironmentP
     if not isinstance(exc, OSError) or code not in _CAUSES:
         return None
     where = exc.filename if exc.filename is not None else path
-    return EnvironmentProblem(os.fsdecode(where) if where is not None else "(unknown file)", code, _CAUSES[code])
+    shown = _TEMPORARY.sub(r"\1", os.fsdecode(where)) if where is not None else "(unknown file)"
+    return EnvironmentProblem(shown, code, _CAUSES[code])
+
+
+#: A temporary of stmod's naming (``.NAME.<hex>.tmp``, see ``stmod.core.io.ownership``) as a path part:
+#: errors name the file being written, not its temporary.
+_TEMPORARY = re.compile(r"(?<![^/\\])\.([^/\\]+)\.[0-9a-f]{8,16}\.(?:tmp|old)(?![^/\\])")
 
 
 @contextmanager
