@@ -58,6 +58,8 @@ def replace_problem(path: Path) -> str | None:
         return None
     if path.is_symlink() and not path.is_dir():
         return "is a symbolic link that stmod did not create; remove it or choose another path"
+    if path.is_symlink():  # a link to a folder: the folder it points to is what would be replaced
+        path = real(path)
     if not path.is_dir():
         return "is a file, not a folder stmod wrote; move it away or choose another path"
     if is_owned(path) or not any(path.iterdir()):

@@ -33,6 +33,19 @@ def test_replace_problem_allows_only_absent_empty_or_marked(tmp_path: Path) -> N
     assert "symbolic link" in replace_problem(tmp_path / "link")
 
 
+def test_a_link_to_a_folder_is_judged_by_its_target(tmp_path: Path) -> None:
+    """Writing through a link replaces the folder it points to (the link stays): that folder decides."""
+    target = _foreign(tmp_path / "target")
+    (tmp_path / "link").symlink_to(target, target_is_directory=True)
+    assert "no .stmod-owned marker" in replace_problem(tmp_path / "link")
+    write_marker(target, "test")
+    assert replace_problem(tmp_path / "link") is None
+    with atomic_folder(tmp_path / "link", kind="test") as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert (tmp_path / "link").is_symlink() and (target / "new.txt").is_file()
+    assert not (target / "precious.txt").exists()
+
+
 def test_remove_owned_tree_refuses_a_foreign_folder(tmp_path: Path) -> None:
     foreign = _foreign(tmp_path / "foreign")
     with pytest.raises(NotOwnedError, match="did not create"):
