@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from attrs import field, frozen, validators
 
 from stmod.backbones.sd15 import SD15Options, StableDiffusionBackbone
 from stmod.backbones.tiny_tokenizer import write_tiny_clip_tokenizer
+from stmod.core.errors import NotOwnedError
+from stmod.core.io.ownership import MARKER, atomic_folder, clean_stale_temporaries, replace_problem
 from stmod.core.types import MAX_SEED, EditSpec, number
 
 __all__ = ["TinyOptions", "TinyBackbone", "build_tiny_model", "default_tiny_folder"]
@@ -42,7 +43,11 @@ def default_tiny_folder(seed: int = 0) -> Path:
 
 
 def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
-    """Generate the tiny model into ``folder`` (atomically; reused when already complete)."""
+    """Generate the tiny model into ``folder`` (atomically; reused when already complete).
+
+    An incomplete folder is replaced only when stmod created it (it carries stmod's marker, see
+    :mod:`stmod.core.io.ownership`); any other folder there is refused, never deleted.
+    """
     from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -50,9 +55,14 @@ def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
     folder = Path(folder)
     if (folder / "model_index.json").exists() and (folder / "controlnet" / "config.json").exists():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
+    if replace_problem(folder) is not None:
+        raise NotOwnedError(str(folder), "is not a complete tiny model and stmod did not create it (no "
+                            f"{MARKER} marker), so stmod will not replace it; give backbone.folder a new or "
+                            "empty folder")
+    clean_stale_temporaries(folder.parent, name=folder.name)  # a build killed midway
+    with tempfile.TemporaryDirectory(prefix="stmod-tiny-") as work_dir, \
+            atomic_folder(folder, kind="tiny model") as target:
+        work = Path(work_dir)
         vocab_size = write_tiny_clip_tokenizer(work / "tokenizer_src")
         tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer_src")
         torch.manual_seed(seed)
@@ -81,15 +91,9 @@ def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
-        target = work / "model"
         pipe.save_pretrained(target)
         controlnet.save_pretrained(target / "controlnet")
         (target / "stmod_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
-        if folder.exists():  # an incomplete earlier attempt
-            shutil.rmtree(folder)
-        os.replace(target, folder)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return folder
 
 

@@ -232,6 +232,9 @@ def load_mapping(path: Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError("job", str(path), f"cannot read the job file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError("job", str(path), f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                                           f"{exc.start}); save it as UTF-8") from exc
     data = load_yaml(text, source=str(path))  # duplicate keys and alias bombs are refused there
     if data is None:
         data = {}

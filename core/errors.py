@@ -8,8 +8,12 @@ and exits with status 1.
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import reprlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 __all__ = [
     "show",
@@ -26,6 +30,11 @@ __all__ = [
     "CheckpointError",
     "OutputExistsError",
     "MissingDependencyError",
+    "NotOwnedError",
+    "BusyError",
+    "EnvironmentProblem",
+    "environment_problem",
+    "environment_errors",
 ]
 
 
@@ -207,3 +216,92 @@ class MissingDependencyError(StmodError):
         self.component, self.packages = component, tuple(packages)
         how = f"pip install 'stmod[{extra}]'" if extra else "pip install " + " ".join(packages)
         super().__init__(f"{component} needs {', '.join(packages)}, which is not installed; run: {how}")
+
+
+class NotOwnedError(StmodError):
+    """stmod was asked to delete or replace something it did not create (it carries no stmod marker),
+    or to write where an input lies.
+
+    :ivar path: the folder or file concerned.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {problem}")
+
+
+class BusyError(StmodError):
+    """Another running stmod process holds the lock on an output folder or a batch.
+
+    :ivar path: the lock file.
+    :ivar holder: what the lock file says about its holder (``{"pid": ..., "host": ...}``).
+    """
+
+    def __init__(self, what: str, path: str, holder: dict, fix: str) -> None:
+        self.path, self.holder = path, dict(holder)
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+        super().__init__(f"{what} is in use by another stmod run ({who}; lock file {path}); {fix}")
+
+
+#: What the operating system says, and what to do about it, for the errors the environment causes.
+_CAUSES = {
+    errno.ENOSPC: "the disk is full; free some space or write elsewhere",
+    errno.EFBIG: "a file grew past the file-size limit (ulimit -f) or the file system's maximum; raise the limit "
+                 "or write elsewhere",
+    errno.EROFS: "the file system is read-only; write elsewhere",
+    errno.EACCES: "permission denied; fix the permissions or write elsewhere",
+    errno.EPERM: "operation not permitted; fix the permissions or write elsewhere",
+    errno.ENAMETOOLONG: "a name is too long for the file system; choose a shorter one",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ELOOP: "too many symbolic links in the path",
+    errno.EMFILE: "too many open files; raise the limit (ulimit -n)",
+    errno.ENFILE: "too many open files in the system",
+    errno.EIO: "an input/output error on the device",
+}
+if hasattr(errno, "EDQUOT"):
+    _CAUSES[errno.EDQUOT] = "the disk quota is exceeded; free some space or write elsewhere"
+
+
+class EnvironmentProblem(StmodError):
+    """The operating system refused a file operation for a reason the user can fix (full disk, file-size
+    limit, read-only folder, name too long, ...).
+
+    :ivar path: the file or folder concerned.
+    :ivar errno: the ``errno`` code.
+    """
+
+    def __init__(self, path: str, code: int | None, cause: str) -> None:
+        self.path, self.errno = path, code
+        name = f" ({errno.errorcode[code]})" if code in errno.errorcode else ""
+        super().__init__(f"{path}: {cause}{name}")
+
+
+def environment_problem(exc: BaseException, path: object = None) -> EnvironmentProblem | None:
+    """The user error ``exc`` stands for when the environment caused it (an ``OSError`` with one of the
+    codes above), naming its file (or ``path``); ``None`` for anything else (a bug)."""
+    if isinstance(exc, EnvironmentProblem):
+        return exc
+    code = getattr(exc, "errno", None)
+    if not isinstance(exc, OSError) or code not in _CAUSES:
+        return None
+    where = exc.filename if exc.filename is not None else path
+    shown = _TEMPORARY.sub(r"\1", os.fsdecode(where)) if where is not None else "(unknown file)"
+    return EnvironmentProblem(shown, code, _CAUSES[code])
+
+
+#: A temporary of stmod's naming (``.NAME.<hex>.tmp``, see ``stmod.core.io.ownership``) as a path part:
+#: errors name the file being written, not its temporary.
+_TEMPORARY = re.compile(r"(?<![^/\\])\.([^/\\]+)\.[0-9a-f]{8,16}\.(?:tmp|old)(?![^/\\])")
+
+
+@contextmanager
+def environment_errors(path: object = None) -> Iterator[None]:
+    """Re-raise an ``OSError`` the environment caused (full disk, file-size limit, ...) inside the block
+    as an :class:`EnvironmentProblem` naming its file (or ``path``); other errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        problem = environment_problem(exc, path)
+        if problem is None:
+            raise
+        raise problem from exc

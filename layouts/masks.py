@@ -38,7 +38,7 @@ from PIL import Image
 
 from stmod.core.errors import LayoutError
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest, number
-from stmod.core.io.video import FrameTransform, natural_key, probe_video, select_frames
+from stmod.core.io.video import IMAGE_ERRORS, FrameTransform, natural_key, open_image, probe_video, select_frames
 from stmod.core.pipeline.compose import empty_layout
 
 __all__ = ["MasksOptions", "MaskFolderProvider", "frame_files"]
@@ -46,7 +46,7 @@ __all__ = ["MasksOptions", "MaskFolderProvider", "frame_files"]
 log = logging.getLogger(__name__)
 
 MaskFormat = Literal["folders", "webui", "davis"]
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError)  # what Pillow raises for unreadable or broken files
+_IMAGE_ERRORS = IMAGE_ERRORS  # unreadable, broken, or a header declaring billions of pixels
 
 
 def _str_map(value: Mapping[Any, Any] | None) -> dict[str, str]:
@@ -202,7 +202,7 @@ class MaskFolderProvider:
     def _open(self, path: Path, region: str, size: tuple[int, int]) -> Image.Image:
         """The PNG at ``path`` (header read), checked against the source size ``(height, width)``."""
         try:
-            img = Image.open(path)
+            img = open_image(path)
         except _IMAGE_ERRORS as exc:
             raise LayoutError(f"region {region!r}: {path} cannot be read as a PNG ({exc})", region=region) from exc
         if (img.height, img.width) != tuple(size):

@@ -2,7 +2,8 @@
 
 Subcommands come from plugins (``stmod_register_commands``); the built-ins live in
 :mod:`stmod.plugins.commands`. Exit status: 0 success, 2 user error (one line on stderr, no traceback),
-1 internal error (a bug: the traceback is shown with ``-v``), 130 interrupted.
+1 internal error (a bug: the traceback is shown with ``-v``), 130 interrupted. An ``OSError`` the
+environment caused (full disk, file-size limit, read-only folder, name too long, ...) is a user error.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import NoReturn, TextIO
 import attrs
 
 import stmod
-from stmod.core.errors import StmodError, UsageError
+from stmod.core.errors import StmodError, UsageError, environment_problem
 from stmod.plugins.manager import StmodPluginManager, make_plugin_manager
 
 __all__ = ["main", "Session", "build_parser"]
@@ -134,7 +135,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         if verbose:
             traceback.print_exc(file=stderr)
         return EXIT_INTERNAL
-    except Exception as exc:  # a bug: say so, keep the traceback available
+    except Exception as exc:  # a full disk, a read-only folder, ...: the user's to fix; anything else: a bug
+        problem = environment_problem(exc)
+        if problem is not None:
+            print(f"{PROG}: error: {problem}", file=stderr)
+            return EXIT_USER
         print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (this is a bug; rerun with -v for the traceback)",
               file=stderr)
         if verbose:

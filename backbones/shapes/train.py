@@ -272,18 +272,16 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: l
 # -- stage 3: export ------------------------------------------------------------------------------
 
 def file_checksums(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` except ``manifest.json``, keyed by relative POSIX path."""
+    """sha256 of every file under ``folder`` except ``manifest.json`` and stmod's marker, keyed by relative POSIX path."""
     out = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != "manifest.json":
+        if path.is_file() and path.name not in ("manifest.json", ".stmod-owned"):  # the files of the model only
             out[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
 
 def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict) -> None:
     """Write the diffusers folder and its manifest to ``out`` (replacing a folder this script wrote)."""
-    import shutil
-
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     ddim = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -291,17 +289,19 @@ def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict) -> None:
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=ddim, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    tmp = out.with_name(out.name + ".export.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    info = dict(info, files=file_checksums(tmp))
-    (tmp / "manifest.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    if out.exists():
-        if not (out / "manifest.json").exists():
-            raise SystemExit(f"train: --out {out} exists and is not a shapes model folder; choose another")
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    from stmod.core.errors import NotOwnedError
+    from stmod.core.io.ownership import atomic_folder, clean_stale_temporaries, is_owned, write_marker
+
+    if out.is_dir() and not is_owned(out) and (out / "manifest.json").is_file():
+        write_marker(out, "shapes model")  # exported before stmod marked its folders: the manifest says it is ours
+    clean_stale_temporaries(out.parent, name=out.name)
+    try:
+        with atomic_folder(out, kind="shapes model") as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            info = dict(info, files=file_checksums(tmp))
+            (tmp / "manifest.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    except NotOwnedError as exc:
+        raise SystemExit(f"train: --out {out} exists and is not a shapes model folder; choose another ({exc})") from exc
 
 
 # -- command --------------------------------------------------------------------------------------

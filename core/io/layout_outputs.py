@@ -33,7 +33,8 @@ from PIL import Image
 from stmod.core.config import dump_job
 from stmod.core.protocols import LayoutReporting
 from stmod.core.types import EditSpec
-from stmod.core.io.video import FrameTransform, atomic_path, write_mp4
+from stmod.core.io.ownership import atomic_folder
+from stmod.core.io.video import FrameTransform, write_mp4
 from stmod.core.io.visuals import mask_overlay
 
 if TYPE_CHECKING:
@@ -92,8 +93,7 @@ def write_layout_outputs(spec: EditSpec, result: LayoutResult) -> dict[str, Any]
         "clusters": {place: table for place, _, table in clusters},
         **result.run,
     }
-    with atomic_path(spec.output) as folder:
-        folder.mkdir()
+    with atomic_folder(spec.output, kind="layout output") as folder:
         if layout.names:
             write_mp4(folder / "masks.mp4", mask_overlay(clip.frames, masks, layout.names), clip.fps)
         for k, name in enumerate(layout.names):

@@ -1,7 +1,8 @@
 """The output folder of an edit, written atomically.
 
 Everything goes into a temporary sibling folder that replaces the output folder only when complete,
-so a failed run leaves earlier outputs untouched.
+so a failed run leaves earlier outputs untouched; the folder carries stmod's marker
+(:mod:`stmod.core.io.ownership`), and only a marked folder is ever replaced.
 
 ``result.mp4`` / ``result.gif`` — the edit; ``side_by_side.mp4`` — source | edit; ``masks.mp4`` —
 regions over the source; ``control.mp4`` — ControlNet images; ``eval/`` — lossless source, result
@@ -22,7 +23,8 @@ from stmod.core.config import dump_job
 from stmod.core.io.evaldata import write_eval_frames
 from stmod.core.pipeline.records import PhaseTimer, peak_gpu_bytes, peak_rss_bytes
 from stmod.core.types import EditSpec, LayoutMasks
-from stmod.core.io.video import SourceClip, atomic_path, write_gif, write_mp4
+from stmod.core.io.ownership import atomic_folder
+from stmod.core.io.video import SourceClip, write_gif, write_mp4
 from stmod.core.io.visuals import heatmap_overlay, mask_overlay, side_by_side, tile
 
 __all__ = ["write_outputs", "attention_figure", "attention_effect_figure"]
@@ -90,8 +92,7 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write the whole output folder of one edit (atomically replacing ``spec.output``); returns run.json's record."""
     fps = clip.fps
-    with atomic_path(spec.output) as folder:
-        folder.mkdir()
+    with atomic_folder(spec.output, kind="edit output") as folder:
         write_mp4(folder / "result.mp4", frames, fps)
         write_gif(folder / "result.gif", frames, fps)
         write_mp4(folder / "side_by_side.mp4", side_by_side(clip.frames, frames, captions=_captions(spec),
@@ -114,7 +115,7 @@ def write_outputs(
             "phases_run": list(timer.ran),
             "peak_rss_bytes": peak_rss_bytes(),
             "peak_gpu_bytes": peak_gpu_bytes(),
-            "outputs": sorted(p.name for p in folder.iterdir()),
+            "outputs": sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")),
         }
         (folder / "run.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     return record

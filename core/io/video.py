@@ -9,7 +9,8 @@ are resampled bilinearly with antialiasing, masks with nearest-exact sampling; b
 centres, so a mask stays aligned with its frame whatever the aspect ratio.
 
 Writing is atomic: everything goes to a hidden temporary name in the target's folder and is moved into
-place with :func:`os.replace`, so a failure never leaves a partial file and never damages an older one.
+place with :func:`os.replace`, so a failure never leaves a partial file and never damages an older one
+(:func:`~stmod.core.io.ownership.atomic_path`, which also says which folders may be replaced).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
@@ -33,11 +33,12 @@ from attrs import frozen
 from PIL import Image, ImageSequence
 
 from stmod.core.errors import InputError
+from stmod.core.io.ownership import atomic_folder, atomic_path
 from stmod.core.types import VideoSource
 
 __all__ = [
     "IMAGE_SUFFIXES", "FOLDER_FPS", "VideoInfo", "SourceClip", "FrameTransform", "natural_key",
-    "list_frame_files", "probe_video", "read_video", "select_frames", "load_video",
+    "IMAGE_ERRORS", "open_image", "list_frame_files", "probe_video", "read_video", "select_frames", "load_video",
     "atomic_path", "write_video", "write_mp4", "write_gif", "write_frames", "write_lossless",
 ]
 
@@ -48,7 +49,10 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".
 #: Frame rate assumed for a folder of frames, which stores none.
 FOLDER_FPS = 8.0
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError)  # what Pillow raises for unreadable or broken files
+#: What Pillow raises for unreadable or broken files, and for a header declaring more pixels than its
+#: limit (a decompression bomb: refused before the pixels are decoded; see :func:`open_image`).
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+_IMAGE_ERRORS = IMAGE_ERRORS
 _CHUNK = 8  # frames resized per torch call: bounds float32 memory for long, large clips
 
 
@@ -87,10 +91,18 @@ def list_frame_files(folder: Path, *, argument: str = "video.path") -> list[Path
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
+def open_image(path: Path | str) -> Image.Image:
+    """``Image.open`` (header only) that refuses a header declaring more pixels than Pillow's limit
+    instead of decoding it (Pillow only warns below twice its limit): raises one of :data:`IMAGE_ERRORS`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def _image_size(path: Path, argument: str) -> tuple[int, int]:
     """``(height, width)`` from the image header only."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return img.height, img.width
     except _IMAGE_ERRORS as exc:
         raise InputError(argument, str(path), f"cannot be read as an image ({_short(exc)})") from exc
@@ -145,7 +157,7 @@ def probe_video(path: Path | str, *, argument: str = "video.path") -> VideoInfo:
         return VideoInfo(path=path, kind="frames", frames=len(files), height=height, width=width, fps=FOLDER_FPS)
     if path.suffix.lower() == ".gif":
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 count, duration = img.n_frames, img.info.get("duration") or 0
                 return VideoInfo(path=path, kind="gif", frames=count, height=img.height, width=img.width,
                                  fps=1000.0 / duration if duration else FOLDER_FPS)
@@ -168,7 +180,7 @@ def _folder_frames(info: VideoInfo, wanted: set[int], argument: str) -> Iterator
     for i, file in enumerate(list_frame_files(info.path, argument=argument)):
         if i in wanted:
             try:
-                with Image.open(file) as img:
+                with open_image(file) as img:
                     yield i, np.array(img.convert("RGB"))
             except _IMAGE_ERRORS as exc:
                 raise InputError(argument, str(file), f"cannot be read as an image ({_short(exc)})") from exc
@@ -176,7 +188,7 @@ def _folder_frames(info: VideoInfo, wanted: set[int], argument: str) -> Iterator
 
 def _gif_frames(info: VideoInfo, stop: int, argument: str) -> Iterator[tuple[int, np.ndarray]]:
     try:
-        with Image.open(info.path) as img:
+        with open_image(info.path) as img:
             for i, frame in enumerate(ImageSequence.Iterator(img)):
                 yield i, np.array(frame.convert("RGB"))
                 if i >= stop:
@@ -351,34 +363,6 @@ def load_video(source: VideoSource) -> SourceClip:
 # --------------------------------------------------------------------------------------------- writing
 
 
-@contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to write to; on success move it onto ``path``.
-
-    On error the temporary file or folder is removed and ``path`` is left as it was. A folder replaces
-    an existing folder (the old one is moved aside first, then deleted).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    tmp = path.with_name(f".{path.name}.{token}.tmp")
-    try:
-        yield tmp
-        if tmp.is_dir() and path.exists():
-            old = path.with_name(f".{path.name}.{token}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
-
-
 def _checked(frames: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     """Frames one by one, each checked to be ``uint8 (H, W, 3)`` of one size (a bug otherwise)."""
     first: tuple[int, ...] | None = None
@@ -448,8 +432,7 @@ def write_gif(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: 
 def write_frames(folder: Path | str, frames: np.ndarray | Iterable[np.ndarray], *, pattern: str = "{:05d}.png") -> Path:
     """Write frames as PNG files ``00000.png, 00001.png, ...`` into ``folder``, atomically. Returns ``folder``."""
     folder = Path(folder)
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
+    with atomic_folder(folder, kind="frames") as tmp:
         count = 0
         for i, frame in enumerate(_checked(frames)):
             Image.fromarray(frame).save(tmp / pattern.format(i), format="PNG")

@@ -7,11 +7,19 @@ component to check its own files. Component factories are cheap by contract, so 
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
 
-from stmod.core.errors import ConfigError, InputError, OutputExistsError
+from stmod.core.errors import ConfigError, InputError, NotOwnedError, OutputExistsError
+from stmod.core.io.locks import exclusive_lock, lock_path_for
+from stmod.core.io.ownership import (clean_stale_temporaries, input_overlap, name_problem, real, require_replaceable,
+                                     write_problem)
+from stmod.core.pipeline.cache import cache_root
 from stmod.core.io.video import probe_video, select_frames
 from stmod.core.pipeline.compose import split_regions
 from stmod.core.protocols import Backbone, Blender, ControlAnnotator, FeatureRecording, LayoutProvider, Modulator
@@ -19,7 +27,8 @@ from stmod.core.registry import Registry
 from stmod.core.tokens import TokenSpan
 from stmod.core.types import ComponentRef, ControlSpec, EditSpec
 
-__all__ = ["LayoutAssignment", "Components", "assign_layout_regions", "build_components", "check_job"]
+__all__ = ["LayoutAssignment", "Components", "assign_layout_regions", "build_components", "check_job",
+           "check_output_folder", "claim_output", "job_inputs"]
 
 
 @attrs.frozen(kw_only=True)
@@ -90,19 +99,101 @@ def build_components(spec: EditSpec, registry: Registry) -> Components:
     )
 
 
-def _check_output(spec: EditSpec) -> None:
+def _option_paths(value: object) -> list[str]:
+    """Every string (or path) in an option value, nested lists and mappings included."""
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    if isinstance(value, Mapping):
+        return [p for v in value.values() for p in _option_paths(v)]
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _option_paths(v)]
+    return []
+
+
+def job_inputs(spec: EditSpec) -> list[tuple[str, Path, bool]]:
+    """What the job reads, as ``(what, path, an output may lie inside it)`` for
+    :func:`~stmod.core.io.ownership.input_overlap`: the clip, every existing file or folder an option of a
+    component names (mask folders, model folders, ...), the cache, and the job's folder when it holds an
+    input (an output may lie inside that one, as ``out/`` beside the job file does)."""
+    found: list[tuple[str, Path, bool]] = [("video.path input", _resolved(spec, spec.video.path), False)]
+    refs = [("backbone", spec.backbone), ("modulator", spec.modulator), ("blend", spec.blend)]
+    refs += [(f"layout[{i}]", ref) for i, ref in enumerate(spec.layout)]
+    refs += [(f"control[{i}]", c.annotator) for i, c in enumerate(spec.control)]
+    options = [(place, ref.options) for place, ref in refs]
+    options += [(f"control[{i}].model", c.model) for i, c in enumerate(spec.control) if c.model]
+    for place, value in options:
+        for text in _option_paths(value):
+            if "\0" in text or len(text) > 4096:
+                continue
+            path = _resolved(spec, Path(os.path.expanduser(text)))
+            with contextlib.suppress(OSError):
+                if path.exists():
+                    found.append((f"{place} input", path, False))
+    found.append(("stmod cache", cache_root(), False))
+    base = real(spec.base_dir)
+    if any(real(p) == base or base in real(p).parents for _, p, _ in found[:-1]):
+        found.append(("job folder (it holds inputs)", spec.base_dir, True))
+    return found
+
+
+def _resolved(spec: EditSpec, path: Path) -> Path:
+    return path if path.is_absolute() else spec.base_dir / path
+
+
+def check_output_folder(spec: EditSpec) -> None:
+    """The output folder can be written and may be replaced: a valid name, disjoint from every input,
+    absent or empty or (with ``overwrite``) stmod's own, on a writable file system with room."""
     out = spec.output if spec.output.is_absolute() else spec.output.absolute()
+    problem = name_problem(out)
+    if problem is not None:
+        raise InputError("output", str(out), problem)
+    problem = input_overlap(out, job_inputs(spec))
+    if problem is not None:
+        raise NotOwnedError(str(out), f"the output folder {problem}; writing there could destroy an input, so "
+                                      "choose another output (--out)")
     if out.exists() and not out.is_dir():
         raise InputError("output", str(out), "exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not spec.overwrite:
-        raise OutputExistsError(str(out))
+    if out.is_dir() and any(out.iterdir()):
+        if not spec.overwrite:
+            raise OutputExistsError(str(out))
+        require_replaceable(out)
+    problem = write_problem(out)
+    if problem is not None:
+        raise InputError("output", str(out), problem)
+
+
+@contextlib.contextmanager
+def claim_output(spec: EditSpec) -> Iterator[None]:
+    """Hold the output folder's lock for the ``with`` block, check it again under the lock (another run
+    may have written it meanwhile), and remove the temporaries an interrupted run left beside it."""
+    out = real(spec.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(lock_path_for(out), what=f"output folder {out}",
+                        fix="wait for it to finish or choose another output (--out)"):
+        check_output_folder(spec)
+        clean_stale_temporaries(out.parent, name=out.name)
+        yield
+
+
+def _check_nul_bytes(spec: EditSpec) -> None:
+    """A NUL byte cannot be part of a file name: name the path that has one before anything opens it."""
+    named = [("video.path", spec.video.path), ("output", spec.output)]
+    for place, ref in [("backbone", spec.backbone), ("modulator", spec.modulator), ("blend", spec.blend),
+                       *((f"layout[{i}]", r) for i, r in enumerate(spec.layout)),
+                       *((f"control[{i}]", c.annotator) for i, c in enumerate(spec.control))]:
+        named += [(f"{place}.{key}", text) for key, value in ref.options.items() for text in _option_paths(value)]
+    named += [(f"control[{i}].model", c.model) for i, c in enumerate(spec.control) if c.model]
+    for place, value in named:
+        if "\0" in os.fspath(value):
+            raise InputError(place, os.fspath(value), "contains a NUL byte, which no file name can hold; remove it")
 
 
 def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) -> Components:
     """Validate ``spec`` and its files without loading a model; returns the built components."""
+    _check_nul_bytes(spec)
     select_frames(spec.video, probe_video(spec.video.path).frames)
     if check_output:
-        _check_output(spec)
+        check_output_folder(spec)
     components = build_components(spec, registry)
     for annotator, _ in components.annotators:
         annotator.check(spec)

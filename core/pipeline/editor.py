@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from stmod.core.errors import LayoutError
+from stmod.core.errors import LayoutError, environment_errors
 from stmod.core.features import FeatureRequest, feature_requests
 from stmod.core.io.outputs import write_outputs
 from stmod.core.io.video import SourceClip, load_video
 from stmod.core.pipeline.cache import InversionCache
-from stmod.core.pipeline.components import Components, check_job
+from stmod.core.pipeline.components import Components, check_job, claim_output
 from stmod.core.pipeline.compose import compose, empty_layout
 from stmod.core.pipeline.inversion import Inversion, cached_inversion
 from stmod.core.pipeline.records import PhaseTimer, versions
@@ -173,9 +173,15 @@ class Editor:
                         layout=layout)
 
     def run(self, spec: EditSpec) -> EditResult:
-        """Edit the clip of ``spec`` and write its output folder; returns what was produced."""
+        """Edit the clip of ``spec`` and write its output folder; returns what was produced.
+
+        The output folder is locked from the check to the end (a second run into it is refused)."""
         timer = PhaseTimer()
         prepared = self.prepare(spec, timer)
+        with claim_output(spec):
+            return self._run_claimed(spec, timer, prepared)
+
+    def _run_claimed(self, spec: EditSpec, timer: PhaseTimer, prepared: Prepared) -> EditResult:
         components, clip, request, requests = prepared.components, prepared.clip, prepared.request, prepared.requests
         layout = prepared.layout  # None when a layout needs the inversion's features
         inverted = self._invert_clip(spec, components, clip, request, timer, requests)
@@ -200,7 +206,7 @@ class Editor:
             "inversion": inverted.inversion.cache_info,
             "attention": recorder.summary() if recorder is not None and recorder.grids else None,
         }
-        with timer.phase("write"):
+        with timer.phase("write"), environment_errors(spec.output):
             run = write_outputs(spec, clip=clip, frames=frames, layout=layout,
                                 control_images=inverted.session.control_images, recorder=recorder, run=run,
                                 timer=timer)

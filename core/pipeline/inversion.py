@@ -81,6 +81,12 @@ def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timest
         return invert(x0, predict, schedule, timesteps, on_step=lambda _: progress.update())
 
 
+def _fits(trajectory: Mapping[int, torch.Tensor], x0: torch.Tensor, timesteps: list[int]) -> bool:
+    """Whether a cached trajectory has every level of this inversion, each shaped like ``x0``."""
+    return (set(trajectory) == {0, *timesteps}
+            and all(tuple(z.shape) == tuple(x0.shape) and torch.isfinite(z).all() for z in trajectory.values()))
+
+
 def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int], *,
                      cache: InversionCache | None, timer: PhaseTimer, requests: tuple[FeatureRequest, ...],
                      bar: Callable[[int, str], tqdm]) -> Inversion:
@@ -88,6 +94,9 @@ def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSche
     backbone = session.backbone
     key = _key(session, timesteps, requests)
     entry = cache.load(key) if cache is not None else None
+    if entry is not None and not _fits(entry.trajectory, x0, timesteps):
+        log.warning("inversion cache: entry %s does not fit this clip (timesteps or shapes differ); recomputing", key)
+        entry = None
     if entry is not None and (not requests or entry.features is not None):
         log.info("inversion loaded from cache (%s)", key)
         trajectory = {t: z.to(backbone.device, backbone.dtype) for t, z in entry.trajectory.items()}

@@ -48,6 +48,8 @@ import yaml
 from stmod.core.config import apply_overrides, dump_job, job_from_mapping, load_mapping, unstructure
 from stmod.core.errors import ConfigError, StmodError
 from stmod.core.types import NAME_PATTERN, EditSpec
+from stmod.core.io.locks import exclusive_lock
+from stmod.core.io.ownership import clean_stale_temporaries
 from stmod.core.io.video import atomic_path
 
 __all__ = ["BatchError", "BatchJob", "Manifest", "DistInfo", "BatchState", "load_manifest", "group_jobs",
@@ -272,6 +274,16 @@ class BatchState:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.dir = self.root / STATE_DIR
+
+    @contextlib.contextmanager
+    def claim(self, manifest: Manifest, *, rank: int = 0) -> Iterator[None]:
+        """Hold this rank's lock on the batch for the ``with`` block (a second run of the same batch and
+        rank is refused), and remove the temporaries an interrupted run left in the state files."""
+        with exclusive_lock(self.dir / f"rank{rank}.lock", what=f"batch {manifest.path} (output {self.root}, rank {rank})",
+                            fix="wait for it to finish; the finished jobs are then skipped"):
+            for folder in (self.root, self.dir, self.dir / "errors"):
+                clean_stale_temporaries(folder)
+            yield
 
     def error_path(self, name: str) -> Path:
         return self.dir / "errors" / f"{name}.json"

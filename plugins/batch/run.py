@@ -202,8 +202,19 @@ def run_batch(
     mine = shard_groups(group_jobs(manifest.jobs), dist.world_size)[dist.rank]
     if evaluator is not None:
         evaluator.prepare()
-    grouped, created = _join_group(dist, env)
     state = BatchState(manifest.output)
+    with state.claim(manifest, rank=dist.rank):
+        done, failed, skipped, summary = _run_claimed(manifest, editor, state, dist, evaluator, mine, retry_failed,
+                                                      progress, env)
+    return BatchReport(rank=dist.rank, world_size=dist.world_size, assigned=len(mine), done=done, failed=failed,
+                       skipped=skipped, summary=summary)
+
+
+def _run_claimed(manifest: Manifest, editor: Any, state: BatchState, dist: DistInfo, evaluator: Any,
+                 mine: list[BatchJob], retry_failed: bool, progress: bool,
+                 env: Mapping[str, str]) -> tuple[int, int, int, dict[str, Any]]:
+    """Run this rank's shard while holding the batch's lock; ``(done, failed, skipped, summary)``."""
+    grouped, created = _join_group(dist, env)
     try:
         if grouped:
             _check_same_plan(manifest, dist)
@@ -215,5 +226,4 @@ def run_batch(
             import torch.distributed as td
 
             td.destroy_process_group()
-    return BatchReport(rank=dist.rank, world_size=dist.world_size, assigned=len(mine), done=done, failed=failed,
-                       skipped=skipped, summary=summary)
+    return done, failed, skipped, summary

@@ -12,6 +12,7 @@ from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 from stmod.core.config import load_job
 from stmod.plugins.commands.demo import NOTICE, write_demo_inputs
 from stmod.core.errors import OutputExistsError
+from stmod.core.io.ownership import is_owned, require_replaceable, write_marker
 from stmod.core.pipeline.editor import Editor
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,13 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace, session) -> int:
     out = args.out.absolute()
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise OutputExistsError(str(out))
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise OutputExistsError(str(out))
+        require_replaceable(out)  # --overwrite rewrites only a demo folder stmod made
+    out.mkdir(parents=True, exist_ok=True)
+    if not is_owned(out):
+        write_marker(out, "demo folder")
     session.echo(f"demo: writing a synthetic clip, masks and job to {out / 'inputs'}")
     if args.backbone == "shapes":
         from stmod.backbones.shapes.demo import DEMO_CASE, write_demo_inputs as write_shapes_inputs

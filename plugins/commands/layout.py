@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 
 from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
+from stmod.core.errors import environment_errors
 from stmod.core.io.layout_outputs import write_layout_outputs
+from stmod.core.pipeline.components import claim_output
 from stmod.core.pipeline.editor import Editor
 
 
@@ -26,7 +28,8 @@ def run(args: argparse.Namespace, session) -> int:
     spec = load_job_from_args(args)
     editor = Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
     result = editor.layout(spec)
-    record = write_layout_outputs(spec, result)
+    with claim_output(spec), environment_errors(spec.output):  # checked again under the folder's lock
+        record = write_layout_outputs(spec, result)
     regions = ", ".join(f"{name} {100 * info['pixels']:.0f}%" for name, info in record["regions"].items()) or "none"
     session.echo(f"wrote {spec.output} ({len(result.clip.indices)} frames; regions: {regions})")
     if record["clusters"]:

@@ -89,11 +89,14 @@ def test_check_bad_flags_exit_2(job_file, flags: list[str], message: str) -> Non
 
 
 def test_check_existing_output_without_overwrite(job_file, tmp_path: Path) -> None:
-    """An output folder with files in it is an error unless --overwrite is given."""
+    """An output folder with files in it is an error unless --overwrite is given (and it is stmod's own)."""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "result.mp4").write_bytes(b"x")
     result = run_cli([*TESTING, "check", str(job_file())], env=ENV)
     assert result.exit_code == 2 and "already exists; pass --overwrite" in result.stderr
+    foreign = run_cli([*TESTING, "check", str(job_file()), "--overwrite"], env=ENV)
+    assert foreign.exit_code == 2 and "no .stmod-owned marker" in foreign.stderr
+    (tmp_path / "out" / ".stmod-owned").write_text("{}")
     assert run_cli([*TESTING, "check", str(job_file()), "--overwrite"], env=ENV).exit_code == 0
 
 

@@ -76,13 +76,25 @@ def test_existing_output_untouched_without_overwrite(demo_job, tmp_path: Path) -
 
 
 def test_overwrite_replaces_output_folder(demo_job, tmp_path: Path) -> None:
-    """With --overwrite the old folder is replaced as a whole."""
+    """With --overwrite an earlier output (it carries stmod's marker) is replaced as a whole."""
     out = tmp_path / "out"
     out.mkdir()
+    (out / ".stmod-owned").write_text("{}")
     (out / "stale.txt").write_text("old")
     result = run_cli(["edit", str(demo_job()), "--quiet", "--overwrite", "--no-cache"], env=ENV)
     assert result.exit_code == 0, result.stderr
-    assert not (out / "stale.txt").exists() and (out / "result.mp4").exists()
+    assert not (out / "stale.txt").exists() and (out / "result.mp4").exists() and (out / ".stmod-owned").exists()
+
+
+def test_overwrite_refuses_a_folder_stmod_did_not_write(demo_job, tmp_path: Path) -> None:
+    """--overwrite never replaces a folder without stmod's marker: one line, exit 2, the folder intact."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("precious")
+    result = run_cli(["edit", str(demo_job()), "--quiet", "--overwrite", "--no-cache"], env=ENV)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "no .stmod-owned marker" in result.stderr and str(out) in result.stderr
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
 
 
 def test_failed_run_leaves_no_partial_output(demo_job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -199,5 +199,5 @@ def test_write_frames_replaces_folder(tmp_path: Path) -> None:
     """Writing a frames folder over an existing one replaces its content entirely."""
     write_frames(tmp_path / "out", _clip(frames=4))
     write_frames(tmp_path / "out", _clip(frames=2))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.png", "00001.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".stmod-owned", "00000.png", "00001.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

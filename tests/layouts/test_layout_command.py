@@ -51,7 +51,7 @@ def test_layout_round_trip_through_masks_provider(scene, request_for) -> None:
     result = run_cli(["-p", "stmod.testing", "layout", str(job), "--quiet"], env=ENV)
     assert result.exit_code == 0, result.stderr
     out = scene.root / "out"
-    assert {p.name for p in out.iterdir()} == {"masks.mp4", "masks", "layout.json", "config.yaml"}
+    assert {p.name for p in out.iterdir()} == {"masks.mp4", "masks", "layout.json", "config.yaml", ".stmod-owned"}
     assert sorted(p.name for p in (out / "masks" / "red").iterdir()) == ["00001.png", "00003.png", "00005.png"]
     with Image.open(out / "masks" / "red" / "00003.png") as png:
         assert png.mode == "L" and png.size == (160, 96)
@@ -74,7 +74,7 @@ def test_layout_command_with_kmeans(demo_job, request_for) -> None:
     assert result.exit_code == 0, result.stderr
     assert "clusters.mp4" in result.stdout
     out = Path(yaml.safe_load(job.read_text())["output"])
-    assert {"masks.mp4", "clusters.mp4", "masks", "layout.json", "config.yaml"} == {p.name for p in out.iterdir()}
+    assert {"masks.mp4", "clusters.mp4", "masks", "layout.json", "config.yaml", ".stmod-owned"} == {p.name for p in out.iterdir()}
     record = json.loads((out / "layout.json").read_text())
     table = record["clusters"]["layout[0] (kmeans)"]
     assert [c["id"] for c in table] == [0, 1, 2] and table[0]["region"] == "square"
@@ -97,7 +97,7 @@ def test_unknown_cluster_word_exits_2_and_writes_nothing(demo_job) -> None:
 
 
 def test_existing_output_needs_overwrite(demo_job) -> None:
-    """An existing output folder is left alone without --overwrite and replaced with it."""
+    """An existing output folder is left alone without --overwrite; with it only stmod's own is replaced."""
     job = demo_job()
     out = Path(yaml.safe_load(job.read_text())["output"])
     out.mkdir()
@@ -105,5 +105,9 @@ def test_existing_output_needs_overwrite(demo_job) -> None:
     result = run_cli(["layout", str(job), "--quiet"], env=ENV)
     assert result.exit_code == 2 and "already exists; pass --overwrite" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    result = run_cli(["layout", str(job), "--quiet", "--overwrite"], env=ENV)
+    assert result.exit_code == 2 and "no .stmod-owned marker" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / ".stmod-owned").write_text("{}")
     assert run_cli(["layout", str(job), "--quiet", "--overwrite"], env=ENV).exit_code == 0
     assert (out / "masks" / "square" / "00000.png").exists() and not (out / "keep.txt").exists()
