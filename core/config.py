@@ -13,7 +13,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -21,7 +21,7 @@ import attrs
 import yaml
 
 from stmod.core.errors import ConfigError, InputError, show
-from stmod.core.official import convert_official_config, is_official_config
+from stmod.core.protocols import JobFormat
 from stmod.core.types import RANGE_KEY, ComponentRef, EditSpec, Range, Region
 from stmod.core.yamlfile import load_yaml
 
@@ -284,18 +284,22 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     return merged
 
 
-def load_job(path: Path, overrides: Mapping[str, Any] | None = None, *, allow_unsupported: bool = False) -> EditSpec:
-    """Read, override and validate a job file (an stmod job or an official VideoGrain config).
+def load_job(path: Path, overrides: Mapping[str, Any] | None = None, *, allow_unsupported: bool = False,
+             formats: Iterable[JobFormat] = ()) -> EditSpec:
+    """Read, override and validate a job file: an stmod job, or a file in one of ``formats``.
 
-    Paths in an stmod job are relative to its folder; paths in an official VideoGrain config are
-    relative to the working directory (the official repository's root, where its configs are run).
-    ``allow_unsupported`` lets official configs drop features stmod does not implement.
+    Paths in an stmod job are relative to its folder. A file that a format detects (the official
+    VideoGrain configs, through the ``stmod.official`` plugin: ``registry.job_formats.values()``) is
+    converted first; its paths are relative to what the format says (``paths``).
+    ``allow_unsupported`` lets a converter drop features stmod does not implement.
     """
     path = Path(path)
     data, base_dir = load_mapping(path), path.resolve().parent
-    if is_official_config(data):
-        data = convert_official_config(data, source=path, allow_unsupported=allow_unsupported)
-        base_dir = Path.cwd()
+    for fmt in formats:
+        if fmt.detect(data):
+            data = dict(fmt.convert(data, source=path, allow_unsupported=allow_unsupported))
+            base_dir = Path.cwd() if fmt.paths == "cwd" else base_dir
+            break
     data = apply_overrides(data, overrides or {})
     return job_from_mapping(data, base_dir=base_dir, source=str(path))
 

@@ -39,6 +39,7 @@ __all__ = [
     "ConditionsText",
     "Blender",
     "ControlAnnotator",
+    "JobFormat",
     "Phase",
     "Tokenizer",
 ]
@@ -179,6 +180,24 @@ class RecordsAttention(Protocol):
 
     def start_recording(self) -> AttentionRecorder:
         """Record from now on (after ``prepare`` with masks); the recorder fills during denoising."""
+
+
+@runtime_checkable
+class JobFormat(Protocol):
+    """**Protocol:** a job-file format other than stmod's own (``registry.job_formats`` holds them).
+
+    ``detect(mapping)`` says whether a parsed YAML mapping is in the format; ``convert(mapping, *,
+    source, allow_unsupported)`` returns the equivalent stmod job mapping; ``paths`` is ``"job"`` or
+    ``"cwd"``: what the file's relative paths are relative to.
+    """
+
+    paths: str
+
+    def detect(self, data: Mapping[str, object]) -> bool:
+        """Whether ``data`` is in this format."""
+
+    def convert(self, data: Mapping[str, object], *, source: Path, allow_unsupported: bool) -> Mapping[str, object]:
+        """The stmod job mapping equivalent to ``data``."""
 
 
 @runtime_checkable

@@ -24,6 +24,8 @@ __all__ = [
     "ComponentRegistrar",
     "CommandInfo",
     "CommandRegistrar",
+    "JobFormatInfo",
+    "JobFormatRegistrar",
     "Registry",
     "normalise_kind",
 ]
@@ -73,6 +75,24 @@ class CommandInfo:
     help: str
     configure: Callable[[argparse.ArgumentParser], None] = attrs.field(eq=False)
     run: Callable[..., int] = attrs.field(eq=False)
+    plugin: str
+
+
+@frozen(kw_only=True)
+class JobFormatInfo:
+    """A registered job-file format other than stmod's own (e.g. the official VideoGrain configs).
+
+    :ivar detect: ``detect(mapping) -> bool``: whether a parsed YAML mapping is in this format.
+    :ivar convert: ``convert(mapping, *, source, allow_unsupported) -> mapping``: the stmod job mapping.
+    :ivar paths: what relative paths in such a file are relative to: ``"job"`` (its folder) or
+        ``"cwd"`` (the working directory, where the format's own tool runs its files).
+    """
+
+    name: str
+    summary: str
+    detect: Callable[[Mapping[str, Any]], bool] = attrs.field(eq=False)
+    convert: Callable[..., Mapping[str, Any]] = attrs.field(eq=False)
+    paths: str = attrs.field(validator=attrs.validators.in_(("job", "cwd")))
     plugin: str
 
 
@@ -157,12 +177,38 @@ class CommandRegistrar(_Registrar):
         self._entries[name] = CommandInfo(name=name, help=help, configure=configure, run=run, plugin=self._plugin)
 
 
-class Registry:
-    """All components and commands registered by the loaded plugins."""
+class JobFormatRegistrar(_Registrar):
+    """Passed to ``stmod_register_job_formats``; bound to one plugin."""
 
-    def __init__(self, components: Mapping[str, dict[str, ComponentInfo]], commands: dict[str, CommandInfo]):
+    __slots__ = ()
+
+    def add(
+        self,
+        name: str,
+        *,
+        detect: Callable[[Mapping[str, Any]], bool],
+        convert: Callable[..., Mapping[str, Any]],
+        summary: str,
+        paths: str = "job",
+    ) -> None:
+        """Register job format ``name`` (see :class:`JobFormatInfo` for the arguments)."""
+        self._claim(name)
+        if not callable(detect) or not callable(convert):
+            raise ComponentContractError(self._label, name, self._plugin, "needs callable detect and convert")
+        if paths not in ("job", "cwd"):
+            raise ComponentContractError(self._label, name, self._plugin, f"paths must be 'job' or 'cwd', not {paths!r}")
+        self._entries[name] = JobFormatInfo(name=name, summary=summary.strip().splitlines()[0], detect=detect,
+                                            convert=convert, paths=paths, plugin=self._plugin)
+
+
+class Registry:
+    """All components, commands and job formats registered by the loaded plugins."""
+
+    def __init__(self, components: Mapping[str, dict[str, ComponentInfo]], commands: dict[str, CommandInfo],
+                 job_formats: Mapping[str, JobFormatInfo] | None = None):
         self._components = {kind: dict(components.get(kind, {})) for kind in KINDS}
         self.commands = dict(commands)
+        self.job_formats = dict(job_formats or {})
 
     def components(self, kind: str) -> dict[str, ComponentInfo]:
         """``{name: info}`` of one kind."""

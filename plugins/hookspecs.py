@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from stmod.core.registry import CommandRegistrar, ComponentRegistrar
+    from stmod.core.registry import CommandRegistrar, ComponentRegistrar, JobFormatRegistrar
 
 #: Marker for hook specifications (private to stmod; plugins use :data:`stmod.hookimpl`).
 from stmod import hookspec  # the one marker, defined with hookimpl
@@ -82,4 +82,19 @@ def stmod_register_commands(register: CommandRegistrar) -> None:
     returns the exit status (raise :class:`~stmod.StmodError` for user errors).
 
     :param register: registrar for subcommands.
+    """
+
+
+@hookspec
+def stmod_register_job_formats(register: JobFormatRegistrar) -> None:
+    """Register job-file formats other than stmod's own, converted to an stmod job when read.
+
+    Call ``register.add(name, detect=..., convert=..., summary=..., paths="job" | "cwd")``:
+    ``detect(mapping)`` says whether a parsed YAML mapping is in the format (cheap, no I/O);
+    ``convert(mapping, *, source, allow_unsupported)`` returns the equivalent stmod job mapping, or
+    raises :class:`~stmod.ConfigError` naming the key; features it cannot map are refused unless
+    ``allow_unsupported`` (``--allow-unsupported``), then logged as dropped. The first format whose
+    ``detect`` is true converts the file; ``paths`` says what its relative paths are relative to.
+
+    :param register: registrar for job formats.
     """

@@ -26,6 +26,7 @@ import importlib.metadata as md
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -33,10 +34,12 @@ import pluggy
 
 from stmod.core.errors import PluginConflictError, PluginLoadError, StmodError, UsageError
 from stmod.plugins import hookspecs
-from stmod.core.registry import KINDS, CommandInfo, CommandRegistrar, ComponentInfo, ComponentRegistrar, Registry
+from stmod.core.registry import (KINDS, CommandInfo, CommandRegistrar, ComponentInfo, ComponentRegistrar,
+                                 JobFormatInfo, JobFormatRegistrar, Registry)
 
 if TYPE_CHECKING:
     from stmod.core.pipeline.editor import Editor
+    from stmod.core.types import EditSpec
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -46,6 +49,7 @@ __all__ = [
     "StmodPluginManager",
     "make_plugin_manager",
     "editor_from_plugins",
+    "load_job",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "stmod.commands": "stmod.plugins.commands",
     "stmod.eval": "stmod.plugins.eval",
     "stmod.batch": "stmod.plugins.batch",
+    "stmod.official": "stmod.plugins.official",
     "stmod.blenders": "stmod.plugins.blenders",
     "stmod.modulators": "stmod.plugins.modulators",
     "stmod.backbones": "stmod.backbones.plugin",
@@ -122,23 +127,25 @@ class StmodPluginManager(pluggy.PluginManager):
         # copy that is kept only when all its hooks succeeded, so a skipped plugin leaves nothing behind.
         components: dict[str, dict[str, ComponentInfo]] = {kind: {} for kind in KINDS}
         commands: dict[str, CommandInfo] = {}
+        formats: dict[str, JobFormatInfo] = {}
         for name, plugin in list(self.list_name_plugin()):
             if plugin is None:  # blocked
                 continue
             staged = {kind: dict(entries) for kind, entries in components.items()}
-            staged_commands = dict(commands)
+            staged_commands, staged_formats = dict(commands), dict(formats)
             try:
                 for kind, (hook_name, _) in KINDS.items():
                     self._call(hook_name, name, ComponentRegistrar(kind, name, staged[kind]))
                 self._call("stmod_register_commands", name, CommandRegistrar(name, staged_commands, "command"))
+                self._call("stmod_register_job_formats", name, JobFormatRegistrar(name, staged_formats, "job format"))
             except StmodError as exc:
                 record = self.records.get(name)
                 if record is None or record.builtin or name in self.explicit:
                     raise
                 self.skip(name, record, str(exc))
                 continue
-            components, commands = staged, staged_commands
-        return Registry(components, commands)
+            components, commands, formats = staged, staged_commands, staged_formats
+        return Registry(components, commands, formats)
 
     def _call(self, hook_name: str, plugin_name: str, registrar: object) -> None:
         # The call goes through pluggy (a hook caller without the other plugins' implementations), so
@@ -296,6 +303,20 @@ def _load_module(pm: StmodPluginManager, name: str, *, available: list[str]) -> 
         raise PluginLoadError(name, f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
     pm.add_plugin(module, PluginRecord(name=name, module=name))
 
+
+
+def load_job(path: str | Path, overrides: Mapping[str, Any] | None = None, *, allow_unsupported: bool = False,
+             plugin_args: Sequence[str] = ()) -> EditSpec:
+    """Read a job file in any format the installed plugins know (``stmod.load_job``).
+
+    :func:`stmod.core.config.load_job` with the job formats of the plugins (selection like
+    ``stmod-run -p``): an stmod job, or e.g. an official VideoGrain config (``stmod.official``).
+    """
+    from stmod.core.config import load_job as load_stmod_job
+
+    registry = make_plugin_manager(plugin_args=plugin_args).registry
+    return load_stmod_job(Path(path), overrides, allow_unsupported=allow_unsupported,
+                          formats=registry.job_formats.values())
 
 
 def editor_from_plugins(plugin_args: Sequence[str] = (), **kwargs: Any) -> Editor:

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from stmod.core.config import load_job
     from stmod.core.errors import (CheckpointError, ConfigError, InputError, LayoutError, MissingDependencyError,
                                    OutputExistsError, PromptError, StmodError, UsageError)
     from stmod.core.features import FeatureMaps, FeatureRequest, InversionFeatures
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
                                       LayoutProvider, LayoutReporting, Modulator, Phase, RecordsAttention, Tokenizer)
     from stmod.core.types import (BlendContext, EditSpec, LayoutMasks, LayoutReport, LayoutRequest,
                                   ModulationConfig, ModulationInput, Range, Region, TextConditioning, number)
-    from stmod.plugins.manager import editor_from_plugins
+    from stmod.plugins.manager import editor_from_plugins, load_job
 
 #: Decorator for hook implementations in plugins: ``@stmod.hookimpl def stmod_register_...``.
 hookimpl = pluggy.HookimplMarker("stmod")
@@ -56,7 +55,7 @@ _LAZY = {
                     "stmod.core.protocols"),
     **dict.fromkeys(("FeatureRequest", "FeatureMaps", "InversionFeatures"), "stmod.core.features"),
     **dict.fromkeys(("Editor", "EditResult", "LayoutResult"), "stmod.core.pipeline.editor"),
-    "load_job": "stmod.core.config",
+    "load_job": "stmod.plugins.manager",
     "editor_from_plugins": "stmod.plugins.manager",
 }
 

@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, session) -> int:
-    spec = load_job_from_args(args)
+    spec = load_job_from_args(args, session.registry)
     Editor(session.registry, progress=False, cache=False).prepare(spec)
     if args.print_job:
         session.echo(dump_job(spec).rstrip())

@@ -37,7 +37,7 @@ def _report(session, result) -> None:
 
 
 def run_edit(args: argparse.Namespace, session) -> int:
-    spec = load_job_from_args(args)
+    spec = load_job_from_args(args, session.registry)
     editor = Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
     result = editor.run(spec)
     _report(session, result)

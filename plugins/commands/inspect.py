@@ -18,16 +18,16 @@ def configure_plugins(parser: argparse.ArgumentParser) -> None:
 def plugin_report(pm) -> dict[str, Any]:
     """Plugins, versions, implemented hooks and components, plus plugins that failed to load."""
     by_plugin = pm.components_by_plugin()
-    commands: dict[str, list[str]] = {}
-    for info in pm.registry.commands.values():
-        commands.setdefault(info.plugin, []).append(info.name)
+    extras: dict[str, dict[str, list[str]]] = {}  # plugin -> {"command" | "job format": names}
+    for label, infos in (("command", pm.registry.commands), ("job format", pm.registry.job_formats)):
+        for info in infos.values():
+            extras.setdefault(info.plugin, {}).setdefault(label, []).append(info.name)
     plugins = []
     for name, record in pm.records.items():
         components: dict[str, list[str]] = {}
         for info in by_plugin.get(name, []):
             components.setdefault(info.kind, []).append(info.name)
-        if commands.get(name):
-            components["command"] = commands[name]
+        components.update(extras.get(name, {}))
         plugin = pm.get_plugin(name)
         plugins.append({
             "name": name,

@@ -13,6 +13,7 @@ from typing import Any
 
 from stmod.core.config import job_from_mapping, load_job
 from stmod.core.errors import UsageError
+from stmod.core.registry import Registry
 from stmod.core.types import EditSpec
 
 __all__ = ["add_job_arguments", "job_overrides", "load_job_from_args"]
@@ -103,9 +104,10 @@ def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def load_job_from_args(args: argparse.Namespace) -> EditSpec:
-    """The validated job described by ``JOB.yaml`` (if given) plus the override flags."""
+def load_job_from_args(args: argparse.Namespace, registry: Registry) -> EditSpec:
+    """The validated job described by ``JOB.yaml`` (if given, in any registered format) plus the override flags."""
     overrides = job_overrides(args)
     if args.job:
-        return load_job(Path(args.job), overrides, allow_unsupported=args.allow_unsupported)
+        return load_job(Path(args.job), overrides, allow_unsupported=args.allow_unsupported,
+                        formats=registry.job_formats.values())
     return job_from_mapping(overrides, base_dir=Path.cwd(), source="command line")

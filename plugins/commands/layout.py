@@ -25,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, session) -> int:
-    spec = load_job_from_args(args)
+    spec = load_job_from_args(args, session.registry)
     editor = Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
     result = editor.layout(spec)
     with claim_output(spec), environment_errors(spec.output):  # checked again under the folder's lock

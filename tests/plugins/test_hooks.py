@@ -57,6 +57,12 @@ class Registers:
         register.add("hello", configure=lambda parser: parser.add_argument("--who", default="you"),
                      run=lambda args, session: session.echo(f"hello {args.who}") or 0, help="say hello")
 
+    @hookimpl
+    def stmod_register_job_formats(self, register):
+        # A format whose files say ``clip:`` and ``text:`` instead of ``video:`` and ``prompt:``.
+        register.add("short", detect=lambda data: "clip" in data, summary="clip/text job files",
+                     convert=lambda data, *, source, allow_unsupported: {"video": data["clip"], "prompt": data["text"]})
+
 
 @pytest.fixture
 def pm():
@@ -110,6 +116,25 @@ def test_hook_stmod_register_commands() -> None:
     finally:
         del sys.modules[module.__name__]
     assert result.exit_code == 0 and result.stdout.strip() == "hello tests"
+
+
+def test_hook_stmod_register_job_formats(pm, tmp_path: Path) -> None:
+    """A plugin's job format converts the files it detects; its relative paths stay relative to the file."""
+    import numpy as np
+    from PIL import Image
+
+    from stmod.core.config import load_job
+
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(frames / f"{i:02d}.png")
+    job = tmp_path / "job.yaml"
+    job.write_text("clip: {path: clip, size: [64, 64]}\ntext: a cat\n")
+    info = pm.registry.job_formats["short"]
+    assert (info.plugin, info.paths) == ("test-plugin-0", "job")
+    spec = load_job(job, formats=pm.registry.job_formats.values())
+    assert spec.prompt == "a cat" and spec.video.path == frames
 
 
 @pytest.mark.parametrize(

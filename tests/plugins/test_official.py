@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stmod.core.config import load_job
+from stmod import load_job
 from stmod.core.errors import ConfigError
 
 # The shape of the official part-level demo config (config/part_level/...), abridged.
@@ -117,3 +117,18 @@ def test_more_local_prompts_than_masks(tmp_path: Path) -> None:
     data = {**OFFICIAL, "dataset_config": {**OFFICIAL["dataset_config"], "layout_mask_order": ["left_man"]}}
     with pytest.raises(ConfigError, match="2 local prompts but only 1 masks"):
         load_job(_write(tmp_path, data), allow_unsupported=True)
+
+
+def test_the_format_comes_from_its_plugin(tmp_path: Path) -> None:
+    """Core knows no official config: the ``stmod.official`` plugin's job format converts it."""
+    from stmod.core.config import load_job as load_stmod_job
+    from stmod.testing import fresh_plugin_manager
+
+    path = _write(tmp_path, OFFICIAL)
+    info = fresh_plugin_manager().registry.job_formats["videograin-official"]
+    assert info.plugin == "stmod.official" and info.paths == "cwd"
+    with pytest.raises(ConfigError, match="unknown key"):  # read as an stmod job
+        load_stmod_job(path)
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_job(path, plugin_args=["no:stmod.official"])
+    assert load_job(path, allow_unsupported=True).prompt == "Spiderman and Polar Bear on the snow"

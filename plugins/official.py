@@ -1,4 +1,7 @@
-"""Run the official VideoGrain YAML configs directly.
+"""Built-in plugin ``stmod.official``: run the official VideoGrain YAML configs directly.
+
+It registers the job format ``videograin-official`` (hook ``stmod_register_job_formats``), so every
+command that reads a job file (``edit``, ``check``, ``layout``, ``stmod.load_job``) accepts them.
 
 :func:`is_official_config` recognises them (``pretrained_model_path`` / ``dataset_config`` /
 ``editing_config``); :func:`convert_official_config` maps their keys onto an stmod job mapping with the
@@ -19,9 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from stmod import hookimpl
 from stmod.core.errors import ConfigError
 
-__all__ = ["is_official_config", "convert_official_config"]
+__all__ = ["is_official_config", "convert_official_config", "stmod_register_job_formats"]
 
 log = logging.getLogger(__name__)
 
@@ -155,3 +159,10 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
         job["control"] = [{"annotator": annotator, "model": control.get("pretrained_controlnet_path"),
                            "scale": float(control.get("controlnet_conditioning_scale", 1.0))}]
     return job
+
+
+@hookimpl
+def stmod_register_job_formats(register) -> None:
+    # Their paths are relative to the official repository's root, where its configs are run.
+    register.add("videograin-official", detect=is_official_config, convert=convert_official_config, paths="cwd",
+                 summary="the official VideoGrain configs (pretrained_model_path / dataset_config / editing_config)")
