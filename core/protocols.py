@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from stmod.core.features import FeatureRequest, InversionFeatureRecorder
+    from stmod.core.io.video import ClipPlan
     from stmod.core.sampling import NoiseSchedule
     from stmod.core.st_layout.recorders import AttentionRecorder
     from stmod.core.types import (BlendContext, Branch, Control, EditSpec, LayoutMasks, LayoutReport, LayoutRequest,
@@ -90,8 +91,12 @@ class LayoutProvider(Protocol):
 
     feature_request: FeatureRequest | None
 
-    def check(self, spec: EditSpec, regions: Sequence[str]) -> None:
-        """Validate options and files for ``regions``; raise ``LayoutError`` on the first problem."""
+    def check(self, spec: EditSpec, regions: Sequence[str], clip: ClipPlan) -> None:
+        """Validate options and files for ``regions``; raise ``LayoutError`` on the first problem.
+
+        ``clip`` is the job's clip, probed once for every check: ``clip.info`` (frame count, source
+        size), ``clip.indices`` (the selected source frames) and ``clip.transform`` (scale and crop).
+        """
 
     def layout(self, request: LayoutRequest, regions: Sequence[str]) -> LayoutMasks:
         """Masks for ``regions`` (see :class:`~stmod.core.types.LayoutRequest` for what is given)."""

@@ -31,7 +31,7 @@ from attrs import field, frozen, validators
 from stmod.core.errors import LayoutError
 from stmod.core.features import FeatureRequest, InversionFeatures
 from stmod.core.types import MAX_LEVEL, EditSpec, LayoutMasks, LayoutRequest, number
-from stmod.core.io.video import FrameTransform, probe_video, select_frames
+from stmod.core.io.video import ClipPlan, FrameTransform
 from stmod.layouts.clustering import cluster_self_rows, refine_to_object, upsample_labels
 from stmod.core.pipeline.compose import empty_layout
 
@@ -150,12 +150,10 @@ class BoxLayoutProvider:
         keyframes = self.options.boxes[region]
         return np.stack([rasterise_box(self._pixels(interpolate_box(keyframes, i), *size), *size) for i in indices])
 
-    def check(self, spec: EditSpec, regions: Sequence[str]) -> None:
+    def check(self, spec: EditSpec, regions: Sequence[str], clip: ClipPlan) -> None:
         """Validate boxes against the job's regions, the source size and length, and the crop."""
-        info = probe_video(spec.video.path)
+        info, indices, transform = clip.info, clip.indices, clip.transform
         self._validate(spec, regions, info.size)
-        indices = select_frames(spec.video, info.frames)
-        transform = FrameTransform.for_source(spec.video, info)
         for region in regions:
             late = [f for f in self.options.boxes[region] if f >= info.frames]
             if late:

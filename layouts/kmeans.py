@@ -44,12 +44,12 @@ import numpy as np
 import torch
 from attrs import field, frozen, validators
 
-from stmod.core.errors import InputError, LayoutError
+from stmod.core.errors import LayoutError
 from stmod.core.features import FeatureRequest, InversionFeatures, prompt_words
 from stmod.core.types import MAX_LEVEL, MAX_SEED, EditSpec, LayoutMasks, LayoutReport, LayoutRequest, number
 from stmod.layouts.clustering import cluster_self_rows, cluster_words, name_clusters, upsample_labels
 from stmod.core.pipeline.compose import empty_layout
-from stmod.core.io.video import probe_video, select_frames
+from stmod.core.io.video import ClipPlan
 
 __all__ = ["KMeansOptions", "KMeansLayoutProvider", "ClusterResult", "upsample_labels"]
 
@@ -203,14 +203,11 @@ class KMeansLayoutProvider:
                                       f"0-{opts.clusters - 1}", region=region)
         return plan
 
-    def check(self, spec: EditSpec, regions: Sequence[str]) -> None:
+    def check(self, spec: EditSpec, regions: Sequence[str], clip: ClipPlan) -> None:
         """Validate ``assign`` and ``rest`` against the entry's regions and the source prompt's words, and
         ``clusters`` against the tokens there will be (before the inversion that records them)."""
         self._plan(spec, regions)
-        try:
-            frames = len(select_frames(spec.video, probe_video(spec.video.path).frames)) if regions else 0
-        except InputError:  # the video's own check reports it
-            return
+        frames = len(clip.indices)
         if regions:
             width, height = spec.video.size
             # SD-family latents are 1/8 of the pixel size; the level then halves them (core.levels)

@@ -38,7 +38,7 @@ from PIL import Image
 
 from stmod.core.errors import LayoutError
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest, number
-from stmod.core.io.video import IMAGE_ERRORS, FrameTransform, natural_key, open_image, probe_video, select_frames
+from stmod.core.io.video import IMAGE_ERRORS, ClipPlan, FrameTransform, natural_key, open_image
 from stmod.core.pipeline.compose import empty_layout
 
 __all__ = ["MasksOptions", "MaskFolderProvider", "frame_files"]
@@ -243,14 +243,12 @@ class MaskFolderProvider:
         return LayoutError(f"region {region!r}: its mask ({where}) is empty in every selected frame", region=region)
 
     # ------------------------------------------------------------------------------------ protocol
-    def check(self, spec: EditSpec, regions: Sequence[str]) -> None:
+    def check(self, spec: EditSpec, regions: Sequence[str], clip: ClipPlan) -> None:
         """Validate folders, files, sizes and non-emptiness for ``regions`` without loading any model.
 
         Reads PNG headers for every selected frame, and pixels only until each region shows up.
         """
-        info = probe_video(spec.video.path)
-        indices = select_frames(spec.video, info.frames)
-        transform = FrameTransform.for_source(spec.video, info)
+        info, indices, transform = clip.info, clip.indices, clip.transform
         plan = self._plan(spec, regions, indices)
         opened: set[Path] = set()
         for region, sources in plan.items():

@@ -45,7 +45,7 @@ from PIL import Image
 from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError, LayoutError, MissingDependencyError
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest, number
-from stmod.core.io.video import FrameTransform, probe_video, select_frames
+from stmod.core.io.video import ClipPlan, FrameTransform
 from stmod.core.pipeline.compose import empty_layout
 
 __all__ = ["Sam2Prompt", "Sam2Options", "Sam2LayoutProvider", "PredictorFactory", "build_sam2_predictor"]
@@ -196,13 +196,12 @@ class Sam2LayoutProvider:
                     raise LayoutError(f"region {region!r}: prompt frame {frame} is not a frame the job selects "
                                       f"(source frames {shown}); prompt on a selected frame", region=region)
 
-    def check(self, spec: EditSpec, regions: Sequence[str]) -> None:
+    def check(self, spec: EditSpec, regions: Sequence[str], clip: ClipPlan) -> None:
         """Package, config name, checkpoint file and prompt frames, without loading any weights."""
         if self._factory is None:
             self._check_package()
         self._checkpoint(spec)
-        info = probe_video(spec.video.path)
-        self._check_prompts(spec, regions, select_frames(spec.video, info.frames))
+        self._check_prompts(spec, regions, clip.indices)
 
     # ------------------------------------------------------------------------------------- running
     def _to_edit(self, xy: Sequence[float], transform: FrameTransform) -> tuple[float, float]:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from stmod.core.errors import (CheckpointError, ConfigError, InputError, LayoutError, MissingDependencyError,
                                    OutputExistsError, PromptError, StmodError, UsageError)
     from stmod.core.features import FeatureMaps, FeatureRequest, InversionFeatures
+    from stmod.core.io.video import ClipPlan
     from stmod.core.pipeline.editor import Editor, EditResult, LayoutResult
     from stmod.core.protocols import (Backbone, Blender, ConditionsText, ControlAnnotator, FeatureRecording,
                                       LayoutProvider, LayoutReporting, Modulator, Phase, RecordsAttention, Tokenizer)
@@ -55,6 +56,7 @@ _LAZY = {
                     "stmod.core.protocols"),
     **dict.fromkeys(("FeatureRequest", "FeatureMaps", "InversionFeatures"), "stmod.core.features"),
     **dict.fromkeys(("Editor", "EditResult", "LayoutResult"), "stmod.core.pipeline.editor"),
+    "ClipPlan": "stmod.core.io.video",
     "load_job": "stmod.plugins.manager",
     "editor_from_plugins": "stmod.plugins.manager",
 }

@@ -156,7 +156,7 @@ class ConstantLayoutProvider:
     def __init__(self, masks: LayoutMasks | None = None) -> None:
         self.masks = masks
 
-    def check(self, spec: EditSpec, regions: Sequence[str]) -> None:
+    def check(self, spec: EditSpec, regions: Sequence[str], clip: object) -> None:
         if self.masks is not None:
             self.masks.select(list(regions))
 

@@ -37,7 +37,7 @@ from stmod.core.io.ownership import atomic_folder, atomic_path
 from stmod.core.types import VideoSource
 
 __all__ = [
-    "IMAGE_SUFFIXES", "FOLDER_FPS", "VideoInfo", "SourceClip", "FrameTransform", "natural_key",
+    "IMAGE_SUFFIXES", "FOLDER_FPS", "VideoInfo", "ClipPlan", "plan_clip", "SourceClip", "FrameTransform", "natural_key",
     "IMAGE_ERRORS", "open_image", "list_frame_files", "probe_video", "read_video", "select_frames", "load_video",
     "atomic_path", "write_video", "write_mp4", "write_gif", "write_frames", "write_lossless",
 ]
@@ -203,6 +203,7 @@ def read_video(
     *,
     transform: FrameTransform | None = None,
     argument: str = "video.path",
+    info: VideoInfo | None = None,
 ) -> tuple[np.ndarray, float]:
     """Frames ``indices`` (source frame numbers; all when ``None``) as ``uint8 (F, H, W, 3)`` RGB, and the fps.
 
@@ -210,9 +211,11 @@ def read_video(
     soon as it is decoded, so only edit-sized frames are held. A folder of frames reports
     :data:`FOLDER_FPS`.
 
+    ``info`` is the clip's :func:`probe_video`, when the caller has it already.
+
     :raises InputError: for a missing or unreadable clip, a frame of another size, or an index past the end.
     """
-    info = probe_video(path, argument=argument)
+    info = info or probe_video(path, argument=argument)
     wanted = list(range(info.frames)) if indices is None else [int(i) for i in indices]
     beyond = [i for i in wanted if not 0 <= i < info.frames]
     if beyond or not wanted:
@@ -346,15 +349,34 @@ class SourceClip:
         return self.info.size
 
 
-def load_video(source: VideoSource) -> SourceClip:
-    """Probe, select, read and transform the clip of a job.
+@frozen(kw_only=True)
+class ClipPlan:
+    """A job's clip as probed once (:func:`plan_clip`): the source's facts, the frames the job selects
+    and how they are scaled and cropped. Checks and the reading of the frames share it."""
+
+    info: VideoInfo
+    indices: tuple[int, ...]
+    transform: FrameTransform
+
+
+def plan_clip(source: VideoSource) -> ClipPlan:
+    """Probe the clip of a job and select its frames, without decoding any.
 
     :raises InputError: naming ``video.path`` for every problem with the clip or the selection.
     """
     info = probe_video(source.path)
-    indices = select_frames(source, info.frames)
-    transform = FrameTransform.for_source(source, info)
-    frames, fps = read_video(source.path, indices, transform=transform)
+    return ClipPlan(info=info, indices=tuple(select_frames(source, info.frames)),
+                    transform=FrameTransform.for_source(source, info))
+
+
+def load_video(source: VideoSource, plan: ClipPlan | None = None) -> SourceClip:
+    """Read and transform the clip of a job (``plan``: its :func:`plan_clip`, probed now if not given).
+
+    :raises InputError: naming ``video.path`` for every problem with the clip or the selection.
+    """
+    plan = plan or plan_clip(source)
+    info, indices, transform = plan.info, plan.indices, plan.transform
+    frames, fps = read_video(source.path, indices, transform=transform, info=info)
     log.info("read %d frames of %s (%dx%d) -> %dx%d", len(indices), source.path, info.width, info.height,
              transform.width, transform.height)
     return SourceClip(frames=frames, indices=indices, fps=fps / source.every, info=info, transform=transform)

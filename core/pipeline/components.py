@@ -20,7 +20,7 @@ from stmod.core.io.locks import exclusive_lock, lock_path_for
 from stmod.core.io.ownership import (clean_stale_temporaries, input_overlap, name_problem, real, require_replaceable,
                                      write_problem)
 from stmod.core.pipeline.cache import cache_root
-from stmod.core.io.video import probe_video, select_frames
+from stmod.core.io.video import ClipPlan, plan_clip
 from stmod.core.pipeline.compose import split_regions
 from stmod.core.protocols import Backbone, Blender, ControlAnnotator, FeatureRecording, LayoutProvider, Modulator
 from stmod.core.registry import Registry
@@ -73,6 +73,7 @@ class Components:
 
     ``spans`` are the regions' token spans in the global prompt, found once when the job is checked
     with a tokenizer (``None`` until then, or when the backbone has no tokenizer before loading).
+    ``clip`` is the job's clip as probed once by :func:`check_job` (``None`` before).
     """
 
     backbone: Backbone
@@ -81,6 +82,7 @@ class Components:
     layouts: list[tuple[LayoutProvider, LayoutAssignment]]
     annotators: list[tuple[ControlAnnotator, ControlSpec]]
     spans: tuple[TokenSpan | None, ...] | None = None
+    clip: ClipPlan | None = None
 
 
 def build_components(spec: EditSpec, registry: Registry) -> Components:
@@ -191,14 +193,15 @@ def _check_nul_bytes(spec: EditSpec) -> None:
 def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) -> Components:
     """Validate ``spec`` and its files without loading a model; returns the built components."""
     _check_nul_bytes(spec)
-    select_frames(spec.video, probe_video(spec.video.path).frames)
+    clip = plan_clip(spec.video)  # the one probe of the clip: providers and the reader share it
     if check_output:
         check_output_folder(spec)
     components = build_components(spec, registry)
+    components.clip = clip
     for annotator, _ in components.annotators:
         annotator.check(spec)
     for provider, assignment in components.layouts:
-        provider.check(spec, assignment.regions)
+        provider.check(spec, assignment.regions, clip)
         if provider.feature_request is not None and not isinstance(components.modulator, FeatureRecording):
             raise ConfigError(f"{assignment.place} needs attention features recorded during inversion, which "
                               f"modulator {spec.modulator.name!r} cannot record; use modulator: st-layout",

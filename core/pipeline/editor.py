@@ -159,7 +159,7 @@ class Editor:
         with timer.phase("check"):
             components = self.check(spec)
         with timer.phase("read"):
-            clip = load_video(spec.video)
+            clip = load_video(spec.video, components.clip)
         request = LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,
                                 transform=clip.transform, frames=clip.frames)
         requests = feature_requests(provider for provider, _ in components.layouts)

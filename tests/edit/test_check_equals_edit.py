@@ -84,3 +84,19 @@ def test_check_refuses_what_edit_refuses(demo_job, tmp_path: Path, failing_model
 def test_a_valid_job_passes_check(demo_job) -> None:
     result = run_cli(["check", str(demo_job())], env=ENV)
     assert result.exit_code == 0 and result.stdout.startswith("ok:"), result.stderr
+
+
+def test_the_clip_is_probed_once_per_job(demo_job, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checks of the job, of every layout provider and the reading of the frames share one probe."""
+    from stmod.core.io import video
+    from stmod.core.config import load_job
+    from stmod.core.pipeline.editor import Editor
+    from stmod.testing import fresh_plugin_manager
+
+    calls = []
+    probe = video.probe_video
+    monkeypatch.setattr(video, "probe_video", lambda *a, **k: calls.append(a) or probe(*a, **k))
+    job = demo_job(layout=[{"name": "masks", "dir": "masks", "regions": ["square"]},
+                           {"name": "boxes", "regions": ["disc"], "boxes": {"disc": {0: [32, 0, 64, 64]}}}])
+    Editor(fresh_plugin_manager().registry, progress=False, cache=False).prepare(load_job(job))
+    assert len(calls) == 1, calls

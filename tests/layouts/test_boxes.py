@@ -11,6 +11,7 @@ from stmod.core.types import VideoSource
 from stmod.core.io.video import write_frames
 from stmod.layouts.boxes import BoxesOptions, BoxLayoutProvider, interpolate_box, rasterise_box
 from stmod.plugins.manager import make_plugin_manager
+from stmod.core.io.video import plan_clip
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,7 +49,7 @@ def test_exact_at_keyframes_and_iou_between(square_spec, request_for) -> None:
     """Keyframe masks are exact; in between, linear motion gives IoU >= 0.95 against the true box."""
     start, end = (5, 8, 29, 40), (95, 17, 119, 49)
     provider = BoxLayoutProvider(BoxesOptions(boxes={"car": {0: start, 5: end}}))
-    provider.check(square_spec, ["car"])
+    provider.check(square_spec, ["car"], plan_clip(square_spec.video))
     masks = provider.layout(request_for(square_spec), ["car"]).masks[:, 0].numpy()
     assert np.array_equal(masks[0], _box_mask(*start, 64, 128))
     assert np.array_equal(masks[5], _box_mask(*end, 64, 128))
@@ -92,29 +93,29 @@ def test_pixel_box_past_frame(square_spec) -> None:
     """A pixel box reaching past the source frame names the region, frame and size."""
     provider = BoxLayoutProvider(BoxesOptions(boxes={"car": {0: (100, 0, 140, 20)}}))
     with pytest.raises(LayoutError, match=r"region 'car' frame 0: box .* reaches past the 128x64 source frame"):
-        provider.check(square_spec, ["car"])
+        provider.check(square_spec, ["car"], plan_clip(square_spec.video))
 
 
 def test_region_without_boxes_and_unknown_region(square_spec) -> None:
     """A region with no boxes lists the boxed regions; boxes for a non-region are an error."""
     provider = BoxLayoutProvider(BoxesOptions(boxes={"car": {0: (0, 0, 8, 8)}}))
     with pytest.raises(LayoutError, match=r"region 'man' has no boxes .*given for: car") as info:
-        provider.check(square_spec, ["car", "man"])
+        provider.check(square_spec, ["car", "man"], plan_clip(square_spec.video))
     assert info.value.region == "man"
     stray = BoxLayoutProvider(BoxesOptions(boxes={"car": {0: (0, 0, 8, 8)}, "cat": {0: (0, 0, 8, 8)}}))
     with pytest.raises(LayoutError, match=r"boxes for 'cat', which is not a region of the job"):
-        stray.check(square_spec, ["car"])
+        stray.check(square_spec, ["car"], plan_clip(square_spec.video))
 
 
 def test_keyframe_past_clip_end(square_spec) -> None:
     """A keyframe beyond the last source frame is reported with the clip length."""
     provider = BoxLayoutProvider(BoxesOptions(boxes={"car": {0: (0, 0, 8, 8), 40: (8, 8, 16, 16)}}))
     with pytest.raises(LayoutError, match=r"keyframe 40 is past the last source frame \(the clip has 6 frames\)"):
-        provider.check(square_spec, ["car"])
+        provider.check(square_spec, ["car"], plan_clip(square_spec.video))
 
 
 def test_box_outside_crop(make_spec) -> None:
     """A box only in the cropped-away border is an error."""
     provider = BoxLayoutProvider(BoxesOptions(boxes={"red": {0: (0, 0, 160, 3)}}))
     with pytest.raises(LayoutError, match=r"outside the centre crop to 128x64"):
-        provider.check(make_spec(regions=("red",)), ["red"])
+        provider.check(spec := make_spec(regions=("red",)), ["red"], plan_clip(spec.video))

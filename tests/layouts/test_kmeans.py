@@ -16,6 +16,7 @@ from stmod.core.types import ComponentRef, EditSpec, LayoutRequest, Region, Vide
 from stmod.layouts.clustering import cluster_features, name_clusters
 from stmod.layouts.kmeans import KMeansLayoutProvider, KMeansOptions
 from stmod.testing import fresh_plugin_manager
+from stmod.core.io.video import ClipPlan, FrameTransform, VideoInfo
 
 FRAMES, GRID, HEADS, DIM = 6, 8, 2, 8
 PROMPT = "a cat and a dog on the grass"
@@ -37,6 +38,13 @@ def test_cluster_features_recovers_planted_clusters() -> None:
 def test_too_few_tokens_for_the_clusters() -> None:
     with pytest.raises(LayoutError, match="clusters: 5 is more than the 3 tokens"):
         cluster_features(np.zeros((3, 2)), 5)
+
+
+def _clip(spec: EditSpec, frames: int = 3) -> ClipPlan:
+    """The probe of a clip of ``frames`` frames at the edit size (the checks here read no file)."""
+    width, height = spec.video.size
+    info = VideoInfo(path=spec.video.path, kind="frames", frames=frames, height=height, width=width, fps=8.0)
+    return ClipPlan(info=info, indices=tuple(range(frames)), transform=FrameTransform.for_source(spec.video, info))
 
 
 def _scene() -> np.ndarray:
@@ -127,7 +135,7 @@ def test_provider_masks_from_words_ids_and_rest() -> None:
     features = _recorded(ids)
     spec = _spec(("cat", "pet", "background"))
     provider = _provider(assign={"pet": "dog"}, rest="background")
-    provider.check(spec, spec.region_names)  # "cat" is named by its own region name
+    provider.check(spec, spec.region_names, _clip(spec))  # "cat" is named by its own region name
     masks = provider.layout(_request(spec, features), spec.region_names)
     assert masks.names == ("cat", "pet", "background") and masks.masks.shape == (FRAMES, 3, 64, 64)
     pixels = ids.repeat(8, axis=1).repeat(8, axis=2)
@@ -154,13 +162,14 @@ def test_check_errors_name_the_bad_word_region_or_id() -> None:
     spec = _spec(("cat", "sky"))
     with pytest.raises(LayoutError, match=r"names the word 'giraffe', which is not in the source prompt "
                                           r"\(its words: a, cat, and, dog, on, the, grass\)"):
-        _provider(assign={"sky": "giraffe"}).check(spec, spec.region_names)
+        _provider(assign={"sky": "giraffe"}).check(spec, spec.region_names, _clip(spec))
     with pytest.raises(LayoutError, match=r"region 'sky' has no clusters in layout 'kmeans': add assign: \{sky: "):
-        _provider().check(spec, spec.region_names)
+        _provider().check(spec, spec.region_names, _clip(spec))
     with pytest.raises(LayoutError, match="option assign names region 'tree', which this layout entry does not supply"):
-        _provider(assign={"tree": 0, "sky": 1}).check(spec, spec.region_names)
+        _provider(assign={"tree": 0, "sky": 1}).check(spec, spec.region_names, _clip(spec))
     with pytest.raises(LayoutError, match="no source_prompt"):
-        _provider(assign={"cat": 0, "sky": "sky"}).check(_spec(("cat", "sky"), source_prompt=""), spec.region_names)
+        _provider(assign={"cat": 0, "sky": "sky"}).check(_spec(("cat", "sky"), source_prompt=""), spec.region_names,
+                                                         _clip(spec))
     registry = fresh_plugin_manager().registry
     with pytest.raises(ConfigError, match=r"names cluster 7, but clusters: 4 gives clusters 0 to 3"):
         registry.create("layout", "kmeans", {"assign": {"sky": [1, 7]}})

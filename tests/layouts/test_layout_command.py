@@ -16,6 +16,7 @@ from stmod.core.types import EditSpec
 from stmod.core.io.video import FrameTransform, probe_video
 from stmod.layouts.masks import MaskFolderProvider, MasksOptions
 from stmod.testing import run_cli
+from stmod.core.io.video import plan_clip
 
 ENV = {"STMOD_LOAD_PLUGINS": ""}
 
@@ -23,7 +24,7 @@ ENV = {"STMOD_LOAD_PLUGINS": ""}
 def _read_back(spec: EditSpec, folder: Path, request_for) -> np.ndarray:
     """The layout of ``spec`` with its masks taken from ``folder`` by the ``masks`` provider: bool (F, K, H, W)."""
     provider = MaskFolderProvider(MasksOptions(dir=folder))
-    provider.check(spec, spec.region_names)
+    provider.check(spec, spec.region_names, plan_clip(spec.video))
     return provider.layout(request_for(spec), spec.region_names).masks.numpy()
 
 

@@ -12,6 +12,7 @@ from stmod.core.errors import InputError, LayoutError
 from stmod.core.types import VideoSource
 from stmod.core.io.video import write_frames
 from stmod.layouts.masks import MaskFolderProvider, MasksOptions, frame_files
+from stmod.core.io.video import plan_clip
 
 
 def _provider(**options) -> MaskFolderProvider:
@@ -29,7 +30,7 @@ def test_round_trip_iou_one(scene, tmp_path, make_spec, request_for, write_masks
     write_masks(tmp_path / "small_masks", truth)
     spec = attrs.evolve(make_spec(regions=("red", "blue")), video=VideoSource(path=tmp_path / "small", size=(128, 64)))
     provider = _provider(dir="small_masks")
-    provider.check(spec, ["red", "blue"])
+    provider.check(spec, ["red", "blue"], plan_clip(spec.video))
     masks = provider.layout(request_for(spec), ["red", "blue"])
     assert masks.names == ("red", "blue")
     assert masks.masks.dtype == torch.bool and masks.masks.shape == (6, 2, 64, 128)
@@ -86,7 +87,7 @@ def test_davis_palette_ids_to_names(scene, tmp_path, make_spec, request_for) -> 
         _palette_png(folder / f"{i:05d}.png", index)
     spec = make_spec()
     provider = _provider(dir="davis", format="davis", ids={"1": "red", 2: "blue", 3: "red"})
-    provider.check(spec, ["red", "blue"])
+    provider.check(spec, ["red", "blue"], plan_clip(spec.video))
     masks = provider.layout(request_for(spec), ["blue", "red"]).masks.numpy()
     truth_red = scene.masks["red"].copy()
     truth_red[:, 0:4, 0:4] = True
@@ -118,7 +119,7 @@ def test_region_without_folder_lists_folders(scene, make_spec) -> None:
     """A region with no folder names the region and lists the folders that exist."""
     spec = make_spec(regions=("red", "green"))
     with pytest.raises(LayoutError, match=r"region 'green' has no mask folder .*green; folders in .*: blue, red"):
-        _provider(dir="masks").check(spec, ["red", "green"])
+        _provider(dir="masks").check(spec, ["red", "green"], plan_clip(spec.video))
 
 
 def test_missing_frame(scene, make_spec) -> None:
@@ -126,7 +127,7 @@ def test_missing_frame(scene, make_spec) -> None:
     (scene.mask_dir / "blue" / "00004.png").unlink()
     pattern = r"region 'blue': no mask for source frame 4 .*expected 00004.png; it has 5 masks"
     with pytest.raises(LayoutError, match=pattern) as info:
-        _provider(dir="masks").check(make_spec(), ["red", "blue"])
+        _provider(dir="masks").check(spec := make_spec(), ["red", "blue"], plan_clip(spec.video))
     assert info.value.region == "blue"
 
 
@@ -135,7 +136,7 @@ def test_empty_region(scene, make_spec, request_for, write_masks) -> None:
     write_masks(scene.mask_dir, {"blue": np.zeros_like(scene.masks["blue"])})
     spec = make_spec()
     with pytest.raises(LayoutError, match=r"region 'blue': .* empty in every selected frame"):
-        _provider(dir="masks").check(spec, ["blue"])
+        _provider(dir="masks").check(spec, ["blue"], plan_clip(spec.video))
     with pytest.raises(LayoutError, match=r"empty in every selected frame"):
         _provider(dir="masks").layout(request_for(spec), ["blue"])
 
@@ -146,21 +147,21 @@ def test_region_outside_crop(scene, make_spec, write_masks) -> None:
     border[:, :3, :] = True  # top rows: the 96 → 77 scaled picture loses its top 6 rows to the crop
     write_masks(scene.mask_dir, {"blue": border})
     with pytest.raises(LayoutError, match=r"outside the centre crop to 128x64"):
-        _provider(dir="masks").check(make_spec(), ["blue"])
+        _provider(dir="masks").check(spec := make_spec(), ["blue"], plan_clip(spec.video))
 
 
 def test_size_mismatch(scene, make_spec) -> None:
     """A mask whose size differs from the source frames names the file and both sizes."""
     Image.new("L", (80, 48), 255).save(scene.mask_dir / "red" / "00002.png")
     with pytest.raises(LayoutError, match=r"00002.png is 80x48 but the source frames are 160x96"):
-        _provider(dir="masks").check(make_spec(), ["red"])
+        _provider(dir="masks").check(spec := make_spec(), ["red"], plan_clip(spec.video))
 
 
 def test_unreadable_png(scene, make_spec) -> None:
     """A file that is not a PNG is named."""
     (scene.mask_dir / "red" / "00001.png").write_bytes(b"not a png")
     with pytest.raises(LayoutError, match=r"00001.png cannot be read as a PNG"):
-        _provider(dir="masks").check(make_spec(), ["red"])
+        _provider(dir="masks").check(spec := make_spec(), ["red"], plan_clip(spec.video))
 
 
 def test_davis_rejects_rgb_and_missing_id(scene, tmp_path, make_spec) -> None:
@@ -170,20 +171,20 @@ def test_davis_rejects_rgb_and_missing_id(scene, tmp_path, make_spec) -> None:
     for i in range(6):
         Image.new("RGB", (160, 96)).save(folder / f"{i:05d}.png")
     with pytest.raises(LayoutError, match=r"is a RGB image; DAVIS masks must be indexed"):
-        _provider(dir="davis", format="davis", ids={1: "red"}).check(make_spec(), ["red"])
+        _provider(dir="davis", format="davis", ids={1: "red"}).check(spec := make_spec(), ["red"], plan_clip(spec.video))
     with pytest.raises(LayoutError, match=r"region 'blue' has no instance id"):
-        _provider(dir="davis", format="davis", ids={1: "red"}).check(make_spec(), ["blue"])
+        _provider(dir="davis", format="davis", ids={1: "red"}).check(spec := make_spec(), ["blue"], plan_clip(spec.video))
 
 
 def test_option_names_unknown_region_and_missing_dir(scene, make_spec) -> None:
     """Options naming a region the job lacks, and a missing dir, are errors."""
     with pytest.raises(LayoutError, match=r"region 'rde', which is not a region of the job"):
-        _provider(dir="masks", folders={"rde": "red"}).check(make_spec(), ["red"])
+        _provider(dir="masks", folders={"rde": "red"}).check(spec := make_spec(), ["red"], plan_clip(spec.video))
     with pytest.raises(LayoutError, match=r"mask folder .*nowhere does not exist"):
-        _provider(dir="nowhere").check(make_spec(), ["red"])
+        _provider(dir="nowhere").check(spec := make_spec(), ["red"], plan_clip(spec.video))
 
 
 def test_bad_selection_is_input_error(scene, make_spec) -> None:
-    """check() reports a selection past the clip as an InputError on video.path."""
+    """A selection past the clip is an InputError on video.path, found by the one probe that providers share."""
     with pytest.raises(InputError, match=r"video.path=.*clip has 6 frames"):
-        _provider(dir="masks").check(make_spec(start=10), ["red"])
+        plan_clip(make_spec(start=10).video)

@@ -7,6 +7,7 @@ import numpy as np
 from stmod.core.config import load_job
 from stmod.core.protocols import LayoutProvider
 from stmod.plugins.manager import make_plugin_manager
+from stmod.core.io.video import plan_clip
 
 
 def test_registered_through_the_hook() -> None:
@@ -31,7 +32,7 @@ def test_job_file_relative_dir(scene, request_for) -> None:
     ref = spec.layout[0]
     provider = registry.create("layout", ref.name, ref.options)
     assert isinstance(provider, LayoutProvider) and provider.feature_request is None
-    provider.check(spec, spec.region_names)
+    provider.check(spec, spec.region_names, plan_clip(spec.video))
     masks = provider.layout(request_for(spec), spec.region_names)
     assert masks.names == ("red", "blue") and masks.masks.shape == (4, 2, 64, 128)
     assert np.array_equal(masks.masks[:, 1].numpy(), request_for(spec).transform(scene.masks["blue"][:4]))

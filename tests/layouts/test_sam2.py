@@ -15,6 +15,7 @@ from PIL import Image
 from stmod.core.errors import CheckpointError, ConfigError, LayoutError, MissingDependencyError
 from stmod.layouts.sam2 import Sam2LayoutProvider, Sam2Options
 from stmod.testing import fresh_plugin_manager
+from stmod.core.io.video import plan_clip
 
 PROMPTS = {"red": {2: {"points": [[20, 22], [100, 60]], "labels": [1, 0]}}, "blue": {4: {"box": [60, 56, 100, 80]}}}
 
@@ -76,7 +77,7 @@ def test_glue_maps_prompts_and_collects_masks(scene, make_spec, request_for, che
     predictor = StandInPredictor()
     provider = _provider(predictor)
     spec = make_spec()  # 160x96 source → 128x64: scale 0.8 (77 rows), 6 rows cropped at the top
-    provider.check(spec, spec.region_names)
+    provider.check(spec, spec.region_names, plan_clip(spec.video))
     masks = provider.layout(request_for(spec), spec.region_names)
     assert masks.names == ("red", "blue") and masks.masks.shape == (6, 2, 64, 128)
     red, blue = predictor.added
@@ -110,9 +111,9 @@ def test_prompt_errors(scene, make_spec, request_for, checkpoint: Path) -> None:
     with pytest.raises(LayoutError, match=r"region 'red': prompt frame 3 is not a frame the job selects \(source "
                                           r"frames 0, 2, 4\)"):
         prompts = {**PROMPTS, "red": {3: {"points": [[20, 22]]}}}
-        _provider(StandInPredictor(), prompts=prompts).check(spec, ("red", "blue"))
+        _provider(StandInPredictor(), prompts=prompts).check(spec, ("red", "blue"), plan_clip(spec.video))
     with pytest.raises(LayoutError, match="region 'blue' has no prompts in layout 'sam2'"):
-        _provider(StandInPredictor(), prompts={"red": PROMPTS["red"]}).check(spec, ("red", "blue"))
+        _provider(StandInPredictor(), prompts={"red": PROMPTS["red"]}).check(spec, ("red", "blue"), plan_clip(spec.video))
     with pytest.raises(LayoutError, match=r"region 'red' frame 2: point \[1.0, 2.0\] lies outside the centre crop"):
         _provider(StandInPredictor(), prompts={**PROMPTS, "red": {2: {"points": [[1, 2]]}}}).layout(
             request_for(spec), ("red", "blue"))
@@ -129,7 +130,7 @@ def test_prompt_errors(scene, make_spec, request_for, checkpoint: Path) -> None:
 def test_missing_checkpoint(scene, make_spec) -> None:
     spec = make_spec()
     with pytest.raises(CheckpointError, match=r"sam2.pt: SAM 2 checkpoint not found .*download_ckpts.sh"):
-        _provider(StandInPredictor()).check(spec, spec.region_names)
+        _provider(StandInPredictor()).check(spec, spec.region_names, plan_clip(spec.video))
 
 
 def test_missing_package(scene, make_spec, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,7 +138,7 @@ def test_missing_package(scene, make_spec, checkpoint: Path, monkeypatch: pytest
     monkeypatch.setitem(sys.modules, "sam2", None)
     spec = make_spec()
     with pytest.raises(MissingDependencyError, match=r"layout 'sam2' needs sam2.*pip install 'stmod\[sam2\]'"):
-        _provider(None).check(spec, spec.region_names)
+        _provider(None).check(spec, spec.region_names, plan_clip(spec.video))
     from stmod.layouts.sam2 import build_sam2_predictor
 
     with pytest.raises(MissingDependencyError, match="stmod.sam2"):
@@ -153,8 +154,8 @@ needs_sam2 = pytest.mark.skipif(
 def test_config_name_checked(scene, make_spec, checkpoint: Path) -> None:
     spec = make_spec()
     with pytest.raises(LayoutError, match=r"config 'sam2.1_hiera_q.yaml' is not a config .*sam2.1_hiera_t"):
-        _provider(None, config="sam2.1_hiera_q.yaml").check(spec, spec.region_names)
-    _provider(None).check(spec, spec.region_names)  # the default config exists; weights are not read
+        _provider(None, config="sam2.1_hiera_q.yaml").check(spec, spec.region_names, plan_clip(spec.video))
+    _provider(None).check(spec, spec.region_names, plan_clip(spec.video))  # the default config exists; weights are not read
     with pytest.raises(CheckpointError, match="cannot be loaded into SAM 2 config"):
         _provider(None).layout(_request(make_spec, frames=6), spec.region_names)
 

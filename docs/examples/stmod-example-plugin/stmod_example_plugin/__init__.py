@@ -13,7 +13,7 @@ import attrs
 import numpy as np
 import torch
 
-from stmod import BlendContext, EditSpec, LayoutError, LayoutMasks, LayoutRequest, hookimpl
+from stmod import BlendContext, ClipPlan, EditSpec, LayoutError, LayoutMasks, LayoutRequest, hookimpl
 
 __version__ = "0.1.0"
 
@@ -35,7 +35,7 @@ class StripesLayout:
     def __init__(self, options: StripesOptions) -> None:
         self.options = options
 
-    def check(self, spec: EditSpec, regions: Sequence[str]) -> None:
+    def check(self, spec: EditSpec, regions: Sequence[str], clip: ClipPlan) -> None:
         width, height = spec.video.size
         extent = width if self.options.axis == "vertical" else height
         if len(regions) > extent:
