@@ -112,7 +112,8 @@ def real_row(path: Path, box: tuple[float, ...], frames: int, out: Path | None) 
         from PIL import Image
 
         Image.fromarray(tile(list(overlay), titles=[f"frame {i}" for i in picks], columns=4)).save(out / "real.png")
-    return {"clip": path.name, "frames": len(clip), "size": [int(clip.shape[2]), int(clip.shape[1])],
+    name = f"carphone_pristine.mp4 from {path.name}" if path.suffix == ".whl" else path.name
+    return {"clip": name, "frames": len(clip), "size": [int(clip.shape[2]), int(clip.shape[1])],
             "consecutive_iou_mean": float(consecutive.mean()), "consecutive_iou_min": float(consecutive.min()),
             "area_min": float(area.min()), "area_max": float(area.max()), "ms_per_frame": 1000 * seconds / len(clip)}
 
