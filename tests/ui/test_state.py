@@ -12,7 +12,7 @@ import yaml
 from stmod.backbones.shapes import world
 from stmod.backbones.shapes.demo import DEMO_CASE
 from stmod.core.config import job_from_mapping
-from stmod.core.io.video import write_frames
+from stmod.core.io.video import write_frames, write_mp4
 from stmod.core.errors import UsageError
 from stmod.plugins.commands import ui as ui_command
 from stmod.plugins.ui.state import (MODES, Clip, Settings, clear_region, click, draw_keyframe, job_mapping,
@@ -127,3 +127,9 @@ def test_app_run_writes_a_rerunnable_job_and_cancel_stops_it(tmp_path: Path) -> 
     with pytest.raises(EditCancelled):
         app.run(clip, NAMES, ["red disc", "blue disc", "", ""], notes, settings, "s2", cancel_at_once)
     assert not (tmp_path / "runs" / "run-002" / "result").exists() and app.cancel("s2") == "nothing is running"
+
+    upload = write_mp4(tmp_path / "upload" / "mine.mp4", clip_frames, fps=8)  # as Gradio hands over an upload
+    uploaded, frames, note = app.load_clip(str(upload), "", 0, 1, 2, 64, 64)
+    assert Path(uploaded.path) == tmp_path / "runs" / "clips" / "mine.mp4" and frames == [0, 1]
+    with pytest.raises(UsageError, match="no clip: upload one or type the path"):
+        app.load_clip(None, " ", 0, 1, 2, 64, 64)
