@@ -268,7 +268,7 @@ def _nearest_key(position: int, keys: Sequence[int]) -> int:
 
 def track_region(frames: np.ndarray, prompts: Mapping[int, KeyPrompt], *, iterations: int = 5,
                  refine_iterations: int = 2, band: float = 0.1, min_agreement: float = 0.6) -> np.ndarray:
-    """Long: the whole mask maker for one region, pure (no files, no model).
+    """The whole mask maker for one region, pure (no files, no model).
 
     :param frames: ``uint8 (F, H, W, 3)`` RGB.
     :param prompts: keyframe position (0 … F−1) → its box and clicks, in these frames' pixels.

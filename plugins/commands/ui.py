@@ -8,7 +8,7 @@ import os
 import socket
 from pathlib import Path
 
-from stmod.core.errors import MissingDependencyError
+from stmod.core.errors import MissingDependencyError, UsageError
 
 __all__ = ["configure", "run", "free_port", "gradio_installed", "launch"]
 
@@ -43,8 +43,12 @@ def launch(registry, out: Path, *, host: str = "127.0.0.1", port: int = 0, cache
     page = build(UiApp(registry, out, cache=cache))
     port = port or free_port(host)
     page.queue(default_concurrency_limit=1)  # one edit at a time: they share one model and the CPU
-    page.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False,
-                allowed_paths=[str(out)], show_error=False)
+    try:
+        page.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False,
+                    allowed_paths=[str(out)], show_error=False)
+    except OSError:  # Gradio's "Cannot find empty port ..." (it also names settings the CLI does not use)
+        raise UsageError(f"cannot serve on {host}:{port}: the port is taken or the address is not this machine's; "
+                         "pass another --port (0: any free one) or --host") from None
     return page, f"http://{host}:{port}"
 
 

@@ -201,7 +201,7 @@ def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"
 
 
-def _clip_section(app: UiApp, ui: dict[str, Any]) -> None:
+def _clip_section(ui: dict[str, Any]) -> None:
     with gr.Column():
         gr.Markdown("### 1 · Clip")
         ui["upload"] = gr.File(label="upload a clip (mp4, mov, webm, gif)", type="filepath", elem_id="clip-upload")
@@ -360,7 +360,7 @@ def build(app: UiApp) -> gr.Blocks:
     with gr.Blocks(title="stmod: multi-grained video editing") as page:
         gr.Markdown("## stmod: edit regions of a clip with their own prompts (ST-Modulator / VideoGrain)")
         st = {"clip": gr.State(None), "notes": gr.State({}), "pending": gr.State(None)}
-        _clip_section(app, ui)
+        _clip_section(ui)
         _region_section(ui)
         _edit_section(app, ui)
         _wire_clip(app, ui, st)

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from attrs import field, frozen
 
-from stmod.core.errors import PromptError, StmodError, UsageError
+from stmod.core.errors import PromptError, UsageError
 from stmod.core.io.visuals import region_colours
 from stmod.core.tokens import find_token_spans
 
@@ -226,8 +226,3 @@ def metrics_markdown(run: Mapping[str, Any]) -> str:
     if run.get("peak_gpu_bytes"):
         parts.append(f"**peak GPU memory**: {run['peak_gpu_bytes'] / 2**20:.0f} MiB")
     return "\n\n".join(parts)
-
-
-def user_error(exc: BaseException) -> str | None:
-    """The CLI's line for a user error, else ``None`` (a bug: let it surface)."""
-    return error_line(exc) if isinstance(exc, StmodError) else None

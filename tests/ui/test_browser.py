@@ -108,7 +108,7 @@ def _boxes(frames: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
 
 
 def test_from_clip_to_edit_in_a_browser(browser_page: Page, served, tmp_path: Path) -> None:
-    """Long: the whole flow of the page, the way a user takes it, with two bad inputs on the way."""
+    """The whole flow of the page, the way a user takes it, with two bad inputs on the way."""
     started = time.perf_counter()
     page, runs = browser_page, served[1]
     clip, boxes = _boxes(4)

@@ -133,3 +133,18 @@ def test_app_run_writes_a_rerunnable_job_and_cancel_stops_it(tmp_path: Path) -> 
     assert Path(uploaded.path) == tmp_path / "runs" / "clips" / "mine.mp4" and frames == [0, 1]
     with pytest.raises(UsageError, match="no clip: upload one or type the path"):
         app.load_clip(None, " ", 0, 1, 2, 64, 64)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="needs gradio: pip install -e '.[ui]'")
+def test_ui_command_on_a_taken_port(tmp_path: Path) -> None:
+    """A port in use is one line naming it and the fix, not a traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(["ui", "--port", str(port), "--out", str(tmp_path)], env={"STMOD_LOAD_PLUGINS": ""})
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"stmod-run: error: cannot serve on 127.0.0.1:{port}: the port is taken or the "
+                                     "address is not this machine's; pass another --port (0: any free one) or --host")
