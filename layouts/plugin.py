@@ -1,4 +1,4 @@
-"""Built-in plugin ``stmod.layouts``: registers the ``masks``, ``boxes``, ``kmeans`` and ``sam2`` layout providers.
+"""Built-in plugin ``stmod.layouts``: registers the ``masks``, ``boxes``, ``grabcut``, ``kmeans`` and ``sam2`` layout providers.
 
 It goes through the same hook as third-party plugins. Example job entries::
 
@@ -9,6 +9,8 @@ It goes through the same hook as third-party plugins. Example job entries::
         units: normalized
         boxes:
           car: {0: [0.10, 0.40, 0.40, 0.80], 15: [0.50, 0.40, 0.80, 0.80]}
+      - name: grabcut        # a box (and clicks) on a keyframe, tracked by optical flow + GrabCut; no weights
+        prompts: {dog: {0: {box: [40, 60, 200, 220], points: [[120, 140]]}}}
       - name: kmeans         # clusters of self-attention features found during inversion
         clusters: 4
         assign: {trees: tree, sky: [2, 3]}
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from stmod import hookimpl
 from stmod.layouts.boxes import BoxesOptions, BoxLayoutProvider
+from stmod.layouts.grabcut import GrabcutLayoutProvider, GrabcutOptions
 from stmod.layouts.kmeans import KMeansLayoutProvider, KMeansOptions
 from stmod.layouts.masks import MaskFolderProvider, MasksOptions
 from stmod.layouts.sam2 import Sam2LayoutProvider, Sam2Options
@@ -31,11 +34,14 @@ __all__ = ["stmod_register_layout_providers"]
 
 @hookimpl
 def stmod_register_layout_providers(register: ComponentRegistrar) -> None:
-    """Register ``masks`` (PNG folders: SAM-Track, VideoGrain, DAVIS, SAM-Track WebUI), ``boxes``, ``kmeans``, ``sam2``."""
+    """Register ``masks`` (PNG folders: SAM-Track, VideoGrain, DAVIS, SAM-Track WebUI), ``boxes``, ``grabcut``,
+    ``kmeans``, ``sam2``."""
     register.add("masks", MaskFolderProvider, options=MasksOptions,
                  summary="region masks from PNG folders (SAM-Track / VideoGrain / DAVIS / SAM-Track WebUI)")
     register.add("boxes", BoxLayoutProvider, options=BoxesOptions,
                  summary="region masks from boxes at keyframes, linearly interpolated")
+    register.add("grabcut", GrabcutLayoutProvider, options=GrabcutOptions,
+                 summary="region masks from a box (and clicks) on keyframes: GrabCut, carried by optical flow (no weights)")
     register.add("kmeans", KMeansLayoutProvider, options=KMeansOptions,
                  summary="regions from K-Means on self-attention features recorded during inversion (no masks needed)")
     register.add("sam2", Sam2LayoutProvider, options=Sam2Options,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from stmod.core.tokens import find_token_spans
 from stmod.core.types import (BlendContext, Branch, EditSpec, LayoutMasks, LayoutRequest, ModulationInput,
                               TextConditioning)
 
-__all__ = ["Editor", "EditResult", "LayoutResult", "Prepared"]
+__all__ = ["Editor", "EditResult", "LayoutResult", "Prepared", "ProgressCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,30 @@ class _Inverted:
     inversion: Inversion
 
 
+#: ``on_progress(phase, done, total)``: called after every step of the inversion, the denoising and the
+#: decoding. It may raise to stop the edit (the UI's cancel button does); nothing is written then.
+ProgressCallback = Callable[[str, int, int], None]
+
+
+class _Bar:
+    """A tqdm bar that also tells the editor's ``on_progress`` about every update."""
+
+    def __init__(self, bar: tqdm, desc: str, total: int, callback: ProgressCallback | None) -> None:
+        self.bar, self.desc, self.total, self.callback, self.done = bar, desc, total, callback, 0
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        if self.callback is not None:
+            self.callback(self.desc, self.done, self.total)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
 class Editor:
     """Runs edits with components from ``registry``.
 
@@ -122,11 +147,14 @@ class Editor:
         over the installed ones).
     :param progress: show progress bars (on stderr).
     :param cache: where inversions are cached; ``None`` for the default cache, ``False`` to disable.
+    :param on_progress: see :data:`ProgressCallback`.
     """
 
-    def __init__(self, registry: Registry, *, progress: bool = True, cache: InversionCache | None | bool = None):
+    def __init__(self, registry: Registry, *, progress: bool = True, cache: InversionCache | None | bool = None,
+                 on_progress: ProgressCallback | None = None):
         self.registry = registry
         self.progress = progress
+        self.on_progress = on_progress
         self.cache = None if cache is False else (cache if isinstance(cache, InversionCache) else InversionCache())
         self._backbones: dict[str, Backbone] = {}  # loaded backbones, reused by later jobs with the same one
 
@@ -144,8 +172,9 @@ class Editor:
             find_token_spans(tokenizer, spec.negative_prompt, [])
         return components
 
-    def _bar(self, total: int, desc: str, unit: str = "step") -> tqdm:
-        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
+    def _bar(self, total: int, desc: str, unit: str = "step") -> _Bar:
+        bar = tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
+        return _Bar(bar, desc, total, self.on_progress)
 
     def prepare(self, spec: EditSpec, timer: PhaseTimer | None = None) -> Prepared:
         """Everything an edit validates before any model weights load; ``stmod-run check`` runs exactly this.

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from stmod import hookimpl
-from stmod.plugins.commands import check, edit, inspect
+from stmod.plugins.commands import check, edit, inspect, ui
 from stmod.plugins.commands import layout as layout_command
 
 
@@ -26,3 +26,5 @@ def stmod_register_commands(register) -> None:
                       "accuracy (CPU, ~1 min)")
     register.add("layout", configure=layout_command.configure, run=layout_command.run,
                  help="compute a job's layout only: masks.mp4 and mask PNG folders (kmeans runs the inversion)")
+    register.add("ui", configure=ui.configure, run=ui.run,
+                 help="a browser page from a clip to an edit: draw regions, type prompts, run (extra stmod[ui])")

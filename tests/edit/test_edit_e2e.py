@@ -154,3 +154,27 @@ def test_editor_reuses_loaded_backbone(demo_job, tmp_path: Path) -> None:
     assert second.backbone is first.backbone and second.backbone.unet is unet
     other = editor.check(load_job(demo_job(backbone={"name": "tiny"})))
     assert other.backbone is not first.backbone
+
+
+def test_on_progress_reports_steps_and_can_stop_the_edit(demo_job, tmp_path: Path) -> None:
+    """``on_progress`` hears every inversion, denoising and decoding step; raising in it stops the edit
+    before anything is written (how the UI's cancel button works)."""
+    calls: list[tuple[str, int, int]] = []
+    spec = load_job(demo_job())
+    Editor(fresh_plugin_manager().registry, progress=False, cache=False,
+           on_progress=lambda *call: calls.append(call)).run(spec)
+    phases = {phase: (done, total) for phase, done, total in calls}
+    assert phases["inversion"] == (3, 3) and phases["denoising"] == (3, 3) and phases["decoding"][0] == 4
+
+    class Stop(Exception):
+        pass
+
+    def stop(phase: str, done: int, total: int) -> None:
+        if phase == "denoising":
+            raise Stop
+
+    out = tmp_path / "stopped"
+    with pytest.raises(Stop):
+        Editor(fresh_plugin_manager().registry, progress=False, cache=False, on_progress=stop).run(
+            attrs.evolve(spec, output=out))
+    assert not out.exists()

@@ -1,0 +1,62 @@
+"""``stmod-run ui``: serve the browser page (needs the extra ``stmod[ui]``; Gradio is imported only here)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import socket
+from pathlib import Path
+
+from stmod.core.errors import MissingDependencyError, UsageError
+
+__all__ = ["configure", "run", "free_port", "gradio_installed", "launch"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860; 0: any free port)")
+    parser.add_argument("--out", type=Path, default=Path("stmod-ui"),
+                        help="folder for the runs: <out>/run-NNN/job.yaml and its result/ (default: ./stmod-ui)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def gradio_installed() -> bool:
+    return importlib.util.find_spec("gradio") is not None
+
+
+def launch(registry, out: Path, *, host: str = "127.0.0.1", port: int = 0, cache=None):
+    """Build the page over ``registry`` and serve it without blocking; returns ``(page, address)``."""
+    if not gradio_installed():
+        raise MissingDependencyError("stmod-run ui", ["gradio"], extra="ui")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: our machines have no network
+    from stmod.plugins.ui.app import UiApp, build
+
+    out = out.expanduser().absolute()
+    page = build(UiApp(registry, out, cache=cache))
+    port = port or free_port(host)
+    page.queue(default_concurrency_limit=1)  # one edit at a time: they share one model and the CPU
+    try:
+        page.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False,
+                    allowed_paths=[str(out)], show_error=False)
+    except OSError:  # Gradio's "Cannot find empty port ..." (it also names settings the CLI does not use)
+        raise UsageError(f"cannot serve on {host}:{port}: the port is taken or the address is not this machine's; "
+                         "pass another --port (0: any free one) or --host") from None
+    return page, f"http://{host}:{port}"
+
+
+def run(args: argparse.Namespace, session) -> int:
+    page, address = launch(session.registry, args.out, host=args.host, port=args.port)
+    session.echo(f"stmod-run ui: open {address} (runs go to {args.out.absolute()}; Ctrl+C stops)")
+    try:
+        page.block_thread()
+    finally:
+        page.close()
+    return 0
