@@ -75,6 +75,8 @@ def run(args: argparse.Namespace, save) -> dict:
         _, modulation, blend = ROWS[row]
         for case in cases:
             spec = load_job(jobs[case.name])
+            if args.model:
+                spec = attrs.evolve(spec, backbone=ComponentRef(name="shapes", options={"folder": str(args.model)}))
             spec = attrs.evolve(spec, modulation=attrs.evolve(spec.modulation, **modulation),
                                 blend=ComponentRef(name=blend) if blend else spec.blend,
                                 output=out / "runs" / row / case.name, overwrite=True)
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace, save) -> dict:
                             **score(case, result.source, result.frames, args.frames)})
             bar.update()
         done = rows[: rows.index(row) + 1]
-        results = {"frames": args.frames, "steps": args.steps, "per_kind": args.per_kind, "seed": args.seed,
+        results = {"model": str(args.model or "shipped"), "frames": args.frames, "steps": args.steps,
+                   "per_kind": args.per_kind, "seed": args.seed,
                    "rows": done, "records": records, "summary": summarise(records, done)}
         save(results)
     bar.close()
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="first case seed")
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (default: all): " + ", ".join(ROWS))
+    p.add_argument("--model", type=Path, default=None, help="a shapes model folder (default: the shipped one)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"), help="work folder (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="where the results go (default: OUT/quality.json)")
     args = p.parse_args(argv)
