@@ -206,11 +206,7 @@ class Sam2LayoutProvider:
     # ------------------------------------------------------------------------------------- running
     def _to_edit(self, xy: Sequence[float], transform: FrameTransform) -> tuple[float, float]:
         """Source (or normalised) ``(x, y)`` → pixel coordinates in the edit frames."""
-        x, y = xy
-        if self.options.units == "normalized":
-            x, y = x * transform.source_width, y * transform.source_height
-        (rh, rw), (top, left) = transform.resized, transform.offset
-        return x * rw / transform.source_width - left, y * rh / transform.source_height - top
+        return transform.point_to_edit(*xy, normalized=self.options.units == "normalized")
 
     def _prompt_arrays(self, region: str, frame: int, prompt: Sam2Prompt, transform: FrameTransform,
                        ) -> dict[str, np.ndarray | None]:

@@ -292,6 +292,13 @@ class FrameTransform:
     def identity(self) -> bool:
         return (self.source_height, self.source_width) == (self.height, self.width)
 
+    def point_to_edit(self, x: float, y: float, *, normalized: bool = False) -> tuple[float, float]:
+        """A source pixel position ``(x, y)`` (or fractions of the source size) in edit-frame pixels."""
+        if normalized:
+            x, y = x * self.source_width, y * self.source_height
+        (rh, rw), (top, left) = self.resized, self.offset
+        return x * rw / self.source_width - left, y * rh / self.source_height - top
+
     def _check(self, shape: tuple[int, ...], what: str) -> None:
         if tuple(shape) != (self.source_height, self.source_width):
             raise ValueError(f"{what} are {shape[1]}x{shape[0]} but the transform expects "
