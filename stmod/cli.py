@@ -51,6 +51,13 @@ class Session:
     def echo(self, text: str = "") -> None:
         print(text, file=self.stdout)
 
+    def status(self, text: str) -> None:
+        """Say what is about to happen, on a terminal's stderr only (like progress bars): a command that
+        imports torch or loads weights next is otherwise silent for seconds. Pipes and tests see nothing."""
+        isatty = getattr(self.stderr, "isatty", None)
+        if callable(isatty) and isatty():
+            print(text, file=self.stderr, flush=True)
+
 
 def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
@@ -145,3 +152,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         if verbose:
             traceback.print_exc(file=stderr)
         return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # ``python -m stmod.cli`` (what ``python -X importtime -m stmod.cli --help`` measures)
+    sys.exit(main())

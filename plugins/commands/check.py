@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 from stmod.core.config import dump_job
-from stmod.core.pipeline.editor import Editor
+from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +20,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, session) -> int:
     spec = load_job_from_args(args, session.registry)
+    session.status(f"check: {args.job or 'job'}: reading {spec.video.path.name}, building the components and the "
+                   "layout (no weights load)...")
+    from stmod.core.pipeline.editor import Editor  # torch: only once there is a job to check
+
     Editor(session.registry, progress=False, cache=False).prepare(spec)
     if args.print_job:
         session.echo(dump_job(spec).rstrip())

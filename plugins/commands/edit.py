@@ -6,14 +6,17 @@ import argparse
 import logging
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import attrs
 
-from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 from stmod.core.config import load_job
-from stmod.plugins.commands.demo import NOTICE, write_demo_inputs
 from stmod.core.errors import OutputExistsError
 from stmod.core.io.ownership import is_owned, require_replaceable, write_marker
-from stmod.core.pipeline.editor import Editor
+from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
+
+if TYPE_CHECKING:
+    from stmod.core.pipeline.editor import Editor
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,17 @@ def _report(session, result) -> None:
                      f"{100 * mass['modulated']:.0f}% modulated")
 
 
+def _editor(session, args: argparse.Namespace) -> Editor:
+    from stmod.core.pipeline.editor import Editor  # torch and the pipeline: only once a run starts
+
+    return Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
+
+
 def run_edit(args: argparse.Namespace, session) -> int:
     spec = load_job_from_args(args, session.registry)
-    editor = Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
-    result = editor.run(spec)
+    session.status(f"edit: {spec.video.path.name} -> {spec.output} ({spec.backbone.name} backbone, {spec.steps} "
+                   "steps): loading the pipeline...")
+    result = _editor(session, args).run(spec)
     _report(session, result)
     return 0
 
@@ -72,14 +82,17 @@ def run_demo(args: argparse.Namespace, session) -> int:
         session.echo(f'demo: "{DEMO_CASE.source_prompt}" -> "{DEMO_CASE.prompt}", '
                      + ", ".join(f"{r.name} = {r.prompt}" for r in DEMO_CASE.regions) + "; the grass is kept")
     else:
+        from stmod.plugins.commands.demo import write_demo_inputs
+
         job = write_demo_inputs(out / "inputs", frames=args.frames, steps=args.steps)
     spec = attrs.evolve(load_job(job), overwrite=True, save_attention=True, output=out / "result")
-    editor = Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
-    result = editor.run(spec)
+    result = _editor(session, args).run(spec)
     _report(session, result)
     if args.backbone == "shapes":
         _report_shapes_scores(session, result)
     session.echo(f"look at {result.output / 'side_by_side.mp4'} and {result.output / 'attention_effect.png'}")
+    from stmod.plugins.commands.demo import NOTICE
+
     session.echo(SHAPES_NOTICE if args.backbone == "shapes" else NOTICE)
     return 0
 

@@ -20,13 +20,12 @@ import torch
 from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError
 from stmod.plugins.eval.metrics import square_box
+from stmod.plugins.eval.names import DEFAULT_CLIP
 
 __all__ = ["DEFAULT_CLIP", "ClipScorer", "region_crops"]
 
 log = logging.getLogger(__name__)
 
-#: The CLIP checkpoint of LOVEU-TGVE's official evaluation (ViT-L/14).
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 _BATCH = 16  # images per forward pass
 
 
