@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import NoReturn, TextIO
 
@@ -78,7 +79,18 @@ def build_parser(pm: StmodPluginManager) -> argparse.ArgumentParser:
     return parser
 
 
+#: Libraries whose own messages and progress bars stay off the terminal unless ``-v`` asks for them.
+THIRD_PARTY_LOGGERS = ("transformers", "diffusers", "huggingface_hub", "accelerate", "py.warnings")
+#: How those libraries are told before they are imported (they read these when they load).
+_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+              "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
 def _configure_logging(verbosity: int, stream: TextIO) -> None:
+    """stmod's log on ``stream``; third-party messages, bars and Python warnings join it only with ``-v``.
+
+    The CLI owns its process, so it may set the libraries' own switches (variables the user set win).
+    """
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -86,6 +98,32 @@ def _configure_logging(verbosity: int, stream: TextIO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    for name in THIRD_PARTY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler] if verbosity else [logging.NullHandler()]
+        logger.setLevel(logging.WARNING if verbosity == 1 else logging.DEBUG if verbosity else logging.CRITICAL)
+        logger.propagate = False
+    if not verbosity:
+        for key, value in _QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+        _quiet_loaded_libraries()
+
+
+_PROGRESS_SWITCHES = (("transformers.utils.logging", "disable_progress_bar"),
+                      ("diffusers.utils.logging", "disable_progress_bar"),
+                      ("huggingface_hub.utils", "disable_progress_bars"))
+
+
+def _quiet_loaded_libraries() -> None:
+    """Libraries imported already (a test, an embedding host) read the variables too late: tell them directly."""
+    for module, switch in _PROGRESS_SWITCHES:
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, switch):
+            getattr(loaded, switch)()
+
+
+def _warning_to_log(message, category, filename, lineno, file=None, line=None) -> None:
+    logging.getLogger("py.warnings").warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
 
 
 class _PluginCommandError(Exception):
@@ -126,7 +164,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         if args.command is None:
             parser.print_help(stdout)
             return EXIT_USER
-        return _run_command(args, Session(pm=pm, stdout=stdout, stderr=stderr, env=env))
+        with warnings.catch_warnings():  # restored on return: in-process callers (tests) keep their own
+            warnings.showwarning = _warning_to_log
+            return _run_command(args, Session(pm=pm, stdout=stdout, stderr=stderr, env=env))
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)
     except StmodError as exc:

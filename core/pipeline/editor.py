@@ -173,7 +173,8 @@ class Editor:
         return components
 
     def _bar(self, total: int, desc: str, unit: str = "step") -> _Bar:
-        bar = tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
+        # One bar per phase, kept when done (the run's record on the terminal); names padded to align.
+        bar = tqdm(total=total, desc=f"{desc:<9}", unit=unit, disable=not self.progress, leave=True, dynamic_ncols=True)
         return _Bar(bar, desc, total, self.on_progress)
 
     def prepare(self, spec: EditSpec, timer: PhaseTimer | None = None) -> Prepared:
