@@ -258,6 +258,8 @@ def job_from_mapping(data: Mapping[str, Any], *, base_dir: Path, source: str | N
     if "base_dir" in data:
         raise ConfigError("unknown key 'base_dir' at the top level (it is set from the job file's folder)",
                           key="base_dir", source=source)
+    if isinstance(data.get("video"), str):  # the shorthand ``video: clip.mp4`` is ``video: {path: clip.mp4}``
+        data = {**data, "video": {"path": data["video"]}}
     structurer = _Structurer(base_dir, source)
     spec = structurer.structure(EditSpec, data, "")
     return attrs.evolve(spec, base_dir=base_dir)
@@ -274,7 +276,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     for key, value in overrides.items():
         current = merged.get(key)
         if isinstance(value, Mapping) and isinstance(current, str):
-            current = {"name": current}
+            current = {"path": current} if key == "video" else {"name": current}
         if isinstance(value, Mapping) and isinstance(current, Mapping) and "name" in value and current.get("name") != value["name"]:
             current = {}
         if isinstance(value, Mapping) and isinstance(current, Mapping):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -118,6 +118,8 @@ class CommandInfo:
     configure: Callable[[argparse.ArgumentParser], None] = attrs.field(eq=False)
     run: Callable[..., int] = attrs.field(eq=False)
     plugin: str
+    #: Command lines shown under "examples:" in the command's ``--help``.
+    examples: tuple[str, ...] = ()
 
 
 @frozen(kw_only=True)
@@ -213,15 +215,18 @@ class CommandRegistrar(_Registrar):
         configure: Callable[[argparse.ArgumentParser], None],
         run: Callable[..., int],
         help: str,
+        examples: Sequence[str] = (),
     ) -> None:
         """Register subcommand ``name``.
 
         :param configure: adds the command's arguments to its ``argparse`` parser.
         :param run: ``run(args, session) -> int`` executes it.
         :param help: one line shown by ``stmod-run --help``.
+        :param examples: full command lines shown at the end of ``stmod-run NAME --help``.
         """
         self._claim(name)
-        self._entries[name] = CommandInfo(name=name, help=help, configure=configure, run=run, plugin=self._plugin)
+        self._entries[name] = CommandInfo(name=name, help=help, configure=configure, run=run, plugin=self._plugin,
+                                          examples=tuple(examples))
 
 
 class JobFormatRegistrar(_Registrar):

@@ -60,6 +60,18 @@ class Session:
             print(text, file=self.stderr, flush=True)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (unless its help names it already) and keeps the examples' lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        hidden = default is None or default is False or default == [] or default is argparse.SUPPRESS
+        if hidden or "default" in text or action.nargs == 0:
+            return text
+        return f"{text} (default: {default})"
+
+
 def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                         help="load plugin NAME (entry point or module); -p no:NAME blocks it (repeatable)")
@@ -73,7 +85,9 @@ def build_parser(pm: StmodPluginManager) -> argparse.ArgumentParser:
     _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for info in pm.registry.commands.values():
-        command = sub.add_parser(info.name, help=info.help, description=info.help)
+        epilog = "examples:\n" + "\n".join(f"  {line}" for line in info.examples) if info.examples else None
+        command = sub.add_parser(info.name, help=info.help, description=info.help, epilog=epilog,
+                                 formatter_class=_HelpFormatter)
         info.configure(command)
         command.set_defaults(_run=info.run, _plugin=info.plugin)
     return parser
