@@ -25,7 +25,7 @@ from stmod.core.errors import CheckpointError
 from stmod.core.sampling import NoiseSchedule
 from stmod.core.types import Control, EditSpec, number
 
-__all__ = ["SD15Options", "StableDiffusionBackbone", "DEFAULT_MODEL", "DEFAULT_CONTROLNETS"]
+__all__ = ["SD15Options", "StableDiffusionBackbone", "PipelineBackbone", "DEFAULT_MODEL", "DEFAULT_CONTROLNETS"]
 
 log = logging.getLogger(__name__)
 
@@ -328,3 +328,48 @@ class StableDiffusionBackbone:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class PipelineBackbone(StableDiffusionBackbone):
+    """``sd15`` over the modules of an already-loaded diffusers ``StableDiffusionPipeline`` (a fine-tuned or
+    LoRA-loaded one included): nothing is read from disk except the ControlNets a job names.
+
+    Built by ``stmod.Editor.from_pipe``; the weights' fingerprint is part of :attr:`model_id`, so the
+    inversion cache never mixes a LoRA-loaded pipeline with the plain one.
+    """
+
+    def __init__(self, pipe: Any, *, device: str | None = None, vae_batch: int = 8) -> None:
+        target = device or str(pipe.unet.device)
+        super().__init__(SD15Options(model=str(getattr(pipe, "name_or_path", None) or "pipeline"), device=target,
+                                     dtype=str(pipe.unet.dtype).replace("torch.", ""), vae_batch=vae_batch))
+        self.tokenizer, self.scheduler_config = pipe.tokenizer, pipe.scheduler.config
+        self.vae, self.unet, self.text_encoder = (
+            self._place(m.eval().requires_grad_(False)) for m in (pipe.vae, pipe.unet, pipe.text_encoder))
+        self._fingerprint = _fingerprint(self.unet, self.text_encoder)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.options.model}@{self._fingerprint}"
+
+    def check(self, spec: EditSpec) -> None:
+        for control in spec.control:
+            check_location(self.controlnet_location(control.annotator.name, control.model), what="ControlNet",
+                           base_dir=spec.base_dir)
+
+    def load_tokenizer(self, base_dir: Path | None = None):
+        return self.tokenizer
+
+    def attention_levels(self, base_dir: Path | None = None) -> tuple[int, ...] | None:
+        return None  # no config file to read: a layout's level is checked once the edit runs, as for hub ids
+
+
+def _fingerprint(*modules: torch.nn.Module) -> str:
+    """A short digest of the weights (a few values of every tensor): enough to tell fine-tunes and LoRAs apart."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            sample = tensor.detach().flatten()[:16].float().cpu()
+            digest.update(f"{name}{tuple(tensor.shape)}{sample.sum().item():.6e}{sample.abs().sum().item():.6e}".encode())
+    return digest.hexdigest()[:16]
