@@ -65,9 +65,12 @@ class SD15Options:
     cpu_offload: bool = False
 
 
-def _is_local(location: str) -> bool:
-    return location.startswith((".", "/", "~")) or Path(location).expanduser().exists() or location.endswith(
-        (".safetensors", ".ckpt"))
+def _is_local(location: str, base_dir: Path | None = None) -> bool:
+    """A path rather than a hub id: it looks like one, or it names something that exists (relative to the
+    job's folder first: the official configs' ``ckpt/stable-diffusion-v1-5`` has no ``./``)."""
+    if location.startswith((".", "/", "~")) or location.endswith((".safetensors", ".ckpt")):
+        return True
+    return (base_dir is not None and (base_dir / location).exists()) or Path(location).expanduser().exists()
 
 
 def hub_offline() -> bool:
@@ -75,12 +78,45 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
 
 
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        return repo_id in {repo.repo_id for repo in scan_cache_dir().repos}
+    except Exception:  # no cache folder yet
+        return False
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub (``HF_ENDPOINT``) cannot be reached, or ``None`` when a connection opens within ``timeout``.
+
+    One TCP connection instead of the download's retries (minutes) before an unclear error. Name
+    resolution runs in a thread so that a hanging DNS is bounded by ``timeout`` too.
+    """
+    import concurrent.futures
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(lambda: socket.create_connection((host, port), timeout=timeout).close()).result(timeout=timeout + 0.5)
+    except concurrent.futures.TimeoutError:
+        return f"{host}:{port} did not answer within {timeout:.0f} s"
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
+    finally:
+        pool.shutdown(wait=False)
+    return None
+
+
 def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), base_dir: Path | None = None) -> str:
     """Validate a weights location without loading it; returns the resolved location.
 
     :raises CheckpointError: naming the location and how to provide the weights.
     """
-    if _is_local(location):
+    if _is_local(location, base_dir):
         path = Path(location).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
@@ -93,16 +129,15 @@ def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), 
                     raise CheckpointError(str(path), f"{what} folder lacks {', '.join(m + '/' for m in missing)} (expected a diffusers "
                                                      "layout: save it with save_pretrained)")
         return str(path)
+    if _in_hf_cache(location):
+        return location
     if hub_offline():
-        from huggingface_hub import scan_cache_dir
-
-        try:
-            cached = {repo.repo_id for repo in scan_cache_dir().repos}
-        except Exception:  # no cache folder yet
-            cached = set()
-        if location not in cached:
-            raise CheckpointError(location, f"{what} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; "
-                                            + _HOW_TO_GET.format(id=location))
+        raise CheckpointError(location, f"{what} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; "
+                                        + _HOW_TO_GET.format(id=location))
+    problem = hub_unreachable()
+    if problem is not None:
+        raise CheckpointError(location, f"{what} is not a local folder nor in the Hugging Face cache, and the hub "
+                                        f"cannot be reached ({problem}); " + _HOW_TO_GET.format(id=location))
     return location
 
 
