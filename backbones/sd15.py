@@ -22,6 +22,7 @@ from attrs import field, frozen, validators
 
 from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError
+from stmod.core.hub import hub_unreachable, in_hf_cache
 from stmod.core.sampling import NoiseSchedule
 from stmod.core.types import Control, EditSpec, number
 
@@ -78,39 +79,6 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
 
 
-def _in_hf_cache(repo_id: str) -> bool:
-    from huggingface_hub import scan_cache_dir
-
-    try:
-        return repo_id in {repo.repo_id for repo in scan_cache_dir().repos}
-    except Exception:  # no cache folder yet
-        return False
-
-
-def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the hub (``HF_ENDPOINT``) cannot be reached, or ``None`` when a connection opens within ``timeout``.
-
-    One TCP connection instead of the download's retries (minutes) before an unclear error. Name
-    resolution runs in a thread so that a hanging DNS is bounded by ``timeout`` too.
-    """
-    import concurrent.futures
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        pool.submit(lambda: socket.create_connection((host, port), timeout=timeout).close()).result(timeout=timeout + 0.5)
-    except concurrent.futures.TimeoutError:
-        return f"{host}:{port} did not answer within {timeout:.0f} s"
-    except OSError as exc:
-        return f"{host}:{port}: {exc.strerror or exc}"
-    finally:
-        pool.shutdown(wait=False)
-    return None
-
-
 def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), base_dir: Path | None = None) -> str:
     """Validate a weights location without loading it; returns the resolved location.
 
@@ -129,7 +97,7 @@ def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), 
                     raise CheckpointError(str(path), f"{what} folder lacks {', '.join(m + '/' for m in missing)} (expected a diffusers "
                                                      "layout: save it with save_pretrained)")
         return str(path)
-    if _in_hf_cache(location):
+    if in_hf_cache(location):
         return location
     if hub_offline():
         raise CheckpointError(location, f"{what} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; "

@@ -35,3 +35,18 @@ def test_a_relative_model_folder_without_dot_slash(job_file, tiny_folder: Path, 
     job = job_file(backbone={"name": "sd15", "model": "ckpt/tiny", "device": "cpu"}, layout=[], regions={})
     result = run_cli([*TESTING, "check", str(job)], env=ENV)
     assert result.exit_code == 0, result.stderr
+
+
+def test_eval_clip_fails_within_seconds_when_the_hub_is_unreachable(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLIP weights neither local nor cached, the hub unreachable: one clear error at once (not a minute of retries)."""
+    from stmod.core.errors import CheckpointError
+    from stmod.plugins.eval.clipscore import ClipScorer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match="hub cannot be reached .127.0.0.1:9"):
+        ClipScorer.load("someone/clip-model")
+    assert time.perf_counter() - started < 10
