@@ -105,8 +105,8 @@ class Editor(_CoreEditor):
             spec = load_job(Path(job), formats=self.registry.job_formats.values())
         return spec if self.backbone is None else attrs.evolve(spec, backbone=self.backbone)
 
-    def check(self, spec: EditSpec):  # type: ignore[override]
-        return super().check(self.job(spec))
+    def check(self, spec: EditSpec, *, check_output: bool = True):  # type: ignore[override]
+        return super().check(self.job(spec), check_output=check_output)
 
     def run(self, job: EditSpec | str | Path | Mapping[str, Any], *,  # type: ignore[override]
             callback_on_step_end: StepCallback | None = None) -> EditResult:

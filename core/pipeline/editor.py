@@ -172,9 +172,10 @@ class Editor:
         self.cache = None if cache is False else (cache if isinstance(cache, InversionCache) else InversionCache())
         self._backbones: dict[str, Backbone] = {}  # loaded backbones, reused by later jobs with the same one
 
-    def check(self, spec: EditSpec) -> Components:
-        """Validate ``spec`` and its files and build its components, without loading any model."""
-        components = check_job(spec, self.registry)
+    def check(self, spec: EditSpec, *, check_output: bool = True) -> Components:
+        """Validate ``spec`` and its files and build its components, without loading any model
+        (``check_output=False``: whatever is in the output folder; ``stmod-run check`` reports that apart)."""
+        components = check_job(spec, self.registry, check_output=check_output)
         # A batch edits many clips with one model: keep a backbone (and its loaded weights) per setting.
         key = json.dumps([spec.backbone.name, dict(spec.backbone.options), str(spec.base_dir)], sort_keys=True,
                          default=str)
@@ -191,7 +192,7 @@ class Editor:
         bar = tqdm(total=total, desc=f"{desc:<9}", unit=unit, disable=not self.progress, leave=True, dynamic_ncols=True)
         return _Bar(bar, desc, total, self.on_progress, step_callback)
 
-    def prepare(self, spec: EditSpec, timer: PhaseTimer | None = None) -> Prepared:
+    def prepare(self, spec: EditSpec, timer: PhaseTimer | None = None, *, check_output: bool = True) -> Prepared:
         """Everything an edit validates before any model weights load; ``stmod-run check`` runs exactly this.
 
         The job and its files (:func:`check_job`), prompts against the tokenizer, the clip read,
@@ -201,7 +202,7 @@ class Editor:
         """
         timer = timer or PhaseTimer()
         with timer.phase("check"):
-            components = self.check(spec)
+            components = self.check(spec, check_output=check_output)
         with timer.phase("read"):
             clip = load_video(spec.video, components.clip)
         request = LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,

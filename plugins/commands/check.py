@@ -24,9 +24,16 @@ def run(args: argparse.Namespace, session) -> int:
                    "layout (no weights load)...")
     from stmod.core.pipeline.editor import Editor  # torch: only once there is a job to check
 
-    Editor(session.registry, progress=False, cache=False).prepare(spec)
+    from stmod.core.errors import OutputExistsError
+    from stmod.core.pipeline.components import check_output_folder
+
+    Editor(session.registry, progress=False, cache=False).prepare(spec, check_output=False)
     if args.print_job:
         session.echo(dump_job(spec).rstrip())
     regions = ", ".join(f"{r.name}={r.prompt!r}" for r in spec.regions) or "none"
     session.echo(f"ok: {args.job or 'job'} is valid ({spec.video.path.name}; regions: {regions})")
+    try:  # the job is fine; its output folder is what a run would find, worth saying but not an error here
+        check_output_folder(spec)
+    except OutputExistsError:
+        session.echo(f"note: the output folder {spec.output} exists: edit needs --overwrite to replace it, or --out DIR")
     return 0

@@ -74,3 +74,13 @@ def test_every_command_help_shows_defaults_and_two_examples() -> None:
         assert all(f"stmod-run {name}" in line or f"-m stmod {name}" in line for line in examples if line.strip())
     assert "(default: 7860" in commands["ui"].format_help() and "(default 50)" in commands["edit"].format_help()
     assert "(default: consecutive)" in commands["eval"].format_help()
+
+
+def test_check_with_an_existing_output_says_valid_and_what_edit_needs(job_file, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("x")
+    result = run_cli([*TESTING, "check", str(job_file())], env=ENV)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ok: ") and lines[1] == (f"note: the output folder {tmp_path / 'out'} exists: edit needs "
+                                                       "--overwrite to replace it, or --out DIR")
