@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 from stmod import hookimpl
-from stmod.backbones import annotators
-from stmod.backbones.sd15 import SD15Options, StableDiffusionBackbone
-from stmod.backbones.shapes import ShapesBackbone, ShapesOptions
-from stmod.backbones.tiny import TinyBackbone, TinyOptions
+
+# By reference ("module:attribute"): these modules import torch, diffusers and OpenCV, which only a
+# job that uses the component should pay for (``stmod-run --help`` and ``list`` do not).
+_ANN = "stmod.backbones.annotators:"
 
 
 @hookimpl
 def stmod_register_backbones(register) -> None:
-    register.add("sd15", StableDiffusionBackbone, options=SD15Options,
+    register.add("sd15", "stmod.backbones.sd15:StableDiffusionBackbone",
+                 options="stmod.backbones.sd15:SD15Options",
                  summary="Stable Diffusion 1.5 family (hub id, diffusers folder or .safetensors) + ControlNets")
-    register.add("tiny", TinyBackbone, options=TinyOptions,
+    register.add("tiny", "stmod.backbones.tiny:TinyBackbone", options="stmod.backbones.tiny:TinyOptions",
                  summary="SD-1.5-shaped random-weight model for fast tests (pictures are not meaningful)")
-    register.add("shapes", ShapesBackbone, options=ShapesOptions,
+    register.add("shapes", "stmod.backbones.shapes:ShapesBackbone",
+                 options="stmod.backbones.shapes:ShapesOptions",
                  summary="small SD-1.5-layout model trained on the shapes world (colours, shapes, parts; 128 px)")
 
 
 @hookimpl
 def stmod_register_annotators(register) -> None:
-    register.add("canny", annotators.CannyAnnotator, options=annotators.CannyOptions,
+    register.add("canny", _ANN + "CannyAnnotator", options=_ANN + "CannyOptions",
                  summary="Canny edges (controlnet-aux; no weights needed)")
-    register.add("depth", annotators.DepthAnnotator, options=annotators.WeightsOptions,
+    register.add("depth", _ANN + "DepthAnnotator", options=_ANN + "WeightsOptions",
                  summary="MiDaS depth (controlnet-aux; needs annotator weights)")
-    register.add("openpose", annotators.OpenposeAnnotator, options=annotators.WeightsOptions,
+    register.add("openpose", _ANN + "OpenposeAnnotator", options=_ANN + "WeightsOptions",
                  summary="OpenPose body keypoints (controlnet-aux; needs annotator weights)")
-    register.add("frames", annotators.FramesAnnotator, options=annotators.FramesOptions,
+    register.add("frames", _ANN + "FramesAnnotator", options=_ANN + "FramesOptions",
                  summary="Precomputed control images from a folder")

@@ -22,10 +22,11 @@ from attrs import field, frozen, validators
 
 from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError
+from stmod.core.hub import hub_unreachable, in_hf_cache
 from stmod.core.sampling import NoiseSchedule
 from stmod.core.types import Control, EditSpec, number
 
-__all__ = ["SD15Options", "StableDiffusionBackbone", "DEFAULT_MODEL", "DEFAULT_CONTROLNETS"]
+__all__ = ["SD15Options", "StableDiffusionBackbone", "PipelineBackbone", "DEFAULT_MODEL", "DEFAULT_CONTROLNETS"]
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,12 @@ class SD15Options:
     cpu_offload: bool = False
 
 
-def _is_local(location: str) -> bool:
-    return location.startswith((".", "/", "~")) or Path(location).expanduser().exists() or location.endswith(
-        (".safetensors", ".ckpt"))
+def _is_local(location: str, base_dir: Path | None = None) -> bool:
+    """A path rather than a hub id: it looks like one, or it names something that exists (relative to the
+    job's folder first: the official configs' ``ckpt/stable-diffusion-v1-5`` has no ``./``)."""
+    if location.startswith((".", "/", "~")) or location.endswith((".safetensors", ".ckpt")):
+        return True
+    return (base_dir is not None and (base_dir / location).exists()) or Path(location).expanduser().exists()
 
 
 def hub_offline() -> bool:
@@ -80,7 +84,7 @@ def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), 
 
     :raises CheckpointError: naming the location and how to provide the weights.
     """
-    if _is_local(location):
+    if _is_local(location, base_dir):
         path = Path(location).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
@@ -93,16 +97,15 @@ def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), 
                     raise CheckpointError(str(path), f"{what} folder lacks {', '.join(m + '/' for m in missing)} (expected a diffusers "
                                                      "layout: save it with save_pretrained)")
         return str(path)
+    if in_hf_cache(location):
+        return location
     if hub_offline():
-        from huggingface_hub import scan_cache_dir
-
-        try:
-            cached = {repo.repo_id for repo in scan_cache_dir().repos}
-        except Exception:  # no cache folder yet
-            cached = set()
-        if location not in cached:
-            raise CheckpointError(location, f"{what} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; "
-                                            + _HOW_TO_GET.format(id=location))
+        raise CheckpointError(location, f"{what} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; "
+                                        + _HOW_TO_GET.format(id=location))
+    problem = hub_unreachable()
+    if problem is not None:
+        raise CheckpointError(location, f"{what} is not a local folder nor in the Hugging Face cache, and the hub "
+                                        f"cannot be reached ({problem}); " + _HOW_TO_GET.format(id=location))
     return location
 
 
@@ -328,3 +331,48 @@ class StableDiffusionBackbone:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class PipelineBackbone(StableDiffusionBackbone):
+    """``sd15`` over the modules of an already-loaded diffusers ``StableDiffusionPipeline`` (a fine-tuned or
+    LoRA-loaded one included): nothing is read from disk except the ControlNets a job names.
+
+    Built by ``stmod.Editor.from_pipe``; the weights' fingerprint is part of :attr:`model_id`, so the
+    inversion cache never mixes a LoRA-loaded pipeline with the plain one.
+    """
+
+    def __init__(self, pipe: Any, *, device: str | None = None, vae_batch: int = 8) -> None:
+        target = device or str(pipe.unet.device)
+        super().__init__(SD15Options(model=str(getattr(pipe, "name_or_path", None) or "pipeline"), device=target,
+                                     dtype=str(pipe.unet.dtype).replace("torch.", ""), vae_batch=vae_batch))
+        self.tokenizer, self.scheduler_config = pipe.tokenizer, pipe.scheduler.config
+        self.vae, self.unet, self.text_encoder = (
+            self._place(m.eval().requires_grad_(False)) for m in (pipe.vae, pipe.unet, pipe.text_encoder))
+        self._fingerprint = _fingerprint(self.unet, self.text_encoder)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.options.model}@{self._fingerprint}"
+
+    def check(self, spec: EditSpec) -> None:
+        for control in spec.control:
+            check_location(self.controlnet_location(control.annotator.name, control.model), what="ControlNet",
+                           base_dir=spec.base_dir)
+
+    def load_tokenizer(self, base_dir: Path | None = None):
+        return self.tokenizer
+
+    def attention_levels(self, base_dir: Path | None = None) -> tuple[int, ...] | None:
+        return None  # no config file to read: a layout's level is checked once the edit runs, as for hub ids
+
+
+def _fingerprint(*modules: torch.nn.Module) -> str:
+    """A short digest of the weights (a few values of every tensor): enough to tell fine-tunes and LoRAs apart."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            sample = tensor.detach().flatten()[:16].float().cpu()
+            digest.update(f"{name}{tuple(tensor.shape)}{sample.sum().item():.6e}{sample.abs().sum().item():.6e}".encode())
+    return digest.hexdigest()[:16]

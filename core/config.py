@@ -258,6 +258,8 @@ def job_from_mapping(data: Mapping[str, Any], *, base_dir: Path, source: str | N
     if "base_dir" in data:
         raise ConfigError("unknown key 'base_dir' at the top level (it is set from the job file's folder)",
                           key="base_dir", source=source)
+    if isinstance(data.get("video"), str):  # the shorthand ``video: clip.mp4`` is ``video: {path: clip.mp4}``
+        data = {**data, "video": {"path": data["video"]}}
     structurer = _Structurer(base_dir, source)
     spec = structurer.structure(EditSpec, data, "")
     return attrs.evolve(spec, base_dir=base_dir)
@@ -274,7 +276,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     for key, value in overrides.items():
         current = merged.get(key)
         if isinstance(value, Mapping) and isinstance(current, str):
-            current = {"name": current}
+            current = {"path": current} if key == "video" else {"name": current}
         if isinstance(value, Mapping) and isinstance(current, Mapping) and "name" in value and current.get("name") != value["name"]:
             current = {}
         if isinstance(value, Mapping) and isinstance(current, Mapping):
@@ -304,6 +306,41 @@ def load_job(path: Path, overrides: Mapping[str, Any] | None = None, *, allow_un
     return job_from_mapping(data, base_dir=base_dir, source=str(path))
 
 
-def dump_job(spec: EditSpec) -> str:
-    """The resolved job as YAML (what ``stmod-run check --print`` shows and ``config.yaml`` holds)."""
-    return yaml.safe_dump(unstructure(spec), sort_keys=False, allow_unicode=True)
+def dump_job(spec: EditSpec, *, rerunnable: bool = False) -> str:
+    """The resolved job as YAML (what ``stmod-run check --print`` shows).
+
+    :param rerunnable: what an output folder's ``config.yaml`` holds: a job that reruns from any working
+        directory (see :func:`rerunnable_job`).
+    """
+    data = rerunnable_job(spec) if rerunnable else unstructure(spec)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def rerunnable_job(spec: EditSpec) -> dict[str, Any]:
+    """``spec`` as a job mapping that means the same wherever the file lies and whatever the working directory.
+
+    Top-level paths are absolute already; a component option (``layout.dir``, a backbone's ``model``
+    folder, a checkpoint, ...) is a string its component resolves against the job's folder, so one that
+    names an existing file or folder there becomes absolute (a hub id names none and stays). ``overwrite``
+    is dropped: rerunning a finished job must not replace its results unless asked (``--overwrite``).
+    """
+    data = unstructure(spec)
+    data.pop("overwrite", None)
+
+    def absolute(options: dict[str, Any]) -> dict[str, Any]:
+        return {key: value if key == "name" else _absolute_option(value, spec.base_dir) for key, value in options.items()}
+
+    for key in ("backbone", "blend", "modulator"):
+        data[key] = absolute(data[key])
+    data["layout"] = [absolute(entry) for entry in data["layout"]]
+    for control in data["control"]:
+        control["annotator"] = absolute(control["annotator"])
+        control["model"] = _absolute_option(control["model"], spec.base_dir)
+    return data
+
+
+def _absolute_option(value: Any, base_dir: Path) -> Any:
+    if not isinstance(value, str) or not value or os.path.isabs(os.path.expanduser(value)):
+        return value
+    candidate = base_dir / value
+    return str(candidate.resolve()) if candidate.exists() else value

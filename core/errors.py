@@ -35,7 +35,15 @@ __all__ = [
     "EnvironmentProblem",
     "environment_problem",
     "environment_errors",
+    "EditCancelled",
 ]
+
+
+class EditCancelled(Exception):
+    """A step callback stopped the edit (``callback_on_step_end`` returned ``False``); nothing was written.
+
+    Not a :class:`StmodError`: nothing is wrong with the job.
+    """
 
 
 #: Longest shown form of a value in a message: a 10 MB prompt or a huge list stays one readable line.

@@ -7,7 +7,8 @@ and a clash can name both providers.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator, Mapping
+import importlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -55,16 +56,57 @@ def normalise_kind(text: str) -> str:
     return _KIND_ALIASES[text.strip().lower()]
 
 
+def resolve_reference(ref: object, *, kind: str, name: str, plugin: str, what: str) -> Any:
+    """``"package.module:attribute"`` → that attribute (imported now); anything else is returned as is.
+
+    Plugins may register a component by reference so that listing it (``--help``, ``plugins``, ``list``)
+    imports nothing heavy: the module loads only when a job uses the component.
+    """
+    if not isinstance(ref, str):
+        return ref
+    module, _, attribute = ref.partition(":")
+    try:
+        value: Any = importlib.import_module(module)
+        for part in attribute.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError) as exc:
+        raise ComponentContractError(kind, name, plugin, f"registered {what} {ref!r}, which does not load: {exc}") from exc
+    return value
+
+
 @frozen(kw_only=True)
 class ComponentInfo:
-    """A registered component: what it is, who provided it, and how to build it."""
+    """A registered component: what it is, who provided it, and how to build it.
+
+    ``factory`` and ``options`` may have been registered as ``"module:attribute"`` references; reading
+    them imports the module (see :func:`resolve_reference`).
+    """
 
     kind: str
     name: str
     summary: str
-    factory: Callable[..., object] = attrs.field(eq=False)
-    options: type | None = None
+    _factory: Callable[..., object] | str = attrs.field(eq=False, alias="factory")
+    _options: type | str | None = attrs.field(default=None, alias="options")
     plugin: str
+
+    @property
+    def factory(self) -> Callable[..., object]:
+        factory = resolve_reference(self._factory, kind=self.kind, name=self.name, plugin=self.plugin, what="factory")
+        if not callable(factory):
+            raise ComponentContractError(self.kind, self.name, self.plugin, "registered a factory that is not callable")
+        return factory
+
+    @property
+    def options(self) -> type | None:
+        options = resolve_reference(self._options, kind=self.kind, name=self.name, plugin=self.plugin, what="options")
+        if options is not None and not attrs.has(options):
+            raise ComponentContractError(self.kind, self.name, self.plugin, "declared options that are not an attrs class")
+        return options
+
+    @property
+    def takes_options(self) -> bool:
+        """Whether the component declared options (known without importing it)."""
+        return self._options is not None
 
 
 @frozen(kw_only=True)
@@ -76,6 +118,8 @@ class CommandInfo:
     configure: Callable[[argparse.ArgumentParser], None] = attrs.field(eq=False)
     run: Callable[..., int] = attrs.field(eq=False)
     plugin: str
+    #: Command lines shown under "examples:" in the command's ``--help``.
+    examples: tuple[str, ...] = ()
 
 
 @frozen(kw_only=True)
@@ -126,25 +170,26 @@ class ComponentRegistrar(_Registrar):
     def add(
         self,
         name: str,
-        factory: Callable[..., object],
+        factory: Callable[..., object] | str,
         *,
         summary: str,
-        options: type | None = None,
+        options: type | str | None = None,
     ) -> None:
         """Register component ``name``.
 
         :param name: unique within the kind; letters, digits, ``_``, ``-``, ``.``.
         :param factory: ``factory(options)`` (or ``factory()`` when ``options`` is ``None``) returns the
-            component. Called only when a job selects it.
+            component. Called only when a job selects it. A ``"package.module:attribute"`` string is
+            imported only then, so that a plugin whose components need torch costs nothing to list.
         :param summary: one line shown by ``stmod-run list``.
-        :param options: an ``attrs`` class describing the component's options; job files are
-            validated against it (unknown keys are errors) before anything is built.
+        :param options: an ``attrs`` class describing the component's options (or a reference to one);
+            job files are validated against it (unknown keys are errors) before anything is built.
         :raises PluginConflictError: when another plugin registered ``name`` for this kind.
         """
         self._claim(name)
-        if not callable(factory):
+        if not callable(factory) and not _is_reference(factory):
             raise ComponentContractError(self.kind, name, self._plugin, "registered a factory that is not callable")
-        if options is not None and not attrs.has(options):
+        if options is not None and not _is_reference(options) and not attrs.has(options):
             raise ComponentContractError(self.kind, name, self._plugin, "declared options that are not an attrs class")
         if not isinstance(summary, str) or not summary.strip():
             raise ComponentContractError(self.kind, name, self._plugin, "needs a one-line summary")
@@ -152,6 +197,10 @@ class ComponentRegistrar(_Registrar):
             kind=self.kind, name=name, summary=summary.strip().splitlines()[0], factory=factory,
             options=options, plugin=self._plugin,
         )
+
+
+def _is_reference(value: object) -> bool:
+    return isinstance(value, str) and ":" in value and all(value.partition(":")[::2])
 
 
 class CommandRegistrar(_Registrar):
@@ -166,15 +215,18 @@ class CommandRegistrar(_Registrar):
         configure: Callable[[argparse.ArgumentParser], None],
         run: Callable[..., int],
         help: str,
+        examples: Sequence[str] = (),
     ) -> None:
         """Register subcommand ``name``.
 
         :param configure: adds the command's arguments to its ``argparse`` parser.
         :param run: ``run(args, session) -> int`` executes it.
         :param help: one line shown by ``stmod-run --help``.
+        :param examples: full command lines shown at the end of ``stmod-run NAME --help``.
         """
         self._claim(name)
-        self._entries[name] = CommandInfo(name=name, help=help, configure=configure, run=run, plugin=self._plugin)
+        self._entries[name] = CommandInfo(name=name, help=help, configure=configure, run=run, plugin=self._plugin,
+                                          examples=tuple(examples))
 
 
 class JobFormatRegistrar(_Registrar):
@@ -230,7 +282,7 @@ class Registry:
         """Validate ``options`` for component ``name`` (unknown keys are errors); returns the options object."""
         info = self.info(kind, name)
         where = place or f"{kind} {name!r} options"
-        if info.options is None:
+        if not info.takes_options:
             if options:
                 return structure(_NoOptions, options, place=where)
             return None
@@ -241,7 +293,7 @@ class Registry:
         info = self.info(kind, name)
         parsed = self.parse_options(kind, name, options or {}, place=place)
         try:
-            product = info.factory() if info.options is None else info.factory(parsed)
+            product = info.factory() if not info.takes_options else info.factory(parsed)
         except ValueError as exc:  # options that fit their class but not each other: the job's error
             where = place or f"{kind} {name!r} options"
             raise ConfigError(f"{where}: {exc} (plugin {info.plugin!r})", place=where) from exc

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import torch
 
-__all__ = ["NoiseSchedule", "ddim_timesteps", "ddim_move", "invert", "denoise", "Predict", "Blend"]
+__all__ = ["NoiseSchedule", "ddim_timesteps", "ddim_move", "invert", "denoise", "Predict", "Blend", "StepEnd"]
 
 #: ``predict(latents, timestep, step_index) -> eps`` (same shape as latents).
 Predict = Callable[[torch.Tensor, int, int], torch.Tensor]
@@ -86,6 +86,10 @@ def ddim_move(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: f
     return alpha_to**0.5 * x0 + (1 - alpha_to) ** 0.5 * eps
 
 
+#: ``on_step_end(step, timestep, latents)``: after each step, with the latents that step produced.
+StepEnd = Callable[[int, int, torch.Tensor], None]
+
+
 def invert(
     x0: torch.Tensor,
     predict: Predict,
@@ -93,11 +97,13 @@ def invert(
     timesteps: Sequence[int],
     *,
     on_step: Callable[[int], None] | None = None,
+    on_step_end: StepEnd | None = None,
 ) -> dict[int, torch.Tensor]:
     """DDIM inversion of clean latents ``x0`` through the levels of ``timesteps`` (given high to low).
 
     Step ``k`` moves from the previous level to timestep ``t_k`` (ascending) with ``ε = predict(x, t_k, k)``.
     Returns the trajectory ``{0: x0, t: x_t for every t}``; ``trajectory[timesteps[0]]`` starts denoising.
+    ``on_step(k)`` and ``on_step_end(k, t_k, latents)`` run after every step.
     """
     trajectory = {CLEAN: x0}
     x, level = x0, CLEAN
@@ -108,6 +114,8 @@ def invert(
         level = t
         if on_step is not None:
             on_step(k)
+        if on_step_end is not None:
+            on_step_end(k, t, x)
     return trajectory
 
 
@@ -119,8 +127,10 @@ def denoise(
     *,
     blend: Blend | None = None,
     on_step: Callable[[int], None] | None = None,
+    on_step_end: StepEnd | None = None,
 ) -> torch.Tensor:
-    """DDIM denoising from level ``timesteps[0]`` to clean latents; ``blend`` runs after every step."""
+    """DDIM denoising from level ``timesteps[0]`` to clean latents; ``blend``, then ``on_step(i)`` and
+    ``on_step_end(i, t_i, latents)`` run after every step."""
     timesteps = list(timesteps)
     for i, t in enumerate(timesteps):
         nxt = timesteps[i + 1] if i + 1 < len(timesteps) else CLEAN
@@ -130,4 +140,6 @@ def denoise(
             x = blend(x, i, t, nxt)
         if on_step is not None:
             on_step(i)
+        if on_step_end is not None:
+            on_step_end(i, t, x)
     return x

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-import numpy as np
-import torch
 from attrs import field, frozen, validators
 
 if TYPE_CHECKING:  # annotations only: these modules build on the values defined here
+    import numpy as np
+    import torch
+
     from stmod.core.features import InversionFeatures
     from stmod.core.io.video import FrameTransform
     from stmod.core.sampling import NoiseSchedule
@@ -270,6 +271,8 @@ class EditSpec:
 
 
 def _check_masks(instance: LayoutMasks, attribute: attrs.Attribute, value: torch.Tensor) -> None:
+    import torch  # imported here so that reading a job (the CLI's --help, list, check) needs no torch
+
     if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or value.ndim != 4:
         raise ValueError("masks must be a bool tensor of shape (frames, regions, height, width)")
 
@@ -319,6 +322,8 @@ class LayoutMasks:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LayoutMasks):
             return NotImplemented
+        import torch
+
         return self.names == other.names and torch.equal(self.masks, other.masks)
 
     __hash__ = None  # type: ignore[assignment]

@@ -89,13 +89,13 @@ class GrabcutOptions:
     #: ``pixels`` (source frame pixels) or ``normalized`` (fractions of width and height).
     units: Literal["pixels", "normalized"] = field(default="pixels", validator=validators.in_(("pixels", "normalized")))
     #: GrabCut iterations on a keyframe.
-    iterations: int = number(5, low=1, high=50)
+    iterations: int = number(5, low=1, high=100)
     #: GrabCut iterations re-fitting a carried mask on every other frame (0: flow only).
-    refine_iterations: int = number(2, low=0, high=50)
+    refine_iterations: int = number(2, low=0, high=100)
     #: Width of the uncertain ring around a carried mask, as a fraction of the object's size.
-    band: float = number(0.1, low=0, high=0.5, validator=validators.gt(0))
+    band: float = number(0.1, low=0.0, high=0.5, validator=validators.gt(0))
     #: Below this IoU with the carried mask a frame's refinement is dropped (the carried mask is kept).
-    min_agreement: float = number(0.6, low=0, high=1)
+    min_agreement: float = number(0.6, low=0.0, high=1.0)
 
 
 # -- pure steps ------------------------------------------------------------------------------------

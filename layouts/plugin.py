@@ -22,12 +22,9 @@ It goes through the same hook as third-party plugins. Example job entries::
 from __future__ import annotations
 
 from stmod import hookimpl
-from stmod.layouts.boxes import BoxesOptions, BoxLayoutProvider
-from stmod.layouts.grabcut import GrabcutLayoutProvider, GrabcutOptions
-from stmod.layouts.kmeans import KMeansLayoutProvider, KMeansOptions
-from stmod.layouts.masks import MaskFolderProvider, MasksOptions
-from stmod.layouts.sam2 import Sam2LayoutProvider, Sam2Options
 from stmod.core.registry import ComponentRegistrar
+
+# Registered by reference: the providers import torch and OpenCV only when a job uses them.
 
 __all__ = ["stmod_register_layout_providers"]
 
@@ -36,13 +33,18 @@ __all__ = ["stmod_register_layout_providers"]
 def stmod_register_layout_providers(register: ComponentRegistrar) -> None:
     """Register ``masks`` (PNG folders: SAM-Track, VideoGrain, DAVIS, SAM-Track WebUI), ``boxes``, ``grabcut``,
     ``kmeans``, ``sam2``."""
-    register.add("masks", MaskFolderProvider, options=MasksOptions,
+    register.add("masks", "stmod.layouts.masks:MaskFolderProvider",
+                 options="stmod.layouts.masks:MasksOptions",
                  summary="region masks from PNG folders (SAM-Track / VideoGrain / DAVIS / SAM-Track WebUI)")
-    register.add("boxes", BoxLayoutProvider, options=BoxesOptions,
+    register.add("boxes", "stmod.layouts.boxes:BoxLayoutProvider",
+                 options="stmod.layouts.boxes:BoxesOptions",
                  summary="region masks from boxes at keyframes, linearly interpolated")
-    register.add("grabcut", GrabcutLayoutProvider, options=GrabcutOptions,
+    register.add("grabcut", "stmod.layouts.grabcut:GrabcutLayoutProvider",
+                 options="stmod.layouts.grabcut:GrabcutOptions",
                  summary="region masks from a box (and clicks) on keyframes: GrabCut, carried by optical flow (no weights)")
-    register.add("kmeans", KMeansLayoutProvider, options=KMeansOptions,
+    register.add("kmeans", "stmod.layouts.kmeans:KMeansLayoutProvider",
+                 options="stmod.layouts.kmeans:KMeansOptions",
                  summary="regions from K-Means on self-attention features recorded during inversion (no masks needed)")
-    register.add("sam2", Sam2LayoutProvider, options=Sam2Options,
+    register.add("sam2", "stmod.layouts.sam2:Sam2LayoutProvider",
+                 options="stmod.layouts.sam2:Sam2Options",
                  summary="region masks tracked by SAM 2 from clicks or boxes on a few frames (extra stmod[sam2])")

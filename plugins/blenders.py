@@ -15,12 +15,14 @@ Gaussian that feathers the mask edge (0 keeps it hard).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from attrs import field, frozen, validators
 
 from stmod import BlendContext, hookimpl, number
+
+if TYPE_CHECKING:  # torch is imported where a blend runs, so that loading the plugin (--help, list) is cheap
+    import torch
 
 __all__ = ["BlendOptions", "NoBlend", "LatentBlend", "VideoGrainBlend", "feather"]
 
@@ -37,6 +39,9 @@ def feather(mask: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur a float ``(F, 1, h, w)`` mask with a separable Gaussian of std ``sigma`` (replicate padding)."""
     if sigma <= 0:
         return mask
+    import torch
+    import torch.nn.functional as F
+
     radius = max(1, math.ceil(3 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=mask.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -71,7 +76,7 @@ class LatentBlend:
             )
         mask = feather(context.mask, self.options.soft_edge).to(latents.dtype)
         source = trajectory[next_timestep].to(latents.device, latents.dtype)
-        return torch.lerp(source, latents, mask.expand_as(latents))  # exact at mask 0 and 1
+        return source.lerp(latents, mask.expand_as(latents))  # exact at mask 0 and 1
 
 
 class VideoGrainBlend:
@@ -82,12 +87,14 @@ class VideoGrainBlend:
 
     def blend(self, latents: torch.Tensor, *, step_index: int, timestep: int, next_timestep: int,
               context: BlendContext) -> torch.Tensor:
+        import torch
+
         source = context.source_latents.to(latents.device, latents.dtype)
         noise = torch.randn(source.shape, generator=context.generator, dtype=torch.float32,
                             device=context.generator.device).to(latents.device, latents.dtype)
         noised = context.add_noise(source, noise, timestep)
         mask = feather(context.mask, self.options.soft_edge).to(latents.dtype)
-        return torch.lerp(noised, latents, mask.expand_as(latents))
+        return noised.lerp(latents, mask.expand_as(latents))
 
 
 @hookimpl

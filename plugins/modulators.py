@@ -15,12 +15,10 @@ def _st_layout(options: object) -> object:
 
 @hookimpl
 def stmod_register_modulators(register: ComponentRegistrar) -> None:
-    """Register ``st-layout``."""
-    from stmod.core.st_layout.modulator import EngineOptions
-
+    """Register ``st-layout`` (options by reference: the engine's module imports torch)."""
     register.add(
         "st-layout",
         _st_layout,
         summary="ST-Layout attention: spatio-temporal cross/self-attention modulation (VideoGrain)",
-        options=EngineOptions,
+        options="stmod.core.st_layout.modulator:EngineOptions",
     )

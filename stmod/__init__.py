@@ -8,11 +8,11 @@ The public surface for users and plugin authors; nothing else is needed to write
     def stmod_register_layout_providers(register):
         register.add("mine", MyProvider, summary="...")
 
-and to run an edit from Python::
+and to run an edit from Python (``docs/python.md``)::
 
-    from stmod import editor_from_plugins, load_job
+    from stmod import Editor
 
-    result = editor_from_plugins().run(load_job("job.yaml"))
+    result = Editor.from_pretrained("shapes").run("job.yaml")
 
 Names other than the markers are loaded on first use (module ``__getattr__``), so ``import stmod``
 (which every plugin does) stays cheap: no torch, no diffusers. Subpackages: :mod:`stmod.core`
@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from stmod.core.errors import (CheckpointError, ConfigError, InputError, LayoutError, MissingDependencyError,
-                                   OutputExistsError, PromptError, StmodError, UsageError)
+    from stmod.api import Editor
+    from stmod.core.errors import (CheckpointError, ConfigError, EditCancelled, InputError, LayoutError,
+                                   MissingDependencyError, OutputExistsError, PromptError, StmodError, UsageError)
     from stmod.core.features import FeatureMaps, FeatureRequest, InversionFeatures
     from stmod.core.io.video import ClipPlan
-    from stmod.core.pipeline.editor import Editor, EditResult, LayoutResult
+    from stmod.core.pipeline.editor import EditResult, LayoutResult
     from stmod.core.protocols import (Backbone, Blender, ConditionsText, ControlAnnotator, FeatureRecording,
                                       LayoutProvider, LayoutReporting, Modulator, Phase, RecordsAttention, Tokenizer)
     from stmod.core.types import (BlendContext, EditSpec, LayoutMasks, LayoutReport, LayoutRequest,
@@ -55,7 +56,9 @@ _LAZY = {
                      "LayoutReporting", "ConditionsText", "FeatureRecording", "RecordsAttention"),
                     "stmod.core.protocols"),
     **dict.fromkeys(("FeatureRequest", "FeatureMaps", "InversionFeatures"), "stmod.core.features"),
-    **dict.fromkeys(("Editor", "EditResult", "LayoutResult"), "stmod.core.pipeline.editor"),
+    **dict.fromkeys(("EditResult", "LayoutResult"), "stmod.core.pipeline.editor"),
+    "Editor": "stmod.api",
+    "EditCancelled": "stmod.core.errors",
     "ClipPlan": "stmod.core.io.video",
     "load_job": "stmod.plugins.manager",
     "editor_from_plugins": "stmod.plugins.manager",

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import NoReturn, TextIO
 
@@ -51,6 +52,25 @@ class Session:
     def echo(self, text: str = "") -> None:
         print(text, file=self.stdout)
 
+    def status(self, text: str) -> None:
+        """Say what is about to happen, on a terminal's stderr only (like progress bars): a command that
+        imports torch or loads weights next is otherwise silent for seconds. Pipes and tests see nothing."""
+        isatty = getattr(self.stderr, "isatty", None)
+        if callable(isatty) and isatty():
+            print(text, file=self.stderr, flush=True)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (unless its help names it already) and keeps the examples' lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        hidden = default is None or default is False or default == [] or default is argparse.SUPPRESS
+        if hidden or "default" in text or action.nargs == 0:
+            return text
+        return f"{text} (default: {default})"
+
 
 def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
@@ -65,13 +85,26 @@ def build_parser(pm: StmodPluginManager) -> argparse.ArgumentParser:
     _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for info in pm.registry.commands.values():
-        command = sub.add_parser(info.name, help=info.help, description=info.help)
+        epilog = "examples:\n" + "\n".join(f"  {line}" for line in info.examples) if info.examples else None
+        command = sub.add_parser(info.name, help=info.help, description=info.help, epilog=epilog,
+                                 formatter_class=_HelpFormatter)
         info.configure(command)
         command.set_defaults(_run=info.run, _plugin=info.plugin)
     return parser
 
 
+#: Libraries whose own messages and progress bars stay off the terminal unless ``-v`` asks for them.
+THIRD_PARTY_LOGGERS = ("transformers", "diffusers", "huggingface_hub", "accelerate", "py.warnings")
+#: How those libraries are told before they are imported (they read these when they load).
+_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+              "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
 def _configure_logging(verbosity: int, stream: TextIO) -> None:
+    """stmod's log on ``stream``; third-party messages, bars and Python warnings join it only with ``-v``.
+
+    The CLI owns its process, so it may set the libraries' own switches (variables the user set win).
+    """
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -79,6 +112,32 @@ def _configure_logging(verbosity: int, stream: TextIO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    for name in THIRD_PARTY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler] if verbosity else [logging.NullHandler()]
+        logger.setLevel(logging.WARNING if verbosity == 1 else logging.DEBUG if verbosity else logging.CRITICAL)
+        logger.propagate = False
+    if not verbosity:
+        for key, value in _QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+        _quiet_loaded_libraries()
+
+
+_PROGRESS_SWITCHES = (("transformers.utils.logging", "disable_progress_bar"),
+                      ("diffusers.utils.logging", "disable_progress_bar"),
+                      ("huggingface_hub.utils", "disable_progress_bars"))
+
+
+def _quiet_loaded_libraries() -> None:
+    """Libraries imported already (a test, an embedding host) read the variables too late: tell them directly."""
+    for module, switch in _PROGRESS_SWITCHES:
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, switch):
+            getattr(loaded, switch)()
+
+
+def _warning_to_log(message, category, filename, lineno, file=None, line=None) -> None:
+    logging.getLogger("py.warnings").warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
 
 
 class _PluginCommandError(Exception):
@@ -119,7 +178,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         if args.command is None:
             parser.print_help(stdout)
             return EXIT_USER
-        return _run_command(args, Session(pm=pm, stdout=stdout, stderr=stderr, env=env))
+        with warnings.catch_warnings():  # restored on return: in-process callers (tests) keep their own
+            warnings.showwarning = _warning_to_log
+            return _run_command(args, Session(pm=pm, stdout=stdout, stderr=stderr, env=env))
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)
     except StmodError as exc:
@@ -145,3 +206,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         if verbose:
             traceback.print_exc(file=stderr)
         return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # ``python -m stmod.cli`` (what ``python -X importtime -m stmod.cli --help`` measures)
+    sys.exit(main())

@@ -103,6 +103,6 @@ def write_layout_outputs(spec: EditSpec, result: LayoutResult) -> dict[str, Any]
                 png.save(folder / "masks" / name / f"{index:05d}.png")
         for i, (_, overlay, _) in enumerate(clusters):
             write_mp4(folder / ("clusters.mp4" if len(clusters) == 1 else f"clusters-{i}.mp4"), overlay, clip.fps)
-        (folder / "config.yaml").write_text(dump_job(spec), encoding="utf-8")
+        (folder / "config.yaml").write_text(dump_job(spec, rerunnable=True), encoding="utf-8")
         (folder / "layout.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     return record

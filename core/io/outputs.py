@@ -108,7 +108,7 @@ def write_outputs(
             for region in recorder.regions:
                 _save_png(folder / "attention" / f"{region}.png", attention_figure(recorder, region, clip.frames))
             _save_png(folder / "attention_effect.png", attention_effect_figure(recorder, layout, clip.frames))
-        (folder / "config.yaml").write_text(dump_job(spec), encoding="utf-8")
+        (folder / "config.yaml").write_text(dump_job(spec, rerunnable=True), encoding="utf-8")
         record = {
             **run,
             "phases": timer.snapshot(),

@@ -372,8 +372,13 @@ def plan_clip(source: VideoSource) -> ClipPlan:
     :raises InputError: naming ``video.path`` for every problem with the clip or the selection.
     """
     info = probe_video(source.path)
-    return ClipPlan(info=info, indices=tuple(select_frames(source, info.frames)),
-                    transform=FrameTransform.for_source(source, info))
+    transform = FrameTransform.for_source(source, info)
+    scale = max(transform.width / info.width, transform.height / info.height)
+    if scale > 1.01:  # upscaling invents no detail and costs (scale²)× the time: the user should know
+        log.warning("video.size %dx%d upscales the %dx%d source %.1fx; to edit at the source's size pass --size keep "
+                    "(or video.size: [%d, %d])", transform.width, transform.height, info.width, info.height, scale,
+                    max(64, info.width // 64 * 64), max(64, info.height // 64 * 64))
+    return ClipPlan(info=info, indices=tuple(select_frames(source, info.frames)), transform=transform)
 
 
 def load_video(source: VideoSource, plan: ClipPlan | None = None) -> SourceClip:

@@ -21,6 +21,7 @@ From Python::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from stmod.core.errors import LayoutError, environment_errors
+from stmod.core.errors import EditCancelled, LayoutError, environment_errors
 from stmod.core.features import FeatureRequest, feature_requests
 from stmod.core.io.outputs import write_outputs
 from stmod.core.io.video import SourceClip, load_video
@@ -51,7 +52,7 @@ from stmod.core.tokens import find_token_spans
 from stmod.core.types import (BlendContext, Branch, EditSpec, LayoutMasks, LayoutRequest, ModulationInput,
                               TextConditioning)
 
-__all__ = ["Editor", "EditResult", "LayoutResult", "Prepared", "ProgressCallback"]
+__all__ = ["Editor", "EditResult", "LayoutResult", "Prepared", "ProgressCallback", "StepCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +122,24 @@ class _Inverted:
 ProgressCallback = Callable[[str, int, int], None]
 
 
-class _Bar:
-    """A tqdm bar that also tells the editor's ``on_progress`` about every update."""
+#: ``callback_on_step_end(phase, step, timestep, latents)``: after every inversion and denoising step, with
+#: the latents it produced (``phase``: ``"inversion"`` or ``"denoising"``). Returning ``False`` stops the
+#: edit: :meth:`Editor.run` raises :class:`~stmod.core.errors.EditCancelled` and writes nothing.
+StepCallback = Callable[[str, int, int, torch.Tensor], "bool | None"]
 
-    def __init__(self, bar: tqdm, desc: str, total: int, callback: ProgressCallback | None) -> None:
+
+class _Bar:
+    """A tqdm bar that also tells the editor's ``on_progress`` about every update, and the run's
+    ``callback_on_step_end`` (if any) about every step's latents (:meth:`step_end`)."""
+
+    def __init__(self, bar: tqdm, desc: str, total: int, callback: ProgressCallback | None,
+                 step_callback: StepCallback | None = None) -> None:
         self.bar, self.desc, self.total, self.callback, self.done = bar, desc, total, callback, 0
+        self.step_callback = step_callback
+
+    def step_end(self, step: int, timestep: int, latents: torch.Tensor) -> None:
+        if self.step_callback is not None and self.step_callback(self.desc, step, timestep, latents) is False:
+            raise EditCancelled(f"stopped by callback_on_step_end at {self.desc} step {step} (timestep {timestep})")
 
     def update(self, n: int = 1) -> None:
         self.bar.update(n)
@@ -158,9 +172,10 @@ class Editor:
         self.cache = None if cache is False else (cache if isinstance(cache, InversionCache) else InversionCache())
         self._backbones: dict[str, Backbone] = {}  # loaded backbones, reused by later jobs with the same one
 
-    def check(self, spec: EditSpec) -> Components:
-        """Validate ``spec`` and its files and build its components, without loading any model."""
-        components = check_job(spec, self.registry)
+    def check(self, spec: EditSpec, *, check_output: bool = True) -> Components:
+        """Validate ``spec`` and its files and build its components, without loading any model
+        (``check_output=False``: whatever is in the output folder; ``stmod-run check`` reports that apart)."""
+        components = check_job(spec, self.registry, check_output=check_output)
         # A batch edits many clips with one model: keep a backbone (and its loaded weights) per setting.
         key = json.dumps([spec.backbone.name, dict(spec.backbone.options), str(spec.base_dir)], sort_keys=True,
                          default=str)
@@ -172,11 +187,12 @@ class Editor:
             find_token_spans(tokenizer, spec.negative_prompt, [])
         return components
 
-    def _bar(self, total: int, desc: str, unit: str = "step") -> _Bar:
-        bar = tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
-        return _Bar(bar, desc, total, self.on_progress)
+    def _bar(self, total: int, desc: str, unit: str = "step", *, step_callback: StepCallback | None = None) -> _Bar:
+        # One bar per phase, kept when done (the run's record on the terminal); names padded to align.
+        bar = tqdm(total=total, desc=f"{desc:<9}", unit=unit, disable=not self.progress, leave=True, dynamic_ncols=True)
+        return _Bar(bar, desc, total, self.on_progress, step_callback)
 
-    def prepare(self, spec: EditSpec, timer: PhaseTimer | None = None) -> Prepared:
+    def prepare(self, spec: EditSpec, timer: PhaseTimer | None = None, *, check_output: bool = True) -> Prepared:
         """Everything an edit validates before any model weights load; ``stmod-run check`` runs exactly this.
 
         The job and its files (:func:`check_job`), prompts against the tokenizer, the clip read,
@@ -186,7 +202,7 @@ class Editor:
         """
         timer = timer or PhaseTimer()
         with timer.phase("check"):
-            components = self.check(spec)
+            components = self.check(spec, check_output=check_output)
         with timer.phase("read"):
             clip = load_video(spec.video, components.clip)
         request = LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,
@@ -201,26 +217,29 @@ class Editor:
         return Prepared(components=components, clip=clip, request=request, requests=requests, parts=parts,
                         layout=layout)
 
-    def run(self, spec: EditSpec) -> EditResult:
+    def run(self, spec: EditSpec, *, callback_on_step_end: StepCallback | None = None) -> EditResult:
         """Edit the clip of ``spec`` and write its output folder; returns what was produced.
 
-        The output folder is locked from the check to the end (a second run into it is refused)."""
+        The output folder is locked from the check to the end (a second run into it is refused).
+        ``callback_on_step_end``: see :data:`StepCallback` (it may stop the edit, writing nothing)."""
         timer = PhaseTimer()
         prepared = self.prepare(spec, timer)
+        bars = functools.partial(self._bar, step_callback=callback_on_step_end)
         with claim_output(spec):
-            return self._run_claimed(spec, timer, prepared)
+            return self._run_claimed(spec, timer, prepared, bars)
 
-    def _run_claimed(self, spec: EditSpec, timer: PhaseTimer, prepared: Prepared) -> EditResult:
+    def _run_claimed(self, spec: EditSpec, timer: PhaseTimer, prepared: Prepared,
+                     bars: Callable[..., _Bar]) -> EditResult:
         components, clip, request, requests = prepared.components, prepared.clip, prepared.request, prepared.requests
         layout = prepared.layout  # None when a layout needs the inversion's features
-        inverted = self._invert_clip(spec, components, clip, request, timer, requests)
+        inverted = self._invert_clip(spec, components, clip, request, timer, requests, bars)
         if layout is None:  # K-Means: clusters the inversion's attention features
             with timer.phase("layout"):
                 layout = self._layout(spec, components, attrs.evolve(request, features=inverted.inversion.features),
                                       prepared.parts)
         backbone = inverted.session.backbone
         with timer.phase("denoise"):
-            latents, recorder = self._denoise(inverted, layout)
+            latents, recorder = self._denoise(inverted, layout, bars)
         with timer.phase("decode"), self._bar(len(latents), "decoding", unit="frame") as bar:
             frames = to_uint8(backbone.decode(latents, progress=bar.update))
         run = {
@@ -267,7 +286,8 @@ class Editor:
     # -- phases ------------------------------------------------------------------------------------
 
     def _invert_clip(self, spec: EditSpec, components: Components, clip: SourceClip, request: LayoutRequest,
-                     timer: PhaseTimer, requests: tuple[FeatureRequest, ...]) -> _Inverted:
+                     timer: PhaseTimer, requests: tuple[FeatureRequest, ...],
+                     bars: Callable[..., _Bar] | None = None) -> _Inverted:
         """Control images, model load, encoding and the (cached) inversion, recording ``requests``."""
         with timer.phase("control"):
             control_images = [annotator.annotate(request) for annotator, _ in components.annotators]
@@ -281,7 +301,7 @@ class Editor:
         schedule = backbone.noise_schedule()
         timesteps = schedule.timesteps(spec.steps)
         inversion = cached_inversion(session, x0, schedule, timesteps, cache=self.cache, timer=timer,
-                                     requests=requests, bar=self._bar)
+                                     requests=requests, bar=bars or self._bar)
         return _Inverted(session=session, x0=x0, schedule=schedule, timesteps=timesteps, inversion=inversion)
 
     def _layout(self, spec: EditSpec, components: Components, request: LayoutRequest,
@@ -294,7 +314,8 @@ class Editor:
                  for i, (provider, assignment) in enumerate(components.layouts)]
         return compose(parts, spec.region_names, overlap=spec.layout_overlap, frame_indices=request.frame_indices)
 
-    def _denoise(self, inverted: _Inverted, layout: LayoutMasks) -> tuple[torch.Tensor, AttentionRecorder | None]:
+    def _denoise(self, inverted: _Inverted, layout: LayoutMasks,
+                 bars: Callable[..., _Bar]) -> tuple[torch.Tensor, AttentionRecorder | None]:
         session, x0, schedule, timesteps = inverted.session, inverted.x0, inverted.schedule, inverted.timesteps
         spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
         branches: tuple[Branch, ...] = ("uncond", "cond") if spec.guidance != 1.0 else ("cond",)
@@ -319,9 +340,9 @@ class Editor:
         def blend(x: torch.Tensor, i: int, t: int, nxt: int) -> torch.Tensor:
             return session.components.blender.blend(x, step_index=i, timestep=t, next_timestep=nxt, context=context)
 
-        with self._bar(len(timesteps), "denoising") as bar, session.installed():
+        with bars(len(timesteps), "denoising") as bar, session.installed():
             latents = denoise(inverted.inversion.trajectory[timesteps[0]], predict, schedule, timesteps, blend=blend,
-                              on_step=lambda _: bar.update())
+                              on_step=lambda _: bar.update(), on_step_end=bar.step_end)
         return latents, recorder
 
 

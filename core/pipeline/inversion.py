@@ -78,7 +78,8 @@ def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timest
         assert isinstance(modulator, FeatureRecording)  # check_job made sure
         recording = modulator.record_features(recorder)
     with bar(len(timesteps), "inversion") as progress, session.installed(), recording:
-        return invert(x0, predict, schedule, timesteps, on_step=lambda _: progress.update())
+        return invert(x0, predict, schedule, timesteps, on_step=lambda _: progress.update(),
+                      on_step_end=getattr(progress, "step_end", None))
 
 
 def _fits(trajectory: Mapping[int, torch.Tensor], x0: torch.Tensor, timesteps: list[int]) -> bool:

@@ -10,4 +10,5 @@ from stmod.plugins.batch import command
 def stmod_register_commands(register) -> None:
     register.add("batch", configure=command.configure, run=command.run,
                  help="run a manifest of many edits (clips x prompts x presets x seeds): resumable, grouped by "
-                      "clip, sharded over processes under torchrun / accelerate launch")
+                      "clip, sharded over processes under torchrun / accelerate launch",
+                 examples=("stmod-run batch batch.yaml --plan", "torchrun --nproc-per-node 2 -m stmod batch batch.yaml --eval"))

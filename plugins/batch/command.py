@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stmod.plugins.batch.manifest import BatchError, BatchState, DistInfo, group_jobs, load_manifest, shard_groups
-from stmod.plugins.batch.run import run_batch, validate_jobs
+from typing import TYPE_CHECKING
+
 from stmod.plugins.eval.command import add_eval_arguments, eval_options
+
+if TYPE_CHECKING:  # the batch modules import torch: only when the command runs
+    from stmod.plugins.batch.manifest import DistInfo
 
 __all__ = ["configure", "run"]
 
@@ -30,6 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _plan(args: argparse.Namespace, session, manifest, dist: DistInfo) -> int:
     from stmod.core.pipeline.editor import Editor
+    from stmod.plugins.batch.manifest import BatchState, group_jobs, shard_groups
+    from stmod.plugins.batch.run import validate_jobs
 
     validate_jobs(manifest, Editor(session.registry, progress=False, cache=False))
     state = BatchState(manifest.output)
@@ -46,7 +51,10 @@ def _plan(args: argparse.Namespace, session, manifest, dist: DistInfo) -> int:
 
 
 def run(args: argparse.Namespace, session) -> int:
+    session.status(f"batch: {args.manifest}: loading the pipeline...")
     from stmod.core.pipeline.editor import Editor
+    from stmod.plugins.batch.manifest import BatchError, BatchState, DistInfo, load_manifest
+    from stmod.plugins.batch.run import run_batch
 
     manifest = load_manifest(args.manifest)
     dist = DistInfo.from_env(session.env)

@@ -262,7 +262,8 @@ def job_status(job: BatchJob) -> str:
     if not (out / "run.json").is_file():
         return "missing"
     try:
-        same = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) == yaml.safe_load(dump_job(job.spec))
+        written = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+        same = written == yaml.safe_load(dump_job(job.spec, rerunnable=True))  # as write_outputs wrote it
     except (OSError, yaml.YAMLError):
         same = False
     return "done" if same else "stale"

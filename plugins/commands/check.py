@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 from stmod.core.config import dump_job
-from stmod.core.pipeline.editor import Editor
+from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,9 +20,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, session) -> int:
     spec = load_job_from_args(args, session.registry)
-    Editor(session.registry, progress=False, cache=False).prepare(spec)
+    session.status(f"check: {args.job or 'job'}: reading {spec.video.path.name}, building the components and the "
+                   "layout (no weights load)...")
+    from stmod.core.pipeline.editor import Editor  # torch: only once there is a job to check
+
+    from stmod.core.errors import OutputExistsError
+    from stmod.core.pipeline.components import check_output_folder
+
+    Editor(session.registry, progress=False, cache=False).prepare(spec, check_output=False)
     if args.print_job:
         session.echo(dump_job(spec).rstrip())
     regions = ", ".join(f"{r.name}={r.prompt!r}" for r in spec.regions) or "none"
     session.echo(f"ok: {args.job or 'job'} is valid ({spec.video.path.name}; regions: {regions})")
+    try:  # the job is fine; its output folder is what a run would find, worth saying but not an error here
+        check_output_folder(spec)
+    except OutputExistsError:
+        session.echo(f"note: the output folder {spec.output} exists: edit needs --overwrite to replace it, or --out DIR")
     return 0

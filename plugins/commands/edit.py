@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
+
+from typing import TYPE_CHECKING
 
 import attrs
 
-from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 from stmod.core.config import load_job
-from stmod.plugins.commands.demo import NOTICE, write_demo_inputs
 from stmod.core.errors import OutputExistsError
 from stmod.core.io.ownership import is_owned, require_replaceable, write_marker
-from stmod.core.pipeline.editor import Editor
+from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
+from stmod.plugins.commands.summary import summary_lines
+
+if TYPE_CHECKING:
+    from stmod.core.pipeline.editor import Editor
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +33,28 @@ def configure_edit(parser: argparse.ArgumentParser) -> None:
     _common(parser)
 
 
-def _report(session, result) -> None:
-    phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.run.get("phases", {}).items())
-    session.echo(f"wrote {result.output} ({len(result.frames)} frames; {phases})")
+def _report(session, result, started: float) -> None:
     for region, mass in (result.run.get("attention") or {}).items():
         session.echo(f"  {region}: attention inside its region {100 * mass['plain']:.0f}% plain -> "
                      f"{100 * mass['modulated']:.0f}% modulated")
+    for line in summary_lines(result.output, result.run, wall_seconds=time.perf_counter() - started):
+        session.echo(line)
+
+
+def _editor(session, args: argparse.Namespace) -> Editor:
+    from stmod.core.pipeline.editor import Editor  # torch and the pipeline: only once a run starts
+
+    return Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
 
 
 def run_edit(args: argparse.Namespace, session) -> int:
+    started = time.perf_counter()
     spec = load_job_from_args(args, session.registry)
-    editor = Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
-    result = editor.run(spec)
-    _report(session, result)
+    session.status(f"edit: {spec.video.path.name} -> {spec.output} ({spec.backbone.name} backbone, {spec.steps} "
+                   "steps): loading the pipeline...")
+    result = _editor(session, args).run(spec)
+    session.echo(f"wrote {result.output} ({len(result.frames)} frames)")
+    _report(session, result, started)
     return 0
 
 
@@ -56,6 +70,7 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace, session) -> int:
+    started = time.perf_counter()
     out = args.out.absolute()
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
@@ -72,15 +87,18 @@ def run_demo(args: argparse.Namespace, session) -> int:
         session.echo(f'demo: "{DEMO_CASE.source_prompt}" -> "{DEMO_CASE.prompt}", '
                      + ", ".join(f"{r.name} = {r.prompt}" for r in DEMO_CASE.regions) + "; the grass is kept")
     else:
+        from stmod.plugins.commands.demo import write_demo_inputs
+
         job = write_demo_inputs(out / "inputs", frames=args.frames, steps=args.steps)
     spec = attrs.evolve(load_job(job), overwrite=True, save_attention=True, output=out / "result")
-    editor = Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
-    result = editor.run(spec)
-    _report(session, result)
+    result = _editor(session, args).run(spec)
+    session.echo(f"wrote {result.output} ({len(result.frames)} frames)")
     if args.backbone == "shapes":
         _report_shapes_scores(session, result)
-    session.echo(f"look at {result.output / 'side_by_side.mp4'} and {result.output / 'attention_effect.png'}")
+    from stmod.plugins.commands.demo import NOTICE
+
     session.echo(SHAPES_NOTICE if args.backbone == "shapes" else NOTICE)
+    _report(session, result, started)  # last: the files to open are what the reader needs next
     return 0
 
 

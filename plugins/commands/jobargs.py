@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from stmod.core.config import job_from_mapping, load_job
 from stmod.core.errors import UsageError
 from stmod.core.registry import Registry
@@ -26,12 +28,33 @@ def _region(text: str) -> tuple[str, str]:
     return name.strip(), prompt
 
 
-def _size(text: str) -> list[int]:
+def _size(text: str) -> list[int] | str:
+    if text.strip().lower() == "keep":
+        return "keep"
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 512x512, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 512x512, or keep, got {text!r}") from None
     return [width, height]
+
+
+def _control(text: str) -> dict[str, Any]:
+    annotator, sep, scale = text.partition("=")
+    if not annotator.strip():
+        raise argparse.ArgumentTypeError(f"expected ANNOTATOR or ANNOTATOR=SCALE such as canny=0.8, got {text!r}")
+    if not sep:
+        return {"annotator": annotator.strip()}
+    try:
+        return {"annotator": annotator.strip(), "scale": float(scale)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the scale of {text!r} is not a number; e.g. canny=0.8") from None
+
+
+def _location(text: str) -> str:
+    """A model given on the command line: an existing path is taken relative to the current directory
+    (the job file's folder is what paths inside the file are relative to); anything else is a hub id."""
+    path = Path(text).expanduser()
+    return str(path.absolute()) if path.exists() else text
 
 
 def _abs_path(text: str) -> str:
@@ -50,20 +73,33 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, job_required: bool = F
     g.add_argument("--region", action="append", type=_region, default=[], metavar='NAME="local prompt"',
                    help="a region and its local prompt (repeatable; NAME must match a mask)")
     g.add_argument("--masks", type=_abs_path, metavar="DIR", help="use the 'masks' layout with this folder")
-    g.add_argument("--backbone", metavar="NAME", help="backbone component")
+    g.add_argument("--backbone", metavar="NAME", help="backbone component (default sd15; see stmod-run list backbones)")
     g.add_argument("--layout", metavar="NAME", help="layout provider component (replaces the job's layout)")
-    g.add_argument("--blend", metavar="NAME", help="blender component")
+    g.add_argument("--blend", metavar="NAME", help="blender component: none (default), latent, videograin")
     g.add_argument("--modulator", metavar="NAME", help="attention modulator component (default st-layout)")
-    g.add_argument("--preset", choices=("videograin", "paper"), help="modulation preset")
-    g.add_argument("--start", type=int, help="first source frame")
-    g.add_argument("--every", type=int, help="take every N-th frame")
-    g.add_argument("--frames", type=int, help="number of frames to edit")
-    g.add_argument("--size", type=_size, metavar="WxH", help="edit size in pixels, multiples of 64")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--steps", type=int, help="DDIM steps for inversion and denoising")
-    g.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    g.add_argument("--device", help="backbone device: cpu, cuda, cuda:1, auto")
-    g.add_argument("--out", type=_abs_path, metavar="DIR", help="output folder")
+    g.add_argument("--preset", choices=("videograin", "paper"), help="modulation preset (default videograin)")
+    g.add_argument("--start", type=int, help="first source frame (default 0)")
+    g.add_argument("--every", type=int, help="take every N-th frame (default 1)")
+    g.add_argument("--frames", type=int, help="number of frames to edit (default: all from --start)")
+    g.add_argument("--size", type=_size, metavar="WxH|keep",
+                   help="edit size in pixels, multiples of 64 (job default 512x512); keep: the clip's own size, "
+                        "rounded down to multiples of 64")
+    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g.add_argument("--steps", type=int, help="DDIM steps for inversion and denoising (default 50)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--device", help="backbone device: cpu, cuda, cuda:1, auto (default auto: CUDA when available)")
+    g.add_argument("--model", type=_location, metavar="ID|DIR|FILE",
+                   help="backbone weights: hub id, diffusers folder or .safetensors (sd15; default "
+                        "stable-diffusion-v1-5/stable-diffusion-v1-5)")
+    g.add_argument("--dtype", choices=("auto", "float16", "bfloat16", "float32"),
+                   help="backbone dtype (sd15; default auto: float16 on CUDA, float32 on CPU)")
+    g.add_argument("--cpu-offload", action="store_true", default=None,
+                   help="keep the models on the CPU, each moved to the device while it runs (sd15)")
+    g.add_argument("--vae-tiling", action="store_true", default=None, help="tiled VAE for large frames (sd15)")
+    g.add_argument("--control", action="append", type=_control, default=[], metavar="ANNOTATOR[=SCALE]",
+                   help="a ControlNet condition, e.g. canny or depth=0.8 (repeatable; replaces the job's control; "
+                        "scale default 1.0)")
+    g.add_argument("--out", type=_abs_path, metavar="DIR", help="output folder (default ./stmod-out)")
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output folder")
     g.add_argument("--save-attention", action="store_true", default=None,
                    help="write cross-attention maps of each local prompt to attention/")
@@ -77,7 +113,7 @@ def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     video = {key: getattr(args, attr) for key, attr in
              (("path", "video"), ("start", "start"), ("every", "every"), ("frames", "frames"), ("size", "size"))
-             if getattr(args, attr) is not None}
+             if getattr(args, attr) is not None and getattr(args, attr) != "keep"}
     if video:
         out["video"] = video
     for key, attr in (("prompt", "prompt"), ("source_prompt", "source_prompt"), ("negative_prompt", "negative_prompt"),
@@ -93,8 +129,13 @@ def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["layout"] = args.layout
     if args.masks:
         out["layout"] = {"name": "masks", "dir": args.masks}
-    if args.backbone or args.device:
-        out["backbone"] = {k: v for k, v in (("name", args.backbone), ("device", args.device)) if v}
+    backbone = {k: v for k, v in (("name", args.backbone), ("device", args.device), ("model", args.model),
+                                  ("dtype", args.dtype), ("cpu_offload", args.cpu_offload),
+                                  ("vae_tiling", args.vae_tiling)) if v is not None}
+    if backbone:
+        out["backbone"] = backbone
+    if args.control:
+        out["control"] = list(args.control)
     if args.blend:
         out["blend"] = {"name": args.blend}
     if args.modulator:
@@ -108,6 +149,17 @@ def load_job_from_args(args: argparse.Namespace, registry: Registry) -> EditSpec
     """The validated job described by ``JOB.yaml`` (if given, in any registered format) plus the override flags."""
     overrides = job_overrides(args)
     if args.job:
-        return load_job(Path(args.job), overrides, allow_unsupported=args.allow_unsupported,
+        spec = load_job(Path(args.job), overrides, allow_unsupported=args.allow_unsupported,
                         formats=registry.job_formats.values())
-    return job_from_mapping(overrides, base_dir=Path.cwd(), source="command line")
+    else:
+        spec = job_from_mapping(overrides, base_dir=Path.cwd(), source="command line")
+    return _keep_size(spec) if getattr(args, "size", None) == "keep" else spec
+
+
+def _keep_size(spec: EditSpec) -> EditSpec:
+    """``--size keep``: the clip's own size, rounded down to multiples of 64 (no upscaling, a thin crop)."""
+    from stmod.core.io.video import probe_video  # reads the clip's header only
+
+    info = probe_video(spec.video.path)
+    size = (max(64, info.width // 64 * 64), max(64, info.height // 64 * 64))
+    return attrs.evolve(spec, video=attrs.evolve(spec.video, size=size))

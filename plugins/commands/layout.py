@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 from stmod.core.errors import environment_errors
-from stmod.core.io.layout_outputs import write_layout_outputs
-from stmod.core.pipeline.components import claim_output
-from stmod.core.pipeline.editor import Editor
+from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +23,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, session) -> int:
     spec = load_job_from_args(args, session.registry)
+    session.status(f"layout: {spec.video.path.name} -> {spec.output}: loading the pipeline...")
+    # The pipeline (torch, PIL) loads only once there is a job to lay out.
+    from stmod.core.io.layout_outputs import write_layout_outputs
+    from stmod.core.pipeline.components import claim_output
+    from stmod.core.pipeline.editor import Editor
+
     editor = Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
     result = editor.layout(spec)
     with claim_output(spec), environment_errors(spec.output):  # checked again under the folder's lock

@@ -14,4 +14,6 @@ from stmod.plugins.eval import command
 def stmod_register_commands(register) -> None:
     register.add("eval", configure=command.configure, run=command.run,
                  help="metrics of output folders: CLIP-T, CLIP-F, Warp-Err, Q-edit, region CLIP-T, background "
-                      "PSNR/SSIM; --compare for a side-by-side table with time and memory")
+                      "PSNR/SSIM; --compare for a side-by-side table with time and memory",
+                 examples=("stmod-run eval out/ --clip ~/models/clip-vit-large-patch14",
+                           "stmod-run eval runs/a runs/b --compare --metrics warp,background"))

@@ -11,6 +11,7 @@ downloaded behind the user's back when ``HF_HUB_OFFLINE`` is set; a missing chec
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,14 +20,14 @@ import torch
 
 from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError
+from stmod.core.hub import hub_unreachable, in_hf_cache
 from stmod.plugins.eval.metrics import square_box
+from stmod.plugins.eval.names import DEFAULT_CLIP
 
 __all__ = ["DEFAULT_CLIP", "ClipScorer", "region_crops"]
 
 log = logging.getLogger(__name__)
 
-#: The CLIP checkpoint of LOVEU-TGVE's official evaluation (ViT-L/14).
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 _BATCH = 16  # images per forward pass
 
 
@@ -66,6 +67,14 @@ class ClipScorer:
         if is_path and not Path(source).is_dir():
             raise CheckpointError(location, "no such CLIP folder; pass --clip PATH to a folder saved with "
                                             "CLIPModel.save_pretrained (plus its processor and tokenizer)")
+        if not is_path and not in_hf_cache(location) and os.environ.get("HF_HUB_OFFLINE", "").lower() not in {
+                "1", "true", "yes"}:
+            problem = hub_unreachable()  # else from_pretrained retries for about a minute before failing
+            if problem is not None:
+                raise CheckpointError(location, f"CLIP weights are not in the Hugging Face cache and the hub cannot be "
+                                                f"reached ({problem}); fetch them once with `hf download {location}` or "
+                                                "pass --clip PATH to a local CLIP folder (or --metrics warp,background "
+                                                "to skip CLIP)")
         try:
             model = CLIPModel.from_pretrained(source)
             processor = AutoImageProcessor.from_pretrained(source)

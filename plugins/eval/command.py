@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
 
-from stmod.plugins.eval.clipscore import DEFAULT_CLIP
 from stmod.core.errors import InputError
-from stmod.plugins.eval.evaluate import METRICS, EvalOptions, Evaluator, efficiency, load_run, parse_metrics
+from stmod.plugins.eval.names import DEFAULT_CLIP, METRICS, parse_metrics
 from stmod.plugins.eval.tables import COMPARE_COLUMNS, fmt, rows, text_table
+
+if TYPE_CHECKING:  # the metrics import torch: only when a command evaluates
+    from stmod.plugins.eval.evaluate import EvalOptions
 
 __all__ = ["add_eval_arguments", "eval_options", "expand_result_dirs", "configure", "run"]
 
@@ -49,6 +50,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser | Any, *, default_metrics
 
 def eval_options(args: argparse.Namespace) -> EvalOptions:
     """The :class:`EvalOptions` described by the flags of :func:`add_eval_arguments`."""
+    from stmod.plugins.eval.evaluate import EvalOptions
+
     return EvalOptions(metrics=args.metrics, clip=args.clip, clip_f_mode=args.clip_f_mode, flow=args.flow,
                        raft_weights=args.raft_weights, warp_norm=args.warp_norm, occlusion=args.occlusion,
                        device=args.eval_device, recompute=args.recompute)
@@ -103,6 +106,11 @@ def _per_run(name: str, metrics: dict[str, Any], eff: dict[str, Any]) -> list[st
 
 
 def run(args: argparse.Namespace, session) -> int:
+    session.status("eval: loading the metrics...")
+    from tqdm.auto import tqdm
+
+    from stmod.plugins.eval.evaluate import Evaluator, efficiency, load_run
+
     dirs = expand_result_dirs(args.dirs)
     evaluator = Evaluator(eval_options(args))
     todo = set().union(*(evaluator.todo(folder) for folder in dirs)) if args.metrics else set()

@@ -22,7 +22,8 @@ from typing import Any, Literal
 import attrs
 import numpy as np
 
-from stmod.plugins.eval.clipscore import DEFAULT_CLIP, ClipScorer, region_crops
+from stmod.plugins.eval.clipscore import ClipScorer, region_crops
+from stmod.plugins.eval.names import DEFAULT_CLIP, METRICS, parse_metrics
 from stmod.core.config import load_job
 from stmod.core.errors import InputError, StmodError, UsageError
 from stmod.core.io.evaldata import read_eval_frames, read_eval_masks
@@ -39,25 +40,9 @@ __all__ = ["METRICS", "EvalOptions", "EvalInputs", "Evaluator", "load_inputs", "
 
 log = logging.getLogger(__name__)
 
-#: Every metric ``stmod-run eval`` knows, in report order.
-METRICS = ("clip-t", "clip-f", "warp", "q-edit", "regions", "background")
 _CLIP_METRICS = {"clip-t", "clip-f", "regions"}
 _FAMILIES = {"clip": ("clip_t", "clip_f", "regions"), "warp": ("warp_err", "occluded")}  # run.json keys by settings
 _GIB = float(1 << 30)
-
-
-def parse_metrics(text: str) -> tuple[str, ...]:
-    """``"warp,clip-f"`` → ``("clip-f", "warp")`` in report order; ``all`` is every metric.
-
-    :raises UsageError: for an unknown name, listing the valid ones.
-    """
-    names = [n.strip().lower() for n in text.split(",") if n.strip()]
-    if not names or names == ["all"]:
-        return METRICS
-    unknown = [n for n in names if n not in METRICS]
-    if unknown:
-        raise UsageError(f"--metrics: unknown metric {unknown[0]!r}; use a comma list of {', '.join(METRICS)} or all")
-    return tuple(m for m in METRICS if m in names)
 
 
 @attrs.frozen(kw_only=True)

@@ -88,12 +88,13 @@ def test_check_bad_flags_exit_2(job_file, flags: list[str], message: str) -> Non
     assert message in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_check_existing_output_without_overwrite(job_file, tmp_path: Path) -> None:
-    """An output folder with files in it is an error unless --overwrite is given (and it is stmod's own)."""
+def test_check_existing_output_says_what_edit_needs(job_file, tmp_path: Path) -> None:
+    """An output folder with files in it: the job is valid and check says edit needs --overwrite (or --out);
+    with --overwrite the folder must be stmod's own."""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "result.mp4").write_bytes(b"x")
     result = run_cli([*TESTING, "check", str(job_file())], env=ENV)
-    assert result.exit_code == 2 and "already exists; pass --overwrite" in result.stderr
+    assert result.exit_code == 0 and result.stdout.startswith("ok:") and "edit needs --overwrite" in result.stdout
     foreign = run_cli([*TESTING, "check", str(job_file()), "--overwrite"], env=ENV)
     assert foreign.exit_code == 2 and "no .stmod-owned marker" in foreign.stderr
     (tmp_path / "out" / ".stmod-owned").write_text("{}")

@@ -38,6 +38,9 @@ def test_edit_end_to_end_with_canny(demo_job) -> None:
                                   "decode"}
     assert run["peak_rss_bytes"] > 0 and run["versions"]["diffusers"]
     assert set(run["attention"]) == {"square", "disc"}
+    # The closing summary: total and per-phase time, memory, cache, and the files to open.
+    assert "done in " in result.stdout and "denoise " in result.stdout and "peak memory: RSS " in result.stdout
+    assert "inversion: computed" in result.stdout and f"{out / 'side_by_side.mp4'}  (source | edit)" in result.stdout
     assert (out / "attention" / "square.png").exists()
     again = load_job(out / "config.yaml")  # the resolved job is a valid job
     assert again.prompt == load_job(job).prompt and again.control[0].annotator.name == "canny"

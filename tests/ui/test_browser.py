@@ -58,10 +58,11 @@ class Page:
     def click_keyframe(self, x: float, y: float, expect: str) -> str:
         """Click source pixel (x, y) of the keyframe (shown zoomed, letterboxed in its element); wait for ``expect``."""
         img = self.tab.locator("#keyframe img").first
-        # The keyframe is redrawn after every click: wait until the new picture has loaded and been laid out.
+        # the keyframe is re-sent after a slot change: measure it once loaded (naturalWidth is 0 before)
         img.wait_for(state="visible")
-        self.tab.wait_for_function("() => { const e = document.querySelector('#keyframe img');"
-                                   " return e && e.complete && e.naturalWidth > 0 && e.getBoundingClientRect().width > 0; }")
+        self.tab.wait_for_function("() => { const e = document.querySelector('#keyframe img'); "
+                                   "return e !== null && e.complete && e.naturalWidth > 0"
+                                   " && e.getBoundingClientRect().width > 0; }", timeout=60_000)
         width, height, natural_w, natural_h = img.evaluate(
             "e => { const r = e.getBoundingClientRect(); return [r.width, r.height, e.naturalWidth, e.naturalHeight]; }")
         fit = min(width / natural_w, height / natural_h)

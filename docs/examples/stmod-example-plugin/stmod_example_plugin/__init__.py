@@ -7,13 +7,17 @@ implementations below with a registrar for each component kind.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 import numpy as np
-import torch
 
-from stmod import BlendContext, ClipPlan, EditSpec, LayoutError, LayoutMasks, LayoutRequest, hookimpl
+from stmod import LayoutError, LayoutMasks, hookimpl
+
+if TYPE_CHECKING:  # stmod loads every plugin for `stmod-run --help`: import torch (and video I/O) where used
+    import torch
+
+    from stmod import BlendContext, ClipPlan, EditSpec, LayoutRequest
 
 __version__ = "0.1.0"
 
@@ -42,6 +46,8 @@ class StripesLayout:
             raise LayoutError(f"stripes: {len(regions)} regions do not fit in {extent} pixels")
 
     def layout(self, request: LayoutRequest, regions: Sequence[str]) -> LayoutMasks:
+        import torch
+
         frames = np.asarray(request.frames)
         count, height, width = frames.shape[:3]
         masks = torch.zeros((count, len(regions), height, width), dtype=torch.bool)
