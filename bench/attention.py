@@ -10,7 +10,13 @@ head dim 80, three moving regions plus uncovered background, ξ(981)·0.3 streng
                    and, per head, a materialised score slice modulated in place, softmax, ``@V``.
 
 Time is wall-clock of the attention call: (a) and (b) best of ``--repeats`` runs, alternated in one
-process so that load changes on a shared machine hit both alike; (c) one run. Per-run
+process so that load changes on a shared machine hit both alike, at each of ``--threads`` (the
+ratio's range over the repeats is printed too); (c) one run. The timing table also states the
+layout's share of *uniform* query rows (relation row all-negative or all-positive: the background
+in the ``videograin`` preset), which skip the row-extrema pass, and times the cross-attention path of
+the same layout (per frame, N queries × 77 text keys, each region's local prompt 2 tokens):
+``plain`` SDPA, ``ours`` (:func:`~stmod.core.st_layout.kernels.modulated_attention_few_keys`) and
+``explicit`` (:func:`~stmod.core.st_layout.kernels.modulated_attention_explicit`, the recording path). Per-run
 precomputation (our codes, the official map) is excluded from time but its memory is counted.
 
 Peak extra memory = the most memory in use during the call (labels/map, temporaries, output) minus
@@ -28,7 +34,9 @@ what was in use before (inputs already existed). How it is measured:
   before the call.
 
 Usage: ``python bench/attention.py`` (CPU, F=16, 32×32; plus fp16 GPU sizes when CUDA is present),
-``--quick`` for a small run, ``--repeats N``, ``--budget-mb M`` (our working-memory budget).
+``--quick`` for a small run, ``--repeats N``, ``--threads 1 2`` (CPU thread counts timed),
+``--time-only`` (skip the memory children and the official variant), ``--budget-mb M`` (our
+working-memory budget).
 """
 
 from __future__ import annotations
@@ -49,10 +57,17 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from stmod.core.st_layout.kernels import modulated_attention
+from stmod.core.st_layout.kernels import (
+    modulated_attention,
+    modulated_attention_explicit,
+    modulated_attention_few_keys,
+    uniform_rows,
+)
 from stmod.core.st_layout.labels import level_layout, rules_for, time_weight
 
-HEADS, HEAD_DIM, STRENGTH = 8, 80, 0.3
+HEADS, HEAD_DIM, STRENGTH, TEXT = 8, 80, 0.3, 77
+#: Token spans of the three regions' local prompts in the bench's (imaginary) global prompt.
+SPANS = [(1, 3), (4, 6), (7, 9)]
 VARIANTS = ("plain", "ours", "official")
 
 
@@ -74,7 +89,7 @@ def make_inputs(frames: int, grid: tuple[int, int], dtype: torch.dtype, device: 
 def prepare(variant: str, masks: torch.Tensor, device: str, dtype: torch.dtype) -> Any:
     """Per-run precomputation: our per-token codes, or the official dense map and size column."""
     if variant == "ours":
-        return level_layout(masks, masks.shape[-2:], rules=rules_for("videograin"), spans=[None] * 3).to(device)
+        return level_layout(masks, masks.shape[-2:], rules=rules_for("videograin"), spans=SPANS).to(device)
     if variant == "official":
         frames, regions = masks.shape[:2]
         flat = masks.permute(1, 0, 2, 3).reshape(regions, -1).to(device, torch.float16)
@@ -178,32 +193,72 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     return {"variant": args.child, "seconds": seconds, "rss": rss, "tracked": probe.peak}
 
 
-def timing_child(args: argparse.Namespace) -> dict[str, float]:
-    """Best-of-N times of ``plain`` and ``ours``, alternated so that load changes hit both alike."""
+def _cross_runs(layout: Any, frames: int, budget: int) -> dict[str, Callable[[], Any]]:
+    """The cross-attention calls of the layout, per frame: ``(F, H, N, d)`` queries × 77 text keys."""
+    g = torch.Generator().manual_seed(1)
+    n = layout.pixel_codes.shape[1]
+    q = torch.randn(frames, HEADS, n, HEAD_DIM, generator=g)
+    k, v = (torch.randn(frames, HEADS, TEXT, HEAD_DIM, generator=g) for _ in range(2))
+    labels = {"strength": time_weight(981) * layout.cross_size, "query_codes": layout.pixel_codes,
+              "key_codes": layout.text_codes[None], "relation": layout.cross_relation, "budget_bytes": budget}
+    return {"plain": lambda: F.scaled_dot_product_attention(q, k, v),
+            "ours": lambda: modulated_attention_few_keys(q, k, v, **labels),
+            "explicit": lambda: modulated_attention_explicit(q, k, v, **labels)}
+
+
+def timing_child(args: argparse.Namespace) -> dict[str, Any]:
+    """Best-of-N times of ``plain`` and ``ours`` (self and cross), alternated so that load changes hit
+    both alike, with the per-repeat ratios and the share of uniform query rows."""
+    torch.set_num_threads(args.threads[0])
     budget = int(args.budget_mb * 2**20)
     q, k, v, masks = make_inputs(args.frames, (args.grid, args.grid), torch.float32, "cpu")
     prepared = {name: prepare(name, masks, "cpu", torch.float32) for name in ("plain", "ours")}
-    best = {name: math.inf for name in prepared}
+    layout = prepared["ours"]
+    codes = layout.self_codes.reshape(1, -1)
+    share = uniform_rows(layout.self_size.reshape(1, -1), codes, codes, layout.self_relation).float().mean()
+    runs = {name: (lambda name=name: run(name, q, k, v, prepared[name], budget)) for name in prepared}
+    runs.update({f"cross {name}": fn for name, fn in _cross_runs(layout, args.frames, budget).items()})
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
-        for name in prepared:
-            best[name] = min(best[name], _timed(lambda: run(name, q, k, v, prepared[name], budget), "cpu"))
-    return best
+        for name, fn in runs.items():
+            times[name].append(_timed(fn, "cpu"))
+    return {"threads": torch.get_num_threads(), "uniform_share": float(share), "times": times}
+
+
+def _ratio(times: dict[str, list[float]], top: str, bottom: str) -> str:
+    ratios = [a / b for a, b in zip(times[top], times[bottom])]
+    return f"{min(times[top]) / min(times[bottom]):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+
+
+def print_timing(frames: int, grid: int, rows: list[dict[str, Any]]) -> None:
+    """The timing table: one line per thread count (best-of times, best ratio [per-repeat range])."""
+    print(f"\nCPU fp32 timing, F={frames}, {grid}x{grid} (L={frames * grid * grid}), {HEADS} heads, head dim "
+          f"{HEAD_DIM}; uniform (background) query rows: {rows[0]['uniform_share']:.0%}")
+    print(f"{'threads':<8}{'plain s':>9}{'ours s':>9}{'ours/plain [range]':>22}"
+          f"{'x plain ms':>12}{'x ours ms':>11}{'x ours/plain [range]':>22}{'x explicit/plain':>18}")
+    for r in rows:
+        t = r["times"]
+        print(f"{r['threads']:<8}{min(t['plain']):>9.2f}{min(t['ours']):>9.2f}{_ratio(t, 'ours', 'plain'):>22}"
+              f"{min(t['cross plain']) * 1e3:>12.1f}{min(t['cross ours']) * 1e3:>11.1f}"
+              f"{_ratio(t, 'cross ours', 'cross plain'):>22}{_ratio(t, 'cross explicit', 'cross plain'):>18}")
+    print("(x = cross-attention, per frame, 77 text keys; target ours/plain <= 1.5 with two threads)")
+
+
+def _child_json(args: list[str], env: dict[str, str]) -> Any:
+    done = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def cpu_table(frames: int, grid: int, repeats: int, budget_mb: float) -> dict[str, dict[str, Any]]:
-    results = {}
+    """Memory (and one-run time) of each variant, each in a fresh subprocess."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     common = ["--frames", str(frames), "--grid", str(grid), "--repeats", str(repeats), "--budget-mb", str(budget_mb)]
-    for variant in (*VARIANTS, "timing"):
-        cmd = [sys.executable, __file__, "--child", variant, *common]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        if variant == "timing":
-            for name, seconds in result.items():
-                results[name]["seconds"] = min(results[name]["seconds"], seconds)
-        else:
-            results[variant] = result
-    return results
+    return {variant: _child_json(["--child", variant, *common], env) for variant in VARIANTS}
+
+
+def timing_rows(frames: int, grid: int, repeats: int, budget_mb: float, threads: list[int]) -> list[dict[str, Any]]:
+    common = ["--frames", str(frames), "--grid", str(grid), "--repeats", str(repeats), "--budget-mb", str(budget_mb)]
+    return [_child_json(["--child", "timing", "--threads", str(n), *common], dict(os.environ)) for n in threads]
 
 
 def cuda_row(variant: str, frames: int, grid: int, repeats: int, budget: int) -> dict[str, Any]:
@@ -233,8 +288,7 @@ def _print_cpu(frames: int, grid: int, results: dict[str, dict[str, Any]]) -> No
     for name in VARIANTS:
         r = results[name]
         print(f"{name:<10}{r['seconds']:>10.2f}{r['rss'] / 2**20:>23.1f}{r['tracked'] / 2**20:>24.1f}")
-    ours, plain, official = results["ours"], results["plain"], results["official"]
-    print(f"ours / plain time:        {ours['seconds'] / plain['seconds']:.2f}  (target <= 2.0)")
+    ours, official = results["ours"], results["official"]
     print(f"ours / official memory:   {ours['rss'] / official['rss']:.3f} RSS, "
           f"{ours['tracked'] / official['tracked']:.3f} tracked  (target <= 0.1)")
 
@@ -259,6 +313,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (F=4, 16x16)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of plain and ours (best is kept)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts to time")
+    parser.add_argument("--time-only", action="store_true", help="only the timing table (no memory, no official)")
     parser.add_argument("--budget-mb", type=float, default=256.0)
     parser.add_argument("--child", choices=(*VARIANTS, "timing"), help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
@@ -268,7 +324,9 @@ def main() -> None:
         print(json.dumps(timing_child(args) if args.child == "timing" else child(args)))
         return
     frames, grid = (4, 16) if args.quick else (16, 32)
-    _print_cpu(frames, grid, cpu_table(frames, grid, args.repeats, args.budget_mb))
+    print_timing(frames, grid, timing_rows(frames, grid, args.repeats, args.budget_mb, args.threads))
+    if not args.time_only:
+        _print_cpu(frames, grid, cpu_table(frames, grid, args.repeats, args.budget_mb))
     if torch.cuda.is_available():
         budget = int(args.budget_mb * 2**20)
         sizes = [(4, 16)] if args.quick else [(16, 32), (16, 64), (32, 32)]

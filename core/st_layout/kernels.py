@@ -33,13 +33,16 @@ import torch.nn.functional as F
 
 from stmod.core.st_layout.labels import modulated_scores
 
-__all__ = ["DEFAULT_BUDGET", "row_extrema", "modulated_attention", "modulated_attention_explicit"]
+__all__ = ["DEFAULT_BUDGET", "row_extrema", "uniform_rows", "modulated_attention", "modulated_attention_few_keys",
+           "modulated_attention_explicit"]
 
 #: Default working-memory budget of one kernel call (bytes).
 DEFAULT_BUDGET = 256 * 2**20
 
-#: Score block of the CPU row-extrema pass (bytes): about what stays in a core's share of cache.
-CPU_BLOCK_BYTES = 8 * 2**20
+#: Score tile of the CPU row-extrema pass (bytes, ``rows × CPU_KEY_TILE``): one core's L2, so the
+#: reductions read the matmul's output from cache (8 MiB row blocks measured ~1.5× slower).
+CPU_BLOCK_BYTES = 2**20
+CPU_KEY_TILE = 1024
 
 #: ``on_probs(start, stop, plain, modulated)``: float32 ``(B, H, stop − start, Lk)`` probabilities of
 #: query rows ``start:stop`` without and with modulation.
@@ -51,6 +54,31 @@ def _chunks(total: int, rows: int) -> list[tuple[int, int]]:
     return [(a, min(total, a + rows)) for a in range(0, total, rows)]
 
 
+def _cpu_extrema(qs: torch.Tensor, kt: torch.Tensor, mx: torch.Tensor, mn: torch.Tensor, budget_bytes: int) -> None:
+    """Row max/min into ``mx, mn (heads, Lq)`` in L2-sized ``rows × CPU_KEY_TILE`` score tiles.
+
+    A tile's matmul output is still in cache when the two reductions read it; each tile's extrema go
+    to one column of a per-row-block table, reduced once per row block (3 calls per tile).
+    """
+    heads, lq, _ = qs.shape
+    lk, item = kt.shape[-1], qs.element_size()
+    keys = min(lk, CPU_KEY_TILE)
+    rows = max(1, min(lq, min(budget_bytes, CPU_BLOCK_BYTES) // (keys * item)))
+    key_tiles = _chunks(lk, keys)
+    buffer = torch.empty(rows * keys, dtype=qs.dtype, device=qs.device)
+    table_mx = torch.empty(rows, len(key_tiles), dtype=qs.dtype, device=qs.device)
+    table_mn = torch.empty_like(table_mx)
+    for head in range(heads):
+        for a, z in _chunks(lq, rows):
+            for j, (ka, kz) in enumerate(key_tiles):
+                scores = buffer[: (z - a) * (kz - ka)].view(z - a, kz - ka)
+                torch.matmul(qs[head, a:z], kt[head, :, ka:kz], out=scores)
+                torch.amax(scores, dim=-1, out=table_mx[: z - a, j])
+                torch.amin(scores, dim=-1, out=table_mn[: z - a, j])
+            torch.amax(table_mx[: z - a], dim=-1, out=mx[head, a:z])
+            torch.amin(table_mn[: z - a], dim=-1, out=mn[head, a:z])
+
+
 @torch.no_grad()
 def row_extrema(
     q: torch.Tensor, k: torch.Tensor, *, scale: float | None = None, budget_bytes: int = DEFAULT_BUDGET
@@ -58,11 +86,10 @@ def row_extrema(
     """Per-query max and min over all keys of ``scale·q·kᵀ``.
 
     :param q: ``(B, H, Lq, d)``; ``k``: ``(B, H, Lk, d)``; same dtype and device.
-    :returns: ``(mx, mn)``, float32 ``(B, H, Lq)``. Scores are computed in query chunks into one
-        reused buffer: on CPU one head at a time, in blocks of :data:`CPU_BLOCK_BYTES` (the matmul
-        output is still in cache when the two reductions read it); on GPU all heads at once, up to
-        ``budget_bytes`` (fewer kernel launches). Computed without autograd: the extrema are
-        constants for gradients (the engine is for inference).
+    :returns: ``(mx, mn)``, float32 ``(B, H, Lq)``. Scores are computed in tiles into one reused
+        buffer: on CPU one head at a time, in L2-sized tiles (:func:`_cpu_extrema`); on GPU all heads
+        at once, up to ``budget_bytes`` (fewer kernel launches). Computed without autograd: the
+        extrema are constants for gradients (the engine is for inference).
     """
     b, h, lq, d = q.shape
     lk = k.shape[-2]
@@ -70,22 +97,23 @@ def row_extrema(
     heads, item = b * h, q.element_size()
     qs = q.reshape(heads, lq, d)
     kt = k.reshape(heads, lk, d).transpose(1, 2)
-    group, rows = 1, min(budget_bytes, CPU_BLOCK_BYTES) // (lk * item)
-    if q.device.type != "cpu":
-        rows = budget_bytes // (lk * item)
-        if budget_bytes // (heads * lk * item) >= min(lq, 256):
-            group, rows = heads, budget_bytes // (heads * lk * item)
-    rows = max(1, min(lq, rows))
     mx = torch.empty(heads, lq, dtype=q.dtype, device=q.device)
     mn = torch.empty_like(mx)
-    buffer = torch.empty(group * rows * lk, dtype=q.dtype, device=q.device)
-    for first in range(0, heads, group):
-        last = min(heads, first + group)
-        for a, z in _chunks(lq, rows):
-            scores = buffer[: (last - first) * (z - a) * lk].view(last - first, z - a, lk)
-            torch.matmul(qs[first:last, a:z], kt[first:last], out=scores)
-            torch.amax(scores, dim=-1, out=mx[first:last, a:z])
-            torch.amin(scores, dim=-1, out=mn[first:last, a:z])
+    if q.device.type == "cpu":
+        _cpu_extrema(qs, kt, mx, mn, budget_bytes)
+    else:
+        group, rows = 1, budget_bytes // (lk * item)
+        if budget_bytes // (heads * lk * item) >= min(lq, 256):
+            group, rows = heads, budget_bytes // (heads * lk * item)
+        rows = max(1, min(lq, rows))
+        buffer = torch.empty(group * rows * lk, dtype=q.dtype, device=q.device)
+        for first in range(0, heads, group):
+            last = min(heads, first + group)
+            for a, z in _chunks(lq, rows):
+                scores = buffer[: (last - first) * (z - a) * lk].view(last - first, z - a, lk)
+                torch.matmul(qs[first:last, a:z], kt[first:last], out=scores)
+                torch.amax(scores, dim=-1, out=mx[first:last, a:z])
+                torch.amin(scores, dim=-1, out=mn[first:last, a:z])
     # max(scale·s) = scale·max(s) for scale > 0: scaling after the reduction saves a pass.
     return (mx.float() * scale).view(b, h, lq), (mn.float() * scale).view(b, h, lq)
 
@@ -99,6 +127,60 @@ def _check(q: torch.Tensor, strength: torch.Tensor, query_codes: torch.Tensor, k
         raise ValueError(f"key codes {tuple(key_codes.shape)} do not match {k.shape[-2]} keys")
     if relation.dtype != torch.bool or relation.ndim != 2:
         raise ValueError("relation must be a bool (Pq, Pk) table")
+
+
+def uniform_rows(
+    strength: torch.Tensor, query_codes: torch.Tensor, key_codes: torch.Tensor, relation: torch.Tensor
+) -> torch.Tensor:
+    """Bool ``(Lq,)``: query rows whose modulation needs no row extrema, in every batch item.
+
+    A row whose relation row is all-negative or all-positive over the keys present (background in
+    the ``videograin`` preset, or a region covering everything) has ``s' = (1 − λ)·s`` + a per-row
+    constant, and so has a row with ``λ = 0``: softmax ignores the constant, so ``mx − mn`` is unused.
+    """
+    present = torch.zeros(relation.shape[1], dtype=torch.bool, device=relation.device)
+    present[key_codes.reshape(-1).to(relation.device)] = True
+    rel = relation[:, present]
+    flat = (rel.all(1) | ~rel.any(1))[query_codes.to(relation.device)]  # (B|1, Lq)
+    flat, zero = torch.broadcast_tensors(flat, strength.to(relation.device) == 0)
+    return (flat | zero).all(0)
+
+
+def _widened_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
+                       query_codes: torch.Tensor, key_codes: torch.Tensor, relation: torch.Tensor,
+                       scale: float, budget_bytes: int) -> torch.Tensor:
+    """Both passes for every row of ``q``: row extrema, then SDPA on ``q̃ = [(1 − λ)q, λ(mx − mn)/scale ·
+    relation[c_x]]``, ``k̃ = [k, onehot(c_y)]``, in groups of heads whose widened inputs fit the budget."""
+    b, h, lq, d = q.shape
+    lk, dv = k.shape[-2], v.shape[-1]
+    mx, mn = row_extrema(q, k, scale=scale, budget_bytes=budget_bytes)
+    coef = (lam[:, None, :] * mx.sub_(mn)).div_(scale)  # (B, H, Lq); R's weight inside scale·q̃·k̃
+    del mx, mn
+    p = relation.shape[1]
+    q_rows = relation.to(q.device, torch.float32)[query_codes.to(q.device)]  # (B|1, Lq, P)
+    k_onehot = F.one_hot(key_codes.to(q.device), p).to(q.dtype)  # (B|1, Lk, P)
+    # q, k and v share one width (fused kernels need it); GPU flash kernels also want a multiple of 8.
+    width = max(d, dv) + p
+    if q.device.type != "cpu":
+        width = -(-width // 8) * 8
+    per_head = b * (lq + 2 * lk) * width * q.element_size()
+    group = max(1, min(h, budget_bytes // max(1, per_head)))
+    out = torch.empty(b, h, lq, dv, dtype=q.dtype, device=q.device)
+    keep = (1 - lam)[:, None, :, None].to(q.dtype)
+    for first in range(0, h, group):
+        heads = slice(first, min(h, first + group))
+        g = heads.stop - heads.start
+        q_wide = q.new_zeros(b, g, lq, width)
+        q_wide[..., :d] = q[:, heads] * keep
+        q_wide[..., d : d + p] = (q_rows[:, None] * coef[:, heads, :, None]).to(q.dtype)
+        k_wide = k.new_zeros(b, g, lk, width)
+        k_wide[..., :d] = k[:, heads]
+        k_wide[..., d : d + p] = k_onehot[:, None]
+        v_wide = v.new_zeros(b, g, lk, width)
+        v_wide[..., :dv] = v[:, heads]
+        out[:, heads] = F.scaled_dot_product_attention(q_wide, k_wide, v_wide, scale=scale)[..., :dv]
+        del q_wide, k_wide, v_wide
+    return out
 
 
 def modulated_attention(
@@ -115,41 +197,71 @@ def modulated_attention(
 ) -> torch.Tensor:
     """Modulated attention in two passes (row extrema, then one SDPA on widened inputs).
 
-    Shapes as in the module docstring. Returns ``(B, H, Lq, dv)`` in ``q``'s dtype. The second pass
-    works on groups of heads sized so that the widened ``q̃, k̃, ṽ`` fit in ``budget_bytes``.
+    Shapes as in the module docstring. Returns ``(B, H, Lq, dv)`` in ``q``'s dtype. Rows that
+    :func:`uniform_rows` finds skip both the extrema and the widening: they are one plain SDPA call
+    with ``q`` scaled by ``1 − λ`` per row. The rest are gathered (O(Lq·d) copies) and widened.
     """
     _check(q, strength, query_codes, key_codes, k, relation)
     b, h, lq, d = q.shape
-    lk, dv = k.shape[-2], v.shape[-1]
     scale = d**-0.5 if scale is None else scale
-    mx, mn = row_extrema(q, k, scale=scale, budget_bytes=budget_bytes)
     lam = strength.to(device=q.device, dtype=torch.float32).expand(b, lq)
-    coef = (lam[:, None, :] * (mx - mn)).div_(scale)  # (B, H, Lq); R's weight inside scale·q̃·k̃
-    del mx, mn
-    p = relation.shape[1]
-    q_rows = relation.to(q.device, torch.float32)[query_codes.to(q.device)]  # (B|1, Lq, P)
-    k_onehot = F.one_hot(key_codes.to(q.device), p).to(q.dtype)  # (B|1, Lk, P)
-    # q, k and v share one width (fused kernels need it); GPU flash kernels also want a multiple of 8.
-    width = max(d, dv) + p
-    if q.device.type != "cpu":
-        width = -(-width // 8) * 8
-    per_head = b * (lq + 2 * lk) * width * q.element_size()
-    group = max(1, min(h, budget_bytes // max(1, per_head)))
-    out = torch.empty(b, h, lq, dv, dtype=q.dtype, device=q.device)
-    keep = (1 - lam)[:, None, :, None]
-    for first in range(0, h, group):
-        heads = slice(first, min(h, first + group))
-        g = heads.stop - heads.start
-        q_wide = q.new_zeros(b, g, lq, width)
-        q_wide[..., :d] = q[:, heads] * keep.to(q.dtype)
-        q_wide[..., d : d + p] = (q_rows[:, None] * coef[:, heads, :, None]).to(q.dtype)
-        k_wide = k.new_zeros(b, g, lk, width)
-        k_wide[..., :d] = k[:, heads]
-        k_wide[..., d : d + p] = k_onehot[:, None]
-        v_wide = v.new_zeros(b, g, lk, width)
-        v_wide[..., :dv] = v[:, heads]
-        out[:, heads] = F.scaled_dot_product_attention(q_wide, k_wide, v_wide, scale=scale)[..., :dv]
-        del q_wide, k_wide, v_wide
+    query_codes = query_codes.to(q.device).expand(b, lq)
+    uniform = uniform_rows(strength, query_codes, key_codes, relation.to(q.device))
+    flat, mixed = uniform.nonzero().flatten(), (~uniform).nonzero().flatten()
+    if not flat.numel():
+        return _widened_attention(q, k, v, lam, query_codes, key_codes, relation, scale, budget_bytes)
+    keep = (1 - lam)[:, None, :, None].to(q.dtype)
+    if not mixed.numel():
+        return F.scaled_dot_product_attention(q * keep, k, v, scale=scale)
+    out = torch.empty(b, h, lq, v.shape[-1], dtype=q.dtype, device=q.device)
+    q_flat = q.index_select(2, flat).mul_(keep.index_select(2, flat))
+    out.index_copy_(2, flat, F.scaled_dot_product_attention(q_flat, k, v, scale=scale))
+    del q_flat
+    out.index_copy_(2, mixed, _widened_attention(
+        q.index_select(2, mixed), k, v, lam.index_select(1, mixed), query_codes.index_select(1, mixed),
+        key_codes, relation, scale, budget_bytes))
+    return out
+
+
+def modulated_attention_few_keys(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    strength: torch.Tensor,
+    query_codes: torch.Tensor,
+    key_codes: torch.Tensor,
+    relation: torch.Tensor,
+    scale: float | None = None,
+    budget_bytes: int = DEFAULT_BUDGET,
+) -> torch.Tensor:
+    """Modulated attention for short key sequences (cross-attention: 77 text tokens), lean.
+
+    Per query chunk one score block: its row extrema (``aminmax``, cheap over few keys), then
+    ``s' = (1 − λ)·s + λ(mx − mn)·R`` written in place, softmax, ``·V`` — two float32 blocks live at a
+    time. Same result as :func:`modulated_attention_explicit` (without recording). Shapes as in the
+    module docstring; returns ``(B, H, Lq, dv)`` in ``v``'s dtype.
+    """
+    _check(q, strength, query_codes, key_codes, k, relation)
+    b, h, lq, d = q.shape
+    lk = k.shape[-2]
+    scale = d**-0.5 if scale is None else scale
+    lam = strength.to(device=q.device, dtype=torch.float32).expand(b, lq)
+    # R as a float (B|1, Lq, Lk) gather, shared by the heads: relation rows of the query codes at the keys.
+    key_table = relation.to(q.device, torch.float32)[:, key_codes.to(q.device)]  # (Pq, B|1, Lk)
+    q_codes = query_codes.to(q.device)
+    rows = budget_bytes // max(1, b * h * lk * 4 * 2)
+    out = torch.empty(b, h, lq, v.shape[-1], dtype=v.dtype, device=q.device)
+    kt = k.transpose(-1, -2)
+    batch = torch.arange(key_table.shape[1], device=q.device)[:, None]
+    for a, z in _chunks(lq, rows):
+        scores = torch.matmul(q[:, :, a:z], kt).float()  # raw q·k, (B, H, c, Lk)
+        low, high = torch.aminmax(scores, dim=-1)
+        positive = key_table[q_codes[:, a:z], batch]  # (B|1, c, Lk)
+        keep = (1 - lam[:, None, a:z, None]) * scale
+        coef = high.sub_(low).mul_(lam[:, None, a:z] * scale)  # λ(mx − mn) in scaled units
+        scores.mul_(keep).addcmul_(coef[..., None], positive[:, None])
+        out[:, :, a:z] = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
     return out
 
 
