@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from stmod.core.st_layout.labels import modulated_scores
+from stmod.core.st_layout.triton_kernel import triton_available, triton_modulated_attention
 
 __all__ = ["DEFAULT_BUDGET", "row_extrema", "uniform_rows", "modulated_attention", "modulated_attention_few_keys",
            "modulated_attention_explicit"]
@@ -194,14 +195,22 @@ def modulated_attention(
     relation: torch.Tensor,
     scale: float | None = None,
     budget_bytes: int = DEFAULT_BUDGET,
+    use_triton: bool | None = None,
 ) -> torch.Tensor:
     """Modulated attention in two passes (row extrema, then one SDPA on widened inputs).
 
     Shapes as in the module docstring. Returns ``(B, H, Lq, dv)`` in ``q``'s dtype. Rows that
     :func:`uniform_rows` finds skip both the extrema and the widening: they are one plain SDPA call
     with ``q`` scaled by ``1 − λ`` per row. The rest are gathered (O(Lq·d) copies) and widened.
+    ``use_triton`` (``None``: on CUDA when Triton is importable, without autograd) runs the
+    single-pass kernel of :mod:`stmod.core.st_layout.triton_kernel` instead.
     """
     _check(q, strength, query_codes, key_codes, k, relation)
+    if use_triton is None:  # the Triton kernel has no backward pass
+        use_triton = q.device.type == "cuda" and not torch.is_grad_enabled() and triton_available(q.device)
+    if use_triton:
+        return triton_modulated_attention(q, k, v, strength=strength, query_codes=query_codes,
+                                          key_codes=key_codes, relation=relation, scale=scale)
     b, h, lq, d = q.shape
     scale = d**-0.5 if scale is None else scale
     lam = strength.to(device=q.device, dtype=torch.float32).expand(b, lq)
