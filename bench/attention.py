@@ -69,6 +69,8 @@ HEADS, HEAD_DIM, STRENGTH, TEXT = 8, 80, 0.3, 77
 #: Token spans of the three regions' local prompts in the bench's (imaginary) global prompt.
 SPANS = [(1, 3), (4, 6), (7, 9)]
 VARIANTS = ("plain", "ours", "official")
+#: Our kernel's variants and their ``use_triton``: ``ours`` picks (Triton on CUDA when importable).
+OURS = {"ours": None, "two-pass": False, "triton": True}
 
 
 def make_inputs(frames: int, grid: tuple[int, int], dtype: torch.dtype, device: str, seed: int = 0):
@@ -88,7 +90,7 @@ def make_inputs(frames: int, grid: tuple[int, int], dtype: torch.dtype, device: 
 
 def prepare(variant: str, masks: torch.Tensor, device: str, dtype: torch.dtype) -> Any:
     """Per-run precomputation: our per-token codes, or the official dense map and size column."""
-    if variant == "ours":
+    if variant in OURS:
         return level_layout(masks, masks.shape[-2:], rules=rules_for("videograin"), spans=SPANS).to(device)
     if variant == "official":
         frames, regions = masks.shape[:2]
@@ -107,12 +109,12 @@ def run(variant: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prepare
     xi = time_weight(981)
     if variant == "plain":
         return F.scaled_dot_product_attention(q, k, v)
-    if variant == "ours":
+    if variant in OURS:
         layout = prepared
         lam = (xi * STRENGTH * layout.self_size).reshape(1, -1)
         codes = layout.self_codes.reshape(1, -1)
         return modulated_attention(q, k, v, strength=lam, query_codes=codes, key_codes=codes,
-                                   relation=layout.self_relation, budget_bytes=budget)
+                                   relation=layout.self_relation, budget_bytes=budget, use_triton=OURS[variant])
     sreg_map, reg_size = prepared
     scale = q.shape[-1] ** -0.5
     out = torch.empty_like(q)
@@ -280,6 +282,26 @@ def cuda_row(variant: str, frames: int, grid: int, repeats: int, budget: int) ->
     return {"variant": variant, "seconds": seconds, "cuda": peak}
 
 
+def cuda_kernels(sizes: list[tuple[int, int]], repeats: int, budget: int) -> None:
+    """fp16 CUDA table of plain SDPA, our two-pass kernel and the Triton kernel (time, peak, max |Δ|)."""
+    names = ("plain", "two-pass", "triton")
+    for frames, grid in sizes:
+        rows = {name: cuda_row(name, frames, grid, repeats, budget) for name in names}
+        q, k, v, masks = make_inputs(frames, (grid, grid), torch.float16, "cuda")
+        layout = prepare("ours", masks, "cuda", torch.float16)
+        diff = (run("triton", q, k, v, layout, budget).float() - run("two-pass", q, k, v, layout, budget).float())
+        print(f"\nCUDA fp16 ({torch.cuda.get_device_name()}), F={frames}, {grid}x{grid} "
+              f"(L={frames * grid * grid} tokens), {HEADS} heads, head dim {HEAD_DIM}")
+        print(f"{'variant':<10}{'time (ms)':>12}{'x plain':>9}{'peak extra (GB)':>18}")
+        for name in names:
+            r = rows[name]
+            print(f"{name:<10}{r['seconds'] * 1e3:>12.2f}{r['seconds'] / rows['plain']['seconds']:>9.2f}"
+                  f"{r['cuda'] / 1e9:>18.3f}")
+        print(f"max |triton - two-pass| = {diff.abs().max().item():.2e}")
+        del q, k, v, diff
+        torch.cuda.empty_cache()
+
+
 def _print_cpu(frames: int, grid: int, results: dict[str, dict[str, Any]]) -> None:
     length = frames * grid * grid
     print(f"\nCPU fp32, F={frames}, {grid}x{grid} latents per frame (L={length} tokens), {HEADS} heads, "
@@ -314,6 +336,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (F=4, 16x16)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of plain and ours (best is kept)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts to time")
+    parser.add_argument("--cuda-kernels", action="store_true",
+                        help="CUDA only: plain SDPA, two-pass and Triton at 16x64² and 32x32² (bench/gpu.sh)")
     parser.add_argument("--time-only", action="store_true", help="only the timing table (no memory, no official)")
     parser.add_argument("--budget-mb", type=float, default=256.0)
     parser.add_argument("--child", choices=(*VARIANTS, "timing"), help=argparse.SUPPRESS)
@@ -327,6 +351,11 @@ def main() -> None:
     print_timing(frames, grid, timing_rows(frames, grid, args.repeats, args.budget_mb, args.threads))
     if not args.time_only:
         _print_cpu(frames, grid, cpu_table(frames, grid, args.repeats, args.budget_mb))
+    if args.cuda_kernels:
+        if not torch.cuda.is_available():
+            parser.error("--cuda-kernels needs a CUDA device")
+        cuda_kernels([(16, 64), (32, 32)], args.repeats, int(args.budget_mb * 2**20))
+        return
     if torch.cuda.is_available():
         budget = int(args.budget_mb * 2**20)
         sizes = [(4, 16)] if args.quick else [(16, 32), (16, 64), (32, 32)]
