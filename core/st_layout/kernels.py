@@ -40,10 +40,11 @@ __all__ = ["DEFAULT_BUDGET", "row_extrema", "uniform_rows", "modulated_attention
 #: Default working-memory budget of one kernel call (bytes).
 DEFAULT_BUDGET = 256 * 2**20
 
-#: Score tile of the CPU row-extrema pass (bytes, ``rows × CPU_KEY_TILE``): one core's L2, so the
-#: reductions read the matmul's output from cache (8 MiB row blocks measured ~1.5× slower).
-CPU_BLOCK_BYTES = 2**20
-CPU_KEY_TILE = 1024
+#: Score block of the CPU row-extrema pass (bytes), all heads per call. Few large calls beat
+#: cache-sized tiles with two threads on a shared machine: every call is a parallel region, and one
+#: descheduled thread stalls it (measured, 2 threads, 8 heads × 8192 × 16384 scores: 1 MiB tiles
+#: 30.6 s, 8 MiB per-head blocks 18.5 s, 64 MiB all-head blocks 6.9 s; one SDPA call 7.0 s).
+CPU_BLOCK_BYTES = 64 * 2**20
 
 #: ``on_probs(start, stop, plain, modulated)``: float32 ``(B, H, stop − start, Lk)`` probabilities of
 #: query rows ``start:stop`` without and with modulation.
@@ -55,31 +56,6 @@ def _chunks(total: int, rows: int) -> list[tuple[int, int]]:
     return [(a, min(total, a + rows)) for a in range(0, total, rows)]
 
 
-def _cpu_extrema(qs: torch.Tensor, kt: torch.Tensor, mx: torch.Tensor, mn: torch.Tensor, budget_bytes: int) -> None:
-    """Row max/min into ``mx, mn (heads, Lq)`` in L2-sized ``rows × CPU_KEY_TILE`` score tiles.
-
-    A tile's matmul output is still in cache when the two reductions read it; each tile's extrema go
-    to one column of a per-row-block table, reduced once per row block (3 calls per tile).
-    """
-    heads, lq, _ = qs.shape
-    lk, item = kt.shape[-1], qs.element_size()
-    keys = min(lk, CPU_KEY_TILE)
-    rows = max(1, min(lq, min(budget_bytes, CPU_BLOCK_BYTES) // (keys * item)))
-    key_tiles = _chunks(lk, keys)
-    buffer = torch.empty(rows * keys, dtype=qs.dtype, device=qs.device)
-    table_mx = torch.empty(rows, len(key_tiles), dtype=qs.dtype, device=qs.device)
-    table_mn = torch.empty_like(table_mx)
-    for head in range(heads):
-        for a, z in _chunks(lq, rows):
-            for j, (ka, kz) in enumerate(key_tiles):
-                scores = buffer[: (z - a) * (kz - ka)].view(z - a, kz - ka)
-                torch.matmul(qs[head, a:z], kt[head, :, ka:kz], out=scores)
-                torch.amax(scores, dim=-1, out=table_mx[: z - a, j])
-                torch.amin(scores, dim=-1, out=table_mn[: z - a, j])
-            torch.amax(table_mx[: z - a], dim=-1, out=mx[head, a:z])
-            torch.amin(table_mn[: z - a], dim=-1, out=mn[head, a:z])
-
-
 @torch.no_grad()
 def row_extrema(
     q: torch.Tensor, k: torch.Tensor, *, scale: float | None = None, budget_bytes: int = DEFAULT_BUDGET
@@ -87,10 +63,11 @@ def row_extrema(
     """Per-query max and min over all keys of ``scale·q·kᵀ``.
 
     :param q: ``(B, H, Lq, d)``; ``k``: ``(B, H, Lk, d)``; same dtype and device.
-    :returns: ``(mx, mn)``, float32 ``(B, H, Lq)``. Scores are computed in tiles into one reused
-        buffer: on CPU one head at a time, in L2-sized tiles (:func:`_cpu_extrema`); on GPU all heads
-        at once, up to ``budget_bytes`` (fewer kernel launches). Computed without autograd: the
-        extrema are constants for gradients (the engine is for inference).
+    :returns: ``(mx, mn)``, float32 ``(B, H, Lq)``. Scores are computed in query chunks into one
+        reused buffer of at most ``budget_bytes`` (on CPU also at most :data:`CPU_BLOCK_BYTES`), all
+        heads at once when that leaves enough rows: few, large ATen calls (see
+        :data:`CPU_BLOCK_BYTES`). Computed without autograd: the extrema are constants for gradients
+        (the engine is for inference).
     """
     b, h, lq, d = q.shape
     lk = k.shape[-2]
@@ -98,23 +75,21 @@ def row_extrema(
     heads, item = b * h, q.element_size()
     qs = q.reshape(heads, lq, d)
     kt = k.reshape(heads, lk, d).transpose(1, 2)
+    block = min(budget_bytes, CPU_BLOCK_BYTES) if q.device.type == "cpu" else budget_bytes
+    group, rows = 1, block // (lk * item)
+    if block // (heads * lk * item) >= min(lq, 256 if q.device.type != "cpu" else 16):
+        group, rows = heads, block // (heads * lk * item)
+    rows = max(1, min(lq, rows))
     mx = torch.empty(heads, lq, dtype=q.dtype, device=q.device)
     mn = torch.empty_like(mx)
-    if q.device.type == "cpu":
-        _cpu_extrema(qs, kt, mx, mn, budget_bytes)
-    else:
-        group, rows = 1, budget_bytes // (lk * item)
-        if budget_bytes // (heads * lk * item) >= min(lq, 256):
-            group, rows = heads, budget_bytes // (heads * lk * item)
-        rows = max(1, min(lq, rows))
-        buffer = torch.empty(group * rows * lk, dtype=q.dtype, device=q.device)
-        for first in range(0, heads, group):
-            last = min(heads, first + group)
-            for a, z in _chunks(lq, rows):
-                scores = buffer[: (last - first) * (z - a) * lk].view(last - first, z - a, lk)
-                torch.matmul(qs[first:last, a:z], kt[first:last], out=scores)
-                torch.amax(scores, dim=-1, out=mx[first:last, a:z])
-                torch.amin(scores, dim=-1, out=mn[first:last, a:z])
+    buffer = torch.empty(group * rows * lk, dtype=q.dtype, device=q.device)
+    for first in range(0, heads, group):
+        last = min(heads, first + group)
+        for a, z in _chunks(lq, rows):
+            scores = buffer[: (last - first) * (z - a) * lk].view(last - first, z - a, lk)
+            torch.matmul(qs[first:last, a:z], kt[first:last], out=scores)
+            torch.amax(scores, dim=-1, out=mx[first:last, a:z])
+            torch.amin(scores, dim=-1, out=mn[first:last, a:z])
     # max(scale·s) = scale·max(s) for scale > 0: scaling after the reduction saves a pass.
     return (mx.float() * scale).view(b, h, lq), (mn.float() * scale).view(b, h, lq)
 
