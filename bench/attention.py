@@ -10,7 +10,13 @@ head dim 80, three moving regions plus uncovered background, ξ(981)·0.3 streng
                    and, per head, a materialised score slice modulated in place, softmax, ``@V``.
 
 Time is wall-clock of the attention call: (a) and (b) best of ``--repeats`` runs, alternated in one
-process so that load changes on a shared machine hit both alike; (c) one run. Per-run
+process so that load changes on a shared machine hit both alike, at each of ``--threads`` (the
+ratio's range over the repeats is printed too); (c) one run. The timing table also states the
+layout's share of *uniform* query rows (relation row all-negative or all-positive: the background
+in the ``videograin`` preset), which skip the row-extrema pass, and times the cross-attention path of
+the same layout (per frame, N queries × 77 text keys, each region's local prompt 2 tokens):
+``plain`` SDPA, ``ours`` (:func:`~stmod.core.st_layout.kernels.modulated_attention_few_keys`) and
+``explicit`` (:func:`~stmod.core.st_layout.kernels.modulated_attention_explicit`, the recording path). Per-run
 precomputation (our codes, the official map) is excluded from time but its memory is counted.
 
 Peak extra memory = the most memory in use during the call (labels/map, temporaries, output) minus
@@ -28,7 +34,9 @@ what was in use before (inputs already existed). How it is measured:
   before the call.
 
 Usage: ``python bench/attention.py`` (CPU, F=16, 32×32; plus fp16 GPU sizes when CUDA is present),
-``--quick`` for a small run, ``--repeats N``, ``--budget-mb M`` (our working-memory budget).
+``--quick`` for a small run, ``--repeats N``, ``--threads 1 2`` (CPU thread counts timed),
+``--time-only`` (skip the memory children and the official variant), ``--budget-mb M`` (our
+working-memory budget).
 """
 
 from __future__ import annotations
@@ -49,11 +57,20 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from stmod.core.st_layout.kernels import modulated_attention
+from stmod.core.st_layout.kernels import (
+    modulated_attention,
+    modulated_attention_explicit,
+    modulated_attention_few_keys,
+    uniform_rows,
+)
 from stmod.core.st_layout.labels import level_layout, rules_for, time_weight
 
-HEADS, HEAD_DIM, STRENGTH = 8, 80, 0.3
+HEADS, HEAD_DIM, STRENGTH, TEXT = 8, 80, 0.3, 77
+#: Token spans of the three regions' local prompts in the bench's (imaginary) global prompt.
+SPANS = [(1, 3), (4, 6), (7, 9)]
 VARIANTS = ("plain", "ours", "official")
+#: Our kernel's variants and their ``use_triton``: ``ours`` picks (Triton on CUDA when importable).
+OURS = {"ours": None, "two-pass": False, "triton": True}
 
 
 def make_inputs(frames: int, grid: tuple[int, int], dtype: torch.dtype, device: str, seed: int = 0):
@@ -73,8 +90,8 @@ def make_inputs(frames: int, grid: tuple[int, int], dtype: torch.dtype, device: 
 
 def prepare(variant: str, masks: torch.Tensor, device: str, dtype: torch.dtype) -> Any:
     """Per-run precomputation: our per-token codes, or the official dense map and size column."""
-    if variant == "ours":
-        return level_layout(masks, masks.shape[-2:], rules=rules_for("videograin"), spans=[None] * 3).to(device)
+    if variant in OURS:
+        return level_layout(masks, masks.shape[-2:], rules=rules_for("videograin"), spans=SPANS).to(device)
     if variant == "official":
         frames, regions = masks.shape[:2]
         flat = masks.permute(1, 0, 2, 3).reshape(regions, -1).to(device, torch.float16)
@@ -92,12 +109,12 @@ def run(variant: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prepare
     xi = time_weight(981)
     if variant == "plain":
         return F.scaled_dot_product_attention(q, k, v)
-    if variant == "ours":
+    if variant in OURS:
         layout = prepared
         lam = (xi * STRENGTH * layout.self_size).reshape(1, -1)
         codes = layout.self_codes.reshape(1, -1)
         return modulated_attention(q, k, v, strength=lam, query_codes=codes, key_codes=codes,
-                                   relation=layout.self_relation, budget_bytes=budget)
+                                   relation=layout.self_relation, budget_bytes=budget, use_triton=OURS[variant])
     sreg_map, reg_size = prepared
     scale = q.shape[-1] ** -0.5
     out = torch.empty_like(q)
@@ -178,32 +195,72 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     return {"variant": args.child, "seconds": seconds, "rss": rss, "tracked": probe.peak}
 
 
-def timing_child(args: argparse.Namespace) -> dict[str, float]:
-    """Best-of-N times of ``plain`` and ``ours``, alternated so that load changes hit both alike."""
+def _cross_runs(layout: Any, frames: int, budget: int) -> dict[str, Callable[[], Any]]:
+    """The cross-attention calls of the layout, per frame: ``(F, H, N, d)`` queries × 77 text keys."""
+    g = torch.Generator().manual_seed(1)
+    n = layout.pixel_codes.shape[1]
+    q = torch.randn(frames, HEADS, n, HEAD_DIM, generator=g)
+    k, v = (torch.randn(frames, HEADS, TEXT, HEAD_DIM, generator=g) for _ in range(2))
+    labels = {"strength": time_weight(981) * layout.cross_size, "query_codes": layout.pixel_codes,
+              "key_codes": layout.text_codes[None], "relation": layout.cross_relation, "budget_bytes": budget}
+    return {"plain": lambda: F.scaled_dot_product_attention(q, k, v),
+            "ours": lambda: modulated_attention_few_keys(q, k, v, **labels),
+            "explicit": lambda: modulated_attention_explicit(q, k, v, **labels)}
+
+
+def timing_child(args: argparse.Namespace) -> dict[str, Any]:
+    """Best-of-N times of ``plain`` and ``ours`` (self and cross), alternated so that load changes hit
+    both alike, with the per-repeat ratios and the share of uniform query rows."""
+    torch.set_num_threads(args.threads[0])
     budget = int(args.budget_mb * 2**20)
     q, k, v, masks = make_inputs(args.frames, (args.grid, args.grid), torch.float32, "cpu")
     prepared = {name: prepare(name, masks, "cpu", torch.float32) for name in ("plain", "ours")}
-    best = {name: math.inf for name in prepared}
+    layout = prepared["ours"]
+    codes = layout.self_codes.reshape(1, -1)
+    share = uniform_rows(layout.self_size.reshape(1, -1), codes, codes, layout.self_relation).float().mean()
+    runs = {name: (lambda name=name: run(name, q, k, v, prepared[name], budget)) for name in prepared}
+    runs.update({f"cross {name}": fn for name, fn in _cross_runs(layout, args.frames, budget).items()})
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
-        for name in prepared:
-            best[name] = min(best[name], _timed(lambda: run(name, q, k, v, prepared[name], budget), "cpu"))
-    return best
+        for name, fn in runs.items():
+            times[name].append(_timed(fn, "cpu"))
+    return {"threads": torch.get_num_threads(), "uniform_share": float(share), "times": times}
+
+
+def _ratio(times: dict[str, list[float]], top: str, bottom: str) -> str:
+    ratios = [a / b for a, b in zip(times[top], times[bottom])]
+    return f"{min(times[top]) / min(times[bottom]):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+
+
+def print_timing(frames: int, grid: int, rows: list[dict[str, Any]]) -> None:
+    """The timing table: one line per thread count (best-of times, best ratio [per-repeat range])."""
+    print(f"\nCPU fp32 timing, F={frames}, {grid}x{grid} (L={frames * grid * grid}), {HEADS} heads, head dim "
+          f"{HEAD_DIM}; uniform (background) query rows: {rows[0]['uniform_share']:.0%}")
+    print(f"{'threads':<8}{'plain s':>9}{'ours s':>9}{'ours/plain [range]':>22}"
+          f"{'x plain ms':>12}{'x ours ms':>11}{'x ours/plain [range]':>22}{'x explicit/plain':>18}")
+    for r in rows:
+        t = r["times"]
+        print(f"{r['threads']:<8}{min(t['plain']):>9.2f}{min(t['ours']):>9.2f}{_ratio(t, 'ours', 'plain'):>22}"
+              f"{min(t['cross plain']) * 1e3:>12.1f}{min(t['cross ours']) * 1e3:>11.1f}"
+              f"{_ratio(t, 'cross ours', 'cross plain'):>22}{_ratio(t, 'cross explicit', 'cross plain'):>18}")
+    print("(x = cross-attention, per frame, 77 text keys; target ours/plain <= 1.5 with two threads)")
+
+
+def _child_json(args: list[str], env: dict[str, str]) -> Any:
+    done = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def cpu_table(frames: int, grid: int, repeats: int, budget_mb: float) -> dict[str, dict[str, Any]]:
-    results = {}
+    """Memory (and one-run time) of each variant, each in a fresh subprocess."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     common = ["--frames", str(frames), "--grid", str(grid), "--repeats", str(repeats), "--budget-mb", str(budget_mb)]
-    for variant in (*VARIANTS, "timing"):
-        cmd = [sys.executable, __file__, "--child", variant, *common]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        if variant == "timing":
-            for name, seconds in result.items():
-                results[name]["seconds"] = min(results[name]["seconds"], seconds)
-        else:
-            results[variant] = result
-    return results
+    return {variant: _child_json(["--child", variant, *common], env) for variant in VARIANTS}
+
+
+def timing_rows(frames: int, grid: int, repeats: int, budget_mb: float, threads: list[int]) -> list[dict[str, Any]]:
+    common = ["--frames", str(frames), "--grid", str(grid), "--repeats", str(repeats), "--budget-mb", str(budget_mb)]
+    return [_child_json(["--child", "timing", "--threads", str(n), *common], dict(os.environ)) for n in threads]
 
 
 def cuda_row(variant: str, frames: int, grid: int, repeats: int, budget: int) -> dict[str, Any]:
@@ -225,6 +282,26 @@ def cuda_row(variant: str, frames: int, grid: int, repeats: int, budget: int) ->
     return {"variant": variant, "seconds": seconds, "cuda": peak}
 
 
+def cuda_kernels(sizes: list[tuple[int, int]], repeats: int, budget: int) -> None:
+    """fp16 CUDA table of plain SDPA, our two-pass kernel and the Triton kernel (time, peak, max |Δ|)."""
+    names = ("plain", "two-pass", "triton")
+    for frames, grid in sizes:
+        rows = {name: cuda_row(name, frames, grid, repeats, budget) for name in names}
+        q, k, v, masks = make_inputs(frames, (grid, grid), torch.float16, "cuda")
+        layout = prepare("ours", masks, "cuda", torch.float16)
+        diff = (run("triton", q, k, v, layout, budget).float() - run("two-pass", q, k, v, layout, budget).float())
+        print(f"\nCUDA fp16 ({torch.cuda.get_device_name()}), F={frames}, {grid}x{grid} "
+              f"(L={frames * grid * grid} tokens), {HEADS} heads, head dim {HEAD_DIM}")
+        print(f"{'variant':<10}{'time (ms)':>12}{'x plain':>9}{'peak extra (GB)':>18}")
+        for name in names:
+            r = rows[name]
+            print(f"{name:<10}{r['seconds'] * 1e3:>12.2f}{r['seconds'] / rows['plain']['seconds']:>9.2f}"
+                  f"{r['cuda'] / 1e9:>18.3f}")
+        print(f"max |triton - two-pass| = {diff.abs().max().item():.2e}")
+        del q, k, v, diff
+        torch.cuda.empty_cache()
+
+
 def _print_cpu(frames: int, grid: int, results: dict[str, dict[str, Any]]) -> None:
     length = frames * grid * grid
     print(f"\nCPU fp32, F={frames}, {grid}x{grid} latents per frame (L={length} tokens), {HEADS} heads, "
@@ -233,8 +310,7 @@ def _print_cpu(frames: int, grid: int, results: dict[str, dict[str, Any]]) -> No
     for name in VARIANTS:
         r = results[name]
         print(f"{name:<10}{r['seconds']:>10.2f}{r['rss'] / 2**20:>23.1f}{r['tracked'] / 2**20:>24.1f}")
-    ours, plain, official = results["ours"], results["plain"], results["official"]
-    print(f"ours / plain time:        {ours['seconds'] / plain['seconds']:.2f}  (target <= 2.0)")
+    ours, official = results["ours"], results["official"]
     print(f"ours / official memory:   {ours['rss'] / official['rss']:.3f} RSS, "
           f"{ours['tracked'] / official['tracked']:.3f} tracked  (target <= 0.1)")
 
@@ -259,6 +335,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (F=4, 16x16)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of plain and ours (best is kept)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts to time")
+    parser.add_argument("--cuda-kernels", action="store_true",
+                        help="CUDA only: plain SDPA, two-pass and Triton at 16x64² and 32x32² (bench/gpu.sh)")
+    parser.add_argument("--time-only", action="store_true", help="only the timing table (no memory, no official)")
     parser.add_argument("--budget-mb", type=float, default=256.0)
     parser.add_argument("--child", choices=(*VARIANTS, "timing"), help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
@@ -268,7 +348,14 @@ def main() -> None:
         print(json.dumps(timing_child(args) if args.child == "timing" else child(args)))
         return
     frames, grid = (4, 16) if args.quick else (16, 32)
-    _print_cpu(frames, grid, cpu_table(frames, grid, args.repeats, args.budget_mb))
+    print_timing(frames, grid, timing_rows(frames, grid, args.repeats, args.budget_mb, args.threads))
+    if not args.time_only:
+        _print_cpu(frames, grid, cpu_table(frames, grid, args.repeats, args.budget_mb))
+    if args.cuda_kernels:
+        if not torch.cuda.is_available():
+            parser.error("--cuda-kernels needs a CUDA device")
+        cuda_kernels([(16, 64), (32, 32)], args.repeats, int(args.budget_mb * 2**20))
+        return
     if torch.cuda.is_available():
         budget = int(args.budget_mb * 2**20)
         sizes = [(4, 16)] if args.quick else [(16, 32), (16, 64), (32, 32)]

@@ -23,10 +23,14 @@ def _inputs(dtype: torch.dtype, device: str):
                                                      relation=relation)
 
 
-def test_fp16_two_pass_kernel_matches_fp32_explicit() -> None:
-    """The fp16 CUDA two-pass kernel agrees with the fp32 literal formula on the CPU."""
+@pytest.mark.parametrize("use_triton", [False, True], ids=["two-pass", "triton"])
+def test_fp16_kernels_match_fp32_explicit(use_triton: bool) -> None:
+    """The fp16 CUDA two-pass and Triton kernels agree with the fp32 literal formula on the CPU."""
+    if use_triton:
+        pytest.importorskip("triton")
     (q, k, v), kw = _inputs(torch.float16, "cuda")
-    ours = modulated_attention(q, k, v, **kw).float().cpu()
+    with torch.no_grad():
+        ours = modulated_attention(q, k, v, use_triton=use_triton, **kw).float().cpu()
     (q32, k32, v32), _ = _inputs(torch.float32, "cpu")
     reference = modulated_attention_explicit(q32, k32, v32, **kw)
     assert (ours - reference).abs().max() < 2e-2

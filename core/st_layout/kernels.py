@@ -32,14 +32,19 @@ import torch
 import torch.nn.functional as F
 
 from stmod.core.st_layout.labels import modulated_scores
+from stmod.core.st_layout.triton_kernel import triton_available, triton_modulated_attention
 
-__all__ = ["DEFAULT_BUDGET", "row_extrema", "modulated_attention", "modulated_attention_explicit"]
+__all__ = ["DEFAULT_BUDGET", "row_extrema", "uniform_rows", "modulated_attention", "modulated_attention_few_keys",
+           "modulated_attention_explicit"]
 
 #: Default working-memory budget of one kernel call (bytes).
 DEFAULT_BUDGET = 256 * 2**20
 
-#: Score block of the CPU row-extrema pass (bytes): about what stays in a core's share of cache.
-CPU_BLOCK_BYTES = 8 * 2**20
+#: Score block of the CPU row-extrema pass (bytes), all heads per call. Few large calls beat
+#: cache-sized tiles with two threads on a shared machine: every call is a parallel region, and one
+#: descheduled thread stalls it (measured, 2 threads, 8 heads × 8192 × 16384 scores: 1 MiB tiles
+#: 30.6 s, 8 MiB per-head blocks 18.5 s, 64 MiB all-head blocks 6.9 s; one SDPA call 7.0 s).
+CPU_BLOCK_BYTES = 64 * 2**20
 
 #: ``on_probs(start, stop, plain, modulated)``: float32 ``(B, H, stop − start, Lk)`` probabilities of
 #: query rows ``start:stop`` without and with modulation.
@@ -59,10 +64,10 @@ def row_extrema(
 
     :param q: ``(B, H, Lq, d)``; ``k``: ``(B, H, Lk, d)``; same dtype and device.
     :returns: ``(mx, mn)``, float32 ``(B, H, Lq)``. Scores are computed in query chunks into one
-        reused buffer: on CPU one head at a time, in blocks of :data:`CPU_BLOCK_BYTES` (the matmul
-        output is still in cache when the two reductions read it); on GPU all heads at once, up to
-        ``budget_bytes`` (fewer kernel launches). Computed without autograd: the extrema are
-        constants for gradients (the engine is for inference).
+        reused buffer of at most ``budget_bytes`` (on CPU also at most :data:`CPU_BLOCK_BYTES`), all
+        heads at once when that leaves enough rows: few, large ATen calls (see
+        :data:`CPU_BLOCK_BYTES`). Computed without autograd: the extrema are constants for gradients
+        (the engine is for inference).
     """
     b, h, lq, d = q.shape
     lk = k.shape[-2]
@@ -70,11 +75,10 @@ def row_extrema(
     heads, item = b * h, q.element_size()
     qs = q.reshape(heads, lq, d)
     kt = k.reshape(heads, lk, d).transpose(1, 2)
-    group, rows = 1, min(budget_bytes, CPU_BLOCK_BYTES) // (lk * item)
-    if q.device.type != "cpu":
-        rows = budget_bytes // (lk * item)
-        if budget_bytes // (heads * lk * item) >= min(lq, 256):
-            group, rows = heads, budget_bytes // (heads * lk * item)
+    block = min(budget_bytes, CPU_BLOCK_BYTES) if q.device.type == "cpu" else budget_bytes
+    group, rows = 1, block // (lk * item)
+    if block // (heads * lk * item) >= min(lq, 256 if q.device.type != "cpu" else 16):
+        group, rows = heads, block // (heads * lk * item)
     rows = max(1, min(lq, rows))
     mx = torch.empty(heads, lq, dtype=q.dtype, device=q.device)
     mn = torch.empty_like(mx)
@@ -101,30 +105,32 @@ def _check(q: torch.Tensor, strength: torch.Tensor, query_codes: torch.Tensor, k
         raise ValueError("relation must be a bool (Pq, Pk) table")
 
 
-def modulated_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    strength: torch.Tensor,
-    query_codes: torch.Tensor,
-    key_codes: torch.Tensor,
-    relation: torch.Tensor,
-    scale: float | None = None,
-    budget_bytes: int = DEFAULT_BUDGET,
+def uniform_rows(
+    strength: torch.Tensor, query_codes: torch.Tensor, key_codes: torch.Tensor, relation: torch.Tensor
 ) -> torch.Tensor:
-    """Modulated attention in two passes (row extrema, then one SDPA on widened inputs).
+    """Bool ``(Lq,)``: query rows whose modulation needs no row extrema, in every batch item.
 
-    Shapes as in the module docstring. Returns ``(B, H, Lq, dv)`` in ``q``'s dtype. The second pass
-    works on groups of heads sized so that the widened ``q̃, k̃, ṽ`` fit in ``budget_bytes``.
+    A row whose relation row is all-negative or all-positive over the keys present (background in
+    the ``videograin`` preset, or a region covering everything) has ``s' = (1 − λ)·s`` + a per-row
+    constant, and so has a row with ``λ = 0``: softmax ignores the constant, so ``mx − mn`` is unused.
     """
-    _check(q, strength, query_codes, key_codes, k, relation)
+    present = torch.zeros(relation.shape[1], dtype=torch.bool, device=relation.device)
+    present[key_codes.reshape(-1).to(relation.device)] = True
+    rel = relation[:, present]
+    flat = (rel.all(1) | ~rel.any(1))[query_codes.to(relation.device)]  # (B|1, Lq)
+    flat, zero = torch.broadcast_tensors(flat, strength.to(relation.device) == 0)
+    return (flat | zero).all(0)
+
+
+def _widened_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
+                       query_codes: torch.Tensor, key_codes: torch.Tensor, relation: torch.Tensor,
+                       scale: float, budget_bytes: int) -> torch.Tensor:
+    """Both passes for every row of ``q``: row extrema, then SDPA on ``q̃ = [(1 − λ)q, λ(mx − mn)/scale ·
+    relation[c_x]]``, ``k̃ = [k, onehot(c_y)]``, in groups of heads whose widened inputs fit the budget."""
     b, h, lq, d = q.shape
     lk, dv = k.shape[-2], v.shape[-1]
-    scale = d**-0.5 if scale is None else scale
     mx, mn = row_extrema(q, k, scale=scale, budget_bytes=budget_bytes)
-    lam = strength.to(device=q.device, dtype=torch.float32).expand(b, lq)
-    coef = (lam[:, None, :] * (mx - mn)).div_(scale)  # (B, H, Lq); R's weight inside scale·q̃·k̃
+    coef = (lam[:, None, :] * mx.sub_(mn)).div_(scale)  # (B, H, Lq); R's weight inside scale·q̃·k̃
     del mx, mn
     p = relation.shape[1]
     q_rows = relation.to(q.device, torch.float32)[query_codes.to(q.device)]  # (B|1, Lq, P)
@@ -136,12 +142,12 @@ def modulated_attention(
     per_head = b * (lq + 2 * lk) * width * q.element_size()
     group = max(1, min(h, budget_bytes // max(1, per_head)))
     out = torch.empty(b, h, lq, dv, dtype=q.dtype, device=q.device)
-    keep = (1 - lam)[:, None, :, None]
+    keep = (1 - lam)[:, None, :, None].to(q.dtype)
     for first in range(0, h, group):
         heads = slice(first, min(h, first + group))
         g = heads.stop - heads.start
         q_wide = q.new_zeros(b, g, lq, width)
-        q_wide[..., :d] = q[:, heads] * keep.to(q.dtype)
+        q_wide[..., :d] = q[:, heads] * keep
         q_wide[..., d : d + p] = (q_rows[:, None] * coef[:, heads, :, None]).to(q.dtype)
         k_wide = k.new_zeros(b, g, lk, width)
         k_wide[..., :d] = k[:, heads]
@@ -150,6 +156,96 @@ def modulated_attention(
         v_wide[..., :dv] = v[:, heads]
         out[:, heads] = F.scaled_dot_product_attention(q_wide, k_wide, v_wide, scale=scale)[..., :dv]
         del q_wide, k_wide, v_wide
+    return out
+
+
+def modulated_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    strength: torch.Tensor,
+    query_codes: torch.Tensor,
+    key_codes: torch.Tensor,
+    relation: torch.Tensor,
+    scale: float | None = None,
+    budget_bytes: int = DEFAULT_BUDGET,
+    use_triton: bool | None = None,
+) -> torch.Tensor:
+    """Modulated attention in two passes (row extrema, then one SDPA on widened inputs).
+
+    Shapes as in the module docstring. Returns ``(B, H, Lq, dv)`` in ``q``'s dtype. Rows that
+    :func:`uniform_rows` finds skip both the extrema and the widening: they are one plain SDPA call
+    with ``q`` scaled by ``1 − λ`` per row. The rest are gathered (O(Lq·d) copies) and widened.
+    ``use_triton`` (``None``: on CUDA when Triton is importable, without autograd) runs the
+    single-pass kernel of :mod:`stmod.core.st_layout.triton_kernel` instead.
+    """
+    _check(q, strength, query_codes, key_codes, k, relation)
+    if use_triton is None:  # the Triton kernel has no backward pass
+        use_triton = q.device.type == "cuda" and not torch.is_grad_enabled() and triton_available(q.device)
+    if use_triton:
+        return triton_modulated_attention(q, k, v, strength=strength, query_codes=query_codes,
+                                          key_codes=key_codes, relation=relation, scale=scale)
+    b, h, lq, d = q.shape
+    scale = d**-0.5 if scale is None else scale
+    lam = strength.to(device=q.device, dtype=torch.float32).expand(b, lq)
+    query_codes = query_codes.to(q.device).expand(b, lq)
+    uniform = uniform_rows(strength, query_codes, key_codes, relation.to(q.device))
+    flat, mixed = uniform.nonzero().flatten(), (~uniform).nonzero().flatten()
+    if not flat.numel():
+        return _widened_attention(q, k, v, lam, query_codes, key_codes, relation, scale, budget_bytes)
+    keep = (1 - lam)[:, None, :, None].to(q.dtype)
+    if not mixed.numel():
+        return F.scaled_dot_product_attention(q * keep, k, v, scale=scale)
+    out = torch.empty(b, h, lq, v.shape[-1], dtype=q.dtype, device=q.device)
+    q_flat = q.index_select(2, flat).mul_(keep.index_select(2, flat))
+    out.index_copy_(2, flat, F.scaled_dot_product_attention(q_flat, k, v, scale=scale))
+    del q_flat
+    out.index_copy_(2, mixed, _widened_attention(
+        q.index_select(2, mixed), k, v, lam.index_select(1, mixed), query_codes.index_select(1, mixed),
+        key_codes, relation, scale, budget_bytes))
+    return out
+
+
+def modulated_attention_few_keys(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    strength: torch.Tensor,
+    query_codes: torch.Tensor,
+    key_codes: torch.Tensor,
+    relation: torch.Tensor,
+    scale: float | None = None,
+    budget_bytes: int = DEFAULT_BUDGET,
+) -> torch.Tensor:
+    """Modulated attention for short key sequences (cross-attention: 77 text tokens), lean.
+
+    Per query chunk one score block: its row extrema (``aminmax``, cheap over few keys), then
+    ``s' = (1 − λ)·s + λ(mx − mn)·R`` written in place, softmax, ``·V`` — two float32 blocks live at a
+    time. Same result as :func:`modulated_attention_explicit` (without recording). Shapes as in the
+    module docstring; returns ``(B, H, Lq, dv)`` in ``v``'s dtype.
+    """
+    _check(q, strength, query_codes, key_codes, k, relation)
+    b, h, lq, d = q.shape
+    lk = k.shape[-2]
+    scale = d**-0.5 if scale is None else scale
+    lam = strength.to(device=q.device, dtype=torch.float32).expand(b, lq)
+    # R as a float (B|1, Lq, Lk) gather, shared by the heads: relation rows of the query codes at the keys.
+    key_table = relation.to(q.device, torch.float32)[:, key_codes.to(q.device)]  # (Pq, B|1, Lk)
+    q_codes = query_codes.to(q.device)
+    rows = budget_bytes // max(1, b * h * lk * 4 * 2)
+    out = torch.empty(b, h, lq, v.shape[-1], dtype=v.dtype, device=q.device)
+    kt = k.transpose(-1, -2)
+    batch = torch.arange(key_table.shape[1], device=q.device)[:, None]
+    for a, z in _chunks(lq, rows):
+        scores = torch.matmul(q[:, :, a:z], kt).float()  # raw q·k, (B, H, c, Lk)
+        low, high = torch.aminmax(scores, dim=-1)
+        positive = key_table[q_codes[:, a:z], batch]  # (B|1, c, Lk)
+        keep = (1 - lam[:, None, a:z, None]) * scale
+        coef = high.sub_(low).mul_(lam[:, None, a:z] * scale)  # λ(mx − mn) in scaled units
+        scores.mul_(keep).addcmul_(coef[..., None], positive[:, None])
+        out[:, :, a:z] = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
     return out
 
 

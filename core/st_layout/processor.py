@@ -15,7 +15,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from stmod.core.st_layout.kernels import modulated_attention, modulated_attention_explicit
+from stmod.core.st_layout.kernels import (
+    modulated_attention,
+    modulated_attention_explicit,
+    modulated_attention_few_keys,
+)
 from stmod.core.st_layout.state import EngineState, StepInfo
 
 __all__ = ["STLayoutProcessor"]
@@ -202,11 +206,12 @@ class STLayoutProcessor:
                 def sink(a: int, z: int, plain: torch.Tensor, modulated: torch.Tensor) -> None:
                     plain_map[:, a:z] = plain.mean(1)
                     mod_map[:, a:z] = modulated.mean(1)
-            out[part] = modulated_attention_explicit(
-                q[part], k[part], v[part], strength=lam, query_codes=layout.pixel_codes,
-                key_codes=layout.text_codes[None], relation=layout.cross_relation,
-                budget_bytes=state.budget, on_probs=sink,
-            )
+            labels = {"strength": lam, "query_codes": layout.pixel_codes, "key_codes": layout.text_codes[None],
+                      "relation": layout.cross_relation, "budget_bytes": state.budget}
+            if record:  # the literal formula hands both probability blocks to the recorder
+                out[part] = modulated_attention_explicit(q[part], k[part], v[part], on_probs=sink, **labels)
+            else:
+                out[part] = modulated_attention_few_keys(q[part], k[part], v[part], **labels)
             if record:
                 recorder.add(layout.grid, layout.masks, plain_map, mod_map, applied=modulate)
         return out

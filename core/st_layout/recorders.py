@@ -24,10 +24,11 @@ __all__ = ["AttentionRecorder"]
 class _Grid:
     __slots__ = ("masks", "plain", "modulated", "calls", "applied")
 
-    def __init__(self, masks: torch.Tensor, frames: int, tokens: int, recorded: int) -> None:
+    def __init__(self, masks: torch.Tensor, frames: int, tokens: int, recorded: int, device: torch.device) -> None:
         self.masks = masks.cpu()  # bool (F, K, N)
-        self.plain = torch.zeros(frames, tokens, recorded)
-        self.modulated = torch.zeros(frames, tokens, recorded)
+        # The sums stay on the attention's device: no host copy (and sync) in every layer call.
+        self.plain = torch.zeros(frames, tokens, recorded, device=device)
+        self.modulated = torch.zeros(frames, tokens, recorded, device=device)
         self.calls = 0
         self.applied = 0  # calls in which modulation changed the scores
 
@@ -84,9 +85,9 @@ class AttentionRecorder:
         columns = list(self.tokens)
         state = self._grids.get(grid)
         if state is None:
-            state = self._grids[grid] = _Grid(masks, plain.shape[0], plain.shape[1], len(columns))
-        state.plain += plain[..., columns].detach().float().cpu()
-        state.modulated += modulated[..., columns].detach().float().cpu()
+            state = self._grids[grid] = _Grid(masks, plain.shape[0], plain.shape[1], len(columns), plain.device)
+        state.plain += plain[..., columns].detach().float()
+        state.modulated += modulated[..., columns].detach().float()
         state.calls += 1
         state.applied += int(applied)
 
@@ -103,7 +104,7 @@ class AttentionRecorder:
         _, columns = self._region(region)
         state = self._grids[grid]
         sums = state.modulated if modulated else state.plain
-        return (sums[..., columns].mean(-1) / max(1, state.calls)).reshape(-1, *grid)
+        return (sums[..., columns].mean(-1).cpu() / max(1, state.calls)).reshape(-1, *grid)
 
     def region_map(self, region: str, *, modulated: bool, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """Mean attention of ``region``'s local-prompt tokens, float32 ``(F, h, w)``.

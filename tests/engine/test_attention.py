@@ -10,10 +10,16 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from stmod.core.st_layout.kernels import modulated_attention, modulated_attention_explicit, row_extrema
+from stmod.core.st_layout.kernels import (
+    modulated_attention,
+    modulated_attention_explicit,
+    modulated_attention_few_keys,
+    row_extrema,
+    uniform_rows,
+)
 from stmod.core.st_layout.labels import relation_codes
 
-KERNELS = [modulated_attention, modulated_attention_explicit]
+KERNELS = [modulated_attention, modulated_attention_explicit, modulated_attention_few_keys]
 
 
 def random_case(b: int, h: int, lq: int, lk: int, d: int, seed: int = 0):
@@ -52,6 +58,42 @@ def test_zero_strength_is_sdpa(kernel) -> None:
     qc, kc, rel = relation_codes(qb, kb)
     out = kernel(q, k, v, strength=torch.zeros(1, 40), query_codes=qc, key_codes=kc, relation=rel)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-6)
+
+
+def uniform_case(kind: str, seed: int):
+    """Fresh random inputs whose query rows are all-negative, all-positive or mixed over the keys.
+
+    Key bits are 1, 2 or 4; query bits 0 (negative to every key), 7 (positive to every key), or one
+    bit (mixed); ``kind`` picks which rows are present.
+    """
+    g = torch.Generator().manual_seed(seed)
+    q, k, v, _, _, lam = random_case(2, 3, 60, 45, 8, seed=seed)
+    key_bits = 1 << torch.randint(0, 3, (1, 45), generator=g)
+    choices = {"negative": [0], "positive": [7], "uniform": [0, 7], "some-mixed": [0, 7, 1, 2, 4]}[kind]
+    pick = torch.tensor(choices)[torch.randint(0, len(choices), (1, 60), generator=g)]
+    return q, k, v, pick.expand(2, 60).contiguous(), key_bits, lam
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kind", ["negative", "positive", "uniform", "some-mixed"])
+@pytest.mark.parametrize("seed", [11, 12])
+def test_uniform_relation_rows_equal_dense_formula(kernel, kind: str, seed: int) -> None:
+    """Rows negative or positive to every key (no extrema needed) still equal the float64 formula."""
+    q, k, v, qb, kb, lam = uniform_case(kind, seed)
+    qc, kc, rel = relation_codes(qb, kb)
+    out = kernel(q, k, v, strength=lam, query_codes=qc, key_codes=kc, relation=rel, budget_bytes=4000)
+    torch.testing.assert_close(out.double(), dense_formula(q, k, v, qb, kb, lam), rtol=1e-4, atol=1e-5)
+
+
+def test_uniform_rows_finds_rows_without_extrema() -> None:
+    """All-negative, all-positive and λ = 0 rows are uniform; a row mixed in one batch item is not."""
+    relation = torch.tensor([[False, False], [True, True], [True, False]])
+    codes = torch.tensor([[0, 1, 2, 2], [0, 1, 2, 0]])
+    strength = torch.tensor([[0.3, 0.3, 0.3, 0.0], [0.3, 0.3, 0.0, 0.3]])
+    found = uniform_rows(strength, codes, torch.tensor([[0, 1]]), relation)
+    assert found.tolist() == [True, True, False, True]
+    # Only key code 1 present: code 2's row is all-negative over the keys there are.
+    assert uniform_rows(strength, codes, torch.tensor([[1, 1]]), relation).all()
 
 
 def test_row_extrema_are_per_query_rows() -> None:

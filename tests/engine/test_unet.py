@@ -112,3 +112,35 @@ def test_registered_as_plugin() -> None:
     product = pm.registry.create("modulator", "st-layout", {"budget_mb": 64, "modulate_controlnet": True})
     assert isinstance(product, STLayoutModulator)
     assert product.options == EngineOptions(budget_mb=64.0, modulate_controlnet=True)
+
+
+def test_controlnet_condition_embedded_once_per_images_tensor() -> None:
+    """The conditioning CNN runs once for the same images tensor; a new or changed tensor is re-embedded."""
+    from stmod.backbones.sd15 import embed_condition_once
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    ).eval()
+    stock = ControlNetModel.from_unet(unet).eval()
+    net = embed_condition_once(ControlNetModel.from_unet(unet).eval())
+    net.load_state_dict(stock.state_dict())
+    calls = []
+    net.controlnet_cond_embedding.conv_in.register_forward_hook(lambda *_: calls.append(1))
+    latents, text = call_inputs()
+    control = torch.rand(2 * FRAMES, 3, 8 * LATENT[0], 8 * LATENT[1])
+    with torch.no_grad():
+        expected = stock(latents, 981, text, controlnet_cond=control, return_dict=False)
+        for t in (981, 961):
+            got = net(latents, t, text, controlnet_cond=control, return_dict=False)
+        assert len(calls) == 1
+        got = net(latents, 981, text, controlnet_cond=control, return_dict=False)
+        torch.testing.assert_close(got[1], expected[1])
+        for a, b in zip(got[0], expected[0]):
+            torch.testing.assert_close(a, b)
+        control.mul_(0.5)  # changed in place: embedded again
+        net(latents, 981, text, controlnet_cond=control, return_dict=False)
+        net(latents, 981, text, controlnet_cond=control.clone(), return_dict=False)
+    assert len(calls) == 3
