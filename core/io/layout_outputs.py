@@ -35,6 +35,7 @@ from stmod.core.protocols import LayoutReporting
 from stmod.core.types import EditSpec
 from stmod.core.io.ownership import atomic_folder
 from stmod.core.io.video import FrameTransform, write_mp4
+from stmod.core.io.outputs import region_labels
 from stmod.core.io.visuals import mask_overlay
 
 if TYPE_CHECKING:
@@ -95,7 +96,8 @@ def write_layout_outputs(spec: EditSpec, result: LayoutResult) -> dict[str, Any]
     }
     with atomic_folder(spec.output, kind="layout output") as folder:
         if layout.names:
-            write_mp4(folder / "masks.mp4", mask_overlay(clip.frames, masks, layout.names), clip.fps)
+            write_mp4(folder / "masks.mp4", mask_overlay(clip.frames, masks, layout.names,
+                                                         labels=region_labels(spec, layout.names)), clip.fps)
         for k, name in enumerate(layout.names):
             (folder / "masks" / name).mkdir(parents=True)
             for index, mask in zip(clip.indices, masks_to_source(masks[:, k], clip.transform), strict=True):

@@ -15,6 +15,7 @@ peak memory, inversion cache use, in-region attention mass.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,9 +26,9 @@ from stmod.core.pipeline.records import PhaseTimer, peak_gpu_bytes, peak_rss_byt
 from stmod.core.types import EditSpec, LayoutMasks
 from stmod.core.io.ownership import atomic_folder
 from stmod.core.io.video import SourceClip, write_gif, write_mp4
-from stmod.core.io.visuals import heatmap_overlay, mask_overlay, side_by_side, tile
+from stmod.core.io.visuals import colour_bar, heatmap_overlay, mask_overlay, side_by_side, tile
 
-__all__ = ["write_outputs", "attention_figure", "attention_effect_figure"]
+__all__ = ["write_outputs", "attention_figure", "attention_effect_figure", "region_labels"]
 
 
 def attention_figure(recorder: Any, region: str, frames: np.ndarray) -> np.ndarray:
@@ -41,30 +42,50 @@ def attention_figure(recorder: Any, region: str, frames: np.ndarray) -> np.ndarr
     return tile(images, titles=titles, columns=len(frames))
 
 
-def attention_effect_figure(recorder: Any, layout: LayoutMasks, frames: np.ndarray) -> np.ndarray:
-    """One row per local prompt: its mask, its attention without and with modulation, mass inside."""
+def region_labels(spec: EditSpec, names: Sequence[str]) -> list[str]:
+    """Legend entries ``"name: local prompt"`` (just the name for a region without a prompt)."""
+    prompts = {r.name: r.prompt for r in spec.regions}
+    return [f"{name}: {prompts[name]}" if prompts.get(name) else name for name in names]
+
+
+def attention_effect_figure(recorder: Any, layout: LayoutMasks, frames: np.ndarray,
+                            prompts: Mapping[str, str] | None = None, frame_index: int | None = None) -> np.ndarray:
+    """One row per local prompt: its mask, its attention without and with modulation, mass inside.
+
+    Titles name the frame, the local prompt and the region's share of the frame (the "inside" mass
+    attention spread evenly would have); a colour bar gives the heat maps' common scale.
+    """
     middle = len(frames) // 2
     factor = max(1, int(np.ceil(256 / min(frames.shape[1:3]))))  # small clips: upscale so titles stay legible
     frames = frames.repeat(factor, axis=1).repeat(factor, axis=2)
     masks = layout.masks.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
-    images, titles = [], []
+    shown = middle if frame_index is None else frame_index
+    maps, titles, top = [], [], 0.0
     for region in recorder.regions:
         k = layout.names.index(region)
         plain = recorder.region_map(region, modulated=False)[middle].numpy()
         modulated = recorder.region_map(region, modulated=True)[middle].numpy()
-        top = float(max(plain.max(), modulated.max()))
-        images += [
+        top = max(top, float(plain.max()), float(modulated.max()))
+        maps.append((k, plain, modulated))
+    cells = []
+    for region, (k, plain, modulated) in zip(recorder.regions, maps):
+        share = float(masks[middle, k].float().mean())
+        prompt = (prompts or {}).get(region) or region
+        cells += [
             mask_overlay(frames[middle:middle + 1], masks[middle:middle + 1, k:k + 1], [region],
                          with_legend=False)[0],
             heatmap_overlay(frames[middle], plain, vmin=0.0, vmax=top),
             heatmap_overlay(frames[middle], modulated, vmin=0.0, vmax=top),
         ]
         titles += [
-            f"{region} mask",
-            f"plain attention: {100 * recorder.mass_inside(region, modulated=False):.0f}% inside",
+            f"frame {shown}: {region} = \"{prompt}\" ({100 * share:.0f}% of the frame)",
+            f"plain: {100 * recorder.mass_inside(region, modulated=False):.0f}% inside",
             f"modulated: {100 * recorder.mass_inside(region, modulated=True):.0f}% inside",
         ]
-    return tile(images, titles=titles, columns=3)
+    grid = tile(cells, titles=titles, columns=3)
+    bar = colour_bar(grid.shape[0] - 8, vmin=0.0, vmax=top, label="attention")
+    bar = np.pad(bar, ((4, grid.shape[0] - bar.shape[0] - 4), (4, 4), (0, 0)), constant_values=255)
+    return np.concatenate([grid, bar], axis=1)
 
 
 def _captions(spec: EditSpec) -> tuple[str, str]:
@@ -98,7 +119,8 @@ def write_outputs(
         write_mp4(folder / "side_by_side.mp4", side_by_side(clip.frames, frames, captions=_captions(spec),
                                                             min_height=256), fps)
         if layout.names:
-            write_mp4(folder / "masks.mp4", mask_overlay(clip.frames, layout.masks, layout.names), fps)
+            write_mp4(folder / "masks.mp4", mask_overlay(clip.frames, layout.masks, layout.names,
+                                                         labels=region_labels(spec, layout.names)), fps)
         if control_images:
             write_mp4(folder / "control.mp4", np.concatenate(control_images, axis=2), fps)
         write_eval_frames(folder, source=clip.frames, result=frames, layout=layout, fps=fps)
@@ -107,7 +129,9 @@ def write_outputs(
             (folder / "attention").mkdir()
             for region in recorder.regions:
                 _save_png(folder / "attention" / f"{region}.png", attention_figure(recorder, region, clip.frames))
-            _save_png(folder / "attention_effect.png", attention_effect_figure(recorder, layout, clip.frames))
+            prompts = {r.name: r.prompt for r in spec.regions}
+            _save_png(folder / "attention_effect.png", attention_effect_figure(
+                recorder, layout, clip.frames, prompts, frame_index=clip.indices[len(clip.indices) // 2]))
         (folder / "config.yaml").write_text(dump_job(spec, rerunnable=True), encoding="utf-8")
         record = {
             **run,

@@ -1,9 +1,9 @@
 """Pictures for people: side-by-side clips, region overlays with a legend, attention heat maps, grids.
 
 Everything here is pure numpy/OpenCV: inputs and outputs are ``uint8`` RGB arrays (``(H, W, 3)`` for
-one picture, ``(F, H, W, 3)`` for a clip) and nothing is written to disk. Text is drawn with OpenCV's
-Hershey font, which covers ASCII only (other characters show as ``?``), except the caption strips
-(prompts), which use Pillow's scalable default font so any text shows.
+one picture, ``(F, H, W, 3)`` for a clip) and nothing is written to disk. Text is drawn with Pillow's
+DejaVu Sans where the system has it (else Pillow's own font), so region names and prompts beyond ASCII
+show (OpenCV's fonts are ASCII only).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "mask_overlay",
     "heatmap_overlay",
     "tile",
+    "colour_bar",
 ]
 
 # Tableau 10: distinct on screen and for most colour-blind viewers; more regions get golden-ratio hues.
@@ -31,7 +32,6 @@ _PALETTE = np.array([
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 ], dtype=np.uint8)
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def region_colours(count: int) -> np.ndarray:
@@ -43,52 +43,72 @@ def region_colours(count: int) -> np.ndarray:
     return np.array(colours, dtype=np.uint8).reshape(count, 3)
 
 
-def _font_scale(width: int) -> float:
-    """Small, legible text: about 1/40 of the picture width tall, within sane bounds."""
-    return float(np.clip(width / 700.0, 0.3, 0.8))
+def _font_px(width: int) -> int:
+    """Small, legible text: about 1/40 of the picture width tall, within sane bounds (pixels)."""
+    return int(np.clip(round(width / 40), 10, 22))
 
 
-def _fit(text: str, width: int, scale: float) -> str:
-    """``text`` shortened with ``..`` so that it is at most ``width`` pixels wide."""
-    if cv2.getTextSize(text, _FONT, scale, 1)[0][0] <= width:
+def _font(size: int) -> Any:
+    """DejaVu Sans when the system has it (Latin, Greek, Cyrillic, …; Pillow looks in the font folders),
+    else Pillow's own scalable font (basic Latin)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def _fit(text: str, width: int, font: Any) -> str:
+    """``text`` shortened with ``…`` so that it is at most ``width`` pixels wide."""
+    if font.getlength(text) <= width:
         return text
-    while text and cv2.getTextSize(text + "..", _FONT, scale, 1)[0][0] > width:
+    while text and font.getlength(text + "…") > width:
         text = text[:-1]
-    return text + ".."
+    return text + "…"
+
+
+def _draw_text(image: np.ndarray, items: Sequence[tuple[tuple[int, int], str, tuple[int, int, int]]], font: Any) -> np.ndarray:
+    """``image`` with each ``(xy, text, colour)`` of ``items`` drawn (top-left anchored)."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    draw = ImageDraw.Draw(picture)
+    for xy, text, colour in items:
+        draw.text(xy, text, fill=colour, font=font)
+    return np.asarray(picture).copy()
 
 
 def draw_label(
-    image: np.ndarray, text: str, *, corner: tuple[int, int] = (4, 4), scale: float | None = None
+    image: np.ndarray, text: str, *, corner: tuple[int, int] = (4, 4), size: int | None = None
 ) -> np.ndarray:
     """A copy of ``uint8 (H, W, 3)`` ``image`` with ``text`` in white on a dark box at ``corner`` ``(x, y)``."""
     out = np.ascontiguousarray(image).copy()
-    scale = scale or _font_scale(out.shape[1])
-    (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
+    font = _font(size or _font_px(out.shape[1]))
+    left, top, right, bottom = font.getbbox(text)
     x, y = corner
-    cv2.rectangle(out, (x, y), (x + tw + 6, y + th + base + 6), (0, 0, 0), thickness=-1)
-    cv2.putText(out, text, (x + 3, y + th + 3), _FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
+    cv2.rectangle(out, (x, y), (x + right + 6, y + bottom + 6), (0, 0, 0), thickness=-1)
+    return _draw_text(out, [((x + 3, y + 3), text, (255, 255, 255))], font)
 
 
 def legend(names: Sequence[str], colours: np.ndarray, width: int) -> np.ndarray:
-    """A white strip ``uint8 (h, width, 3)`` with one colour swatch and name per region, wrapped in rows."""
-    scale = _font_scale(width)
-    (_, th), base = cv2.getTextSize("Ag", _FONT, scale, 1)
-    row_h, swatch = th + base + 8, th + base
+    """A white strip ``uint8 (h, width, 3)`` with one colour swatch and label per region, wrapped in rows."""
+    size = _font_px(width)
+    font = _font(size)
+    row_h, swatch = size + 8, size
     items, x, rows = [], 4, 0
     for name in names:
-        name = _fit(name, width - swatch - 16, scale)
-        item_w = swatch + 4 + cv2.getTextSize(name, _FONT, scale, 1)[0][0] + 12
+        name = _fit(name, width - swatch - 16, font)
+        item_w = swatch + 4 + int(font.getlength(name)) + 12
         if x > 4 and x + item_w > width:
             x, rows = 4, rows + 1
         items.append((x, rows, name))
         x += item_w
     strip = np.full(((rows + 1) * row_h, width, 3), 255, dtype=np.uint8)
-    for (x, row, name), colour in zip(items, colours):
+    for (x, row, _), colour in zip(items, colours):
         y = row * row_h + 4
         cv2.rectangle(strip, (x, y), (x + swatch, y + swatch), tuple(int(c) for c in colour), thickness=-1)
-        cv2.putText(strip, name, (x + swatch + 4, y + th), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return strip
+    return _draw_text(strip, [((x + swatch + 4, row * row_h + 3), name, (0, 0, 0)) for x, row, name in items], font)
 
 
 def _resize_to_height(frames: np.ndarray, height: int) -> np.ndarray:
@@ -115,9 +135,9 @@ def _wrap(text: str, font: Any, width: int) -> list[str]:
 
 def caption_strip(text: str, width: int, *, size: int = 14) -> np.ndarray:
     """A white strip ``uint8 (h, width, 3)`` with ``text`` in black, wrapped to ``width`` (Pillow font)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default(size=size)
+    font = _font(size)
     lines = _wrap(text, font, width - 8)
     line_h = size + 4
     strip = Image.new("RGB", (width, line_h * len(lines) + 6), (255, 255, 255))
@@ -146,8 +166,8 @@ def side_by_side(
     spacer = np.full((left.shape[0], left.shape[1], gap, 3), 255, dtype=np.uint8)
     out = np.concatenate([left, spacer, right], axis=2)
     for i in range(out.shape[0]):
-        out[i] = draw_label(out[i], labels[0], scale=_font_scale(left.shape[2]))
-        out[i] = draw_label(out[i], labels[1], corner=(left.shape[2] + gap + 4, 4), scale=_font_scale(left.shape[2]))
+        out[i] = draw_label(out[i], labels[0], size=_font_px(left.shape[2]))
+        out[i] = draw_label(out[i], labels[1], corner=(left.shape[2] + gap + 4, 4), size=_font_px(left.shape[2]))
     if captions is None:
         return out
     strips = [caption_strip(text, w) for text, w in zip(captions, (left.shape[2], right.shape[2]))]
@@ -171,7 +191,8 @@ def _edge(masks: np.ndarray) -> np.ndarray:
 
 
 def mask_overlay(
-    frames: np.ndarray, masks: Any, names: Sequence[str], *, alpha: float = 0.5, with_legend: bool = True
+    frames: np.ndarray, masks: Any, names: Sequence[str], *, alpha: float = 0.5, with_legend: bool = True,
+    labels: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Regions tinted over the frames, plus a legend strip below.
 
@@ -179,6 +200,7 @@ def mask_overlay(
     :param masks: bool ``(F, K, H, W)`` (numpy or torch, e.g. ``LayoutMasks.masks``); region ``k`` is
         tinted with ``region_colours(K)[k]`` at opacity ``alpha`` and outlined in it; overlaps blend.
     :param names: ``K`` region names for the legend.
+    :param labels: ``K`` legend entries instead of the names (e.g. ``"left_man: iron man"``).
     :returns: ``uint8 (F, H + legend height, W, 3)`` (``(F, H, W, 3)`` without the legend).
     """
     masks = _numpy(masks).astype(bool)
@@ -195,7 +217,7 @@ def mask_overlay(
     result = out.round().astype(np.uint8)
     if not with_legend:
         return result
-    strip = legend(names, colours, frames.shape[2])
+    strip = legend(list(labels) if labels is not None else names, colours, frames.shape[2])
     return np.concatenate([result, np.broadcast_to(strip, (frames.shape[0], *strip.shape))], axis=1)
 
 
@@ -241,17 +263,31 @@ def tile(
     columns = columns or int(np.ceil(np.sqrt(len(pics))))
     rows = int(np.ceil(len(pics) / columns))
     cell_h, cell_w = max(p.shape[0] for p in pics), max(p.shape[1] for p in pics)
-    scale = _font_scale(cell_w)
-    title_h = 0
-    if titles:
-        (_, th), base = cv2.getTextSize("Ag", _FONT, scale, 1)
-        title_h = th + base + 6
+    size = _font_px(cell_w)
+    font = _font(size)
+    title_h = size + 8 if titles else 0
     grid = np.full((rows * (cell_h + title_h + pad) + pad, columns * (cell_w + pad) + pad, 3), background, np.uint8)
+    texts = []
     for i, pic in enumerate(pics):
         y = pad + (i // columns) * (cell_h + title_h + pad)
         x = pad + (i % columns) * (cell_w + pad)
         if titles:
-            text = _fit(titles[i], cell_w, scale)
-            cv2.putText(grid, text, (x, y + title_h - base - 3), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+            texts.append(((x, y + 2), _fit(titles[i], cell_w, font), (0, 0, 0)))
         grid[y + title_h:y + title_h + pic.shape[0], x:x + pic.shape[1]] = pic.astype(np.uint8)
-    return grid
+    return _draw_text(grid, texts, font) if texts else grid
+
+
+def colour_bar(height: int, *, vmin: float, vmax: float, label: str = "", width: int = 16) -> np.ndarray:
+    """A vertical JET colour bar ``uint8 (height, w, 3)`` for :func:`heatmap_overlay`, with its end values."""
+    ramp = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(width, axis=1)
+    bar = cv2.cvtColor(cv2.applyColorMap((ramp * 255).round().astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    size = _font_px(8 * width)
+    font = _font(size)
+    texts = [f"{vmax:.2g}", f"{vmin:.2g}"] + ([label] if label else [])
+    text_w = int(max(font.getlength(s) for s in texts)) + 6
+    out = np.full((height, width + text_w, 3), 255, np.uint8)
+    out[:, :width] = bar
+    items = [((width + 3, 0), texts[0], (0, 0, 0)), ((width + 3, height - size - 3), texts[1], (0, 0, 0))]
+    if label:
+        items.append(((width + 3, height // 2 - size // 2), label, (0, 0, 0)))
+    return _draw_text(out, items, font)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stmod.core.io.visuals import heatmap_overlay, legend, mask_overlay, region_colours, side_by_side, tile
+from stmod.core.io.visuals import colour_bar, heatmap_overlay, legend, mask_overlay, region_colours, side_by_side, tile
 
 
 def test_region_colours_distinct() -> None:
@@ -80,3 +80,22 @@ def test_side_by_side_enlarges_small_clips_and_writes_captions() -> None:
     strip = out[0, 256:]
     assert (strip < 100).any() and (strip == 255).mean() > 0.5  # dark text on white
     assert np.array_equal(out[0, 100:110, 100], np.full((10, 3), 128, np.uint8))
+
+
+def test_legend_shows_the_labels_given_and_text_beyond_ascii() -> None:
+    """``labels`` replace the names in the legend; accented names are drawn, not replaced by one box glyph."""
+    frames = np.zeros((1, 32, 200, 3), np.uint8)
+    masks = np.ones((1, 1, 32, 200), bool)
+    by_name = mask_overlay(frames, masks, ["left"])[0, 32:]
+    by_label = mask_overlay(frames, masks, ["left"], labels=["left: iron man"])[0, 32:]
+    assert by_label.shape == by_name.shape and (by_label != by_name).any()
+    inked = [int((legend([text], region_colours(1), 200) < 128).sum()) for text in ("e", "é", "ë")]
+    assert inked[1] > inked[0] and inked[1] != inked[2]  # the accents add ink, and differ from each other
+
+
+def test_colour_bar_runs_hot_to_cold_with_its_values() -> None:
+    bar = colour_bar(100, vmin=0.0, vmax=0.25, label="attention")
+    assert bar.shape[0] == 100 and bar.shape[1] > 16
+    top, bottom = bar[2, :16].astype(int).mean(axis=0), bar[-3, :16].astype(int).mean(axis=0)
+    assert top[0] > top[2] and bottom[2] > bottom[0]  # red (high) on top, blue (low) at the bottom
+    assert (bar[:, 16:] < 128).any()  # the end values are written beside it
