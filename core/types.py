@@ -56,7 +56,7 @@ Branch = Literal["uncond", "cond"]
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 Preset = Literal["videograin", "paper"]
-TemporalFocus = Literal["full", "per-frame", "sparse-causal"]
+TemporalFocus = Literal["full", "per-frame", "sparse-causal", "window"]
 MaskDownsample = Literal["nearest", "area"]
 
 
@@ -200,14 +200,24 @@ class ModulationConfig:
     modulate_cross: bool = field(default=True, validator=validators.instance_of(bool))
     modulate_self: bool = field(default=True, validator=validators.instance_of(bool))
     temporal: TemporalFocus = field(
-        default="full", validator=validators.in_(("full", "per-frame", "sparse-causal"))
+        default="full", validator=validators.in_(("full", "per-frame", "sparse-causal", "window"))
     )
+    #: ``temporal: window``: frames per window, frames two neighbouring windows share, and how many
+    #: first frames of the clip every window also attends to (anchors that tie the windows together).
+    window_frames: int = number(16, low=1, high=10**4)
+    window_overlap: int = number(4, low=0, high=10**4 - 1)
+    anchor_frames: int = number(1, low=0, high=10**4)
     mask_downsample: MaskDownsample = field(default="nearest", validator=validators.in_(("nearest", "area")))
 
     @end_step.validator
     def _check_window(self, attribute: attrs.Attribute, value: int) -> None:
         if value < self.start_step:
             raise ValueError(f"end_step {value} must not be smaller than start_step {self.start_step}")
+
+    @window_overlap.validator
+    def _check_overlap(self, attribute: attrs.Attribute, value: int) -> None:
+        if value >= self.window_frames:
+            raise ValueError(f"window_overlap {value} must be smaller than window_frames {self.window_frames}")
 
     def active(self, step_index: int) -> bool:
         """Whether denoising step ``step_index`` (0-based) lies in the modulation window."""

@@ -21,6 +21,7 @@ from stmod.core.st_layout.kernels import (
     modulated_attention_few_keys,
 )
 from stmod.core.st_layout.state import EngineState, StepInfo
+from stmod.core.st_layout.windows import temporal_windows
 
 __all__ = ["STLayoutProcessor"]
 
@@ -128,45 +129,80 @@ class STLayoutProcessor:
         self._record_features(step, q, k, "self")
         strength = state.strength(step, "self", n)
         target = state.rules.self_branch if strength is not None else None
-        if temporal == "full":
-            def video(x: torch.Tensor) -> torch.Tensor:  # (B·F, H, N, d) → (B, H, F·N, d)
-                return x.view(nb, frames, heads, n, -1).transpose(1, 2).reshape(nb, heads, frames * n, -1)
-            qs, ks, vs = video(q), video(k), video(v)
-        else:
-            qs, ks, vs = q, k, v
-            if temporal == "sparse-causal":  # keys of frame i: frame 0 ‖ frame max(i − 1, 0)
-                previous = (torch.arange(frames, device=q.device) - 1).clamp_min(0)
-
-                def causal(x: torch.Tensor) -> torch.Tensor:
-                    x = x.view(nb, frames, heads, n, -1)
-                    return torch.cat([x[:, [0] * frames], x[:, previous]], dim=3).reshape(rows, heads, 2 * n, -1)
-                ks, vs = causal(k), causal(v)
+        if temporal in ("full", "window"):
+            return self._space_time(q, k, v, step, strength, target)
+        ks, vs = k, v
+        previous = (torch.arange(frames, device=q.device) - 1).clamp_min(0)
+        if temporal == "sparse-causal":  # keys of frame i: frame 0 ‖ frame max(i − 1, 0)
+            def causal(x: torch.Tensor) -> torch.Tensor:
+                x = x.view(nb, frames, heads, n, -1)
+                return torch.cat([x[:, [0] * frames], x[:, previous]], dim=3).reshape(rows, heads, 2 * n, -1)
+            ks, vs = causal(k), causal(v)
         if target not in step.branches:
-            out = _stock_sdpa(qs, ks, vs)
-        else:
-            b = step.branches.index(target)
-            layout = state.level(n, frames, q.device)
-            lam = strength * layout.self_size  # (F, N)
-            codes = layout.self_codes
-            if temporal == "full":
-                lam, q_codes, k_codes = lam.reshape(1, -1), codes.reshape(1, -1), codes.reshape(1, -1)
-                part = slice(b, b + 1)
-            else:
-                q_codes = k_codes = codes
-                if temporal == "sparse-causal":
-                    k_codes = torch.cat([codes[[0] * frames], codes[previous]], dim=1)
-                part = slice(b * frames, (b + 1) * frames)
-            out = torch.empty_like(qs)
-            modulated = modulated_attention(
-                qs[part], ks[part], vs[part], strength=lam, query_codes=q_codes, key_codes=k_codes,
-                relation=layout.self_relation, budget_bytes=state.budget,
-            )
-            out[part] = modulated
-            plain = [i for i in range(out.shape[0]) if not part.start <= i < part.stop]
-            if plain:
-                out[plain] = _stock_sdpa(qs[plain], ks[plain], vs[plain])
-        if temporal == "full":
-            out = out.view(nb, heads, frames, n, -1).transpose(1, 2).reshape(rows, heads, n, -1)
+            return _stock_sdpa(q, ks, vs)
+        b = step.branches.index(target)
+        layout = state.level(n, frames, q.device)
+        codes = layout.self_codes
+        k_codes = torch.cat([codes[[0] * frames], codes[previous]], dim=1) if temporal == "sparse-causal" else codes
+        part = slice(b * frames, (b + 1) * frames)
+        out = torch.empty_like(q)
+        out[part] = modulated_attention(
+            q[part], ks[part], vs[part], strength=strength * layout.self_size, query_codes=codes, key_codes=k_codes,
+            relation=layout.self_relation, budget_bytes=state.budget,
+        )
+        plain = [i for i in range(rows) if not part.start <= i < part.stop]
+        if plain:
+            out[plain] = _stock_sdpa(q[plain], ks[plain], vs[plain])
+        return out
+
+    def _space_time(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo,
+                    strength: float | None, target: str | None) -> torch.Tensor:
+        """Self-attention over the frames of each window (``full``: one window, the whole clip)."""
+        state = self._state
+        rows, heads, n, _ = q.shape
+        nb = len(step.branches)
+        frames = rows // nb
+        config = state.plan.config if state.temporal == "window" else None
+        windows = ([(list(range(frames)), list(range(frames)))] if config is None else
+                   temporal_windows(frames, config.window_frames, config.window_overlap, config.anchor_frames))
+        five = [x.view(nb, frames, heads, n, -1) for x in (q, k, v)]
+
+        def sequence(x: torch.Tensor, chosen: list[int]) -> torch.Tensor:  # (B, F, H, N, d) → (B, H, F'·N, d)
+            x = x if len(chosen) == frames else x[:, chosen]
+            return x.transpose(1, 2).reshape(nb, heads, len(chosen) * n, -1)
+
+        def attend(q_frames: list[int], k_frames: list[int]) -> torch.Tensor:  # → (B, F', H, N, d)
+            qs, ks, vs = sequence(five[0], q_frames), sequence(five[1], k_frames), sequence(five[2], k_frames)
+            out = self._joint(qs, ks, vs, step, strength, target, q_frames, k_frames, n, frames)
+            return out.view(nb, heads, len(q_frames), n, -1).transpose(1, 2)
+
+        if len(windows) == 1:
+            return attend(*windows[0]).reshape(rows, heads, n, -1)
+        total = q.new_zeros(nb, frames, heads, n, v.shape[-1])
+        count = torch.zeros(frames, dtype=q.dtype, device=q.device)
+        for q_frames, k_frames in windows:  # overlapping windows: each frame takes the mean of its windows
+            total[:, q_frames] += attend(q_frames, k_frames)
+            count[q_frames] += 1
+        return (total / count.view(1, frames, 1, 1, 1)).reshape(rows, heads, n, -1)
+
+    def _joint(self, qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, step: StepInfo, strength: float | None,
+               target: str | None, q_frames: list[int], k_frames: list[int], n: int, frames: int) -> torch.Tensor:
+        """``(B, H, Lq, d)`` queries of ``q_frames`` against the keys of ``k_frames``, per CFG branch."""
+        if target not in step.branches:
+            return _stock_sdpa(qs, ks, vs)
+        state = self._state
+        b = step.branches.index(target)
+        layout = state.level(n, frames, qs.device)
+        codes = layout.self_codes
+        out = torch.empty_like(qs)
+        out[b:b + 1] = modulated_attention(
+            qs[b:b + 1], ks[b:b + 1], vs[b:b + 1], strength=(strength * layout.self_size)[q_frames].reshape(1, -1),
+            query_codes=codes[q_frames].reshape(1, -1), key_codes=codes[k_frames].reshape(1, -1),
+            relation=layout.self_relation, budget_bytes=state.budget,
+        )
+        plain = [i for i in range(qs.shape[0]) if i != b]
+        if plain:
+            out[plain] = _stock_sdpa(qs[plain], ks[plain], vs[plain])
         return out
 
     def _cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo) -> torch.Tensor:

@@ -108,6 +108,23 @@ class DenseReference:
         s2 = s + r * lam * (mx - s) - (1 - r) * lam * (s - mn)
         return torch.softmax(s2, dim=1) @ v
 
+    @staticmethod
+    def windows(frames: int, config: ModulationConfig) -> list[tuple[set[int], list[int]]]:
+        """The ``window`` focus spelled out: windows of ``window_frames`` every ``window_frames −
+        window_overlap`` frames, the last one moved to end at the clip's end, each also keyed by
+        the first ``anchor_frames`` frames."""
+        length, hop = config.window_frames, config.window_frames - config.window_overlap
+        if length >= frames:
+            return [(set(range(frames)), list(range(frames)))]
+        starts, s = [], 0
+        while s + length <= frames:
+            starts.append(s)
+            s += hop
+        if starts[-1] + length != frames:
+            starts.append(frames - length)
+        anchors = set(range(min(config.anchor_frames, frames)))
+        return [(set(range(s, s + length)), sorted(anchors | set(range(s, s + length)))) for s in starts]
+
     @classmethod
     def processor(
         cls,
@@ -162,14 +179,18 @@ class DenseReference:
                     for f in range(frames):
                         rows_f = slice(f * n, (f + 1) * n)
                         if config.temporal == "full":
-                            keys = list(range(frames * n))
+                            key_sets = [list(range(frames * n))]
                         elif config.temporal == "per-frame":
-                            keys = list(range(f * n, (f + 1) * n))
+                            key_sets = [list(range(f * n, (f + 1) * n))]
+                        elif config.temporal == "window":  # the mean over the windows holding frame f
+                            key_sets = [[i * n + j for i in key_frames for j in range(n)]
+                                        for query_frames, key_frames in cls.windows(frames, config) if f in query_frames]
                         else:  # sparse-causal: frame 0 ‖ frame i − 1
                             prev = max(f - 1, 0)
-                            keys = list(range(0, n)) + list(range(prev * n, (prev + 1) * n))
-                        s = qv[rows_f] @ kv[keys].T / math.sqrt(d)
-                        res[rows_f] = cls.attend(s, positive[rows_f][:, keys], lam[rows_f], vv[keys])
+                            key_sets = [list(range(0, n)) + list(range(prev * n, (prev + 1) * n))]
+                        for keys in key_sets:
+                            s = qv[rows_f] @ kv[keys].T / math.sqrt(d)
+                            res[rows_f] += cls.attend(s, positive[rows_f][:, keys], lam[rows_f], vv[keys]) / len(key_sets)
                     out[b * frames:(b + 1) * frames, :, hs] = res.reshape(frames, n, d)
                 else:
                     on = in_window and config.modulate_cross and layer_on and branch == "cond"

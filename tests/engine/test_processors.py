@@ -286,3 +286,33 @@ def test_recorder_summary_ignores_unmodulated_layers(make_masks) -> None:
     assert fine == recorder.mass_inside("a", modulated=False, grid=(8, 12))
     assert recorder.mass_inside("a", modulated=True) == recorder.mass_inside("a", modulated=True, grid=(4, 6))
     assert recorder.region_map("a", modulated=True).shape == (2, 4, 6)
+
+
+@pytest.mark.parametrize("preset", ["videograin", "paper"])
+@pytest.mark.parametrize(("frames", "length", "overlap", "anchors"),
+                         [(5, 2, 1, 1), (6, 3, 0, 0), (7, 4, 2, 2), (4, 3, 1, 0)])
+def test_window_matches_reference(dense, make_masks, preset: str, frames: int, length: int, overlap: int,
+                                  anchors: int) -> None:
+    """``window``: each frame attends to its window and the anchors, the mean over its windows."""
+    latent = (8, 12)
+    masks = make_masks(frames, (64, 96), seed=4)
+    config = ModulationConfig(preset=preset, temporal="window", window_frames=length, window_overlap=overlap,
+                              anchor_frames=anchors)
+    attn = layer(False)
+    hidden, _ = inputs(2 * frames, 24, False)
+    out, _ = run_engine(attn, hidden, None, plan_for(masks, latent, config), **STEP)
+    ref = dense.processor(attn, hidden, None, masks=masks, spans=MASK_SPANS, latent=latent, config=config, **STEP)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("preset", ["videograin", "paper"])
+def test_window_covering_the_clip_is_full_attention(make_masks, preset: str) -> None:
+    """A window at least as long as the clip gives exactly (bit for bit) the ``full`` focus."""
+    masks = make_masks(4, (64, 96), seed=6)
+    attn = layer(False)
+    hidden, _ = inputs(8, 24, False)
+    full, _ = run_engine(attn, hidden, None, plan_for(masks, (8, 12), ModulationConfig(preset=preset)), **STEP)
+    for length in (4, 9):
+        window = ModulationConfig(preset=preset, temporal="window", window_frames=length, window_overlap=1)
+        out, _ = run_engine(attn, hidden, None, plan_for(masks, (8, 12), window), **STEP)
+        assert torch.equal(out, full)
