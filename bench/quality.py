@@ -3,7 +3,7 @@
 Runs fixed shapes-world edits (``--per-kind`` of each kind: class, instance, part, object, crossing;
 see :mod:`stmod.backbones.shapes.edits`) through the real :class:`Editor` on the ``shapes`` backbone,
 once per row — no modulation (the global prompt alone), cross only, self only, both (``videograin``),
-both (``paper``), the temporal focus ``per-frame`` / ``sparse-causal``, without the latent blend, and with masks
+both (``paper``), the temporal focus ``per-frame`` / ``sparse-causal`` / ``window``, without the latent blend, and with masks
 downsampled by area instead of the official nearest —
 and scores each result against the world's exact masks (:mod:`stmod.backbones.shapes.metrics`).
 Prints a table and writes ``quality.json``::
@@ -41,6 +41,8 @@ ROWS: dict[str, tuple[str, dict, str | None]] = {
     "paper": ("cross + self, paper preset", {"preset": "paper"}, None),
     "per-frame": ("both, temporal focus per-frame", {"temporal": "per-frame"}, None),
     "sparse-causal": ("both, temporal focus sparse-causal", {"temporal": "sparse-causal"}, None),
+    "window": ("both, temporal focus window (2 frames, overlap 1, 1 anchor)",
+               {"temporal": "window", "window_frames": 2, "window_overlap": 1, "anchor_frames": 1}, None),
     "no-blend": ("both, no latent blend", {}, "none"),
     # The official nearest downsampling keeps a latent cell when its top-left pixel is inside the mask,
     # shifting masks down-right by half a cell (16 px at 4x4 on 128² frames); area keeps them centred.
