@@ -88,6 +88,14 @@ def attention_effect_figure(recorder: Any, layout: LayoutMasks, frames: np.ndarr
     return np.concatenate([grid, bar], axis=1)
 
 
+def _video_tags(spec: EditSpec, run: Mapping[str, Any]) -> dict[str, str]:
+    """Container tags of the edited videos: what made them, so a file found later still says so."""
+    version = (run.get("versions") or {}).get("stmod", "")
+    # (the mp4 muxer writes its own "encoder" tag, so stmod's version goes into the comment)
+    return {"title": spec.prompt,
+            "comment": f"stmod {version} job (seed {spec.seed}):\n".replace("  ", " ") + dump_job(spec, rerunnable=True)}
+
+
 def _captions(spec: EditSpec) -> tuple[str, str]:
     """What ``side_by_side.mp4`` says under the source and under the edit: the prompts."""
     edit = "\n".join([spec.prompt] + [f"{r.name}: {r.prompt}" for r in spec.regions if r.prompt])
@@ -113,11 +121,12 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write the whole output folder of one edit (atomically replacing ``spec.output``); returns run.json's record."""
     fps = clip.fps
+    tags = _video_tags(spec, run)
     with atomic_folder(spec.output, kind="edit output") as folder:
-        write_mp4(folder / "result.mp4", frames, fps)
+        write_mp4(folder / "result.mp4", frames, fps, metadata=tags)
         write_gif(folder / "result.gif", frames, fps)
         write_mp4(folder / "side_by_side.mp4", side_by_side(clip.frames, frames, captions=_captions(spec),
-                                                            min_height=256), fps)
+                                                            min_height=256), fps, metadata=tags)
         if layout.names:
             write_mp4(folder / "masks.mp4", mask_overlay(clip.frames, layout.masks, layout.names,
                                                          labels=region_labels(spec, layout.names)), fps)

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -411,10 +411,11 @@ def _checked(frames: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
 
 
 def _encode(path: Path, frames: np.ndarray | Iterable[np.ndarray], fps: float, *, fmt: str, codec: str,
-            pix_fmt: str, options: dict[str, str], even: bool) -> Path:
+            pix_fmt: str, options: dict[str, str], even: bool, metadata: Mapping[str, str] | None = None) -> Path:
     """Encode frames with PyAV into ``path`` atomically; ``even`` pads odd sizes by one edge pixel."""
     with atomic_path(path) as tmp:
         container = av.open(str(tmp), mode="w", format=fmt)
+        container.metadata.update(metadata or {})
         try:
             stream = None
             for frame in _checked(frames):
@@ -437,14 +438,16 @@ def _encode(path: Path, frames: np.ndarray | Iterable[np.ndarray], fps: float, *
     return path
 
 
-def write_mp4(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: float, *, crf: int = 18) -> Path:
+def write_mp4(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: float, *, crf: int = 18,
+              metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``uint8 (F, H, W, 3)`` RGB frames as H.264 (yuv420p) mp4/mov, atomically.
 
-    Odd sizes are padded by one edge pixel (yuv420p needs even sizes). Returns ``path``.
+    Odd sizes are padded by one edge pixel (yuv420p needs even sizes). ``metadata`` are container
+    tags (``title``, ``comment``, ...; players and ``ffprobe`` show them). Returns ``path``.
     """
     path = Path(path)
     return _encode(path, frames, fps, fmt=_CONTAINERS.get(path.suffix.lower(), "mp4"), codec="libx264",
-                   pix_fmt="yuv420p", options={"crf": str(crf)}, even=True)
+                   pix_fmt="yuv420p", options={"crf": str(crf)}, even=True, metadata=metadata)
 
 
 def write_gif(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: float) -> Path:

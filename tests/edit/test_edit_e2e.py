@@ -32,6 +32,14 @@ def test_edit_end_to_end_with_canny(demo_job) -> None:
     info = probe_video(out / "result.mp4")
     assert (info.frames, info.width, info.height) == (4, 64, 64)
     assert probe_video(out / "side_by_side.mp4").width > 2 * 64
+    import av
+
+    run = json.loads((out / "run.json").read_text())
+    with av.open(str(out / "result.mp4")) as video:  # the file says what made it: the job, its seed, stmod
+        tags = dict(video.metadata)
+    assert tags["title"] == load_job(job).prompt
+    assert tags["comment"].startswith(f"stmod {run['versions']['stmod']} job (seed 0):")
+    assert yaml.safe_load(tags["comment"].split("\n", 1)[1])["prompt"] == tags["title"]
     run = json.loads((out / "run.json").read_text())
     assert run["inversion"]["cached"] is False and "invert" in run["phases_run"]
     assert set(run["phases"]) >= {"check", "read", "layout", "control", "load", "encode", "invert", "denoise",
