@@ -75,6 +75,8 @@ class VideoInfo:
     height: int
     width: int
     fps: float
+    #: the file has a sound track (stmod edits frames only: its outputs are silent)
+    audio: bool = False
 
     @property
     def size(self) -> tuple[int, int]:
@@ -165,6 +167,7 @@ def probe_video(path: Path | str, *, argument: str = "video.path") -> VideoInfo:
             raise InputError(argument, str(path), f"cannot be read as a GIF ({_short(exc)})") from exc
     with _open_av(path, argument) as container:
         stream = container.streams.video[0]
+        audio = bool(container.streams.audio)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         count = stream.frames
         if count <= 0:  # webm and some mkv store no count: count packets, which needs no decoding
@@ -173,7 +176,7 @@ def probe_video(path: Path | str, *, argument: str = "video.path") -> VideoInfo:
     if first is None or count <= 0:
         raise InputError(argument, str(path), "holds no video frames")
     return VideoInfo(path=path, kind="video", frames=count, height=first.shape[0], width=first.shape[1],
-                     fps=float(rate) if rate else FOLDER_FPS)
+                     fps=float(rate) if rate else FOLDER_FPS, audio=audio)
 
 
 def _folder_frames(info: VideoInfo, wanted: set[int], argument: str) -> Iterator[tuple[int, np.ndarray]]:
@@ -388,6 +391,9 @@ def load_video(source: VideoSource, plan: ClipPlan | None = None) -> SourceClip:
     """
     plan = plan or plan_clip(source)
     info, indices, transform = plan.info, plan.indices, plan.transform
+    if info.audio:  # said once per read: the edit is of the frames only
+        log.warning("%s has a sound track; stmod edits the frames only, so the edited videos are silent",
+                    source.path)
     frames, fps = read_video(source.path, indices, transform=transform, info=info)
     log.info("read %d frames of %s (%dx%d) -> %dx%d", len(indices), source.path, info.width, info.height,
              transform.width, transform.height)

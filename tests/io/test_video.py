@@ -201,3 +201,32 @@ def test_write_frames_replaces_folder(tmp_path: Path) -> None:
     write_frames(tmp_path / "out", _clip(frames=2))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".stmod-owned", "00000.png", "00001.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_sound_track_is_said_to_be_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A clip with audio: probed as such, and reading it says once that the edit will be silent."""
+    import av
+
+    from stmod.core.io.video import load_video, probe_video
+    from stmod.core.types import VideoSource
+
+    path = tmp_path / "with_sound.mp4"
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=8)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        sound = container.add_stream("aac", rate=8000)
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 * i, np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 4096), np.float32), format="fltp", layout="mono")
+        samples.sample_rate = 8000
+        for packet in [*sound.encode(samples), *sound.encode(None)]:
+            container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    assert probe_video(path).audio
+    with caplog.at_level("WARNING", logger="stmod"):
+        load_video(VideoSource(path=path, frames=2, size=(64, 64)))
+    assert [r.message for r in caplog.records if "sound track" in r.message] == [
+        f"{path} has a sound track; stmod edits the frames only, so the edited videos are silent"]
