@@ -44,11 +44,11 @@ Box = tuple[float, float, float, float]
 Units = Literal["pixels", "normalized"]
 
 
-def _keyframes(region: str, value: Any) -> dict[int, Box]:
+def _keyframes(region: str, value: Any) -> dict[int, Box | None]:
     if not isinstance(value, Mapping) or not value:
         raise ValueError(f"boxes: region {region!r} needs a mapping {{source frame index: [x0, y0, x1, y1]}}, "
                          f"got {value!r}")
-    table: dict[int, Box] = {}
+    table: dict[int, Box | None] = {}
     for key, box in value.items():
         try:
             frame = int(key)
@@ -57,6 +57,9 @@ def _keyframes(region: str, value: Any) -> dict[int, Box]:
         if frame < 0 or isinstance(key, (bool, float)):
             raise ValueError(f"boxes: region {region!r}: keyframe {key!r} must be a source frame index "
                              "(an integer >= 0)")
+        if box is None or box == "absent":  # the object is not in the picture from this keyframe on
+            table[frame] = None
+            continue
         if isinstance(box, (str, bytes)) or not isinstance(box, Sequence) or len(box) != 4 \
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
             raise ValueError(f"boxes: region {region!r} frame {frame}: {box!r} must be 4 numbers [x0, y0, x1, y1]")
@@ -67,10 +70,12 @@ def _keyframes(region: str, value: Any) -> dict[int, Box]:
         if min(x0, y0) < 0:
             raise ValueError(f"boxes: region {region!r} frame {frame}: {list(box)} has a negative coordinate")
         table[frame] = (x0, y0, x1, y1)
+    if all(box is None for box in table.values()):
+        raise ValueError(f"boxes: region {region!r} is absent on every keyframe; give it a box on at least one")
     return dict(sorted(table.items()))
 
 
-def _box_table(value: Any) -> dict[str, dict[int, Box]]:
+def _box_table(value: Any) -> dict[str, dict[int, Box | None]]:
     if not isinstance(value, Mapping):
         raise ValueError(f"boxes must map region names to {{frame: [x0, y0, x1, y1]}}, got {value!r}")
     return {str(region): _keyframes(str(region), frames) for region, frames in value.items()}
@@ -80,8 +85,9 @@ def _box_table(value: Any) -> dict[str, dict[int, Box]]:
 class BoxesOptions:
     """Options of the ``boxes`` layout provider."""
 
-    #: ``{region: {source frame index: [x0, y0, x1, y1]}}``.
-    boxes: Mapping[str, Mapping[int, Box]] = field(converter=_box_table)
+    #: ``{region: {source frame index: [x0, y0, x1, y1] or null}}``; ``null`` (or ``absent``): the object
+    #: is out of the picture from that keyframe until the next one (e.g. it enters mid-clip).
+    boxes: Mapping[str, Mapping[int, Box | None]] = field(converter=_box_table)
     #: ``pixels`` (source frame pixels) or ``normalized`` (fractions of width and height).
     units: Units = field(default="pixels", validator=validators.in_(("pixels", "normalized")))
     #: K-Means clusters used to shrink boxes to their object (0: keep whole boxes).
@@ -95,21 +101,31 @@ class BoxesOptions:
         if self.units == "normalized":
             for region, frames in self.boxes.items():
                 for frame, box in frames.items():
-                    if max(box) > 1.0:
+                    if box is not None and max(box) > 1.0:
                         raise ValueError(f"boxes: region {region!r} frame {frame}: {list(box)} is outside [0, 1] "
                                          "(units: normalized); for pixel boxes set units: pixels")
 
 
-def interpolate_box(keyframes: Mapping[int, Box], frame: int) -> Box:
-    """The box at source frame ``frame``: linear between keyframes, held before the first and after the last."""
-    frames = np.array(sorted(keyframes), dtype=np.float64)
-    boxes = np.array([keyframes[int(f)] for f in frames], dtype=np.float64)
-    x0, y0, x1, y1 = (float(np.interp(frame, frames, boxes[:, c])) for c in range(4))
+def interpolate_box(keyframes: Mapping[int, Box | None], frame: int) -> Box | None:
+    """The box at source frame ``frame`` (``None``: absent): linear between two keyframes with boxes,
+    held before the first keyframe and after the last; an absent keyframe hides the region until the
+    next keyframe, and a box before an absent keyframe is held up to it."""
+    frames = sorted(keyframes)
+    before = [f for f in frames if f <= frame]
+    after = [f for f in frames if f >= frame]
+    a = before[-1] if before else after[0]
+    b = after[0] if after else before[-1]
+    first, second = keyframes[a], keyframes[b]
+    if a == b or first is None or second is None:  # on or outside the keyframes, or next to an absence
+        return first
+    x0, y0, x1, y1 = (float(np.interp(frame, [a, b], [first[c], second[c]])) for c in range(4))
     return x0, y0, x1, y1
 
 
-def rasterise_box(box: Box, height: int, width: int) -> np.ndarray:
-    """Bool ``(height, width)``: pixels whose centre lies in ``box`` (pixel units, end exclusive)."""
+def rasterise_box(box: Box | None, height: int, width: int) -> np.ndarray:
+    """Bool ``(height, width)``: pixels whose centre lies in ``box`` (pixel units, end exclusive; ``None``: none)."""
+    if box is None:
+        return np.zeros((height, width), dtype=bool)
     x0, y0, x1, y1 = box
     cols = np.arange(width) + 0.5
     rows = np.arange(height) + 0.5
@@ -123,8 +139,8 @@ class BoxLayoutProvider:
         self.options = options
         self.feature_request = FeatureRequest(level=options.refine_level) if options.refine else None
 
-    def _pixels(self, box: Box, height: int, width: int) -> Box:
-        if self.options.units == "normalized":
+    def _pixels(self, box: Box | None, height: int, width: int) -> Box | None:
+        if box is not None and self.options.units == "normalized":
             return box[0] * width, box[1] * height, box[2] * width, box[3] * height
         return box
 
@@ -141,7 +157,7 @@ class BoxLayoutProvider:
                                   region=region)
             if self.options.units == "pixels":
                 for frame, box in self.options.boxes[region].items():
-                    if box[2] > width or box[3] > height:
+                    if box is not None and (box[2] > width or box[3] > height):
                         raise LayoutError(
                             f"region {region!r} frame {frame}: box {list(box)} reaches past the {width}x{height} "
                             f"source frame; pixel boxes need x1 <= {width} and y1 <= {height}", region=region)

@@ -119,3 +119,18 @@ def test_box_outside_crop(make_spec) -> None:
     provider = BoxLayoutProvider(BoxesOptions(boxes={"red": {0: (0, 0, 160, 3)}}))
     with pytest.raises(LayoutError, match=r"outside the centre crop to 128x64"):
         provider.check(spec := make_spec(regions=("red",)), ["red"], plan_clip(spec.video))
+
+
+def test_a_region_can_be_absent_on_keyframes() -> None:
+    """``null`` hides the region from that keyframe to the next: an object entering or leaving mid-clip."""
+    from stmod.layouts.boxes import BoxesOptions, interpolate_box
+
+    options = BoxesOptions(boxes={"car": {0: None, 4: [0, 0, 10, 10], 8: [10, 0, 20, 10], 10: "absent"}})
+    keys = options.boxes["car"]
+    assert [interpolate_box(keys, f) for f in (0, 3)] == [None, None]          # enters at frame 4
+    assert interpolate_box(keys, 4) == (0.0, 0.0, 10.0, 10.0)
+    assert interpolate_box(keys, 6) == (5.0, 0.0, 15.0, 10.0)                  # moves between two boxes
+    assert interpolate_box(keys, 9) == (10.0, 0.0, 20.0, 10.0)                 # held up to the absence
+    assert [interpolate_box(keys, f) for f in (10, 30)] == [None, None]        # gone from frame 10 on
+    with pytest.raises(ValueError, match="absent on every keyframe"):
+        BoxesOptions(boxes={"car": {0: None}})
