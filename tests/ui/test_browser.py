@@ -58,13 +58,15 @@ class Page:
     def click_keyframe(self, x: float, y: float, expect: str) -> str:
         """Click source pixel (x, y) of the keyframe (shown zoomed, letterboxed in its element); wait for ``expect``."""
         img = self.tab.locator("#keyframe img").first
-        # the keyframe is re-sent after a slot change: measure it once loaded (naturalWidth is 0 before)
+        # The keyframe is re-sent after a slot change, so the picture may be swapped at any moment:
+        # measure it in the same step that checks it has loaded (naturalWidth is 0 before).
         img.wait_for(state="visible")
-        self.tab.wait_for_function("() => { const e = document.querySelector('#keyframe img'); "
-                                   "return e !== null && e.complete && e.naturalWidth > 0"
-                                   " && e.getBoundingClientRect().width > 0; }", timeout=60_000)
-        width, height, natural_w, natural_h = img.evaluate(
-            "e => { const r = e.getBoundingClientRect(); return [r.width, r.height, e.naturalWidth, e.naturalHeight]; }")
+        measured = self.tab.wait_for_function(
+            "() => { const e = document.querySelector('#keyframe img');"
+            " if (!e || !e.complete || !e.naturalWidth) return null;"
+            " const r = e.getBoundingClientRect(); return r.width > 0 ? [r.width, r.height, e.naturalWidth,"
+            " e.naturalHeight] : null; }", timeout=60_000)
+        width, height, natural_w, natural_h = measured.json_value()
         fit = min(width / natural_w, height / natural_h)
         zoom = natural_w / 128  # the page zooms the 128-pixel source by a whole number
         img.click(position={"x": (width - natural_w * fit) / 2 + (x + 0.5) * zoom * fit,
