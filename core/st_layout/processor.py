@@ -26,6 +26,11 @@ from stmod.core.st_layout.windows import temporal_windows
 __all__ = ["STLayoutProcessor"]
 
 
+def _frame_index(chosen: list[int]) -> slice | list[int]:
+    """A run of consecutive frames as a slice (a view, no gather on the hot path), else the list."""
+    return slice(chosen[0], chosen[-1] + 1) if chosen == list(range(chosen[0], chosen[0] + len(chosen))) else chosen
+
+
 def _stock_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
 
@@ -168,8 +173,7 @@ class STLayoutProcessor:
         five = [x.view(nb, frames, heads, n, -1) for x in (q, k, v)]
 
         def sequence(x: torch.Tensor, chosen: list[int]) -> torch.Tensor:  # (B, F, H, N, d) → (B, H, F'·N, d)
-            x = x if len(chosen) == frames else x[:, chosen]
-            return x.transpose(1, 2).reshape(nb, heads, len(chosen) * n, -1)
+            return x[:, _frame_index(chosen)].transpose(1, 2).reshape(nb, heads, len(chosen) * n, -1)
 
         def attend(q_frames: list[int], k_frames: list[int]) -> torch.Tensor:  # → (B, F', H, N, d)
             qs, ks, vs = sequence(five[0], q_frames), sequence(five[1], k_frames), sequence(five[2], k_frames)
@@ -196,8 +200,10 @@ class STLayoutProcessor:
         codes = layout.self_codes
         out = torch.empty_like(qs)
         out[b:b + 1] = modulated_attention(
-            qs[b:b + 1], ks[b:b + 1], vs[b:b + 1], strength=(strength * layout.self_size)[q_frames].reshape(1, -1),
-            query_codes=codes[q_frames].reshape(1, -1), key_codes=codes[k_frames].reshape(1, -1),
+            qs[b:b + 1], ks[b:b + 1], vs[b:b + 1],
+            strength=(strength * layout.self_size)[_frame_index(q_frames)].reshape(1, -1),
+            query_codes=codes[_frame_index(q_frames)].reshape(1, -1),
+            key_codes=codes[_frame_index(k_frames)].reshape(1, -1),
             relation=layout.self_relation, budget_bytes=state.budget,
         )
         plain = [i for i in range(qs.shape[0]) if i != b]
