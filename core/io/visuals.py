@@ -9,6 +9,7 @@ show (OpenCV's fonts are ASCII only).
 from __future__ import annotations
 
 import colorsys
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,9 +49,10 @@ def _font_px(width: int) -> int:
     return int(np.clip(round(width / 40), 10, 22))
 
 
+@functools.lru_cache(maxsize=8)
 def _font(size: int) -> Any:
     """DejaVu Sans when the system has it (Latin, Greek, Cyrillic, …; Pillow looks in the font folders),
-    else Pillow's own scalable font (basic Latin)."""
+    else Pillow's own scalable font (basic Latin). Cached: labels are drawn on every frame of a clip."""
     from PIL import ImageFont
 
     try:
