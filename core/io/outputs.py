@@ -92,8 +92,8 @@ def _video_tags(spec: EditSpec, run: Mapping[str, Any]) -> dict[str, str]:
     """Container tags of the edited videos: what made them, so a file found later still says so."""
     version = (run.get("versions") or {}).get("stmod", "")
     # (the mp4 muxer writes its own "encoder" tag, so stmod's version goes into the comment)
-    return {"title": spec.prompt,
-            "comment": f"stmod {version} job (seed {spec.seed}):\n".replace("  ", " ") + dump_job(spec, rerunnable=True)}
+    maker = " ".join(part for part in ("stmod", version) if part)
+    return {"title": spec.prompt, "comment": f"{maker} job (seed {spec.seed}):\n" + dump_job(spec, rerunnable=True)}
 
 
 def _captions(spec: EditSpec) -> tuple[str, str]:
