@@ -26,8 +26,9 @@ import attrs
 import numpy as np
 from tqdm.auto import tqdm
 
-from stmod import editor_from_plugins, load_job
+from stmod import editor_from_plugins
 from stmod.backbones.shapes import edits, metrics, world
+from stmod.core.config import load_job
 from stmod.core.pipeline.cache import InversionCache
 from stmod.core.types import ComponentRef
 
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace, save) -> dict:
     for row in rows:
         _, modulation, blend = ROWS[row]
         for case in cases:
-            spec = load_job(jobs[case.name])
+            # the editor's registry already has the plugins' job formats: no plugin manager per case
+            spec = load_job(jobs[case.name], formats=editor.registry.job_formats.values())
             if args.model:
                 spec = attrs.evolve(spec, backbone=ComponentRef(name="shapes", options={"folder": str(args.model)}))
             spec = attrs.evolve(spec, modulation=attrs.evolve(spec.modulation, **modulation),
