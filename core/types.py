@@ -208,6 +208,16 @@ class ModulationConfig:
     window_overlap: int = number(4, low=0, high=10**4 - 1)
     anchor_frames: int = number(1, low=0, high=10**4)
     mask_downsample: MaskDownsample = field(default="nearest", validator=validators.in_(("nearest", "area")))
+    #: Round the size term and λ to float16 where the official code does (``docs/method.md`` §2), so
+    #: the ``videograin`` preset matches the official attention to float32 precision. ``None``: the
+    #: preset decides (on for ``videograin``, off for ``paper``, whose size terms are not the official ones).
+    exact_lambda: bool | None = field(default=None, validator=validators.optional(validators.instance_of(bool)))
+
+    @exact_lambda.validator
+    def _check_exact(self, attribute: attrs.Attribute, value: bool | None) -> None:
+        if value and self.preset != "videograin":
+            raise ValueError(f"exact_lambda reproduces the official code's rounding; it needs preset 'videograin', "
+                             f"not {self.preset!r}")
 
     @end_step.validator
     def _check_window(self, attribute: attrs.Attribute, value: int) -> None:

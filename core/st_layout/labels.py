@@ -43,6 +43,8 @@ __all__ = [
     "token_bits",
     "relation_codes",
     "size_factor",
+    "official_float16",
+    "token_strength",
     "LevelLayout",
     "level_layout",
 ]
@@ -70,6 +72,8 @@ class PresetRules:
         (:func:`stmod.core.tokens.composite_text_embedding`) instead of the global prompt's.
     :ivar uncond_text: the UNet's unconditional text: ``"empty"`` (``E("")``; the official code sends
         the negative prompt to the ControlNet only) or ``"negative"`` (the negative prompt).
+    :ivar float16_lambda: the default of ``ModulationConfig.exact_lambda``: round the size term and λ
+        to float16 where the official code does (:func:`size_factor`, :func:`token_strength`).
     """
 
     background_region: bool
@@ -81,18 +85,19 @@ class PresetRules:
     skip_finest: bool
     composite_text: bool
     uncond_text: Literal["empty", "negative"]
+    float16_lambda: bool
 
 
 _RULES = {
     "videograin": PresetRules(
         background_region=False, self_size="video/f²N", cross_size="frame-sum", token_owner="last",
         self_branch="uncond", cross_branch="cond", skip_finest=True, composite_text=True,
-        uncond_text="empty",
+        uncond_text="empty", float16_lambda=True,
     ),
     "paper": PresetRules(
         background_region=True, self_size="smallest/video", cross_size="smallest/frame", token_owner="union",
         self_branch="cond", cross_branch="cond", skip_finest=False, composite_text=False,
-        uncond_text="negative",
+        uncond_text="negative", float16_lambda=False,
     ),
 }
 
@@ -214,23 +219,45 @@ def relation_codes(
     return q_codes, k_codes, (q_values[:, None] & k_values[None, :]) != 0
 
 
-def size_factor(masks: torch.Tensor, rule: str) -> torch.Tensor:
+def official_float16(values: torch.Tensor) -> torch.Tensor:
+    """``values`` rounded to the nearest float16 (ties to even), returned as float32."""
+    return values.to(torch.float16).to(torch.float32)
+
+
+def _official_one_minus_ratio(counts: torch.Tensor, denominator: int) -> torch.Tensor:
+    """``1 − counts/denominator`` with the official float16 steps.
+
+    Provenance: VideoGrain ``_prepare_attention_layout`` computes ``1-1.*layouts.sum(-1)/D`` on float16
+    maps: the row sum is stored as float16, CUDA divides by a Python number as a float32 multiply by
+    its float32 reciprocal (``div_true_kernel_cuda``), and each result is stored as float16.
+    """
+    inverse = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(float(denominator), dtype=torch.float32)
+    ratio = official_float16(official_float16(counts) * inverse)
+    return official_float16(1 - ratio)
+
+
+def size_factor(masks: torch.Tensor, rule: str, *, float16: bool = False) -> torch.Tensor:
     """``1 − S_x`` per token, float32 ``(F, N)``, from bool masks ``(F, K, N)`` on one grid.
 
     Rules (see :class:`PresetRules`): ``"video/f²N"``, ``"frame-sum"`` (official; overlapping masks
     add up, so ``1 − S`` can go negative — reproduced on purpose), ``"smallest/video"``,
     ``"smallest/frame"`` (paper; pixels in no mask use the background's own area fraction).
+    ``float16`` (official rules only) rounds the steps to float16 as the official code does
+    (:func:`_official_one_minus_ratio`); the values stay float32 tensors.
     """
     frames, _, n = masks.shape
     m = masks.to(torch.float32)
-    if rule == "video/f²N":
-        area = m.sum(dim=(0, 2))  # (K,) pixels of each region over all frames
-        return 1 - (m * area[None, :, None]).sum(1) / (frames * frames * n)
-    if rule == "frame-sum":
-        area = m.sum(dim=2, keepdim=True)  # (F, K, 1) pixels of each region in each frame
-        return 1 - (m * area).sum(1) / n
+    if rule in ("video/f²N", "frame-sum"):
+        if rule == "video/f²N":
+            area, denominator = m.sum(dim=(0, 2))[None, :, None], frames * frames * n  # pixels over all frames
+        else:
+            area, denominator = m.sum(dim=2, keepdim=True), n  # (F, K, 1) pixels in each frame
+        counts = (m * area).sum(1)  # integers, exact in float32
+        return _official_one_minus_ratio(counts, denominator) if float16 else 1 - counts / denominator
     if rule not in ("smallest/video", "smallest/frame"):
         raise ValueError(f"unknown size rule {rule!r}")
+    if float16:
+        raise ValueError(f"float16 rounding is the official code's; size rule {rule!r} is not")
     background = ~masks.any(1, keepdim=True)  # (F, 1, N)
     full = torch.cat([masks, background], 1).to(torch.float32)
     if rule == "smallest/video":
@@ -239,6 +266,24 @@ def size_factor(masks: torch.Tensor, rule: str) -> torch.Tensor:
         fraction = full.sum(dim=2, keepdim=True).expand_as(full) / n
     smallest = torch.where(full > 0, fraction, torch.full_like(fraction, math.inf)).amin(1)
     return 1 - smallest
+
+
+def token_strength(size: torch.Tensor, scale: float, timestep: float, exponent: float = 5.0, *,
+                   float16: bool = False) -> torch.Tensor:
+    """λ per token: ``ξ(t) · c · (1 − S)``, float32 shaped like ``size``.
+
+    ``float16`` reproduces the official rounding (``ST_Layout_Attn_ControlEdit.forward``:
+    ``size_reg*self.sreg*treg`` with a float16 ``size_reg``, evaluated left to right before it meets the
+    scores): ``(1 − S)·c`` is stored as float16, ``treg = ((t − 1)/1000)^5`` is a float32 tensor that the
+    CUDA kernel reads as float16, and their product is stored as float16 — so λ is a float16 value even
+    when the scores are float32.
+    """
+    if not float16:
+        return (time_weight(timestep, exponent) * scale) * size
+    base = torch.tensor(float(timestep) - 1.0, dtype=torch.float32) / torch.tensor(1000.0, dtype=torch.float32)
+    treg = official_float16(base.clamp_min(0) ** exponent)
+    scaled = official_float16(size.to(torch.float32) * torch.tensor(scale, dtype=torch.float32))
+    return official_float16(scaled * treg)
 
 
 @frozen(kw_only=True)
@@ -285,6 +330,7 @@ def level_layout(
     spans: Sequence[tuple[int, int] | None],
     text_length: int = 77,
     downsample: Literal["nearest", "area"] = "nearest",
+    float16: bool = False,
 ) -> LevelLayout:
     """Build the :class:`LevelLayout` of one grid from pixel masks.
 
@@ -293,6 +339,7 @@ def level_layout(
     :param rules: the preset's rules.
     :param spans: per region, its ``(start, stop)`` token positions in the global prompt or ``None``
         (no text tokens: the region only takes part in self-attention).
+    :param float16: round the size terms as the official code (:func:`size_factor`).
     """
     if len(spans) != masks.shape[1]:
         raise ValueError(f"{len(spans)} token spans for {masks.shape[1]} masks")
@@ -311,6 +358,6 @@ def level_layout(
         pixel_codes=pixel_codes,
         text_codes=text_codes,
         cross_relation=cross_relation,
-        self_size=size_factor(small, rules.self_size),
-        cross_size=size_factor(small, rules.cross_size),
+        self_size=size_factor(small, rules.self_size, float16=float16),
+        cross_size=size_factor(small, rules.cross_size, float16=float16),
     )

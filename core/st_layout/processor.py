@@ -152,7 +152,8 @@ class STLayoutProcessor:
         part = slice(b * frames, (b + 1) * frames)
         out = torch.empty_like(q)
         out[part] = modulated_attention(
-            q[part], ks[part], vs[part], strength=strength * layout.self_size, query_codes=codes, key_codes=k_codes,
+            q[part], ks[part], vs[part], strength=state.token_strengths(step, "self", layout), query_codes=codes,
+            key_codes=k_codes,
             relation=layout.self_relation, budget_bytes=state.budget,
         )
         plain = [i for i in range(rows) if not part.start <= i < part.stop]
@@ -201,7 +202,7 @@ class STLayoutProcessor:
         out = torch.empty_like(qs)
         out[b:b + 1] = modulated_attention(
             qs[b:b + 1], ks[b:b + 1], vs[b:b + 1],
-            strength=(strength * layout.self_size)[_frame_index(q_frames)].reshape(1, -1),
+            strength=state.token_strengths(step, "self", layout)[_frame_index(q_frames)].reshape(1, -1),
             query_codes=codes[_frame_index(q_frames)].reshape(1, -1),
             key_codes=codes[_frame_index(k_frames)].reshape(1, -1),
             relation=layout.self_relation, budget_bytes=state.budget,
@@ -239,7 +240,7 @@ class STLayoutProcessor:
             )
         for b, modulate, record in jobs:
             part = slice(b * frames, (b + 1) * frames)
-            lam = (strength if modulate else 0.0) * layout.cross_size  # (F, N)
+            lam = state.token_strengths(step, "cross", layout) if modulate else 0.0 * layout.cross_size  # (F, N)
             sink = None
             if record:
                 plain_map = torch.zeros(frames, n, k.shape[2], device=q.device)

@@ -13,7 +13,7 @@ import torch
 from attrs import field, frozen, validators
 
 from stmod.core.protocols import Phase
-from stmod.core.st_layout.labels import LevelLayout, layer_grid, level_layout, rules_for, time_weight
+from stmod.core.st_layout.labels import LevelLayout, layer_grid, level_layout, rules_for, time_weight, token_strength
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.types import Branch
 
@@ -65,6 +65,12 @@ class EngineState:
             self.recorder = AttentionRecorder(plan.masks.names, plan.mask_spans())
 
     @property
+    def exact_lambda(self) -> bool:
+        """Whether λ is rounded to float16 as the official code (the config's choice, else the preset's)."""
+        choice = self.plan.config.exact_lambda if self.plan is not None else None
+        return self.rules.float16_lambda if choice is None else choice
+
+    @property
     def temporal(self) -> str:
         return self.plan.config.temporal if self.plan is not None else "full"
 
@@ -81,6 +87,7 @@ class EngineState:
                 self._levels[cpu] = level_layout(
                     plan.masks.masks, grid, rules=self.rules, spans=plan.mask_spans(),
                     text_length=plan.text_length, downsample=plan.config.mask_downsample,
+                    float16=self.exact_lambda,
                 )
             self._levels[key] = self._levels[cpu].to(device)
         return self._levels[key]
@@ -103,3 +110,10 @@ class EngineState:
         c = config.self_strength if kind == "self" else config.cross_strength
         value = time_weight(step.timestep, config.time_exponent) * c
         return value or None
+
+    def token_strengths(self, step: StepInfo, kind: Literal["self", "cross"], layout: LevelLayout) -> torch.Tensor:
+        """λ per token, float32 ``(F, N)``, of a call that :meth:`strength` says is modulated."""
+        config = self.plan.config
+        scale = config.self_strength if kind == "self" else config.cross_strength
+        size = layout.self_size if kind == "self" else layout.cross_size
+        return token_strength(size, scale, step.timestep, config.time_exponent, float16=self.exact_lambda)

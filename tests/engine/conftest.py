@@ -21,6 +21,35 @@ OFFICIAL_XI = [0.9039, 0.8154, 0.7339, 0.6591, 0.5905, 0.5277, 0.4704, 0.4182, 0
                0.2219, 0.1935, 0.1681]
 
 
+def round_bits(x: float, kind: str) -> float:
+    """``x`` rounded to the nearest ``"float16"`` or ``"float32"`` (ties to even), in plain Python float64."""
+    bits, lowest = {"float16": (11, -14), "float32": (24, -126)}[kind]
+    if x == 0 or not math.isfinite(x):
+        return x
+    _, e = math.frexp(x)  # x = m·2^e with 0.5 ≤ |m| < 1: the leading bit is 2^(e−1)
+    quantum = max(e - 1, lowest) - (bits - 1)  # subnormals keep the smallest normal's quantum
+    return math.ldexp(round(math.ldexp(x, -quantum)), quantum)  # round(): half to even
+
+
+def official_lambda(size_counts: torch.Tensor, denominator: int, scale: float, timestep: float,
+                    exponent: float = 5.0) -> torch.Tensor:
+    """The official λ re-derived in float64 with every float16/float32 rounding of the official run.
+
+    ``reg = 1 − 1.*Σ/D`` on a float16 map (the sum stored as float16; CUDA divides by a Python number as a
+    float32 multiply by its float32 reciprocal), then ``reg·c·treg`` left to right (``reg·c`` stored as
+    float16; ``treg`` a float32 power that the kernel reads as float16; the product stored as float16).
+    """
+    h, f = (lambda v: round_bits(v, "float16")), (lambda v: round_bits(v, "float32"))
+    inverse = f(1.0 / denominator)
+    treg = h(f(max(f((timestep - 1.0) / 1000.0), 0.0) ** exponent))
+    c = f(scale)
+    out = []
+    for n in size_counts.flatten().tolist():
+        reg = h(1.0 - h(f(h(n) * inverse)))
+        out.append(h(f(h(f(reg * c)) * treg)))
+    return torch.tensor(out, dtype=torch.float64).reshape(size_counts.shape)
+
+
 class DenseReference:
     """The method, literally, in float64. Masks are bool ``(F, K, H, W)`` pixel masks."""
 
@@ -61,6 +90,18 @@ class DenseReference:
                     s = min(areas) / (frames * n)
                 out[f * n + x] = 1 - s
         return out
+
+    @staticmethod
+    def size_counts(m: torch.Tensor, kind: str) -> tuple[torch.Tensor, int]:
+        """The official size term's numerators (flattened like :meth:`self_size` / :meth:`cross_size`)
+        and denominator: ``Σ_s m_s[x]·|m_s|`` over the video (self, ``f²·N``) or the frame (cross, ``N``)."""
+        frames, k, n = m.shape
+        md = m.double()
+        if kind == "self":
+            counts = [sum(md[f, r, x] * md[:, r].sum() for r in range(k)) for f in range(frames) for x in range(n)]
+            return torch.tensor(counts, dtype=torch.float64), frames * frames * n
+        counts = [[sum(md[f, r, x] * md[f, r].sum() for r in range(k)) for x in range(n)] for f in range(frames)]
+        return torch.tensor(counts, dtype=torch.float64), n
 
     @staticmethod
     def cross_positive(m: torch.Tensor, spans: list[Any], preset: str, length: int = 77) -> torch.Tensor:
@@ -165,6 +206,10 @@ class DenseReference:
             positive, size = cls.self_positive(m, preset), cls.self_size(m, preset)
         else:
             positive, size = cls.cross_positive(m, spans, preset, ctx.shape[1]), cls.cross_size(m, preset)
+        exact = config.exact_lambda if config.exact_lambda is not None else preset == "videograin"
+        scale = config.self_strength if text is None else config.cross_strength
+        lam_on = (official_lambda(*cls.size_counts(m, "self" if text is None else "cross"), scale, timestep,
+                                  config.time_exponent) if exact else xi * scale * size)  # λ where modulated
         for b, branch in enumerate(branches):
             for h in range(heads):
                 hs = slice(h * d, (h + 1) * d)
@@ -174,7 +219,7 @@ class DenseReference:
                     qv = q[b * frames:(b + 1) * frames, :, hs].reshape(frames * n, d)
                     kv = k[b * frames:(b + 1) * frames, :, hs].reshape(frames * n, d)
                     vv = v[b * frames:(b + 1) * frames, :, hs].reshape(frames * n, d)
-                    lam = xi * config.self_strength * size if on else torch.zeros(frames * n, dtype=torch.float64)
+                    lam = lam_on if on else torch.zeros(frames * n, dtype=torch.float64)
                     res = torch.zeros(frames * n, d, dtype=torch.float64)
                     for f in range(frames):
                         rows_f = slice(f * n, (f + 1) * n)
@@ -197,7 +242,7 @@ class DenseReference:
                     for f in range(frames):
                         r = b * frames + f
                         s = q[r, :, hs] @ k[r, :, hs].T / math.sqrt(d)
-                        lam = xi * config.cross_strength * size[f] if on else 0.0
+                        lam = lam_on[f] if on else 0.0
                         out[r, :, hs] = cls.attend(s, positive[f], lam, v[r, :, hs])
         return out @ attn.to_out[0].weight.double().T + attn.to_out[0].bias.double()
 
