@@ -267,6 +267,9 @@ class EditSpec:
     modulation: ModulationConfig = field(factory=ModulationConfig)
     seed: int = number(0, low=0, high=MAX_SEED)
     steps: int = number(50, low=1, high=MAX_STEPS)
+    #: Skip the first ``int(steps · skip_fraction)`` denoising steps, starting the rest from the fully
+    #: inverted latent anyway (the official ``blending_percentage``, which blends nothing despite its name).
+    skip_fraction: float = number(0.0, low=0.0, high=1.0)
     guidance: float = number(7.5, low=0.0, high=100.0)
     output: Path = field(default=Path("stmod-out"), converter=Path)
     overwrite: bool = False
@@ -277,6 +280,16 @@ class EditSpec:
     def _check_prompt(self, attribute: attrs.Attribute, value: str) -> None:
         if not value.strip():
             raise ValueError("prompt (the global target prompt) must not be empty")
+
+    @skip_fraction.validator
+    def _check_skip(self, attribute: attrs.Attribute, value: float) -> None:
+        if self.skipped_steps >= self.steps:
+            raise ValueError(f"skip_fraction {value} skips all {self.steps} denoising steps; use a value below 1")
+
+    @property
+    def skipped_steps(self) -> int:
+        """Denoising steps ``skip_fraction`` skips: ``int(steps · skip_fraction)``, as the official code."""
+        return int(self.steps * self.skip_fraction)
 
     def region(self, name: str) -> Region:
         """The region called ``name``."""

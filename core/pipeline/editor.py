@@ -251,6 +251,7 @@ class Editor:
             "source_frames": list(clip.indices),
             "size": [int(clip.frames.shape[2]), int(clip.frames.shape[1])],
             "steps": spec.steps,
+            "skipped_steps": spec.skipped_steps,
             "inversion": inverted.inversion.cache_info,
             "attention": recorder.summary() if recorder is not None and recorder.grids else None,
         }
@@ -340,8 +341,11 @@ class Editor:
         def blend(x: torch.Tensor, i: int, t: int, nxt: int) -> torch.Tensor:
             return session.components.blender.blend(x, step_index=i, timestep=t, next_timestep=nxt, context=context)
 
-        with bars(len(timesteps), "denoising") as bar, session.installed():
-            latents = denoise(inverted.inversion.trajectory[timesteps[0]], predict, schedule, timesteps, blend=blend,
+        # skip_fraction (the official blending_percentage): the first steps are skipped, yet the rest starts
+        # from the fully inverted latent, as the official loop does; step indices count the steps run
+        run = timesteps[spec.skipped_steps:]
+        with bars(len(run), "denoising") as bar, session.installed():
+            latents = denoise(inverted.inversion.trajectory[timesteps[0]], predict, schedule, run, blend=blend,
                               on_step=lambda _: bar.update(), on_step_end=bar.step_end)
         return latents, recorder
 
