@@ -19,8 +19,8 @@ from stmod.backbones.sd15 import hub_offline
 from stmod.core.errors import CheckpointError, InputError, MissingDependencyError
 from stmod.core.types import EditSpec, LayoutRequest, number
 
-__all__ = ["CannyOptions", "CannyAnnotator", "WeightsOptions", "DepthAnnotator", "OpenposeAnnotator",
-           "FramesOptions", "FramesAnnotator"]
+__all__ = ["CannyOptions", "CannyAnnotator", "WeightsOptions", "DepthAnnotator", "OpenposeOptions",
+           "OpenposeAnnotator", "FramesOptions", "FramesAnnotator"]
 
 ANNOTATOR_REPO = "lllyasviel/Annotators"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -119,6 +119,10 @@ class _WeightsAnnotator:
     def _load(self):
         raise NotImplementedError
 
+    def _drawing(self) -> dict[str, object]:
+        """Extra keyword arguments of the detector call (what to draw)."""
+        return {}
+
     def annotate(self, request: LayoutRequest) -> np.ndarray:
         if self._detector is None:
             self._detector = self._load()
@@ -126,7 +130,8 @@ class _WeightsAnnotator:
         height, width = frames.shape[1:3]
         return np.stack([
             _fit(self._detector(frame, detect_resolution=self.options.detect_resolution,
-                                image_resolution=min(height, width), output_type="np"), height, width)
+                                image_resolution=min(height, width), output_type="np", **self._drawing()),
+                 height, width)
             for frame in frames
         ])
 
@@ -141,11 +146,24 @@ class DepthAnnotator(_WeightsAnnotator):
         return _import_aux("depth annotator").MidasDetector.from_pretrained(self.options.weights)
 
 
+@frozen(kw_only=True)
+class OpenposeOptions(WeightsOptions):
+    """Options of the ``openpose`` annotator: besides the body, draw hand and face keypoints (the official
+    configs' ``hand`` / ``face``)."""
+
+    hand: bool = field(default=False, validator=validators.instance_of(bool))
+    face: bool = field(default=False, validator=validators.instance_of(bool))
+
+
 class OpenposeAnnotator(_WeightsAnnotator):
-    """OpenPose body keypoints through controlnet-aux."""
+    """OpenPose body (and optionally hand and face) keypoints through controlnet-aux."""
 
     component = "openpose"
-    files = ("body_pose_model.pth",)
+    # controlnet-aux's OpenposeDetector.from_pretrained loads all three models, whatever is drawn
+    files = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
+
+    def _drawing(self) -> dict[str, object]:
+        return {"include_hand": self.options.hand, "include_face": self.options.face}
 
     def _load(self):
         return _import_aux("openpose annotator").OpenposeDetector.from_pretrained(self.options.weights)

@@ -27,7 +27,7 @@ def stmod_register_annotators(register) -> None:
                  summary="Canny edges (controlnet-aux; no weights needed)")
     register.add("depth", _ANN + "DepthAnnotator", options=_ANN + "WeightsOptions",
                  summary="MiDaS depth (controlnet-aux; needs annotator weights)")
-    register.add("openpose", _ANN + "OpenposeAnnotator", options=_ANN + "WeightsOptions",
-                 summary="OpenPose body keypoints (controlnet-aux; needs annotator weights)")
+    register.add("openpose", _ANN + "OpenposeAnnotator", options=_ANN + "OpenposeOptions",
+                 summary="OpenPose body (hand, face) keypoints (controlnet-aux; needs annotator weights)")
     register.add("frames", _ANN + "FramesAnnotator", options=_ANN + "FramesOptions",
                  summary="Precomputed control images from a folder")

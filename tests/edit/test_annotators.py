@@ -75,17 +75,38 @@ def test_frames_annotator_errors(tmp_path: Path) -> None:
         FramesAnnotator(FramesOptions(dir="few")).annotate(request)
 
 
-@pytest.mark.parametrize(("cls", "filename"), [(DepthAnnotator, "dpt_hybrid-midas-501f0c75.pt"),
-                                               (OpenposeAnnotator, "body_pose_model.pth")])
-def test_weights_annotators_name_missing_files(tmp_path: Path, cls, filename: str, monkeypatch) -> None:
+@pytest.mark.parametrize(("cls", "filenames"), [
+    (DepthAnnotator, ("dpt_hybrid-midas-501f0c75.pt",)),
+    (OpenposeAnnotator, ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")),  # controlnet-aux loads all
+])
+def test_weights_annotators_name_missing_files(tmp_path: Path, cls, filenames: tuple[str, ...], monkeypatch) -> None:
     """Depth/openpose without their weights say which file is missing, before loading anything."""
     spec = EditSpec(video=VideoSource(path="clip.mp4"), prompt="p", base_dir=tmp_path)
     (tmp_path / "ann").mkdir()
-    with pytest.raises(CheckpointError, match=filename):
+    with pytest.raises(CheckpointError, match=filenames[-1]):
         cls(WeightsOptions(weights=str(tmp_path / "ann"))).check(spec)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(CheckpointError, match="not in the HF cache"):
         cls(WeightsOptions()).check(spec)
-    (tmp_path / "ann" / filename).write_bytes(b"")
+    for filename in filenames:
+        (tmp_path / "ann" / filename).write_bytes(b"")
     cls(WeightsOptions(weights=str(tmp_path / "ann"))).check(spec)  # present: passes the check
+
+
+@pytest.mark.parametrize(("hand", "face"), [(False, False), (True, False), (True, True)])
+def test_openpose_hand_and_face_reach_the_detector(tmp_path: Path, hand: bool, face: bool) -> None:
+    """``hand`` / ``face`` (the official configs' keys) are what controlnet-aux is asked to draw."""
+    from stmod.backbones.annotators import OpenposeOptions
+
+    calls = []
+
+    def detector(frame, **kwargs):
+        calls.append(kwargs)
+        return np.zeros(frame.shape, np.uint8)
+
+    annotator = OpenposeAnnotator(OpenposeOptions(hand=hand, face=face))
+    annotator._detector = detector  # stands in for the loaded OpenposeDetector (no weights here)
+    out = annotator.annotate(_request(np.zeros((2, 16, 16, 3), np.uint8), tmp_path, indices=(0, 1)))
+    assert out.shape == (2, 16, 16, 3)
+    assert [(c["include_hand"], c["include_face"]) for c in calls] == [(hand, face)] * 2
