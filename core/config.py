@@ -287,21 +287,29 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
 
 
 def load_job(path: Path, overrides: Mapping[str, Any] | None = None, *, allow_unsupported: bool = False,
-             formats: Iterable[JobFormat] = ()) -> EditSpec:
+             prompt_index: int | None = None, formats: Iterable[JobFormat] = ()) -> EditSpec:
     """Read, override and validate a job file: an stmod job, or a file in one of ``formats``.
 
     Paths in an stmod job are relative to its folder. A file that a format detects (the official
     VideoGrain configs, through the ``stmod.official`` plugin: ``registry.job_formats.values()``) is
     converted first; its paths are relative to what the format says (``paths``).
-    ``allow_unsupported`` lets a converter drop features stmod does not implement.
+    ``allow_unsupported`` lets a converter drop features stmod does not implement; ``prompt_index``
+    (``--prompt-index``) picks one of the several edits a format's file may list (it reaches the
+    converter only when given, so converters written before it keep working).
     """
     path = Path(path)
     data, base_dir = load_mapping(path), path.resolve().parent
     for fmt in formats:
         if fmt.detect(data):
-            data = dict(fmt.convert(data, source=path, allow_unsupported=allow_unsupported))
+            chosen = {} if prompt_index is None else {"prompt_index": prompt_index}
+            data = dict(fmt.convert(data, source=path, allow_unsupported=allow_unsupported, **chosen))
             base_dir = Path.cwd() if fmt.paths == "cwd" else base_dir
             break
+    else:
+        if prompt_index is not None:
+            raise ConfigError(f"prompt_index {prompt_index} chooses among the editing prompts of a file that lists "
+                              "several (an official VideoGrain config); an stmod job has one prompt: drop "
+                              "--prompt-index", key="prompt_index", source=str(path))
     data = apply_overrides(data, overrides or {})
     return job_from_mapping(data, base_dir=base_dir, source=str(path))
 

@@ -193,7 +193,9 @@ class JobFormat(Protocol):
 
     ``detect(mapping)`` says whether a parsed YAML mapping is in the format; ``convert(mapping, *,
     source, allow_unsupported)`` returns the equivalent stmod job mapping; ``paths`` is ``"job"`` or
-    ``"cwd"``: what the file's relative paths are relative to.
+    ``"cwd"``: what the file's relative paths are relative to. A format whose files list several edits
+    (the official configs' ``editing_prompts``) also takes ``prompt_index`` (``--prompt-index``), which
+    is passed only when the user gives it.
     """
 
     paths: str

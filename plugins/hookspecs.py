@@ -93,7 +93,8 @@ def stmod_register_job_formats(register: JobFormatRegistrar) -> None:
     ``detect(mapping)`` says whether a parsed YAML mapping is in the format (cheap, no I/O);
     ``convert(mapping, *, source, allow_unsupported)`` returns the equivalent stmod job mapping, or
     raises :class:`~stmod.ConfigError` naming the key; features it cannot map are refused unless
-    ``allow_unsupported`` (``--allow-unsupported``), then logged as dropped. The first format whose
+    ``allow_unsupported`` (``--allow-unsupported``), then logged as dropped; a format whose files list
+    several edits also takes ``prompt_index`` (``--prompt-index``, passed only when given). The first format whose
     ``detect`` is true converts the file; ``paths`` says what its relative paths are relative to.
 
     :param register: registrar for job formats.

@@ -306,16 +306,17 @@ def _load_module(pm: StmodPluginManager, name: str, *, available: list[str]) -> 
 
 
 def load_job(path: str | Path, overrides: Mapping[str, Any] | None = None, *, allow_unsupported: bool = False,
-             plugin_args: Sequence[str] = ()) -> EditSpec:
+             prompt_index: int | None = None, plugin_args: Sequence[str] = ()) -> EditSpec:
     """Read a job file in any format the installed plugins know (``stmod.load_job``).
 
     :func:`stmod.core.config.load_job` with the job formats of the plugins (selection like
-    ``stmod-run -p``): an stmod job, or e.g. an official VideoGrain config (``stmod.official``).
+    ``stmod-run -p``): an stmod job, or e.g. an official VideoGrain config (``stmod.official``;
+    ``prompt_index`` picks one of its ``editing_prompts``, ``overrides={"control": []}`` drops its ControlNet).
     """
     from stmod.core.config import load_job as load_stmod_job
 
     registry = make_plugin_manager(plugin_args=plugin_args).registry
-    return load_stmod_job(Path(path), overrides, allow_unsupported=allow_unsupported,
+    return load_stmod_job(Path(path), overrides, allow_unsupported=allow_unsupported, prompt_index=prompt_index,
                           formats=registry.job_formats.values())
 
 

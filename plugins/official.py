@@ -5,10 +5,13 @@ command that reads a job file (``edit``, ``check``, ``layout``, ``stmod.load_job
 
 :func:`is_official_config` recognises them (``pretrained_model_path`` / ``dataset_config`` /
 ``editing_config``); :func:`convert_official_config` maps their keys onto an stmod job mapping with the
-``videograin`` preset and blend. Features of the official code that stmod does not implement (FLATTEN
-trajectory attention, PnP injection, FreeU, ``blending_percentage``, dwpose/zoe annotators, several
-editing prompts in one run) are refused with one line naming them, unless the caller allows editing
-without them (``--allow-unsupported``), in which case each is logged as dropped.
+``videograin`` preset (exact λ on) and blend, and the official pipeline's other parts as extensions:
+``flatten_res`` → ``flatten`` (levels log2 of each factor), ``use_pnp``/``inject_step`` → ``pnp``,
+``use_freeu`` → ``freeu``; ``blending_percentage`` → ``skip_fraction``. ``dwpose`` and ``depth_zoe``
+control run with the closest annotator stmod has (controlnet-aux OpenPose, MiDaS depth), said in one
+line; one of several ``editing_prompts`` is edited (``--prompt-index``). What stmod still does not
+implement is refused with one line naming each, unless the caller allows editing without it
+(``--allow-unsupported``), in which case each is logged as dropped.
 
 Key meanings follow the official code's own reading of its configs (``dataset_config``,
 ``control_config``, ``editing_config``; its spelling ``negative_promot`` included).
@@ -31,7 +34,10 @@ log = logging.getLogger(__name__)
 
 _MARKERS = ("pretrained_model_path", "dataset_config", "editing_config")
 
-_ANNOTATORS = {"canny": "canny", "openpose": "openpose", "depth": "depth"}
+#: ``control_type`` → stmod annotator; the two marked in :data:`_STANDINS` are the closest stmod has.
+_ANNOTATORS = {"canny": "canny", "openpose": "openpose", "depth": "depth", "dwpose": "openpose", "depth_zoe": "depth"}
+_STANDINS = {"dwpose": "controlnet-aux OpenPose, the closest to DWPose",
+             "depth_zoe": "controlnet-aux MiDaS depth, the closest to ZoeDepth"}
 
 _TOP = {"pretrained_model_path", "logdir", "seed", "dataset_config", "control_config", "editing_config",
         "test_pipeline_config", "model_config", "mixed_precision", "batch_size", "gradient_accumulation_steps"}
@@ -74,7 +80,7 @@ def _check_top(data: Mapping[str, Any], where: str) -> None:
 
 
 def _unsupported(data: Mapping[str, Any], dataset: Mapping[str, Any], control: Mapping[str, Any],
-                 editing: Mapping[str, Any], prompts: list[Any]) -> list[str]:
+                 editing: Mapping[str, Any]) -> list[str]:
     """What the official config asks for that stmod does not implement, one phrase each."""
     dropped: list[str] = []
 
@@ -82,57 +88,127 @@ def _unsupported(data: Mapping[str, Any], dataset: Mapping[str, Any], control: M
         if condition:
             dropped.append(what)
 
-    unsupported(len(prompts) > 1, f"{len(prompts)} editing prompts in one run (stmod edits one per job)")
     unsupported(dataset.get("crop", "center") != "center", f"crop {dataset.get('crop')!r} (only center crops)")
     unsupported(any(dataset.get("offset") or []) if isinstance(dataset.get("offset"), (list, tuple)) else
                 bool(dataset.get("offset")), "dataset_config.offset (pre-crop offsets)")
     unsupported(dataset.get("stride", -1) not in (-1, None), "dataset_config.stride (several clips)")
     unsupported(bool(data.get("model_config")), "model_config (UNet changes)")
-    unsupported(bool(editing.get("use_pnp")), "PnP feature injection (editing_config.use_pnp)")
-    unsupported(bool(editing.get("flatten_res")), f"FLATTEN flow attention (editing_config.flatten_res="
-                                                  f"{editing.get('flatten_res')})")
-    unsupported(bool(editing.get("use_freeu")), "FreeU (editing_config.use_freeu)")
-    unsupported(bool(editing.get("blending_percentage")), "editing_config.blending_percentage")
     unsupported(editing.get("use_invertion_latents", True) is False,
                 "use_invertion_latents: false (broken in the official code)")
+    unsupported(bool(editing.get("flatten_res")) and editing.get("old_qk", 1) != 1,
+                f"editing_config.old_qk: {editing.get('old_qk')} (FLATTEN with the attention output as query and "
+                "key; stmod's flatten takes the projections, old_qk: 1)")
     control_type = control.get("control_type")
     unsupported(control_type is not None and control_type not in _ANNOTATORS,
-                f"control_type {control_type!r} (stmod has canny, openpose, depth and precomputed frames)")
-    unsupported(bool(control.get("hand")) or bool(control.get("face")), "openpose hand/face drawing")
+                f"control_type {control_type!r} (stmod has {', '.join(sorted(_ANNOTATORS))})")
     return dropped
 
 
-def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsupported: bool = False) -> dict[str, Any]:
+def _chosen_prompt(prompts: Any, prompt_index: int | None, where: str) -> list[str]:
+    """The ``[global, local_1, …]`` entry of ``editing_prompts`` to edit (``prompt_index``, default the first)."""
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ConfigError("editing_config.editing_prompts must hold [global prompt, local prompt, ...]", source=where)
+    index = 0 if prompt_index is None else prompt_index
+    if not 0 <= index < len(prompts):
+        raise ConfigError(f"--prompt-index {index} is out of range: the config lists {len(prompts)} editing "
+                          f"prompt(s), 0 to {len(prompts) - 1}", key="prompt_index", source=where)
+    entry = prompts[index]
+    if not isinstance(entry, (list, tuple)) or not entry:
+        raise ConfigError(f"editing_config.editing_prompts[{index}] must be [global prompt, local prompt, ...]",
+                          source=where)
+    if len(prompts) > 1:
+        log.warning("official config: %d editing prompts; editing prompt %d, %r (choose another with "
+                    "--prompt-index K)", len(prompts), index, str(entry[0]))
+    return [str(p) for p in entry]
+
+
+def _control(control: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The job's ``control`` list for ``control_config`` (empty without a supported ``control_type``)."""
+    control_type = control.get("control_type")
+    if control_type not in _ANNOTATORS:
+        return []
+    name = _ANNOTATORS[control_type]
+    annotator: dict[str, Any] = {"name": name}
+    if name == "canny":
+        annotator.update({k: control[k] for k in ("low_threshold", "high_threshold") if k in control})
+    if name == "openpose":
+        annotator.update({k: bool(control[k]) for k in ("hand", "face") if k in control})
+    model = control.get("pretrained_controlnet_path")
+    if control_type in _STANDINS:
+        log.warning("official config: control_type %r runs as stmod's %r annotator (%s) with ControlNet %s; "
+                    "--no-control drops it", control_type, name, _STANDINS[control_type],
+                    model or f"the default for {name!r}")
+    return [{"annotator": annotator, "model": model, "scale": float(control.get("controlnet_conditioning_scale", 1.0))}]
+
+
+def _flatten_levels(factors: Any, where: str) -> list[int]:
+    """stmod UNet levels of ``flatten_res``: factor f (latent size / f) is level log2(f)."""
+    if not isinstance(factors, (list, tuple)):
+        factors = [factors]
+    levels = []
+    for factor in factors:
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1 or factor & (factor - 1):
+            raise ConfigError(f"editing_config.flatten_res holds {factor!r}; each entry is a power of two (1, 2, 4, "
+                              "…: FLATTEN at the latent resolution divided by it)", key="flatten_res", source=where)
+        levels.append(factor.bit_length() - 1)
+    return sorted(set(levels))
+
+
+def _extensions(editing: Mapping[str, Any], where: str) -> list[Any]:
+    """The official pipeline's other parts as stmod extensions, PnP before FLATTEN (FLATTEN attends with
+    the PnP-injected queries and keys)."""
+    extensions: list[Any] = []
+    inject = editing.get("inject_step", 0)
+    if isinstance(inject, bool) or not isinstance(inject, int) or inject < 0:
+        raise ConfigError(f"editing_config.inject_step must be a whole number of steps, at least 0, got {inject!r}",
+                          key="inject_step", source=where)
+    if editing.get("use_pnp") and inject > 0:
+        extensions.append({"name": "pnp", "inject_step": inject})
+    elif editing.get("use_pnp"):
+        log.info("official config: use_pnp with inject_step 0 injects nothing; PnP left out")
+    if editing.get("flatten_res"):
+        extensions.append({"name": "flatten", "levels": _flatten_levels(editing["flatten_res"], where)})
+    if editing.get("use_freeu"):
+        extensions.append("freeu")  # its defaults are the official values (b1 1.2, b2 1.5, s1 = s2 = 1)
+    return extensions
+
+
+def _skip_fraction(editing: Mapping[str, Any], where: str) -> float:
+    value = editing.get("blending_percentage", 0) or 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"editing_config.blending_percentage must be a number from 0 to below 1 (the fraction of "
+                          f"denoising steps the official code skips), got {value!r}", key="blending_percentage",
+                          source=where)
+    return float(value)
+
+
+def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsupported: bool = False,
+                            prompt_index: int | None = None) -> dict[str, Any]:
     """An stmod job mapping equivalent to an official VideoGrain config.
 
     :param source: the config file (its name gives the official default output folder).
     :param allow_unsupported: drop unsupported features with a warning instead of refusing.
-    :raises ConfigError: for unknown keys, or unsupported features unless allowed.
+    :param prompt_index: which of ``editing_prompts`` to edit (default the first; the choice is logged
+        when there are several).
+    :raises ConfigError: for unknown keys or bad values, or unsupported features unless allowed.
     """
     where = str(source)
     _check_top(data, where)
     dataset = _section(data, "dataset_config", _DATASET, where)
     control = _section(data, "control_config", _CONTROL, where)
     editing = _section(data, "editing_config", _EDITING, where)
-    prompts = editing.get("editing_prompts") or []
-    if not prompts or not isinstance(prompts[0], (list, tuple)) or not prompts[0]:
-        raise ConfigError("editing_config.editing_prompts must hold [global prompt, local prompt, ...]", source=where)
-    global_prompt, *local_prompts = (str(p) for p in prompts[0])
+    global_prompt, *local_prompts = _chosen_prompt(editing.get("editing_prompts"), prompt_index, where)
     order = list(dataset.get("layout_mask_order") or [])
     if len(local_prompts) > len(order):
         raise ConfigError(f"{len(local_prompts)} local prompts but only {len(order)} masks in "
                           "dataset_config.layout_mask_order (they pair by position)", source=where)
+    dropped = _unsupported(data, dataset, control, editing)
+    if dropped and not allow_unsupported:
+        raise ConfigError("official VideoGrain config uses what stmod does not implement: " + "; ".join(dropped)
+                          + ". Rerun with --allow-unsupported to edit without them", source=where)
+    for what in dropped:
+        log.warning("official config: ignoring %s", what)
     size = int(dataset.get("image_size", 512))
-    control_type = control.get("control_type")
-    dropped = _unsupported(data, dataset, control, editing, prompts)
-    if dropped:
-        if not allow_unsupported:
-            raise ConfigError("official VideoGrain config uses what stmod does not implement: " + "; ".join(dropped)
-                              + ". Rerun with --allow-unsupported to edit without them", source=where)
-        for what in dropped:
-            log.warning("official config: ignoring %s", what)
-
-    regions = {name: (local_prompts[i] if i < len(local_prompts) else "") for i, name in enumerate(order)}
     job: dict[str, Any] = {
         "video": {"path": dataset.get("path"), "start": int(dataset.get("start_sample_frame", 0)),
                   "every": int(dataset.get("sampling_rate", 1)), "frames": int(dataset.get("n_sample_frame", 8)),
@@ -140,24 +216,23 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
         "prompt": global_prompt,
         "source_prompt": str(dataset.get("prompt") or ""),
         "negative_prompt": str(dataset.get("negative_promot", dataset.get("negative_prompt")) or ""),
-        "regions": regions,
+        "regions": {name: (local_prompts[i] if i < len(local_prompts) else "") for i, name in enumerate(order)},
         "backbone": {"name": "sd15", "model": str(data.get("pretrained_model_path"))},
         "blend": "videograin",
-        "modulation": {"preset": "videograin"},
+        "modulation": {"preset": "videograin", "exact_lambda": True},
         "steps": int(editing.get("num_inference_steps", 50)),
+        "skip_fraction": _skip_fraction(editing, where),
         "guidance": float(editing.get("guidance_scale", 7.5)),
         "seed": int(data.get("seed", 42)),
         "save_attention": bool(editing.get("vis_cross_attn", False)),
         "output": str(data.get("logdir") or str(source.with_suffix("")).replace("config", "result")),
+        "control": _control(control),
     }
     if order:
         job["layout"] = {"name": "masks", "dir": dataset.get("layout_mask_dir")}
-    if control_type in _ANNOTATORS:
-        annotator: dict[str, Any] = {"name": _ANNOTATORS[control_type]}
-        if control_type == "canny":
-            annotator.update({k: control[k] for k in ("low_threshold", "high_threshold") if k in control})
-        job["control"] = [{"annotator": annotator, "model": control.get("pretrained_controlnet_path"),
-                           "scale": float(control.get("controlnet_conditioning_scale", 1.0))}]
+    extensions = _extensions(editing, where)
+    if extensions:
+        job["extensions"] = extensions
     return job
 
 

@@ -103,9 +103,14 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, job_required: bool = F
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output folder")
     g.add_argument("--save-attention", action="store_true", default=None,
                    help="write cross-attention maps of each local prompt to attention/")
+    g.add_argument("--no-control", action="store_true", default=None,
+                   help="drop the job's ControlNet conditions (e.g. to try an official config without its "
+                        "ControlNet weights)")
     g.add_argument("--allow-unsupported", action="store_true",
-                   help="run an official VideoGrain config without the features stmod does not implement "
-                        "(FLATTEN, PnP, FreeU, ...), each logged as dropped")
+                   help="run an official VideoGrain config without the features stmod does not implement, "
+                        "each logged as dropped")
+    g.add_argument("--prompt-index", type=int, metavar="K",
+                   help="which of an official VideoGrain config's editing_prompts to edit (default 0, the first)")
 
 
 def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -134,8 +139,12 @@ def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
                                   ("vae_tiling", args.vae_tiling)) if v is not None}
     if backbone:
         out["backbone"] = backbone
+    if args.control and args.no_control:
+        raise UsageError("--control and --no-control contradict each other; give one of them")
     if args.control:
         out["control"] = list(args.control)
+    if args.no_control:
+        out["control"] = []
     if args.blend:
         out["blend"] = {"name": args.blend}
     if args.modulator:
@@ -150,7 +159,9 @@ def load_job_from_args(args: argparse.Namespace, registry: Registry) -> EditSpec
     overrides = job_overrides(args)
     if args.job:
         spec = load_job(Path(args.job), overrides, allow_unsupported=args.allow_unsupported,
-                        formats=registry.job_formats.values())
+                        prompt_index=args.prompt_index, formats=registry.job_formats.values())
+    elif args.prompt_index is not None:
+        raise UsageError("--prompt-index chooses among the editing prompts of a job file; give the file")
     else:
         spec = job_from_mapping(overrides, base_dir=Path.cwd(), source="command line")
     return _keep_size(spec) if getattr(args, "size", None) == "keep" else spec

@@ -60,17 +60,18 @@ def _write(tmp_path: Path, data: dict) -> Path:
     return path
 
 
-def test_official_config_refuses_flatten_by_default(tmp_path: Path) -> None:
-    """FLATTEN is not implemented: the refusal names it and the way forward."""
-    with pytest.raises(ConfigError, match=r"FLATTEN flow attention \(editing_config.flatten_res=\[1\]\).*"
-                                          "--allow-unsupported"):
-        load_job(_write(tmp_path, OFFICIAL))
+def test_official_config_maps_flatten_to_the_extension(tmp_path: Path) -> None:
+    """FLATTEN is the ``flatten`` extension at level log2(factor), no longer a refusal."""
+    from stmod.plugins.official import convert_official_config
+
+    job = convert_official_config(OFFICIAL, source=_write(tmp_path, OFFICIAL))
+    assert job["extensions"] == [{"name": "flatten", "levels": [0]}]
 
 
 def test_official_config_maps_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keys map onto the job: positional mask↔prompt pairing, negative prompt, control, preset and blend."""
     monkeypatch.chdir(tmp_path)
-    spec = load_job(_write(tmp_path, OFFICIAL), allow_unsupported=True)
+    spec = load_job(_write(tmp_path, OFFICIAL))
     assert spec.prompt == "Spiderman and Polar Bear on the snow" and spec.source_prompt == ""
     assert [(r.name, r.prompt) for r in spec.regions] == [("left_man", "Spiderman"), ("right_man", "Polar Bear"),
                                                           ("bg", "")]
@@ -79,8 +80,11 @@ def test_official_config_maps_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert spec.video.path == tmp_path / "data/run_two_man/run_two_man"  # relative to the working directory
     assert spec.layout[0].name == "masks" and spec.layout[0].options["dir"] == "./data/run_two_man/layout_masks"
     assert spec.control[0].annotator.name == "openpose" and spec.control[0].model == "./ckpt/control_v11p_sd15_openpose"
+    assert dict(spec.control[0].annotator.options) == {"hand": False, "face": False}
     assert spec.backbone.options["model"] == "./ckpt/stable-diffusion-v1-5"
     assert spec.modulation.preset == "videograin" and spec.blend.name == "videograin"
+    assert spec.modulation.exact_lambda is True and spec.skip_fraction == 0
+    assert [(e.name, dict(e.options)) for e in spec.extensions] == [("flatten", {"levels": [0]})]
     assert (spec.steps, spec.guidance, spec.seed) == (50, 7.5, 8888)
     assert spec.output == tmp_path / "result/part_level/spider_polar"
 
@@ -88,19 +92,17 @@ def test_official_config_maps_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"editing_config": {"use_pnp": True}}, "PnP feature injection"),
-        ({"editing_config": {"use_freeu": True}}, "FreeU"),
-        ({"control_config": {"control_type": "dwpose"}}, "control_type 'dwpose'"),
-        ({"editing_config": {"editing_prompts": [["a b", "a"], ["c d", "c"]]}}, "2 editing prompts"),
-        ({"editing_config": {"blending_percentage": 0.25}}, "blending_percentage"),
+        ({"dataset_config": {"crop": "random"}}, "crop 'random'"),
+        ({"dataset_config": {"stride": 2}}, "dataset_config.stride"),
+        ({"control_config": {"control_type": "hed"}}, "control_type 'hed'"),
+        ({"editing_config": {"old_qk": 0}}, "editing_config.old_qk: 0"),
     ],
 )
 def test_official_unsupported_features_named(tmp_path: Path, change: dict, message: str) -> None:
-    """Each unsupported feature is named in the one-line refusal."""
+    """Each still unsupported feature is named in the one-line refusal."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in OFFICIAL.items()}
     for section, values in change.items():
         data[section].update(values)
-    data["editing_config"]["flatten_res"] = []
     with pytest.raises(ConfigError, match=message):
         load_job(_write(tmp_path, data))
 
@@ -131,4 +133,4 @@ def test_the_format_comes_from_its_plugin(tmp_path: Path) -> None:
         load_stmod_job(path)
     with pytest.raises(ConfigError, match="unknown key"):
         load_job(path, plugin_args=["no:stmod.official"])
-    assert load_job(path, allow_unsupported=True).prompt == "Spiderman and Polar Bear on the snow"
+    assert load_job(path).prompt == "Spiderman and Polar Bear on the snow"
