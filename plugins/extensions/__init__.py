@@ -1,0 +1,15 @@
+"""Built-in plugin ``stmod.extensions``: the official VideoGrain pipeline's parts beside ST-Layout attention.
+
+One module per extension; this list only registers them (by reference: their modules import torch).
+"""
+
+from __future__ import annotations
+
+from stmod import hookimpl
+
+
+@hookimpl
+def stmod_register_extensions(register) -> None:
+    register.add("freeu", "stmod.plugins.extensions.freeu:FreeUExtension",
+                 options="stmod.plugins.extensions.freeu:FreeUOptions",
+                 summary="FreeU through diffusers' enable_freeu (official values b1 1.2, b2 1.5, s1 = s2 = 1)")

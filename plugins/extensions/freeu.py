@@ -1,0 +1,77 @@
+"""The ``freeu`` extension: FreeU (Si et al. 2023) through diffusers' own ``enable_freeu`` / ``disable_freeu``.
+
+The official VideoGrain code applies FreeU with ``b1=1.2, b2=1.5, s1=1.0, s2=1.0`` (hard-coded in its
+``test.py``) before the inversion, so it acts on the inversion and the denoising; these are the
+defaults here. ``install`` switches it on for the ``with`` block on the UNet (the ControlNet has no
+up blocks) and restores what the UNet had on exit. FreeU changes what the inversion computes, so its
+values are part of the inversion cache key (:meth:`FreeUExtension.inversion_settings`).
+
+The official code patches its own structure-aware FreeU variant into the up blocks; stmod uses
+diffusers' FreeU instead (``docs/method.md`` lists how the two differ).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import torch
+from attrs import frozen
+
+from stmod.core.types import EditSpec, number
+
+__all__ = ["FreeUOptions", "FreeUExtension"]
+
+_KEYS = ("b1", "b2", "s1", "s2")
+
+
+@frozen(kw_only=True)
+class FreeUOptions:
+    """diffusers' ``enable_freeu`` factors: ``b1``/``b2`` scale the backbone features of up-block
+    stages 1/2, ``s1``/``s2`` the low frequencies of their skip features (1.0: unchanged)."""
+
+    b1: float = number(1.2, low=0.0, high=10.0)
+    b2: float = number(1.5, low=0.0, high=10.0)
+    s1: float = number(1.0, low=0.0, high=10.0)
+    s2: float = number(1.0, low=0.0, high=10.0)
+
+
+class FreeUExtension:
+    """FreeU on the UNet for a whole edit (:class:`~stmod.core.protocols.Extension`)."""
+
+    def __init__(self, options: FreeUOptions | None = None) -> None:
+        self.options = options or FreeUOptions()
+
+    def check(self, spec: EditSpec) -> None:
+        return None
+
+    def inversion_settings(self) -> Mapping[str, object]:
+        return {key: getattr(self.options, key) for key in _KEYS}
+
+    def prepare(self, request: object) -> None:
+        return None
+
+    def needs_inversion(self) -> bool:
+        return False
+
+    @contextlib.contextmanager
+    def install(self, model: torch.nn.Module, *, role: str) -> Iterator[None]:
+        """``model.enable_freeu(...)`` on the UNet inside the block; the up blocks' previous values after it."""
+        if role != "unet":
+            yield
+            return
+        if not callable(getattr(model, "enable_freeu", None)) or not hasattr(model, "up_blocks"):
+            raise TypeError(f"FreeU needs a diffusers UNet with enable_freeu, got {type(model).__name__}")
+        before = [{key: getattr(block, key, None) for key in _KEYS} for block in model.up_blocks]
+        model.enable_freeu(**self.inversion_settings())
+        try:
+            yield
+        finally:
+            model.disable_freeu()
+            for block, values in zip(model.up_blocks, before):
+                for key, value in values.items():
+                    if value is not None:  # FreeU the UNet had before (e.g. a pipeline's own)
+                        setattr(block, key, value)
+
+    def step(self, *, phase: str, step_index: int, timestep: int, branches: tuple[str, ...]) -> None:
+        return None
