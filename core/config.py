@@ -341,6 +341,7 @@ def rerunnable_job(spec: EditSpec) -> dict[str, Any]:
     for key in ("backbone", "blend", "modulator"):
         data[key] = absolute(data[key])
     data["layout"] = [absolute(entry) for entry in data["layout"]]
+    data["extensions"] = [absolute(entry) for entry in data["extensions"]]
     for control in data["control"]:
         control["annotator"] = absolute(control["annotator"])
         control["model"] = _absolute_option(control["model"], spec.base_dir)

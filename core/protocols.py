@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from stmod.core.io.video import ClipPlan
     from stmod.core.sampling import NoiseSchedule
     from stmod.core.st_layout.recorders import AttentionRecorder
-    from stmod.core.types import (BlendContext, Branch, Control, EditSpec, LayoutMasks, LayoutReport, LayoutRequest,
-                                  ModulationInput, TextConditioning)
+    from stmod.core.types import (BlendContext, Branch, Control, EditSpec, ExtensionInput, LayoutMasks, LayoutReport,
+                                  LayoutRequest, ModulationInput, TextConditioning)
 
 __all__ = [
     "Backbone",
@@ -39,6 +39,7 @@ __all__ = [
     "RecordsAttention",
     "ConditionsText",
     "Blender",
+    "Extension",
     "ControlAnnotator",
     "JobFormat",
     "Phase",
@@ -156,6 +157,44 @@ class Modulator(Protocol):
         :param timestep: the scheduler timestep of this call.
         :param branches: the CFG branches in batch order, e.g. ``("uncond", "cond")`` or ``("cond",)``.
         """
+
+
+@runtime_checkable
+class Extension(Protocol):
+    """**Protocol:** a change to the backbone's networks for a whole edit, inversion and denoising alike
+    (FreeU, FLATTEN trajectory attention, PnP feature injection).
+
+    The editor calls, in this order: ``check(spec)`` with the job, before any model loads;
+    ``inversion_settings()`` for the inversion cache key; ``prepare(request)`` once the backbone has
+    loaded (an :class:`~stmod.core.types.ExtensionInput`: the clip, the latent size and a ``store``
+    folder beside the inversion's cache entry); ``needs_inversion()``, which turns a cached
+    trajectory into a miss (e.g. recorded features missing from the store); then, for the inversion
+    and again for the denoising, ``install(model, role=...)`` on every model of
+    ``Backbone.attention_models()`` — after the modulator, extensions in job order (torch forward
+    hooks compose in registration order: a hook that replaces an output feeds the next one) — and
+    ``step(...)`` before every model call of either loop. ``install`` must restore the model on
+    exit, even on error; an extension that only concerns the UNet returns a null context for other
+    roles. Batch layout as for :class:`Modulator`: CFG branches outermost, frames inner.
+    """
+
+    def check(self, spec: EditSpec) -> None:
+        """Validate the job for this extension before any model loads (raise a ``StmodError``)."""
+
+    def inversion_settings(self) -> Mapping[str, object]:
+        """What of this extension changes the inversion or what it records (JSON-able), ``{}`` if nothing."""
+
+    def prepare(self, request: ExtensionInput) -> None:
+        """Compute or load what the edit needs from the source clip (once per edit)."""
+
+    def needs_inversion(self) -> bool:
+        """After ``prepare``: whether the inversion must run even though its trajectory is cached."""
+
+    def install(self, model: torch.nn.Module, *, role: str) -> AbstractContextManager[None]:
+        """Change ``model`` (``role``: ``"unet"`` or ``"controlnet"``) inside the ``with`` block."""
+
+    def step(self, *, phase: Phase, step_index: int, timestep: int, branches: Sequence[Branch]) -> None:
+        """Called before each model call: ``phase`` ``"invert"`` or ``"denoise"``, the 0-based step index
+        within that loop, its timestep and the CFG branches in batch order."""
 
 
 @runtime_checkable

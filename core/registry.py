@@ -38,6 +38,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "modulator": ("stmod_register_modulators", protocols.Modulator),
     "blender": ("stmod_register_blenders", protocols.Blender),
     "annotator": ("stmod_register_annotators", protocols.ControlAnnotator),
+    "extension": ("stmod_register_extensions", protocols.Extension),
 }
 
 _KIND_ALIASES = {
@@ -301,7 +302,7 @@ class Registry:
         if not isinstance(product, protocol):
             missing = [m for m in _protocol_members(protocol) if not hasattr(product, m)]
             raise ComponentContractError(
-                kind, name, info.plugin, f"built an object that is not a {protocol.__name__} (missing: {', '.join(missing)})"
+                kind, name, info.plugin, f"built an object that is not {'an' if protocol.__name__[0] in 'AEIOU' else 'a'} {protocol.__name__} (missing: {', '.join(missing)})"
             )
         return product
 

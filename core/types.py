@@ -43,6 +43,7 @@ __all__ = [
     "LayoutRequest",
     "LayoutReport",
     "ModulationInput",
+    "ExtensionInput",
     "TextConditioning",
     "BlendContext",
     "Control",
@@ -242,6 +243,13 @@ def _unique_regions(_: Any, attribute: attrs.Attribute, value: tuple[Region, ...
         seen.add(region.name)
 
 
+def _unique_extensions(_: Any, attribute: attrs.Attribute, value: tuple[ComponentRef, ...]) -> None:
+    names = [ref.name for ref in value]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"extension {name!r} is listed twice in extensions; list each once")
+
+
 @frozen(kw_only=True)
 class EditSpec:
     """Everything one edit needs, validated, before any model is loaded.
@@ -264,6 +272,8 @@ class EditSpec:
     blend: ComponentRef = field(factory=lambda: ComponentRef(name="none"))
     modulator: ComponentRef = field(factory=lambda: ComponentRef(name="st-layout"))
     control: tuple[ControlSpec, ...] = field(factory=tuple, converter=tuple)
+    #: changes to the networks for the whole edit (FreeU, FLATTEN, PnP), installed in this order
+    extensions: tuple[ComponentRef, ...] = field(factory=tuple, converter=tuple, validator=_unique_extensions)
     modulation: ModulationConfig = field(factory=ModulationConfig)
     seed: int = number(0, low=0, high=MAX_SEED)
     steps: int = number(50, low=1, high=MAX_STEPS)
@@ -418,6 +428,28 @@ class ModulationInput:
     config: ModulationConfig = field(factory=ModulationConfig)
     prompt: str = ""
     negative_prompt: str = ""
+
+
+@frozen(kw_only=True)
+class ExtensionInput:
+    """What an extension is told once per edit, after the backbone loads (its ``prepare`` input).
+
+    :ivar spec: the job.
+    :ivar frames: the clip as edited, ``uint8 (F, H, W, 3)``.
+    :ivar latent_size: ``(h, w)`` of the latents; ``num_frames``: F.
+    :ivar store: a folder of this extension's own under the inversion's cache entry (created and marked
+        by the editor), for what it computes from the source clip or records during the inversion and
+        reuses when the inversion comes from the cache; ``None`` when caching is off (keep it in memory).
+    :ivar device, dtype: the backbone's.
+    """
+
+    spec: EditSpec
+    frames: np.ndarray = field(eq=False)
+    latent_size: tuple[int, int] = field(converter=tuple)
+    num_frames: int = field(validator=validators.ge(1))
+    store: Path | None = None
+    device: torch.device = field(eq=False)
+    dtype: torch.dtype = field(eq=False)
 
 
 @frozen(kw_only=True)

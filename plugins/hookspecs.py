@@ -74,6 +74,18 @@ def stmod_register_annotators(register: ComponentRegistrar) -> None:
 
 
 @hookspec
+def stmod_register_extensions(register: ComponentRegistrar) -> None:
+    """Register extensions: changes to the backbone's networks for a whole edit, inversion and
+    denoising (FreeU, FLATTEN trajectory attention, PnP feature injection), chosen by a job's
+    ``extensions`` list.
+
+    ``factory(options)`` must return a :class:`~stmod.core.protocols.Extension`.
+
+    :param register: registrar for the ``extension`` kind.
+    """
+
+
+@hookspec
 def stmod_register_commands(register: CommandRegistrar) -> None:
     """Register ``stmod-run`` subcommands.
 

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from stmod.core.features import FeatureMaps, FeatureRequest, InversionFeatures
     from stmod.core.io.video import ClipPlan
     from stmod.core.pipeline.editor import EditResult, LayoutResult
-    from stmod.core.protocols import (Backbone, Blender, ConditionsText, ControlAnnotator, FeatureRecording,
+    from stmod.core.protocols import (Backbone, Blender, ConditionsText, ControlAnnotator, Extension, FeatureRecording,
                                       LayoutProvider, LayoutReporting, Modulator, Phase, RecordsAttention, Tokenizer)
-    from stmod.core.types import (BlendContext, EditSpec, LayoutMasks, LayoutReport, LayoutRequest,
+    from stmod.core.types import (BlendContext, EditSpec, ExtensionInput, LayoutMasks, LayoutReport, LayoutRequest,
                                   ModulationConfig, ModulationInput, Range, Region, TextConditioning, number)
     from stmod.plugins.manager import editor_from_plugins, load_job
 
@@ -51,9 +51,10 @@ _LAZY = {
     **dict.fromkeys(("StmodError", "UsageError", "ConfigError", "InputError", "LayoutError", "PromptError",
                      "CheckpointError", "OutputExistsError", "MissingDependencyError"), "stmod.core.errors"),
     **dict.fromkeys(("EditSpec", "Region", "ModulationConfig", "LayoutMasks", "LayoutRequest", "LayoutReport",
-                     "ModulationInput", "TextConditioning", "BlendContext", "Range", "number"), "stmod.core.types"),
-    **dict.fromkeys(("Backbone", "LayoutProvider", "Modulator", "Blender", "ControlAnnotator", "Phase", "Tokenizer",
-                     "LayoutReporting", "ConditionsText", "FeatureRecording", "RecordsAttention"),
+                     "ModulationInput", "ExtensionInput", "TextConditioning", "BlendContext", "Range", "number"),
+                    "stmod.core.types"),
+    **dict.fromkeys(("Backbone", "LayoutProvider", "Modulator", "Blender", "ControlAnnotator", "Extension", "Phase",
+                     "Tokenizer", "LayoutReporting", "ConditionsText", "FeatureRecording", "RecordsAttention"),
                     "stmod.core.protocols"),
     **dict.fromkeys(("FeatureRequest", "FeatureMaps", "InversionFeatures"), "stmod.core.features"),
     **dict.fromkeys(("EditResult", "LayoutResult"), "stmod.core.pipeline.editor"),

@@ -2,13 +2,14 @@
 
 Subcommands come from plugins (``stmod_register_commands``); the built-ins live in
 :mod:`stmod.plugins.commands`. Exit status: 0 success, 2 user error (one line on stderr, no traceback),
-1 internal error (a bug: the traceback is shown with ``-v``), 130 interrupted. An ``OSError`` the
+1 internal error (a bug: the traceback is shown with ``-v``), 130 interrupted, 141 output pipe closed (``| head``). An ``OSError`` the
 environment caused (full disk, file-size limit, read-only folder, name too long, ...) is a user error.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -26,7 +27,7 @@ from stmod.plugins.manager import StmodPluginManager, make_plugin_manager
 __all__ = ["main", "Session", "build_parser"]
 
 PROG = "stmod-run"
-EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,6 +158,14 @@ def _run_command(args: argparse.Namespace, session: Session) -> int:
                                   f"{type(exc).__name__}: {exc} (a bug in that plugin, not in stmod)") from exc
 
 
+def _silence_stdout() -> None:
+    """Point the process's stdout at /dev/null, so that the flush at exit does not fail again (the
+    recipe of Python's ``signal`` docs, "Note on SIGPIPE")."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
          env: Mapping[str, str] | None = None) -> int:
     """Run ``stmod-run`` with ``argv``; returns the exit status (the console script exits with it)."""
@@ -188,6 +197,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         if verbose > 1:
             traceback.print_exc(file=stderr)
         return EXIT_USER
+    except BrokenPipeError:  # the reader left (``stmod-run list ... | head``): stop quietly, as shell tools do
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=stderr)
         return EXIT_INTERRUPTED

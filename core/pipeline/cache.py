@@ -72,6 +72,22 @@ class InversionCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
+    def store(self, key: str, name: str) -> Path | None:
+        """A folder for extension ``name``'s files beside entry ``key`` (``<key>.d/<name>``), created and
+        marked as stmod's; ``None`` (warned) when the cache folder cannot be written."""
+        folder = self.root / f"{key}.d" / name
+        try:
+            self._prepare_root()
+            for part in (folder.parent, folder):
+                if not part.is_dir():
+                    part.mkdir()
+                    write_marker(part, "inversion cache store")
+        except OSError as exc:
+            log.warning("inversion cache: cannot create %s (%s); %s keeps its data in memory", folder,
+                        exc.strerror or exc, name)
+            return None
+        return folder
+
     def load(self, key: str) -> CachedInversion | None:
         """The entry stored under ``key`` (see :meth:`save`), or ``None`` (absent, unreadable or damaged)."""
         path = self.path(key)

@@ -22,13 +22,14 @@ from stmod.core.io.ownership import (clean_stale_temporaries, input_overlap, nam
 from stmod.core.pipeline.cache import cache_root
 from stmod.core.io.video import ClipPlan, plan_clip
 from stmod.core.pipeline.compose import split_regions
-from stmod.core.protocols import Backbone, Blender, ControlAnnotator, FeatureRecording, LayoutProvider, Modulator
+from stmod.core.protocols import (Backbone, Blender, ControlAnnotator, Extension, FeatureRecording, LayoutProvider,
+                                  Modulator)
 from stmod.core.registry import Registry
 from stmod.core.tokens import TokenSpan
 from stmod.core.types import ComponentRef, ControlSpec, EditSpec
 
 __all__ = ["LayoutAssignment", "Components", "assign_layout_regions", "build_components", "check_job",
-           "check_output_folder", "claim_output", "job_inputs"]
+           "check_output_folder", "claim_output", "component_refs", "job_inputs"]
 
 
 @attrs.frozen(kw_only=True)
@@ -81,6 +82,7 @@ class Components:
     blender: Blender
     layouts: list[tuple[LayoutProvider, LayoutAssignment]]
     annotators: list[tuple[ControlAnnotator, ControlSpec]]
+    extensions: list[tuple[Extension, ComponentRef]] = attrs.field(factory=list)
     spans: tuple[TokenSpan | None, ...] | None = None
     clip: ClipPlan | None = None
 
@@ -98,7 +100,17 @@ def build_components(spec: EditSpec, registry: Registry) -> Components:
         layouts=[(make("layout", a.ref, a.place), a) for a in assign_layout_regions(spec)],
         annotators=[(make("annotator", c.annotator, f"control[{i}] ({c.annotator.name})"), c)
                     for i, c in enumerate(spec.control)],
+        extensions=[(make("extension", ref, f"extensions[{i}] ({ref.name})"), ref)
+                    for i, ref in enumerate(spec.extensions)],
     )
+
+
+def component_refs(spec: EditSpec) -> list[tuple[str, ComponentRef]]:
+    """Every component the job names, with its place in the job (``layout[0]``, ``extensions[1]``, ...)."""
+    return [("backbone", spec.backbone), ("modulator", spec.modulator), ("blend", spec.blend),
+            *((f"layout[{i}]", ref) for i, ref in enumerate(spec.layout)),
+            *((f"control[{i}]", c.annotator) for i, c in enumerate(spec.control)),
+            *((f"extensions[{i}]", ref) for i, ref in enumerate(spec.extensions))]
 
 
 def _option_paths(value: object) -> list[str]:
@@ -118,10 +130,7 @@ def job_inputs(spec: EditSpec) -> list[tuple[str, Path, bool]]:
     component names (mask folders, model folders, ...), the cache, and the job's folder when it holds an
     input (an output may lie inside that one, as ``out/`` beside the job file does)."""
     found: list[tuple[str, Path, bool]] = [("video.path input", _resolved(spec, spec.video.path), False)]
-    refs = [("backbone", spec.backbone), ("modulator", spec.modulator), ("blend", spec.blend)]
-    refs += [(f"layout[{i}]", ref) for i, ref in enumerate(spec.layout)]
-    refs += [(f"control[{i}]", c.annotator) for i, c in enumerate(spec.control)]
-    options = [(place, ref.options) for place, ref in refs]
+    options = [(place, ref.options) for place, ref in component_refs(spec)]
     options += [(f"control[{i}].model", c.model) for i, c in enumerate(spec.control) if c.model]
     for place, value in options:
         for text in _option_paths(value):
@@ -180,9 +189,7 @@ def claim_output(spec: EditSpec) -> Iterator[None]:
 def _check_nul_bytes(spec: EditSpec) -> None:
     """A NUL byte cannot be part of a file name: name the path that has one before anything opens it."""
     named = [("video.path", spec.video.path), ("output", spec.output)]
-    for place, ref in [("backbone", spec.backbone), ("modulator", spec.modulator), ("blend", spec.blend),
-                       *((f"layout[{i}]", r) for i, r in enumerate(spec.layout)),
-                       *((f"control[{i}]", c.annotator) for i, c in enumerate(spec.control))]:
+    for place, ref in component_refs(spec):
         named += [(f"{place}.{key}", text) for key, value in ref.options.items() for text in _option_paths(value)]
     named += [(f"control[{i}].model", c.model) for i, c in enumerate(spec.control) if c.model]
     for place, value in named:
@@ -200,6 +207,8 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
     components.clip = clip
     for annotator, _ in components.annotators:
         annotator.check(spec)
+    for extension, _ in components.extensions:
+        extension.check(spec)
     for provider, assignment in components.layouts:
         provider.check(spec, assignment.regions, clip)
         if provider.feature_request is not None and not isinstance(components.modulator, FeatureRecording):

@@ -328,6 +328,7 @@ class Editor:
 
         def predict(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
             kwargs = modulator.call_kwargs(phase="denoise", step_index=i, timestep=t, branches=branches)
+            session.step(phase="denoise", step_index=i, timestep=t, branches=branches)
             eps = backbone.predict_noise(torch.cat([x] * len(branches)), t, unet_text,
                                          controls=session.controls(len(branches)), control_text=control_text,
                                          cross_attention_kwargs=kwargs)

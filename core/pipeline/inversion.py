@@ -22,7 +22,7 @@ from stmod.core.pipeline.records import PhaseTimer
 from stmod.core.pipeline.session import EditSession
 from stmod.core.protocols import FeatureRecording
 from stmod.core.sampling import NoiseSchedule, invert
-from stmod.core.types import ModulationInput
+from stmod.core.types import ExtensionInput, ModulationInput
 
 __all__ = ["Inversion", "cached_inversion"]
 
@@ -50,6 +50,9 @@ def _key(session: EditSession, timesteps: list[int], requests: tuple[FeatureRequ
     }
     if requests:
         settings["features"] = [r.as_list() for r in requests]
+    if session.components.extensions:  # absent without extensions: the keys of earlier entries stay valid
+        settings["extensions"] = [[ref.name, dict(extension.inversion_settings())]
+                                  for extension, ref in session.components.extensions]
     return InversionCache.key(frames_digest=InversionCache.digest(session.clip.frames), settings=settings)
 
 
@@ -71,6 +74,7 @@ def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timest
 
     def predict(x: torch.Tensor, t: int, k: int) -> torch.Tensor:
         kwargs = modulator.call_kwargs(phase="invert", step_index=k, timestep=t, branches=("cond",))
+        session.step(phase="invert", step_index=k, timestep=t, branches=("cond",))
         return backbone.predict_noise(x, t, text, controls=session.controls(1), cross_attention_kwargs=kwargs)
 
     recording = contextlib.nullcontext()
@@ -88,15 +92,31 @@ def _fits(trajectory: Mapping[int, torch.Tensor], x0: torch.Tensor, timesteps: l
             and all(tuple(z.shape) == tuple(x0.shape) and torch.isfinite(z).all() for z in trajectory.values()))
 
 
+def _prepare_extensions(session: EditSession, x0: torch.Tensor, cache: InversionCache | None, key: str) -> bool:
+    """``prepare`` every extension (each with its store beside the entry ``key``); whether one of them
+    needs the inversion to run even when its trajectory is cached."""
+    backbone = session.backbone
+    for extension, ref in session.components.extensions:
+        store = cache.store(key, ref.name) if cache is not None else None
+        extension.prepare(ExtensionInput(spec=session.spec, frames=session.clip.frames,
+                                         latent_size=tuple(x0.shape[-2:]), num_frames=len(x0), store=store,
+                                         device=backbone.device, dtype=backbone.dtype))
+    return any(extension.needs_inversion() for extension, _ in session.components.extensions)
+
+
 def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int], *,
                      cache: InversionCache | None, timer: PhaseTimer, requests: tuple[FeatureRequest, ...],
                      bar: Callable[[int, str], tqdm]) -> Inversion:
     """The trajectory (from ``cache`` when possible) and, for ``requests``, the attention features."""
     backbone = session.backbone
     key = _key(session, timesteps, requests)
+    rerun = _prepare_extensions(session, x0, cache, key)
     entry = cache.load(key) if cache is not None else None
     if entry is not None and not _fits(entry.trajectory, x0, timesteps):
         log.warning("inversion cache: entry %s does not fit this clip (timesteps or shapes differ); recomputing", key)
+        entry = None
+    if entry is not None and rerun:
+        log.info("inversion cache: entry %s lacks what an extension records; inverting again", key)
         entry = None
     if entry is not None and (not requests or entry.features is not None):
         log.info("inversion loaded from cache (%s)", key)

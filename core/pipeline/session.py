@@ -10,8 +10,8 @@ import torch
 
 from stmod.core.io.video import SourceClip
 from stmod.core.pipeline.components import Components
-from stmod.core.protocols import Backbone
-from stmod.core.types import Control, EditSpec
+from stmod.core.protocols import Backbone, Phase
+from stmod.core.types import Branch, Control, EditSpec
 
 __all__ = ["EditSession", "to_model_frames", "to_uint8"]
 
@@ -38,11 +38,24 @@ class EditSession:
         return self._tensors[repeat]
 
     def installed(self) -> contextlib.ExitStack:
-        """Install the modulator on every attention model of the backbone for a ``with`` block."""
+        """Install the modulator, then the extensions in job order, on every attention model of the
+        backbone for a ``with`` block (removed in reverse order on exit)."""
         stack = contextlib.ExitStack()
-        for role, model in self.backbone.attention_models().items():
-            stack.enter_context(self.components.modulator.install(model, role=role.split(".")[0]))
+        try:
+            for role, model in self.backbone.attention_models().items():
+                role = role.split(".")[0]
+                stack.enter_context(self.components.modulator.install(model, role=role))
+                for extension, _ in self.components.extensions:
+                    stack.enter_context(extension.install(model, role=role))
+        except BaseException:  # a failed install: undo the ones before it, the models stay as they were
+            stack.close()
+            raise
         return stack
+
+    def step(self, *, phase: Phase, step_index: int, timestep: int, branches: tuple[Branch, ...]) -> None:
+        """Tell every extension which model call comes next (before each UNet call of either loop)."""
+        for extension, _ in self.components.extensions:
+            extension.step(phase=phase, step_index=step_index, timestep=timestep, branches=branches)
 
 
 def to_model_frames(frames: np.ndarray) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,17 @@ def test_internal_error_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
     result = run_cli(["list", "blenders"], env=ENV)
     assert result.exit_code == 1 and "internal error: RuntimeError: kaboom (this is a bug" in result.stderr
     assert "Traceback" in run_cli(["-v", "list", "blenders"], env=ENV).stderr
+
+
+def test_a_closed_output_pipe_is_not_a_bug() -> None:
+    """``stmod-run list layouts | head -1``: the reader leaves early; stmod stops quietly with 141 (as
+    shell tools do), not with an "internal error" on the terminal."""
+    exe = Path(sys.executable).with_name("stmod-run")
+    proc = subprocess.Popen([str(exe), "list", "layouts"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **ENV}, bufsize=0)
+    proc.stdout.close()  # nobody reads: the first write fails with EPIPE
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and stderr == ""
 
 
 def test_console_script_runs() -> None:

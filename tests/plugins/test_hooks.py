@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 
@@ -29,6 +30,28 @@ class Opts:
     size: int = attrs.field(default=1, validator=attrs.validators.ge(0))
 
 
+class NullExtension:
+    """An extension that changes nothing."""
+
+    def check(self, spec):
+        pass
+
+    def inversion_settings(self):
+        return {}
+
+    def prepare(self, request):
+        pass
+
+    def needs_inversion(self):
+        return False
+
+    def install(self, model, *, role):
+        return contextlib.nullcontext()
+
+    def step(self, *, phase, step_index, timestep, branches):
+        pass
+
+
 class Registers:
     """A throwaway plugin registering one component of every kind."""
 
@@ -51,6 +74,10 @@ class Registers:
     @hookimpl
     def stmod_register_annotators(self, register):
         register.add("ann", PassThroughAnnotator, summary="an annotator")
+
+    @hookimpl
+    def stmod_register_extensions(self, register):
+        register.add("ext", lambda opts: NullExtension(), options=Opts, summary="an extension")
 
     @hookimpl
     def stmod_register_commands(self, register):
@@ -101,6 +128,24 @@ def test_hook_stmod_register_annotators(pm) -> None:
     assert isinstance(pm.registry.create("annotator", "ann"), PassThroughAnnotator)
     with pytest.raises(ConfigError, match="unknown key 'x'"):
         pm.registry.create("annotator", "ann", {"x": 1})
+
+
+def test_hook_stmod_register_extensions(pm) -> None:
+    """Extensions are built with validated options and satisfy the protocol; a half one is named."""
+    assert isinstance(pm.registry.create("extension", "ext", {"size": 2}), NullExtension)
+    with pytest.raises(ConfigError, match="unknown key 'sise' in extension 'ext' options"):
+        pm.registry.create("extension", "ext", {"sise": 2})
+
+    class Half:
+        def install(self, model, *, role):
+            return contextlib.nullcontext()
+
+    broken = fresh_plugin_manager(type("P", (), {"stmod_register_extensions": hookimpl(
+        lambda self, register: register.add("half", Half, summary="no step"))})())
+    with pytest.raises(ComponentContractError, match="not an Extension .missing: check, inversion_settings, "
+                                                     "needs_inversion, prepare, step"):
+        broken.registry.create("extension", "half")
+    # the end-to-end contract (order of calls, cache key, store, removal): tests/edit/test_extensions.py
 
 
 def test_hook_stmod_register_commands() -> None:
