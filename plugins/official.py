@@ -157,7 +157,8 @@ def _flatten_levels(factors: Any, where: str) -> list[int]:
 def _extensions(editing: Mapping[str, Any], where: str) -> list[Any]:
     """The official pipeline's other parts as stmod extensions, PnP before FLATTEN (FLATTEN attends with
     the PnP-injected queries and keys)."""
-    extensions: list[Any] = []
+    # FreeU only sets factors on the up blocks: its place in the list does not matter
+    extensions: list[Any] = ["freeu"] if editing.get("use_freeu") else []  # defaults: the official values
     inject = editing.get("inject_step", 0)
     if isinstance(inject, bool) or not isinstance(inject, int) or inject < 0:
         raise ConfigError(f"editing_config.inject_step must be a whole number of steps, at least 0, got {inject!r}",
@@ -168,8 +169,6 @@ def _extensions(editing: Mapping[str, Any], where: str) -> list[Any]:
         log.info("official config: use_pnp with inject_step 0 injects nothing; PnP left out")
     if editing.get("flatten_res"):
         extensions.append({"name": "flatten", "levels": _flatten_levels(editing["flatten_res"], where)})
-    if editing.get("use_freeu"):
-        extensions.append("freeu")  # its defaults are the official values (b1 1.2, b2 1.5, s1 = s2 = 1)
     return extensions
 
 

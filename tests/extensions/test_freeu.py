@@ -67,3 +67,28 @@ def test_keeps_a_freeu_the_unet_had_and_leaves_the_controlnet_alone() -> None:
     with pytest.raises(TypeError, match="FreeU needs a diffusers UNet"):
         with FreeUExtension().install(torch.nn.Linear(2, 2), role="unet"):
             pass
+
+
+def test_freeu_acts_on_the_inversion_and_the_denoising(demo_job, tmp_path, monkeypatch) -> None:
+    """Through the editor, FreeU is on for both loops (enable_freeu twice), keys the inversion cache, and
+    changes the edit; off again after it."""
+    import numpy as np
+
+    from stmod.core.config import load_job
+    from stmod.core.pipeline.cache import InversionCache
+    from stmod.core.pipeline.editor import Editor
+    from stmod.testing import fresh_plugin_manager
+
+    editor = Editor(fresh_plugin_manager().registry, progress=False, cache=InversionCache(tmp_path / "cache"))
+    plain = editor.run(load_job(demo_job()))
+    enabled = []
+    real = UNet2DConditionModel.enable_freeu
+    monkeypatch.setattr(UNet2DConditionModel, "enable_freeu",
+                        lambda self, **kw: (enabled.append(kw), real(self, **kw))[1])
+    spec = load_job(demo_job(extensions=["freeu"], overwrite=True))
+    with_freeu = editor.run(spec)
+    assert enabled == [{"b1": 1.2, "b2": 1.5, "s1": 1.0, "s2": 1.0}] * 2  # inversion, then denoising
+    assert with_freeu.run["inversion"]["cached"] is False  # FreeU changes the inversion: another cache entry
+    assert not np.array_equal(with_freeu.frames, plain.frames)
+    unet = editor._backbones[next(iter(editor._backbones))].unet
+    assert _freeu_state(unet) == [(None,) * 4] * len(unet.up_blocks)

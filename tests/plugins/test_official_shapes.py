@@ -111,10 +111,11 @@ def official_config(name: str, shape: Shape, *, size: int = 512, steps: int = 50
 
 
 def expected_extensions(shape: Shape) -> list[Any]:
-    """PnP (only when it injects), then FLATTEN at levels log2(factor), then FreeU at its official defaults."""
-    out: list[Any] = [{"name": "pnp", "inject_step": shape.inject}] if shape.pnp and shape.inject else []
-    out += [{"name": "flatten", "levels": sorted({f.bit_length() - 1 for f in shape.flatten})}] if shape.flatten else []
-    return out + (["freeu"] if shape.freeu else [])
+    """FreeU at its official defaults, PnP (only when it injects), then FLATTEN at levels log2(factor)."""
+    out: list[Any] = ["freeu"] if shape.freeu else []
+    out += [{"name": "pnp", "inject_step": shape.inject}] if shape.pnp and shape.inject else []
+    return out + ([{"name": "flatten", "levels": sorted({f.bit_length() - 1 for f in shape.flatten})}]
+                  if shape.flatten else [])
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
@@ -160,8 +161,9 @@ def _write_data(root: Path, name: str, shape: Shape, size: int) -> None:
 
 
 #: One shape per combination the runs can tell apart (control type, 1 mask without a local prompt and
-#: ``blending_percentage``, several prompts, 5 masks, masks without prompts, 8 and 24 frames, rate 1 and 2).
+#: ``blending_percentage``, several prompts, 5 masks, masks without prompts, FreeU, 8–24 frames, rate 1 and 2).
 RUNNABLE = ["class_level/tennis/1cls_man2iron_man", "class_level/wolf/wolf", "instance_level/soap-box/soap-box",
+            "instance_level/2_cars/left_firetruck_right_bus",
             "instance_level/soely_edit/joint_edit", "instance_level/2_cats/3cls_samoyed_vs_tiger_sunrise",
             "part_level/modification/cat_flower/ginger_head"]
 
@@ -178,7 +180,8 @@ def test_shapes_run_end_to_end_without_flatten_and_pnp(name: str, tmp_path: Path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(official_config(name, shape, size=size, steps=2)))
     converted = load_job(path)
-    assert converted.control[0].scale == shape.scale and not expected_extensions(shape)
+    assert converted.control[0].scale == shape.scale
+    assert [e.name for e in converted.extensions] == (["freeu"] if shape.freeu else [])
     spec = load_job(path, {"backbone": {"name": "tiny", "folder": str(tiny_folder)},
                            "control": [{"annotator": "passthrough", "scale": shape.scale}]})
     result = Editor(fresh_plugin_manager(stmod.testing).registry, progress=False, cache=False).run(spec)
