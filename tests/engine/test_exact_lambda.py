@@ -110,3 +110,51 @@ def test_exact_lambda_job_key(tmp_path) -> None:
     assert job_from_mapping(job, base_dir=tmp_path).modulation.exact_lambda is False
     with pytest.raises(ConfigError, match="exact_lambda"):
         job_from_mapping({**job, "modulation": {"exact_lambda": "often"}}, base_dir=tmp_path)
+
+
+def _official_self_attention(attn, hidden: torch.Tensor, layouts: torch.Tensor, grid: tuple[int, int],
+                             timestep: int) -> torch.Tensor:
+    """The official sliced self-attention of the unconditional half, transcribed op for op in float32.
+
+    ``_prepare_attention_layout`` builds the float16 maps; ``ST_Layout_Attn_ControlEdit.forward`` modulates
+    each head's ``(f·N)²`` scores. ``treg`` is a float32 CUDA tensor that the CUDA kernel reads as float16;
+    on the CPU that cast is written out.
+    """
+    import math
+
+    import torch.nn.functional as F
+
+    frames, (h, w) = layouts.shape[0], grid
+    layouts = F.interpolate(layouts.to(torch.float16), (h, w), mode="nearest")
+    layouts_s = layouts.reshape(frames, -1, 1, h * w).permute(1, 2, 0, 3).reshape(-1, 1, frames * h * w)
+    sreg = (layouts_s * layouts_s.view(layouts_s.size(0), -1, 1)).sum(0).unsqueeze(0).to(torch.float16)
+    reg_sizes = 1 - 1. * sreg.sum(-1, keepdim=True) / ((h * frames) * (w * frames))
+    treg = torch.pow((torch.tensor(timestep) - 1) / 1000, 5).to(torch.float16)
+    x = hidden[:frames]  # the unconditional branch
+    q, k, v = (proj(x) for proj in (attn.to_q, attn.to_k, attn.to_v))
+    d = q.shape[-1] // attn.heads
+    out = []
+    for head in range(attn.heads):
+        qh, kh, vh = (t[..., head * d:(head + 1) * d].reshape(frames * h * w, d) for t in (q, k, v))
+        sim = (qh @ kh.T * (1 / math.sqrt(d))).unsqueeze(0).unsqueeze(1)
+        min_value, max_value = sim.min(-1)[0].unsqueeze(-1), sim.max(-1)[0].unsqueeze(-1)
+        sim = sim + (sreg > 0) * reg_sizes * 0.3 * treg * (max_value - sim)
+        sim = sim - ~(sreg > 0) * reg_sizes * 0.3 * treg * (sim - min_value)
+        out.append((sim.softmax(-1) @ vh)[0, 0].reshape(frames, h * w, d))
+    return attn.to_out[0](torch.cat(out, -1))
+
+
+@pytest.mark.parametrize("timestep", [981, 841])
+def test_matches_a_literal_transcription_of_the_official_code(make_masks, timestep: int) -> None:
+    """The ``videograin`` self-attention equals the official code's own expressions in float32 (≤ 1e-6)."""
+    frames, latent, grid = 2, (16, 16), (8, 8)  # f²·N a power of two: CPU division = CUDA's reciprocal
+    layouts = make_masks(frames, latent, seed=5)  # masks at latent size, as the official layouts are
+    attn = layer(False)
+    hidden, _ = inputs(2 * frames, grid[0] * grid[1], False, seed=3)
+    step = dict(phase="denoise", step_index=0, timestep=timestep, branches=("uncond", "cond"))
+    out, _ = run_engine(attn, hidden, None, plan_for(layouts, latent, ModulationConfig()), **step)
+    with torch.no_grad():
+        official = _official_self_attention(attn, hidden, layouts, grid, timestep)
+    assert (out[:frames] - official).abs().max().item() <= 1e-6 * official.abs().max().item()
+    off, _ = run_engine(attn, hidden, None, plan_for(layouts, latent, ModulationConfig(exact_lambda=False)), **step)
+    assert (off[:frames] - official).abs().max().item() > 1e-6 * official.abs().max().item()
