@@ -4,7 +4,9 @@ Cross-attention modulation ties region ``k`` to the text tokens of its local pro
 prompt*. As in the official code, a local prompt is located by its exact BPE token sequence (first
 occurrence), so ``'man'`` is not found in ``'Spiderman …'`` (one token ``spiderman``). Unlike the
 official code, which drops such a prompt silently, :func:`find_token_spans` raises a
-:class:`~stmod.core.errors.PromptError` that names it and says why.
+:class:`~stmod.core.errors.PromptError` that names it and says why — unless asked to drop it
+(``missing="drop"``, the official behaviour; ``modulation.missing_local_prompt``), which it then says
+in one line.
 
 Token positions count the start token: position 0 is ``<|startoftext|>``, the first word is 1, and a
 CLIP text encoder sees at most 77 positions.
@@ -12,6 +14,7 @@ CLIP text encoder sees at most 77 positions.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +25,8 @@ from attrs import field, frozen, validators
 from stmod.core.errors import PromptError
 
 __all__ = ["MAX_TOKENS", "TokenSpan", "prompt_token_ids", "find_token_spans", "composite_text_embedding"]
+
+log = logging.getLogger(__name__)
 
 #: Positions a CLIP text encoder sees (75 word tokens plus start and end tokens).
 MAX_TOKENS = 77
@@ -91,7 +96,7 @@ def _why_missing(local: str, global_prompt: str) -> str:
 
 
 def find_token_spans(
-    tokenizer: Any, global_prompt: str, local_prompts: Sequence[str]
+    tokenizer: Any, global_prompt: str, local_prompts: Sequence[str], *, missing: str = "error"
 ) -> tuple[TokenSpan | None, ...]:
     """The span of each local prompt inside the global prompt's tokens (first exact occurrence).
 
@@ -99,9 +104,12 @@ def find_token_spans(
     :param global_prompt: the global target prompt.
     :param local_prompts: one per region, in region order; ``""`` means the region has no text tokens
         (it still takes part in self-attention modulation) and gets ``None``.
+    :param missing: ``"error"`` raises for a local prompt not found; ``"drop"`` gives it ``None`` (its
+        region gets no text tokens, as the official code does) and logs one warning naming it.
     :returns: one :class:`TokenSpan` or ``None`` per local prompt.
-    :raises PromptError: for a prompt over 77 tokens, or a local prompt whose tokens do not occur in
-        the global prompt (the message names it and says why, e.g. that it is part of a longer word).
+    :raises PromptError: for a prompt over 77 tokens, or (``missing="error"``) a local prompt whose
+        tokens do not occur in the global prompt (the message names it and says why, e.g. that it is
+        part of a longer word).
     """
     global_ids = prompt_token_ids(tokenizer, global_prompt)
     spans: list[TokenSpan | None] = []
@@ -113,13 +121,11 @@ def find_token_spans(
         n = len(words)
         start = next((j for j in range(1, len(global_ids) - n + 1) if global_ids[j : j + n] == words), None)
         if start is None:
-            raise PromptError(
-                f"local prompt {local!r} is not a token of {_short(global_prompt)!r}: "
-                f"{_why_missing(local, global_prompt)}; a local prompt must repeat whole words of the "
-                "global prompt",
-                prompt=local,
-            )
-        spans.append(TokenSpan(start, start + n))
+            why = f"local prompt {local!r} is not a token of {_short(global_prompt)!r}: {_why_missing(local, global_prompt)}"
+            if missing != "drop":
+                raise PromptError(f"{why}; a local prompt must repeat whole words of the global prompt", prompt=local)
+            log.warning("%s; its region gets no text tokens (missing_local_prompt: drop, as the official code)", why)
+        spans.append(None if start is None else TokenSpan(start, start + n))
     return tuple(spans)
 
 

@@ -213,6 +213,9 @@ class ModulationConfig:
     #: the ``videograin`` preset matches the official attention to float32 precision. ``None``: the
     #: preset decides (on for ``videograin``, off for ``paper``, whose size terms are not the official ones).
     exact_lambda: bool | None = field(default=None, validator=validators.optional(validators.instance_of(bool)))
+    #: A local prompt whose tokens are not in the global prompt: ``error`` (say so and stop) or ``drop``
+    #: (its region gets no text tokens, said in one line: what the official code does, silently).
+    missing_local_prompt: Literal["error", "drop"] = field(default="error", validator=validators.in_(("error", "drop")))
 
     @exact_lambda.validator
     def _check_exact(self, attribute: attrs.Attribute, value: bool | None) -> None:

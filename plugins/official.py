@@ -218,7 +218,7 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
         "regions": {name: (local_prompts[i] if i < len(local_prompts) else "") for i, name in enumerate(order)},
         "backbone": {"name": "sd15", "model": str(data.get("pretrained_model_path"))},
         "blend": "videograin",
-        "modulation": {"preset": "videograin", "exact_lambda": True},
+        "modulation": {"preset": "videograin", "exact_lambda": True, "missing_local_prompt": "drop"},
         "steps": int(editing.get("num_inference_steps", 50)),
         "skip_fraction": _skip_fraction(editing, where),
         "guidance": float(editing.get("guidance_scale", 7.5)),

@@ -182,7 +182,8 @@ class Editor:
         components.backbone = self._backbones.setdefault(key, components.backbone)
         tokenizer = components.backbone.load_tokenizer(spec.base_dir)
         if tokenizer is not None:  # prompt problems are user errors: report them before any weights load
-            components.spans = tuple(find_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions]))
+            components.spans = tuple(find_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions],
+                                                      missing=spec.modulation.missing_local_prompt))
             find_token_spans(tokenizer, spec.source_prompt, [])
             find_token_spans(tokenizer, spec.negative_prompt, [])
         return components
@@ -358,7 +359,8 @@ def _modulation_input(session: EditSession, layout: LayoutMasks, frames: int,
     spec, backbone, spans = session.spec, session.backbone, session.components.spans
     if spans is None:
         spans = ((None,) * len(spec.regions) if backbone.tokenizer is None else
-                 tuple(find_token_spans(backbone.tokenizer, spec.prompt, [r.prompt for r in spec.regions])))
+                 tuple(find_token_spans(backbone.tokenizer, spec.prompt, [r.prompt for r in spec.regions],
+                                        missing=spec.modulation.missing_local_prompt)))
     return ModulationInput(masks=layout, num_frames=frames, latent_size=latent_size, regions=spec.regions,
                            spans=spans, config=spec.modulation, prompt=spec.prompt,
                            negative_prompt=spec.negative_prompt)

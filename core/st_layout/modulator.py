@@ -109,9 +109,10 @@ class ModulationPlan(ModulationInput):
 
         :raises PromptError: for a prompt over 77 tokens or a local prompt not found (named).
         """
-        spans = find_token_spans(tokenizer, prompt, [r.prompt for r in regions])
+        config = config or ModulationConfig()
+        spans = find_token_spans(tokenizer, prompt, [r.prompt for r in regions], missing=config.missing_local_prompt)
         return cls(masks=masks, num_frames=masks.num_frames, latent_size=latent_size, regions=regions,
-                   spans=spans, config=config or ModulationConfig(), prompt=prompt)
+                   spans=spans, config=config, prompt=prompt)
 
     @property
     def rules(self) -> PresetRules:

@@ -30,6 +30,15 @@ def test_part_of_a_word_is_an_error_naming_it(tokenizer) -> None:
     assert info.value.prompt == "man"
 
 
+def test_drop_gives_a_missing_prompt_no_span_and_says_so(tokenizer, caplog: pytest.LogCaptureFixture) -> None:
+    """``missing="drop"`` (the official behaviour): no span for 'man', one warning naming it, others found."""
+    spans = find_token_spans(tokenizer, GLOBAL, ["spiderman", "man"], missing="drop")
+    assert spans[0] is not None and spans[1] is None
+    [record] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "'man' is not a token of 'Spiderman and Polar Bear" in record.getMessage()
+    assert "its region gets no text tokens" in record.getMessage()
+
+
 @pytest.mark.parametrize(
     ("local", "reason"),
     [("dog", "the word 'dog' does not occur"), ("bear polar", "do not occur there together")],

@@ -125,7 +125,8 @@ def test_every_shipped_shape_converts(name: str, tmp_path: Path, caplog: pytest.
     caplog.set_level(logging.INFO, logger="stmod.plugins.official")
     job = convert_official_config(official_config(name, shape), source=tmp_path / "config" / f"{name}.yaml")
     assert job.get("extensions", []) == expected_extensions(shape)
-    assert job["modulation"] == {"preset": "videograin", "exact_lambda": True} and job["blend"] == "videograin"
+    assert job["modulation"] == {"preset": "videograin", "exact_lambda": True, "missing_local_prompt": "drop"}
+    assert job["blend"] == "videograin"
     assert job["skip_fraction"] == shape.blending
     assert (job["video"]["frames"], job["video"]["every"]) == (shape.frames, shape.rate)
     assert list(job["regions"]) == [f"part{k}" for k in range(shape.masks)]
@@ -250,3 +251,26 @@ def test_old_qk_does_not_matter_without_flatten(tmp_path: Path) -> None:
     config = official_config("demo_config", attrs.evolve(SHAPES["demo_config"], flatten=()))
     config["editing_config"]["old_qk"] = 0
     assert "extensions" not in convert_official_config(config, source=tmp_path / "x.yaml")
+
+
+def test_a_local_prompt_inside_a_word_is_dropped_as_the_official_code_does(tmp_path: Path, monkeypatch, tiny_folder,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """``demo_config.yaml``'s 'man' in "Spiderman and Polar Bear …": the official code gives that region no
+    text; so does the converted job (saying so), instead of stopping as an stmod job does."""
+    name = "demo_config"
+    shape = attrs.evolve(SHAPES[name], flatten=())
+    monkeypatch.chdir(tmp_path)
+    _write_data(tmp_path, name, shape, 64)
+    config = official_config(name, shape, size=64, steps=2)
+    config["editing_config"]["editing_prompts"] = [["Spiderman and Polar Bear on the snow with cherry trees", "man",
+                                                    "Polar Bear", "cherry trees", ""]]
+    path = tmp_path / "config" / "demo.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(config))
+    spec = load_job(path, {"backbone": {"name": "tiny", "folder": str(tiny_folder)}, "control": []})
+    components = Editor(fresh_plugin_manager().registry, progress=False, cache=False).check(spec)
+    assert [s is None for s in components.spans] == [True, False, False, True]
+    assert any("'man' is not a token" in r.getMessage() for r in caplog.records)
+    strict = attrs.evolve(spec, modulation=attrs.evolve(spec.modulation, missing_local_prompt="error"))
+    with pytest.raises(Exception, match="'man' is not a token"):
+        Editor(fresh_plugin_manager().registry, progress=False, cache=False).check(strict)
