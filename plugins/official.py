@@ -207,6 +207,9 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
                           + ". Rerun with --allow-unsupported to edit without them", source=where)
     for what in dropped:
         log.warning("official config: ignoring %s", what)
+    if editing.get("cluster_inversion_feature"):  # analysis output only: the edit is the same without it
+        log.info("official config: cluster_inversion_feature is not written (stmod's kmeans layout clusters "
+                 "inversion features: docs/guide.md §3)")
     size = int(dataset.get("image_size", 512))
     job: dict[str, Any] = {
         "video": {"path": dataset.get("path"), "start": int(dataset.get("start_sample_frame", 0)),
