@@ -62,3 +62,56 @@ def test_from_pipe_uses_a_loaded_pipeline(demo_job, tiny_folder: Path) -> None:
 def test_from_pretrained_refuses_bad_options_at_once() -> None:
     with pytest.raises(stmod.ConfigError, match="vae_tilling"):
         Editor.from_pretrained("some/model", vae_tilling=True)
+
+
+def _controlnet_pipe(tiny_folder: Path, names: tuple[str | None, ...] = (None,)):
+    """A tiny StableDiffusionControlNetPipeline (one ControlNet per name; a name is its ``_name_or_path``)."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+
+    base = StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None, requires_safety_checker=False)
+    nets = []
+    for name in names:
+        net = ControlNetModel.from_pretrained(tiny_folder / "controlnet")
+        if name is not None:
+            net.register_to_config(_name_or_path=name)
+        nets.append(net)
+    return StableDiffusionControlNetPipeline(**{k: v for k, v in base.components.items()},
+                                             controlnet=nets[0] if len(nets) == 1 else nets)
+
+
+def test_from_pipe_reuses_a_controlnet_pipelines_controlnet(demo_job, tiny_folder: Path) -> None:
+    """A control entry without model takes the pipeline's ControlNet (read from its name); nothing is loaded."""
+    pipe = _controlnet_pipe(tiny_folder, ("lllyasviel/control_v11p_sd15_canny",))
+    editor = Editor.from_pipe(pipe, device="cpu", progress=False, cache=False)
+    backbone = editor._pipeline_backbone
+    job = _job(demo_job)
+    job["control"] = [{"annotator": "canny", "scale": 1.0}]
+    result = editor.run(job)
+    assert list(backbone.controlnets) == [backbone.pipeline_controlnets["canny"]]
+    assert backbone.controlnets[backbone.pipeline_controlnets["canny"]] is pipe.controlnet
+    assert result.run["frames"] == len(result.frames)
+
+
+def test_from_pipe_with_several_controlnets_and_changed_weights(demo_job, tiny_folder: Path) -> None:
+    """A MultiControlNetModel's nets serve the given annotators; an entry with model loads that one; a
+    fine-tuned ControlNet (changed weights) gets another location, so the inversion cache tells them apart."""
+    pipe = _controlnet_pipe(tiny_folder, (None, None))
+    editor = Editor.from_pipe(pipe, device="cpu", annotators=("canny", "depth"), progress=False, cache=False)
+    backbone = editor._pipeline_backbone
+    assert [backbone.controlnets[backbone.pipeline_controlnets[a]] for a in ("canny", "depth")] == list(pipe.controlnet.nets)
+    assert backbone.controlnet_location("canny", str(tiny_folder / "controlnet")) == str(tiny_folder / "controlnet")
+    before = backbone.pipeline_controlnets["canny"]
+    with torch.no_grad():
+        next(pipe.controlnet.nets[0].parameters()).add_(1.0)
+    again = Editor.from_pipe(pipe, device="cpu", annotators=("canny", "depth"))._pipeline_backbone
+    assert again.pipeline_controlnets["canny"] != before
+
+
+@pytest.mark.parametrize("names, annotators, message", [
+    ((None,), None, r"cannot tell which annotator the pipeline's ControlNet 0 .*pass annotators=\[\.\.\.\]"),
+    ((None, None), ("canny",), "annotators lists 1 names for the pipeline's 2 ControlNet"),
+    (("x/control_canny", "y/canny-v2"), None, "two of the pipeline's ControlNets serve 'canny'"),
+])
+def test_from_pipe_controlnet_annotators_are_clear_errors(tiny_folder: Path, names, annotators, message) -> None:
+    with pytest.raises(stmod.ConfigError, match=message):
+        Editor.from_pipe(_controlnet_pipe(tiny_folder, names), device="cpu", annotators=annotators)
