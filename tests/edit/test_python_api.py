@@ -115,3 +115,29 @@ def test_from_pipe_with_several_controlnets_and_changed_weights(demo_job, tiny_f
 def test_from_pipe_controlnet_annotators_are_clear_errors(tiny_folder: Path, names, annotators, message) -> None:
     with pytest.raises(stmod.ConfigError, match=message):
         Editor.from_pipe(_controlnet_pipe(tiny_folder, names), device="cpu", annotators=annotators)
+
+
+def test_from_pipe_with_a_lora_loaded_pipeline(demo_job, tiny_folder: Path, tmp_path: Path) -> None:
+    """pipe.load_lora_weights(...) (peft): the edit runs through the LoRA layers — other frames than the plain
+    pipeline's, another cache identity."""
+    pytest.importorskip("peft")
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    def pipe():
+        return StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None, requires_safety_checker=False)
+
+    trained = pipe()  # a LoRA as a fine-tune would leave it: non-zero B matrices, saved in diffusers' format
+    trained.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                        target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(trained.unet))
+    plain, lora = pipe(), pipe()
+    lora.load_lora_weights(tmp_path / "lora")
+    job = _job(demo_job)
+    results = {}
+    for name, p in (("plain", plain), ("lora", lora)):
+        editor = Editor.from_pipe(p, device="cpu", progress=False, cache=False)
+        results[name] = (editor.run({**job, "output": str(tmp_path / f"out-{name}")}), editor._pipeline_backbone.model_id)
+    assert results["plain"][1] != results["lora"][1]
+    assert (results["plain"][0].frames != results["lora"][0].frames).any()
