@@ -24,6 +24,7 @@ from typing import Any
 
 from stmod import hookimpl
 from stmod.core.errors import ConfigError
+from stmod.core.types import OFFICIAL_END_STEP
 
 __all__ = ["is_official_config", "convert_official_config", "stmod_register_job_formats"]
 
@@ -143,7 +144,8 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
         "regions": regions,
         "backbone": {"name": "sd15", "model": str(data.get("pretrained_model_path"))},
         "blend": "videograin",
-        "modulation": {"preset": "videograin"},
+        # the official code modulates its first 15 denoising steps whatever num_inference_steps says
+        "modulation": {"preset": "videograin", "end_step": OFFICIAL_END_STEP},
         "steps": int(editing.get("num_inference_steps", 50)),
         "guidance": float(editing.get("guidance_scale", 7.5)),
         "seed": int(data.get("seed", 42)),

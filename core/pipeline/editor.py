@@ -251,6 +251,7 @@ class Editor:
             "source_frames": list(clip.indices),
             "size": [int(clip.frames.shape[2]), int(clip.frames.shape[1])],
             "steps": spec.steps,
+            "modulated_steps": list(range(*spec.modulation_window)),  # denoising step indices
             "inversion": inverted.inversion.cache_info,
             "attention": recorder.summary() if recorder is not None and recorder.grids else None,
         }
@@ -356,7 +357,7 @@ def _modulation_input(session: EditSession, layout: LayoutMasks, frames: int,
         spans = ((None,) * len(spec.regions) if backbone.tokenizer is None else
                  tuple(find_token_spans(backbone.tokenizer, spec.prompt, [r.prompt for r in spec.regions])))
     return ModulationInput(masks=layout, num_frames=frames, latent_size=latent_size, regions=spec.regions,
-                           spans=spans, config=spec.modulation, prompt=spec.prompt,
+                           spans=spans, config=spec.modulation.resolved(spec.steps), prompt=spec.prompt,
                            negative_prompt=spec.negative_prompt)
 
 
