@@ -8,15 +8,15 @@ loading weights and says exactly what is missing and how to provide it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import json
 import os
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import attrs
 import numpy as np
 import torch
 from attrs import field, frozen, validators
@@ -27,7 +27,7 @@ from stmod.core.hub import hub_unreachable, in_hf_cache
 from stmod.core.sampling import NoiseSchedule
 from stmod.core.types import Control, EditSpec, number
 
-__all__ = ["SD15Options", "StableDiffusionBackbone", "PipelineBackbone", "DEFAULT_MODEL", "DEFAULT_CONTROLNETS"]
+__all__ = ["SD15Options", "StableDiffusionBackbone", "DEFAULT_MODEL", "DEFAULT_CONTROLNETS", "embed_condition_once"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class SD15Options:
     vae_batch: int = number(8, low=1, high=1024)
     #: Tiled VAE encode/decode for large frames.
     vae_tiling: bool = False
-    #: Keep models on the CPU and move each to the device only while it runs.
+    #: Keep the models on the CPU; each moves to the device when it runs (accelerate's hooks, as diffusers'
+    #: ``enable_model_cpu_offload``); ignored, with a warning, when the device is the CPU.
     cpu_offload: bool = False
 
 
@@ -127,6 +128,8 @@ class StableDiffusionBackbone:
         self.dtype = resolve_dtype(options.dtype, self.device)
         self.vae = self.unet = self.text_encoder = self.tokenizer = self.scheduler_config = None
         self.controlnets: dict[str, Any] = {}
+        self.offload: Any = None  # a ModelOffload while cpu_offload is on (and there is a device to offload to)
+        self._offload_warned = False
 
     # -- validation (no weights) ------------------------------------------------------------------
 
@@ -200,7 +203,8 @@ class StableDiffusionBackbone:
                     net = ControlNetModel.from_pretrained(resolved, torch_dtype=self.dtype)
                 except OSError as exc:
                     raise CheckpointError(location, f"cannot load the ControlNet: {_first_line(exc)}") from exc
-                self.controlnets[location] = self._place(embed_condition_once(net.eval().requires_grad_(False)))
+                self.controlnets[location] = self._place(embed_condition_once(net.eval().requires_grad_(False)),
+                                                         "denoiser")
 
     def _load_model(self, base_dir: Path | None) -> None:
         from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -226,28 +230,64 @@ class StableDiffusionBackbone:
         if self.options.vae_tiling:
             vae.enable_tiling()
         self.vae, self.unet, self.text_encoder = (
-            self._place(m.eval().requires_grad_(False)) for m in (vae, unet, text_encoder))
+            self._place(m.eval().requires_grad_(False), group)
+            for m, group in ((vae, "vae"), (unet, "denoiser"), (text_encoder, "text")))
         self.scheduler_config = scheduler_config
         log.info("loaded %s on %s (%s)", self.options.model, self.device, self.dtype)
 
-    def _place(self, module: torch.nn.Module) -> torch.nn.Module:
-        return module.to("cpu" if self.options.cpu_offload else self.device)
+    def _place(self, module: torch.nn.Module, group: str) -> torch.nn.Module:
+        """``module`` on the device, or, with ``cpu_offload``, on the CPU under an accelerate offload hook."""
+        if self.offload is None and self.options.cpu_offload and self._can_offload():
+            from stmod.backbones.offload import ModelOffload
 
-    @contextlib.contextmanager
-    def _on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
-        """With cpu_offload, move ``modules`` to the device for the duration of the block."""
-        if not self.options.cpu_offload:
-            yield
+            self.offload = ModelOffload(self.device)
+        if self.offload is None:
+            return module.to(self.device)
+        self.offload.add(module, group)
+        return module
+
+    def _can_offload(self) -> bool:
+        if self.device.type != "cpu":
+            return True
+        if not self._offload_warned:
+            log.warning("cpu_offload: the models run on the CPU, so there is nothing to offload; ignored")
+            self._offload_warned = True
+        return False
+
+    def enable_model_cpu_offload(self, device: str | torch.device | None = None) -> None:
+        """Keep the models on the CPU; each moves to ``device`` (default: this backbone's) when it runs, through
+        accelerate's hooks (:mod:`stmod.backbones.offload`). On the CPU there is nothing to offload: a warning."""
+        if device is not None:
+            self.device = torch.device(device)
+        self.options = attrs.evolve(self.options, cpu_offload=True)
+        if self._can_offload():
+            from stmod.backbones.offload import ModelOffload
+
+            self._attach_offload(ModelOffload(self.device))
+
+    def _attach_offload(self, offload: Any) -> None:
+        """Put the loaded models under ``offload`` (a :class:`~stmod.backbones.offload.ModelOffload`; tests
+        pass one whose device is the CPU, to run the hooks where there is no GPU)."""
+        if self.offload is not None:
+            self.offload.remove()
+        self.offload = offload
+        for module, group in self._models_by_group():
+            offload.add(module, group)
+
+    def _models_by_group(self) -> list[tuple[torch.nn.Module, str]]:
+        models = [(self.text_encoder, "text"), (self.vae, "vae"), (self.unet, "denoiser")]
+        models += [(net, "denoiser") for net in self.controlnets.values()]
+        return [(m, g) for m, g in models if m is not None]
+
+    def remove_all_hooks(self) -> None:
+        """Take the offload hooks off (diffusers' name); the models are then moved to the device."""
+        if self.offload is None:
             return
-        for m in modules:
-            m.to(self.device)
-        try:
-            yield
-        finally:
-            for m in modules:
-                m.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+        self.offload.remove()
+        self.offload = None
+        self.options = attrs.evolve(self.options, cpu_offload=False)
+        for module, _ in self._models_by_group():
+            module.to(self.device)
 
     # -- model calls -------------------------------------------------------------------------------
 
@@ -265,18 +305,16 @@ class StableDiffusionBackbone:
         """CLIP embeddings ``(len(prompts), 77, D)`` of prompts padded to 77 tokens."""
         tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
-        with self._on_device(self.text_encoder):
-            return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+        return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """``float32 (F, 3, H, W)`` in [-1, 1] → latents ``(F, 4, H/8, W/8)`` (distribution mean × scale)."""
         scale = self.vae.config.scaling_factor
         out = []
-        with self._on_device(self.vae):
-            for chunk in frames.split(self.options.vae_batch):
-                dist = self.vae.encode(chunk.to(self.device, self.dtype)).latent_dist
-                out.append(dist.mean * scale)
+        for chunk in frames.split(self.options.vae_batch):
+            dist = self.vae.encode(chunk.to(self.device, self.dtype)).latent_dist
+            out.append(dist.mean * scale)
         return torch.cat(out)
 
     @torch.no_grad()
@@ -284,11 +322,12 @@ class StableDiffusionBackbone:
         """Latents → ``float32 (F, 3, H, W)`` in [-1, 1] on the CPU; ``progress(n)`` after each n frames."""
         scale = self.vae.config.scaling_factor
         out = []
-        with self._on_device(self.vae):
-            for chunk in latents.split(self.options.vae_batch):
-                out.append(self.vae.decode(chunk.to(self.device, self.dtype) / scale).sample.float().clamp(-1, 1).cpu())
-                if progress is not None:
-                    progress(len(chunk))
+        for chunk in latents.split(self.options.vae_batch):
+            out.append(self.vae.decode(chunk.to(self.device, self.dtype) / scale).sample.float().clamp(-1, 1).cpu())
+            if progress is not None:
+                progress(len(chunk))
+        if self.offload is not None:  # the edit's last model call: free the device (diffusers' maybe_free_model_hooks)
+            self.offload.offload_all()
         return torch.cat(out)
 
     def control_tensor(self, images: np.ndarray, repeat: int = 1) -> torch.Tensor:
@@ -316,17 +355,15 @@ class StableDiffusionBackbone:
         latents = latents.to(self.device, self.dtype)
         down, mid = None, None
         for location, control in controls:
-            net = self.controlnets[location]
-            with self._on_device(net):
-                d, m = net(latents, t, encoder_hidden_states=control_text if control_text is not None else text,
-                           controlnet_cond=control.images, conditioning_scale=control.scale,
-                           cross_attention_kwargs=cross_attention_kwargs, return_dict=False)
+            d, m = self.controlnets[location](
+                latents, t, encoder_hidden_states=control_text if control_text is not None else text,
+                controlnet_cond=control.images, conditioning_scale=control.scale,
+                cross_attention_kwargs=cross_attention_kwargs, return_dict=False)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
-        with self._on_device(self.unet):
-            return self.unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                             mid_block_additional_residual=mid, cross_attention_kwargs=cross_attention_kwargs,
-                             return_dict=False)[0]
+        return self.unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid, cross_attention_kwargs=cross_attention_kwargs,
+                         return_dict=False)[0]
 
 
 def embed_condition_once(net: torch.nn.Module) -> torch.nn.Module:
@@ -359,48 +396,3 @@ def embed_condition_once(net: torch.nn.Module) -> torch.nn.Module:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-class PipelineBackbone(StableDiffusionBackbone):
-    """``sd15`` over the modules of an already-loaded diffusers ``StableDiffusionPipeline`` (a fine-tuned or
-    LoRA-loaded one included): nothing is read from disk except the ControlNets a job names.
-
-    Built by ``stmod.Editor.from_pipe``; the weights' fingerprint is part of :attr:`model_id`, so the
-    inversion cache never mixes a LoRA-loaded pipeline with the plain one.
-    """
-
-    def __init__(self, pipe: Any, *, device: str | None = None, vae_batch: int = 8) -> None:
-        target = device or str(pipe.unet.device)
-        super().__init__(SD15Options(model=str(getattr(pipe, "name_or_path", None) or "pipeline"), device=target,
-                                     dtype=str(pipe.unet.dtype).replace("torch.", ""), vae_batch=vae_batch))
-        self.tokenizer, self.scheduler_config = pipe.tokenizer, pipe.scheduler.config
-        self.vae, self.unet, self.text_encoder = (
-            self._place(m.eval().requires_grad_(False)) for m in (pipe.vae, pipe.unet, pipe.text_encoder))
-        self._fingerprint = _fingerprint(self.unet, self.text_encoder)
-
-    @property
-    def model_id(self) -> str:
-        return f"{self.options.model}@{self._fingerprint}"
-
-    def check(self, spec: EditSpec) -> None:
-        for control in spec.control:
-            check_location(self.controlnet_location(control.annotator.name, control.model), what="ControlNet",
-                           base_dir=spec.base_dir)
-
-    def load_tokenizer(self, base_dir: Path | None = None):
-        return self.tokenizer
-
-    def attention_levels(self, base_dir: Path | None = None) -> tuple[int, ...] | None:
-        return None  # no config file to read: a layout's level is checked once the edit runs, as for hub ids
-
-
-def _fingerprint(*modules: torch.nn.Module) -> str:
-    """A short digest of the weights (a few values of every tensor): enough to tell fine-tunes and LoRAs apart."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, tensor in module.state_dict().items():
-            sample = tensor.detach().flatten()[:16].float().cpu()
-            digest.update(f"{name}{tuple(tensor.shape)}{sample.sum().item():.6e}{sample.abs().sum().item():.6e}".encode())
-    return digest.hexdigest()[:16]

@@ -38,6 +38,9 @@ __all__ = [
     "ComponentRef",
     "ControlSpec",
     "ModulationConfig",
+    "MODULATED_FRACTION",
+    "OFFICIAL_END_STEP",
+    "default_end_step",
     "EditSpec",
     "LayoutMasks",
     "LayoutRequest",
@@ -189,11 +192,13 @@ class ModulationConfig:
 
     ``preset`` picks the semantics (``videograin``: the official code; ``paper``: the equations); the
     other fields tune it. Modulation is active for denoising steps ``start_step <= i < end_step``.
+    ``end_step`` unset (``None``, the default) follows the job's step count: the first
+    :data:`MODULATED_FRACTION` of the steps (the official code modulates 15 of its 50), see :meth:`resolved`.
     """
 
     preset: Preset = field(default="videograin", validator=validators.in_(("videograin", "paper")))
     start_step: int = number(0, low=0, high=MAX_STEPS)
-    end_step: int = number(15, low=0, high=MAX_STEPS)
+    end_step: int | None = number(None, low=0, high=MAX_STEPS)
     #: λ scale of self-attention (0.3 in the paper); above 1 the scores' own order is inverted.
     self_strength: float = number(0.3, low=0.0, high=10.0)
     cross_strength: float = number(1.0, low=0.0, high=10.0)
@@ -224,8 +229,8 @@ class ModulationConfig:
                              f"not {self.preset!r}")
 
     @end_step.validator
-    def _check_window(self, attribute: attrs.Attribute, value: int) -> None:
-        if value < self.start_step:
+    def _check_window(self, attribute: attrs.Attribute, value: int | None) -> None:
+        if value is not None and value < self.start_step:
             raise ValueError(f"end_step {value} must not be smaller than start_step {self.start_step}")
 
     @window_overlap.validator
@@ -233,9 +238,36 @@ class ModulationConfig:
         if value >= self.window_frames:
             raise ValueError(f"window_overlap {value} must be smaller than window_frames {self.window_frames}")
 
+    def window(self, steps: int) -> tuple[int, int]:
+        """``(start, end)``: the denoising steps ``start <= i < end`` of ``steps`` that are modulated."""
+        end = default_end_step(steps) if self.end_step is None else self.end_step
+        return self.start_step, min(end, steps)
+
+    def resolved(self, steps: int) -> ModulationConfig:
+        """This config with ``end_step`` set for a run of ``steps`` denoising steps (an explicit one is kept)."""
+        return self if self.end_step is not None else attrs.evolve(self, end_step=default_end_step(steps))
+
     def active(self, step_index: int) -> bool:
-        """Whether denoising step ``step_index`` (0-based) lies in the modulation window."""
-        return self.start_step <= step_index < self.end_step
+        """Whether denoising step ``step_index`` (0-based) lies in the modulation window.
+
+        Editors pass a :meth:`resolved` config; an unresolved one (the engine driven without a job, which
+        has no step count) keeps the official code's fixed window, :data:`OFFICIAL_END_STEP` steps.
+        """
+        end = OFFICIAL_END_STEP if self.end_step is None else self.end_step
+        return self.start_step <= step_index < end
+
+
+#: The share of denoising steps modulated when ``modulation.end_step`` is unset: the official code's 15 of 50.
+MODULATED_FRACTION = 0.3
+
+#: The official code's window: its first 15 denoising steps, whatever the step count (its configs'
+#: ``modulated_percentage: 0.3`` is unused there).
+OFFICIAL_END_STEP = 15
+
+
+def default_end_step(steps: int) -> int:
+    """``round(0.3 · steps)``, at least 1: 15 of 50 steps (the official window), 6 of 20, 1 of 3."""
+    return max(1, round(MODULATED_FRACTION * steps))
 
 
 def _unique_regions(_: Any, attribute: attrs.Attribute, value: tuple[Region, ...]) -> None:
@@ -303,6 +335,19 @@ class EditSpec:
     def skipped_steps(self) -> int:
         """Denoising steps ``skip_fraction`` skips: ``int(steps · skip_fraction)``, as the official code."""
         return int(self.steps * self.skip_fraction)
+
+    @steps.validator
+    def _check_window(self, attribute: attrs.Attribute, value: int) -> None:
+        start = self.modulation.start_step
+        if self.modulation.end_step is None and start > default_end_step(value):
+            raise ValueError(f"modulation.start_step {start} lies after the default end_step "
+                             f"{default_end_step(value)} ({MODULATED_FRACTION:.0%} of {value} steps); "
+                             "set modulation.end_step")
+
+    @property
+    def modulation_window(self) -> tuple[int, int]:
+        """``(start, end)``: the denoising steps ``start <= i < end`` that are modulated."""
+        return self.modulation.window(self.steps)
 
     def region(self, name: str) -> Region:
         """The region called ``name``."""
@@ -419,7 +464,8 @@ class ModulationInput:
     :ivar num_frames: F. ``latent_size``: ``(h, w)`` of the latents.
     :ivar regions: regions with their local prompts; each name has a mask.
     :ivar spans: per region, its token span in ``prompt`` (``None``: no text tokens), found once per job.
-    :ivar config: the job's modulation settings (preset, window, strengths, temporal focus, ...).
+    :ivar config: the job's modulation settings (preset, window, strengths, temporal focus, ...), resolved
+        for the job's step count (``end_step`` is set, :meth:`ModulationConfig.resolved`).
     :ivar prompt, negative_prompt: the job's global and negative prompts (for text conditioning).
     """
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from stmod import hookimpl
 from stmod.core.errors import ConfigError
+from stmod.core.types import OFFICIAL_END_STEP
 
 __all__ = ["is_official_config", "convert_official_config", "stmod_register_job_formats"]
 
@@ -221,7 +222,9 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
         "regions": {name: (local_prompts[i] if i < len(local_prompts) else "") for i, name in enumerate(order)},
         "backbone": {"name": "sd15", "model": str(data.get("pretrained_model_path"))},
         "blend": "videograin",
-        "modulation": {"preset": "videograin", "exact_lambda": True, "missing_local_prompt": "drop"},
+        # the official code modulates its first 15 denoising steps whatever num_inference_steps says
+        "modulation": {"preset": "videograin", "end_step": OFFICIAL_END_STEP, "exact_lambda": True,
+                       "missing_local_prompt": "drop"},
         "steps": int(editing.get("num_inference_steps", 50)),
         "skip_fraction": _skip_fraction(editing, where),
         "guidance": float(editing.get("guidance_scale", 7.5)),

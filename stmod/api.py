@@ -16,7 +16,8 @@ directory). See ``docs/python.md``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from stmod.core.types import ComponentRef, EditSpec
 
 __all__ = ["Editor"]
 
+log = logging.getLogger(__name__)
+
 #: Backbones named by ``from_pretrained`` instead of a model location.
 _NAMED = ("shapes", "tiny")
 
@@ -39,6 +42,12 @@ def _registry(plugins: Any = None) -> Registry:
     return make_plugin_manager(plugin_args=list(plugins or [])).registry
 
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _dtype_name(torch_dtype: Any) -> str | None:
     return None if torch_dtype is None else str(torch_dtype).replace("torch.", "")
 
@@ -47,6 +56,7 @@ class Editor(_CoreEditor):
     """:class:`stmod.core.pipeline.editor.Editor` plus diffusers-style constructors and flexible jobs."""
 
     backbone: ComponentRef | None = None
+    _pipeline_backbone: Any = None  # the backbone over the pipeline given to from_pipe
 
     @classmethod
     def from_pretrained(cls, model_or_folder: str | Path, *, torch_dtype: Any = None, device: str | None = None,
@@ -77,12 +87,19 @@ class Editor(_CoreEditor):
         return editor
 
     @classmethod
-    def from_pipe(cls, pipe: Any, *, device: str | None = None, progress: bool = True, cache: Any = None) -> Editor:
-        """An editor over an already-loaded diffusers ``StableDiffusionPipeline`` (fine-tuned, LoRA-loaded, ...):
-        its VAE, UNet, text encoder, tokenizer and scheduler config are used as they are."""
-        from stmod.backbones.sd15 import PipelineBackbone
+    def from_pipe(cls, pipe: Any, *, device: str | None = None, annotators: Sequence[str] | None = None,
+                  progress: bool = True, cache: Any = None) -> Editor:
+        """An editor over an already-loaded diffusers ``StableDiffusionPipeline`` or
+        ``StableDiffusionControlNetPipeline`` (fine-tuned, LoRA-loaded, ...): its VAE, UNet, text encoder,
+        tokenizer, scheduler config and ControlNet(s) are used as they are.
 
-        backbone = PipelineBackbone(pipe, device=device)
+        :param annotators: the annotator each of the pipeline's ControlNets serves, in its order (default:
+            read from each ControlNet's name, e.g. ``lllyasviel/control_v11p_sd15_canny`` → ``canny``). A job's
+            control entry without ``model:`` takes the pipeline's ControlNet for its annotator.
+        """
+        from stmod.backbones.pipe import PipelineBackbone
+
+        backbone = PipelineBackbone(pipe, device=device, annotators=annotators)
         base = _registry()
         components = {kind: base.components(kind) for kind in ("backbone", "layout", "modulator", "blender", "annotator")}
         components["backbone"]["pipeline"] = ComponentInfo(kind="backbone", name="pipeline", factory=lambda: backbone,
@@ -90,7 +107,32 @@ class Editor(_CoreEditor):
                                                            plugin="stmod.api")
         editor = cls(Registry(components, base.commands, base.job_formats), progress=progress, cache=cache)
         editor.backbone = ComponentRef(name="pipeline")
+        editor._pipeline_backbone = backbone
         return editor
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | None = None) -> None:
+        """Keep the models on the CPU and move each to the GPU when it runs, through accelerate's hooks (as
+        diffusers' ``pipe.enable_model_cpu_offload()``). Without a GPU it does nothing but say so (a warning).
+
+        :param gpu_id: the CUDA device index (``device="cuda:1"`` says the same); default 0.
+        """
+        if gpu_id is not None and device is not None:
+            raise TypeError("pass gpu_id or device, not both")
+        target = device or f"cuda:{gpu_id or 0}"
+        if not device and not torch_cuda_available():
+            target = "cpu"  # the backbone says there is nothing to offload
+        loaded = [b for b in (*self._backbones.values(), self._pipeline_backbone)
+                  if callable(getattr(b, "enable_model_cpu_offload", None))]
+        loaded = list({id(b): b for b in loaded}.values())
+        for backbone in loaded:  # already loaded: offload them in place (their cache keys stay)
+            backbone.enable_model_cpu_offload(target)
+        if loaded or self.backbone is None:
+            return
+        if self.backbone.name != "sd15":
+            log.warning("enable_model_cpu_offload: the %r backbone runs on the CPU; nothing to offload", self.backbone.name)
+            return
+        self.backbone = attrs.evolve(self.backbone, options={**self.backbone.options, "cpu_offload": True,
+                                                             "device": target})
 
     def job(self, job: EditSpec | str | Path | Mapping[str, Any]) -> EditSpec:
         """``job`` as an :class:`EditSpec` on this editor's model (a file in any installed format; a mapping's

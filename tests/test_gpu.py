@@ -48,3 +48,26 @@ def test_tiny_edit_on_cuda(tmp_path) -> None:
     result = Editor(fresh_plugin_manager().registry, progress=False).run(spec)
     assert result.run["device"].startswith("cuda") and result.frames.shape == (4, 64, 64, 3)
     assert result.run["peak_gpu_bytes"] > 0
+
+
+def test_cpu_offload_on_cuda_matches_and_frees_the_gpu(tmp_path) -> None:
+    """--cpu-offload (accelerate hooks): the same frames as without, and every model back on the CPU after."""
+    import numpy as np
+
+    from stmod.core.config import load_job
+    from stmod.core.pipeline.editor import Editor
+    from stmod.plugins.commands.demo import write_demo_inputs
+    from stmod.testing import fresh_plugin_manager
+
+    job = write_demo_inputs(tmp_path / "inputs", frames=4, size=(64, 64), steps=3)
+    frames = {}
+    for offload in (False, True):
+        spec = load_job(job, {"backbone": {"device": "cuda", "cpu_offload": offload},
+                              "output": str(tmp_path / f"out-{offload}")})
+        editor = Editor(fresh_plugin_manager().registry, progress=False, cache=False)
+        frames[offload] = editor.run(spec).frames
+    backbone = next(iter(editor._backbones.values()))
+    assert backbone.offload is not None and backbone.offload.device.type == "cuda"
+    for module in (backbone.unet, backbone.vae, backbone.text_encoder, *backbone.controlnets.values()):
+        assert next(module.parameters()).device.type == "cpu"
+    assert np.abs(frames[True].astype(int) - frames[False].astype(int)).max() <= 2

@@ -253,6 +253,7 @@ class Editor:
             "size": [int(clip.frames.shape[2]), int(clip.frames.shape[1])],
             "steps": spec.steps,
             "skipped_steps": spec.skipped_steps,
+            "modulated_steps": list(range(*spec.modulation_window)),  # denoising step indices
             "inversion": inverted.inversion.cache_info,
             "attention": recorder.summary() if recorder is not None and recorder.grids else None,
         }
@@ -362,7 +363,7 @@ def _modulation_input(session: EditSession, layout: LayoutMasks, frames: int,
                  tuple(find_token_spans(backbone.tokenizer, spec.prompt, [r.prompt for r in spec.regions],
                                         missing=spec.modulation.missing_local_prompt)))
     return ModulationInput(masks=layout, num_frames=frames, latent_size=latent_size, regions=spec.regions,
-                           spans=spans, config=spec.modulation, prompt=spec.prompt,
+                           spans=spans, config=spec.modulation.resolved(spec.steps), prompt=spec.prompt,
                            negative_prompt=spec.negative_prompt)
 
 

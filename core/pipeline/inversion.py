@@ -70,7 +70,7 @@ def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timest
     spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
     text = backbone.encode_text([spec.source_prompt]).repeat(len(x0), 1, 1)
     modulator.prepare(ModulationInput(masks=None, num_frames=len(x0), latent_size=tuple(x0.shape[-2:]),
-                                      config=spec.modulation, prompt=spec.source_prompt))
+                                      config=spec.modulation.resolved(spec.steps), prompt=spec.source_prompt))
 
     def predict(x: torch.Tensor, t: int, k: int) -> torch.Tensor:
         kwargs = modulator.call_kwargs(phase="invert", step_index=k, timestep=t, branches=("cond",))

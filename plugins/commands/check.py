@@ -18,6 +18,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="print the resolved job (file + flags + defaults) as YAML")
 
 
+def describe_window(spec) -> str:
+    """Which denoising steps the modulation covers, and why (the job's ``end_step`` or the default share)."""
+    from stmod.core.types import MODULATED_FRACTION
+
+    start, end = spec.modulation_window
+    steps = f"denoising steps {start}-{end - 1} of {spec.steps}" if end > start else f"no step of {spec.steps}"
+    why = (f"end_step {spec.modulation.end_step} from the job" if spec.modulation.end_step is not None
+           else f"end_step unset: the first {MODULATED_FRACTION:.0%} of the steps")
+    return f"modulation: {steps} ({why})"
+
+
 def run(args: argparse.Namespace, session) -> int:
     spec = load_job_from_args(args, session.registry)
     session.status(f"check: {args.job or 'job'}: reading {spec.video.path.name}, building the components and the "
@@ -32,6 +43,7 @@ def run(args: argparse.Namespace, session) -> int:
         session.echo(dump_job(spec).rstrip())
     regions = ", ".join(f"{r.name}={r.prompt!r}" for r in spec.regions) or "none"
     session.echo(f"ok: {args.job or 'job'} is valid ({spec.video.path.name}; regions: {regions})")
+    session.echo(describe_window(spec))
     try:  # the job is fine; its output folder is what a run would find, worth saying but not an error here
         check_output_folder(spec)
     except OutputExistsError:

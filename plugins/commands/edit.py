@@ -50,8 +50,9 @@ def _editor(session, args: argparse.Namespace) -> Editor:
 def run_edit(args: argparse.Namespace, session) -> int:
     started = time.perf_counter()
     spec = load_job_from_args(args, session.registry)
+    start, end = spec.modulation_window
     session.status(f"edit: {spec.video.path.name} -> {spec.output} ({spec.backbone.name} backbone, {spec.steps} "
-                   "steps): loading the pipeline...")
+                   f"steps, modulated {start}-{end - 1}): loading the pipeline...")
     result = _editor(session, args).run(spec)
     session.echo(f"wrote {result.output} ({len(result.frames)} frames)")
     _report(session, result, started)

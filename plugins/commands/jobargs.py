@@ -94,7 +94,8 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, job_required: bool = F
     g.add_argument("--dtype", choices=("auto", "float16", "bfloat16", "float32"),
                    help="backbone dtype (sd15; default auto: float16 on CUDA, float32 on CPU)")
     g.add_argument("--cpu-offload", action="store_true", default=None,
-                   help="keep the models on the CPU, each moved to the device while it runs (sd15)")
+                   help="keep the models on the CPU, each moved to the GPU when it runs, through accelerate's hooks "
+                        "(sd15; nothing to do without a GPU)")
     g.add_argument("--vae-tiling", action="store_true", default=None, help="tiled VAE for large frames (sd15)")
     g.add_argument("--control", action="append", type=_control, default=[], metavar="ANNOTATOR[=SCALE]",
                    help="a ControlNet condition, e.g. canny or depth=0.8 (repeatable; replaces the job's control; "

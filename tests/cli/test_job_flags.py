@@ -82,5 +82,6 @@ def test_check_with_an_existing_output_says_valid_and_what_edit_needs(job_file, 
     result = run_cli([*TESTING, "check", str(job_file())], env=ENV)
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("ok: ") and lines[1] == (f"note: the output folder {tmp_path / 'out'} exists: edit needs "
-                                                       "--overwrite to replace it, or --out DIR")
+    assert lines[0].startswith("ok: ") and lines[1].startswith("modulation: ")
+    assert lines[2] == (f"note: the output folder {tmp_path / 'out'} exists: edit needs "
+                        "--overwrite to replace it, or --out DIR")

@@ -62,3 +62,82 @@ def test_from_pipe_uses_a_loaded_pipeline(demo_job, tiny_folder: Path) -> None:
 def test_from_pretrained_refuses_bad_options_at_once() -> None:
     with pytest.raises(stmod.ConfigError, match="vae_tilling"):
         Editor.from_pretrained("some/model", vae_tilling=True)
+
+
+def _controlnet_pipe(tiny_folder: Path, names: tuple[str | None, ...] = (None,)):
+    """A tiny StableDiffusionControlNetPipeline (one ControlNet per name; a name is its ``_name_or_path``)."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+
+    base = StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None, requires_safety_checker=False)
+    nets = []
+    for name in names:
+        net = ControlNetModel.from_pretrained(tiny_folder / "controlnet")
+        if name is not None:
+            net.register_to_config(_name_or_path=name)
+        nets.append(net)
+    return StableDiffusionControlNetPipeline(**{k: v for k, v in base.components.items()},
+                                             controlnet=nets[0] if len(nets) == 1 else nets)
+
+
+def test_from_pipe_reuses_a_controlnet_pipelines_controlnet(demo_job, tiny_folder: Path) -> None:
+    """A control entry without model takes the pipeline's ControlNet (read from its name); nothing is loaded."""
+    pipe = _controlnet_pipe(tiny_folder, ("lllyasviel/control_v11p_sd15_canny",))
+    editor = Editor.from_pipe(pipe, device="cpu", progress=False, cache=False)
+    backbone = editor._pipeline_backbone
+    job = _job(demo_job)
+    job["control"] = [{"annotator": "canny", "scale": 1.0}]
+    result = editor.run(job)
+    assert list(backbone.controlnets) == [backbone.pipeline_controlnets["canny"]]
+    assert backbone.controlnets[backbone.pipeline_controlnets["canny"]] is pipe.controlnet
+    assert result.run["frames"] == len(result.frames)
+
+
+def test_from_pipe_with_several_controlnets_and_changed_weights(demo_job, tiny_folder: Path) -> None:
+    """A MultiControlNetModel's nets serve the given annotators; an entry with model loads that one; a
+    fine-tuned ControlNet (changed weights) gets another location, so the inversion cache tells them apart."""
+    pipe = _controlnet_pipe(tiny_folder, (None, None))
+    editor = Editor.from_pipe(pipe, device="cpu", annotators=("canny", "depth"), progress=False, cache=False)
+    backbone = editor._pipeline_backbone
+    assert [backbone.controlnets[backbone.pipeline_controlnets[a]] for a in ("canny", "depth")] == list(pipe.controlnet.nets)
+    assert backbone.controlnet_location("canny", str(tiny_folder / "controlnet")) == str(tiny_folder / "controlnet")
+    before = backbone.pipeline_controlnets["canny"]
+    with torch.no_grad():
+        next(pipe.controlnet.nets[0].parameters()).add_(1.0)
+    again = Editor.from_pipe(pipe, device="cpu", annotators=("canny", "depth"))._pipeline_backbone
+    assert again.pipeline_controlnets["canny"] != before
+
+
+@pytest.mark.parametrize("names, annotators, message", [
+    ((None,), None, r"cannot tell which annotator the pipeline's ControlNet 0 .*pass annotators=\[\.\.\.\]"),
+    ((None, None), ("canny",), "annotators lists 1 names for the pipeline's 2 ControlNet"),
+    (("x/control_canny", "y/canny-v2"), None, "two of the pipeline's ControlNets serve 'canny'"),
+])
+def test_from_pipe_controlnet_annotators_are_clear_errors(tiny_folder: Path, names, annotators, message) -> None:
+    with pytest.raises(stmod.ConfigError, match=message):
+        Editor.from_pipe(_controlnet_pipe(tiny_folder, names), device="cpu", annotators=annotators)
+
+
+def test_from_pipe_with_a_lora_loaded_pipeline(demo_job, tiny_folder: Path, tmp_path: Path) -> None:
+    """pipe.load_lora_weights(...) (peft): the edit runs through the LoRA layers — other frames than the plain
+    pipeline's, another cache identity."""
+    pytest.importorskip("peft")
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    def pipe():
+        return StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None, requires_safety_checker=False)
+
+    trained = pipe()  # a LoRA as a fine-tune would leave it: non-zero B matrices, saved in diffusers' format
+    trained.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                        target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(trained.unet))
+    plain, lora = pipe(), pipe()
+    lora.load_lora_weights(tmp_path / "lora")
+    job = _job(demo_job)
+    results = {}
+    for name, p in (("plain", plain), ("lora", lora)):
+        editor = Editor.from_pipe(p, device="cpu", progress=False, cache=False)
+        results[name] = (editor.run({**job, "output": str(tmp_path / f"out-{name}")}), editor._pipeline_backbone.model_id)
+    assert results["plain"][1] != results["lora"][1]
+    assert (results["plain"][0].frames != results["lora"][0].frames).any()

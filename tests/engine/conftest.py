@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stmod.core.types import ModulationConfig
+from stmod.core.types import OFFICIAL_END_STEP, ModulationConfig
 
 OFFICIAL_XI = [0.9039, 0.8154, 0.7339, 0.6591, 0.5905, 0.5277, 0.4704, 0.4182, 0.3707, 0.3277, 0.2887, 0.2536,
                0.2219, 0.1935, 0.1681]
@@ -197,7 +197,8 @@ class DenseReference:
         grid = next((latent[0] // 2**r, latent[1] // 2**r) for r in range(8)
                     if (latent[0] // 2**r) * (latent[1] // 2**r) == n)
         m = cls.masks_on(masks, grid, config.mask_downsample)
-        in_window = phase == "denoise" and config.start_step <= step_index < config.end_step
+        end = OFFICIAL_END_STEP if config.end_step is None else config.end_step  # unresolved: the official 15
+        in_window = phase == "denoise" and config.start_step <= step_index < end
         finest = n > (latent[0] // 2) * (latent[1] // 2)
         layer_on = not (preset == "videograin" and finest)
         xi = cls.xi(timestep, config.time_exponent)

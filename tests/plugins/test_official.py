@@ -134,3 +134,11 @@ def test_the_format_comes_from_its_plugin(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key"):
         load_job(path, plugin_args=["no:stmod.official"])
     assert load_job(path).prompt == "Spiderman and Polar Bear on the snow"
+
+
+def test_official_config_keeps_the_official_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The official code modulates its first 15 denoising steps whatever the step count: the converter says so."""
+    monkeypatch.chdir(tmp_path)
+    data = {**OFFICIAL, "editing_config": {**OFFICIAL["editing_config"], "num_inference_steps": 20}}
+    spec = load_job(_write(tmp_path, data), allow_unsupported=True)
+    assert spec.steps == 20 and spec.modulation.end_step == 15 and spec.modulation_window == (0, 15)

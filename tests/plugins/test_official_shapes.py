@@ -125,7 +125,8 @@ def test_every_shipped_shape_converts(name: str, tmp_path: Path, caplog: pytest.
     caplog.set_level(logging.INFO, logger="stmod.plugins.official")
     job = convert_official_config(official_config(name, shape), source=tmp_path / "config" / f"{name}.yaml")
     assert job.get("extensions", []) == expected_extensions(shape)
-    assert job["modulation"] == {"preset": "videograin", "exact_lambda": True, "missing_local_prompt": "drop"}
+    assert job["modulation"] == {"preset": "videograin", "end_step": 15, "exact_lambda": True,
+                                 "missing_local_prompt": "drop"}
     assert job["blend"] == "videograin"
     assert job["skip_fraction"] == shape.blending
     assert (job["video"]["frames"], job["video"]["every"]) == (shape.frames, shape.rate)
