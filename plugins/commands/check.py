@@ -12,10 +12,23 @@ from stmod.core.config import dump_job
 from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 
 
+def _gib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected free GPU memory in GiB such as 24, got {text!r}") from None
+    if not 0 < value <= 2**20:
+        raise argparse.ArgumentTypeError(f"--gpu-memory {text}: must be above 0 and at most 1048576 GiB")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser)
     parser.add_argument("--print", action="store_true", dest="print_job",
                         help="print the resolved job (file + flags + defaults) as YAML")
+    parser.add_argument("--gpu-memory", type=_gib, metavar="GIB", default=None,
+                        help="predict against a GPU with this much free memory (GiB) instead of the visible one; "
+                             "plans the job on CUDA even where it would run on the CPU (e.g. --gpu-memory 24)")
 
 
 def run(args: argparse.Namespace, session) -> int:
@@ -27,11 +40,16 @@ def run(args: argparse.Namespace, session) -> int:
     from stmod.core.errors import OutputExistsError
     from stmod.core.pipeline.components import check_output_folder
 
-    Editor(session.registry, progress=False, cache=False).prepare(spec, check_output=False)
+    from stmod.plugins.commands.prediction import prediction_lines
+
+    prepared = Editor(session.registry, progress=False, cache=False).prepare(spec, check_output=False)
     if args.print_job:
         session.echo(dump_job(spec).rstrip())
     regions = ", ".join(f"{r.name}={r.prompt!r}" for r in spec.regions) or "none"
     session.echo(f"ok: {args.job or 'job'} is valid ({spec.video.path.name}; regions: {regions})")
+    for line in prediction_lines(spec, prepared.components.backbone, len(prepared.clip.indices),
+                                 gpu_memory_gib=args.gpu_memory):
+        session.echo(line)
     try:  # the job is fine; its output folder is what a run would find, worth saying but not an error here
         check_output_folder(spec)
     except OutputExistsError:
