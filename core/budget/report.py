@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stmod.core.budget.constants import FIT_MARGIN
 from stmod.core.budget.estimate import Estimate
 from stmod.core.budget.fit import Suggestion
 
@@ -9,7 +10,11 @@ __all__ = ["gib", "estimate_lines", "warning_lines"]
 
 
 def gib(value: float | None) -> str:
-    return "unknown" if value is None else f"{value / 2**30:.2f}"
+    """GiB to two decimals, small values to three significant digits."""
+    if value is None:
+        return "unknown"
+    value /= 2**30
+    return f"{value:.2f}" if value >= 1 else f"{value:.3g}"
 
 
 def _seconds(value: float | None) -> str:
@@ -38,7 +43,8 @@ def estimate_lines(found: Estimate) -> list[str]:
 def warning_lines(found: Estimate, free_bytes: float, fixes: list[Suggestion]) -> list[str]:
     """The not-fit warning: the prediction against the free GPU memory, and the changes that fit."""
     lines = [f"warning: predicted peak {gib(found.peak_bytes)} GiB exceeds the free GPU memory "
-             f"({gib(free_bytes)} GiB, with 10 % kept free); this job would likely run out of memory"]
+             f"({gib(free_bytes)} GiB, of which {100 * (1 - FIT_MARGIN):.0f} % is kept free); this job would "
+             "likely run out of memory"]
     if not fixes:
         return [*lines, "  no single change fits (fewer frames, window attention, --cpu-offload, --vae-tiling); "
                         "combine them or use a larger GPU"]
