@@ -16,7 +16,8 @@ __all__ = ["DeviceRates", "CPU", "CUDA", "rates_for", "FIT_MARGIN"]
 class DeviceRates:
     """How one device kind runs the work.
 
-    :ivar dense_flops: FLOP/s of convolutions and linear layers.
+    :ivar dense_flops: FLOP/s of the UNet's and ControlNet's convolutions and linear layers.
+    :ivar vae_flops: FLOP/s of the VAE (large convolutions at full resolution run faster).
     :ivar attention_flops: FLOP/s of attention products (SDPA).
     :ivar modulation_cost: time of a modulated self-attention call ÷ a plain one.
     :ivar call_seconds: fixed seconds per UNet or ControlNet forward (Python, kernel launches).
@@ -25,12 +26,14 @@ class DeviceRates:
     :ivar transfer_bytes: bytes/s moving weights host ↔ device (``cpu_offload``).
     :ivar runtime_bytes: memory beyond tensors (CPU: the libraries and their pools, in RSS; CUDA:
         0 — ``max_memory_allocated`` does not count the context).
-    :ivar activation_factor: measured ÷ formula for activations (allocator rounding, temporaries
-        the walk does not name).
+    :ivar activation_factor: measured ÷ formula for the UNet's activations (allocator rounding,
+        temporaries the walk does not name).
+    :ivar vae_factor: the same for the VAE's.
     :ivar measured: whether these were measured (``False``: assumed, see docs/memory.md).
     """
 
     dense_flops: float
+    vae_flops: float
     attention_flops: float
     modulation_cost: float
     call_seconds: float
@@ -39,18 +42,19 @@ class DeviceRates:
     transfer_bytes: float
     runtime_bytes: float
     activation_factor: float
+    vae_factor: float
     measured: bool
 
 
 #: Measured on the development machine (2 shared cores, torch 2.14 CPU, float32); docs/memory.md.
-CPU = DeviceRates(dense_flops=30e9, attention_flops=15e9, modulation_cost=1.8, call_seconds=0.05,
-                  load_bytes=150e6, load_copy=0.7, transfer_bytes=0.0, runtime_bytes=1.0 * 2**30, activation_factor=1.0,
-                  measured=True)
+CPU = DeviceRates(dense_flops=17e9, vae_flops=43e9, attention_flops=17e9, modulation_cost=1.8, call_seconds=0.4,
+                  load_bytes=300e6, load_copy=0.6, transfer_bytes=0.0, runtime_bytes=1.08 * 2**30,
+                  activation_factor=1.0, vae_factor=1.32, measured=True)
 
 #: Assumed for an H100/H200-class GPU in float16 (no GPU was available to measure); docs/memory.md.
-CUDA = DeviceRates(dense_flops=150e12, attention_flops=150e12, modulation_cost=1.2, call_seconds=0.02,
-                   load_bytes=2e9, load_copy=0.0, transfer_bytes=10e9, runtime_bytes=0.0, activation_factor=1.0,
-                   measured=False)
+CUDA = DeviceRates(dense_flops=150e12, vae_flops=150e12, attention_flops=150e12, modulation_cost=1.2,
+                   call_seconds=0.02, load_bytes=2e9, load_copy=0.0, transfer_bytes=10e9, runtime_bytes=0.0,
+                   activation_factor=1.0, vae_factor=1.0, measured=False)
 
 #: A job fits when its predicted peak is at most this share of the free GPU memory (the caching
 #: allocator's fragmentation and the cuBLAS / cuDNN workspaces need the rest).

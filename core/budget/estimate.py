@@ -127,9 +127,9 @@ def _vae_phase(name: str, job: JobShape, models: ModelFootprint, rates: DeviceRa
         grid_h, grid_w = min(grid_h, models.vae_tile), min(grid_w, models.vae_tile)
     cost = vae_cost(vae, grid_h, grid_w, decoder=decoder)
     chunk = min(models.vae_batch, job.frames)
-    working = chunk * cost.peak * models.dtype_bytes * rates.activation_factor
+    working = chunk * cost.peak * models.dtype_bytes * rates.vae_factor
     full = vae_cost(vae, job.height, job.width, decoder=decoder)
-    seconds = job.frames * (full.dense / rates.dense_flops + full.attention / rates.attention_flops)
+    seconds = job.frames * (full.dense / rates.vae_flops + full.attention_work / rates.attention_flops)
     seconds += _transfer(models, rates, ("vae",))
     label = "VAE decoder" if decoder else "VAE encoder"
     return PhaseEstimate(name, (*resident, Part("frames and latents", data),
@@ -230,7 +230,7 @@ def _unet_phase(name: str, job: JobShape, models: ModelFootprint, rates: DeviceR
              Part("UNet activations (skips + largest block)", items * cost.peak * item * factor), *control]
     seconds = None if None in nets else job.steps * (
         items * ((cost.dense + control_cost.dense) / rates.dense_flops
-                 + (cost.attention + control_cost.attention) / rates.attention_flops)
+                 + (cost.attention_work + control_cost.attention_work) / rates.attention_flops)
         + (1 + len(nets)) * rates.call_seconds + _transfer(models, rates, ("unet", "controlnet")))
     if seconds is not None and denoising and job.modulated_steps:
         flops = job.frames * self_attention_flops(unet, *latent, job.focus)
@@ -252,7 +252,8 @@ def _control_parts(job: JobShape, models: ModelFootprint, nets: list[UNetShape |
     residuals = items * residual * item * (1 if len(nets) == 1 else 2)
     costs = [unet_cost(n, *latent, PER_FRAME, down_only=True) for n in nets]
     own = max(items * (c.peak + residual) * item for c in costs)
-    total = Cost(0.0, sum(c.dense for c in costs), sum(c.attention for c in costs))
+    total = Cost(0.0, sum(c.dense for c in costs), sum(c.attention for c in costs),
+                 sum(c.attention_work for c in costs))
     parts = [Part("ControlNet inputs (control images, condition embedding)", inputs),
              Part("ControlNet residuals", residuals)]
     if own > residuals + unet_bytes:  # the ControlNet's own forward is the larger moment

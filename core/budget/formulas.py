@@ -32,6 +32,9 @@ __all__ = ["Focus", "PER_FRAME", "Block", "Cost", "TEXT_TOKENS", "FF_ELEMENTS", 
 #: Text tokens of a CLIP prompt (keys of cross-attention).
 TEXT_TOKENS = 77
 
+#: Head width from which SDPA runs at its full FLOP rate (narrower heads: proportionally slower).
+REFERENCE_HEAD_DIM = 64
+
 #: Feed-forward peak per token in units of ``C`` (see the module docs).
 FF_ELEMENTS = 19
 
@@ -72,14 +75,18 @@ class Block:
 
 @frozen
 class Cost:
-    """Per batch item: peak live elements, dense FLOPs (conv, linear), attention FLOPs (QKᵀ, PV)."""
+    """Per batch item: peak live elements, dense FLOPs (conv, linear), attention FLOPs (QKᵀ, PV), and
+    the attention FLOPs weighted by ``max(1, REFERENCE_HEAD_DIM / head_dim)`` (``attention_work``):
+    SDPA over narrow heads is memory-bound, its FLOP rate falls with the head width."""
 
     peak: float
     dense: float
     attention: float
+    attention_work: float = 0.0
 
     def __add__(self, other: Cost) -> Cost:
-        return Cost(max(self.peak, other.peak), self.dense + other.dense, self.attention + other.attention)
+        return Cost(max(self.peak, other.peak), self.dense + other.dense, self.attention + other.attention,
+                    self.attention_work + other.attention_work)
 
 
 def tokens(height: int, width: int, level: int) -> int:
@@ -160,9 +167,11 @@ def block_cost(block: Block, shape: UNetShape, height: int, width: int, focus: F
     c = cout
     dense = 40.0 * c * c * t + 4.0 * shape.cross_dim * c * TEXT_TOKENS
     attention = 4.0 * t * (t * focus.key_frames) * c + 4.0 * t * TEXT_TOKENS * c
+    head_dim = c // shape.heads[min(block.level, len(shape.heads) - 1)]
+    work = attention * max(1.0, REFERENCE_HEAD_DIM / max(1, head_dim))
     attention_peak = self_attention_elements(c, focus) * t + (extra or {}).get(block.level, 0.0)
     peak = max(FF_ELEMENTS * c * t, attention_peak)
-    return Cost(float(peak), dense, attention)
+    return Cost(float(peak), dense, attention, work)
 
 
 def unet_cost(shape: UNetShape, height: int, width: int, focus: Focus, *, down_only: bool = False,
@@ -173,7 +182,7 @@ def unet_cost(shape: UNetShape, height: int, width: int, focus: Focus, *, down_o
     total = Cost(0.0, 0.0, 0.0)
     for block in unet_blocks(shape, down_only=down_only):
         cost = block_cost(block, shape, height, width, focus, extra)
-        total = total + Cost(live + cost.peak, cost.dense, cost.attention)
+        total = total + Cost(live + cost.peak, cost.dense, cost.attention, cost.attention_work)
         if block.pushes_skip:
             stack.append(block.cout * tokens(height, width, block.level))
             live += stack[-1]
@@ -183,8 +192,9 @@ def unet_cost(shape: UNetShape, height: int, width: int, focus: Focus, *, down_o
 
 
 def self_attention_flops(shape: UNetShape, height: int, width: int, focus: Focus) -> float:
-    """FLOPs per item of the UNet's self-attention products alone (QKᵀ and PV), all transformers."""
+    """Attention work (FLOPs weighted as in :class:`Cost`) per item of the UNet's self-attention alone."""
     return sum(4.0 * tokens(height, width, b.level) ** 2 * focus.key_frames * b.cout
+               * max(1.0, REFERENCE_HEAD_DIM / max(1, b.cout // shape.heads[b.level]))
                for b in unet_blocks(shape) if b.kind == "transformer")
 
 
@@ -233,7 +243,7 @@ def _vae_block(block: Block, height: int, width: int) -> Cost:
     if block.kind != "transformer":
         return block_cost(block, _NO_UNET, height, width, PER_FRAME)
     t, c = tokens(height, width, block.level), block.cout
-    return Cost(6.0 * c * t, 8.0 * c * c * t, 4.0 * t * t * c)
+    return Cost(6.0 * c * t, 8.0 * c * c * t, 4.0 * t * t * c, 4.0 * t * t * c)
 
 
 _NO_UNET = UNetShape(channels=(1,), layers=1, attention=(False,), heads=(1,), cross_dim=1)
