@@ -176,3 +176,14 @@ def test_suggestions_fit_and_the_largest_frame_count_is_found() -> None:
     count = int(frames.change.split()[1])
     assert not fits(estimate(job.with_frames(count + 1, modulation), models), free)
     assert suggestions(job, models, modulation, 1.0) == []  # one byte: nothing fits
+
+
+def test_the_estimate_imports_no_torch() -> None:
+    """``stmod.core.budget`` is arithmetic on configs: importing it loads neither torch nor numpy."""
+    import subprocess
+    import sys
+
+    code = ("import sys, stmod.core.budget.estimate, stmod.core.budget.fit, stmod.core.budget.report; "
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
