@@ -2,6 +2,8 @@
 
 It runs :meth:`Editor.prepare`, the validation ``edit`` runs before loading weights, so a job that
 ``check`` calls valid fails in ``edit`` only for what needs the model (or the inversion's features).
+Then it prints the predicted peak memory and seconds per phase (:mod:`stmod.core.budget`, no weights
+load) and, on a GPU the job would not fit, a warning with the changes that would fit.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ def run(args: argparse.Namespace, session) -> int:
 
     from stmod.core.errors import OutputExistsError
     from stmod.core.pipeline.components import check_output_folder
-
     from stmod.plugins.commands.prediction import prediction_lines
 
     prepared = Editor(session.registry, progress=False, cache=False).prepare(spec, check_output=False)
@@ -47,11 +48,11 @@ def run(args: argparse.Namespace, session) -> int:
         session.echo(dump_job(spec).rstrip())
     regions = ", ".join(f"{r.name}={r.prompt!r}" for r in spec.regions) or "none"
     session.echo(f"ok: {args.job or 'job'} is valid ({spec.video.path.name}; regions: {regions})")
-    for line in prediction_lines(spec, prepared.components.backbone, len(prepared.clip.indices),
-                                 gpu_memory_gib=args.gpu_memory):
-        session.echo(line)
     try:  # the job is fine; its output folder is what a run would find, worth saying but not an error here
         check_output_folder(spec)
     except OutputExistsError:
         session.echo(f"note: the output folder {spec.output} exists: edit needs --overwrite to replace it, or --out DIR")
+    for line in prediction_lines(spec, prepared.components.backbone, len(prepared.clip.indices),
+                                 gpu_memory_gib=args.gpu_memory):
+        session.echo(line)
     return 0

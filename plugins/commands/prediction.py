@@ -48,7 +48,7 @@ def prediction_lines(spec: EditSpec, backbone: object, frames: int, *, gpu_memor
     found = predict(spec, backbone, frames, device=planned)
     if found is None:
         return [f"predicted peak memory and time: unknown (backbone {spec.backbone.name!r} cannot tell its model "
-                "sizes without loading them: a hub id that is not cached, or a single file without config:)"]
+                "sizes without loading them, e.g. a hub id that is not cached or a single file without a config: folder)"]
     job, models, result = found
     lines = estimate_lines(result)
     free = gpu_memory_gib * 2**30 if gpu_memory_gib is not None else free_gpu_bytes(planned or device)
