@@ -111,6 +111,21 @@ def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), 
     return location
 
 
+def _local_folder(location: str, base_dir: Path | None) -> Path | None:
+    """The folder holding ``location`` here: a local path, or a hub id's snapshot in the HF cache
+    (never downloaded); ``None`` when there is none."""
+    if _is_local(location, base_dir):
+        path = Path(location).expanduser()
+        path = base_dir / path if not path.is_absolute() and base_dir is not None else path
+        return path if path.is_dir() else None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(location, local_files_only=True))
+    except Exception:  # not cached, or no huggingface_hub: the sizes are unknown
+        return None
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -187,6 +202,28 @@ class StableDiffusionBackbone:
         if "CrossAttn" in str(config.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
             levels.add(len(down) - 1)
         return tuple(sorted(levels))
+
+    def footprint(self, spec: EditSpec, *, device: str | None = None):
+        """The models' sizes and shapes from their configs and safetensors headers, no weights loaded
+        (:class:`~stmod.core.protocols.DescribesFootprint`); a hub id is read from the HF cache only."""
+        import importlib.util
+
+        from stmod.core.budget.job import read_footprint
+
+        target = torch.device(device) if device else self.device
+        model = self.options.model
+        if model.endswith((".safetensors", ".ckpt")):  # configs only (parameters unknown), if given
+            model = self.options.config or ""
+        folder = _local_folder(model, spec.base_dir) if model else None
+        if folder is None:
+            return None
+        nets = tuple(_local_folder(self.controlnet_location(c.annotator.name, c.model), spec.base_dir)
+                     or Path("/nonexistent") for c in spec.control)
+        triton = target.type == "cuda" and importlib.util.find_spec("triton") is not None
+        return read_footprint(folder, nets, device="cpu" if target.type == "cpu" else "cuda",
+                              dtype_bytes=resolve_dtype(self.options.dtype, target).itemsize,
+                              vae_batch=self.options.vae_batch, vae_tiling=self.options.vae_tiling,
+                              cpu_offload=self.options.cpu_offload, kernel="triton" if triton else "two-pass")
 
     # -- loading ----------------------------------------------------------------------------------
 

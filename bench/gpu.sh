@@ -3,7 +3,10 @@
 #   1. attention kernels in fp16 — plain SDPA, our two-pass kernel, the Triton kernel — at
 #      16 frames x 64x64 and 32 frames x 32x32 latents (bench/attention.py --cuda-kernels);
 #   2. a random-weight full-size SD 1.5 + ControlNet edit, 16 frames at 512x512, 50 + 50 steps:
-#      time per phase and peak GPU memory (bench/edit.py --full-sd15).
+#      time per phase and peak GPU memory (bench/edit.py --full-sd15);
+#   3. predicted (stmod-run check's estimate) against measured peak GPU memory and seconds per phase of
+#      the same model at 16 and 32 frames 512x512, 10 + 10 steps (the peak does not depend on the steps;
+#      the seconds per step do not either): bench/memory.py --cuda, reusing step 2's model folder.
 # Without a GPU it says so in one line and exits 0. Usage: bash bench/gpu.sh  (PYTHON=... to pick the interpreter)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +22,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 "$PY" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not installed (the Triton rows fail)"
 echo "== attention kernels (fp16) =="
-timeout 150 "$PY" bench/attention.py --cuda-kernels --repeats 5 || { echo "attention kernels failed or timed out"; status=1; }
+WORK=$(mktemp -d -t stmod-gpu-XXXXXX)
+timeout 100 "$PY" bench/attention.py --cuda-kernels --repeats 5 || { echo "attention kernels failed or timed out"; status=1; }
 echo "== full-size SD 1.5 + ControlNet edit, random weights, 16 frames 512x512, 50+50 steps =="
-timeout 300 "$PY" bench/edit.py --full-sd15 --frames 16 --steps 50 --size 512 || { echo "edit failed or timed out"; status=1; }
+timeout 220 "$PY" bench/edit.py --full-sd15 --frames 16 --steps 50 --size 512 --work "$WORK" || { echo "edit failed or timed out"; status=1; }
+echo "== predicted vs measured GPU memory and phase seconds, SD 1.5 + ControlNet, 16 and 32 frames 512x512, 10+10 steps =="
+timeout 160 "$PY" bench/memory.py --cuda --backbone sd15 --frames 16 32 --size 512 --steps 10 --work "$WORK" || { echo "memory bench failed or timed out"; status=1; }
 exit $status

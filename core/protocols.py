@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from stmod.core.budget.job import ModelFootprint
     from stmod.core.features import FeatureRequest, InversionFeatureRecorder
     from stmod.core.io.video import ClipPlan
     from stmod.core.sampling import NoiseSchedule
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backbone",
+    "DescribesFootprint",
     "LayoutProvider",
     "LayoutReporting",
     "Modulator",
@@ -337,3 +339,22 @@ class Backbone(Protocol):
 
     def control_tensor(self, images: np.ndarray, repeat: int = 1) -> torch.Tensor:
         """Control images → model input."""
+
+
+@runtime_checkable
+class DescribesFootprint(Protocol):
+    """**Optional ability** of a backbone: tell what its models weigh and how they would run, without
+    loading weights, for the memory and time estimate of ``stmod-run check`` (``docs/memory.md``).
+
+    A backbone without it gets an estimate whose every part is "unknown".
+    """
+
+    def footprint(self, spec: EditSpec, *, device: str | None = None) -> ModelFootprint | None:
+        """The models ``spec`` would load (configs, parameter counts from file headers), the device kind
+        and dtype they would run in, and the options that change memory (VAE batch and tiling, offload).
+
+        :param device: plan for this device (``"cuda"``, ``"cpu"``) instead of the configured one,
+            with the dtype the backbone would pick there.
+        :returns: ``None`` when nothing can be read (a component that cannot be read is ``None``
+            inside the footprint); never loads weights, never downloads.
+        """

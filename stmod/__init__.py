@@ -34,8 +34,10 @@ if TYPE_CHECKING:
     from stmod.core.features import FeatureMaps, FeatureRequest, InversionFeatures
     from stmod.core.io.video import ClipPlan
     from stmod.core.pipeline.editor import EditResult, LayoutResult
-    from stmod.core.protocols import (Backbone, Blender, ConditionsText, ControlAnnotator, Extension, FeatureRecording,
-                                      LayoutProvider, LayoutReporting, Modulator, Phase, RecordsAttention, Tokenizer)
+    from stmod.core.budget.job import ModelFootprint
+    from stmod.core.protocols import (Backbone, Blender, ConditionsText, ControlAnnotator, DescribesFootprint, Extension,
+                                      FeatureRecording, LayoutProvider, LayoutReporting, Modulator, Phase,
+                                      RecordsAttention, Tokenizer)
     from stmod.core.types import (BlendContext, EditSpec, ExtensionInput, LayoutMasks, LayoutReport, LayoutRequest,
                                   ModulationConfig, ModulationInput, Range, Region, TextConditioning, number)
     from stmod.plugins.manager import editor_from_plugins, load_job
@@ -54,8 +56,9 @@ _LAZY = {
                      "ModulationInput", "ExtensionInput", "TextConditioning", "BlendContext", "Range", "number"),
                     "stmod.core.types"),
     **dict.fromkeys(("Backbone", "LayoutProvider", "Modulator", "Blender", "ControlAnnotator", "Extension", "Phase",
-                     "Tokenizer", "LayoutReporting", "ConditionsText", "FeatureRecording", "RecordsAttention"),
-                    "stmod.core.protocols"),
+                     "Tokenizer", "LayoutReporting", "ConditionsText", "FeatureRecording", "RecordsAttention",
+                     "DescribesFootprint"), "stmod.core.protocols"),
+    "ModelFootprint": "stmod.core.budget.job",
     **dict.fromkeys(("FeatureRequest", "FeatureMaps", "InversionFeatures"), "stmod.core.features"),
     **dict.fromkeys(("EditResult", "LayoutResult"), "stmod.core.pipeline.editor"),
     "Editor": "stmod.api",

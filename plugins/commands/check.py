@@ -2,6 +2,8 @@
 
 It runs :meth:`Editor.prepare`, the validation ``edit`` runs before loading weights, so a job that
 ``check`` calls valid fails in ``edit`` only for what needs the model (or the inversion's features).
+Then it prints the predicted peak memory and seconds per phase (:mod:`stmod.core.budget`, no weights
+load) and, on a GPU the job would not fit, a warning with the changes that would fit.
 """
 
 from __future__ import annotations
@@ -12,10 +14,23 @@ from stmod.core.config import dump_job
 from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 
 
+def _gib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected free GPU memory in GiB such as 24, got {text!r}") from None
+    if not 0 < value <= 2**20:
+        raise argparse.ArgumentTypeError(f"--gpu-memory {text}: must be above 0 and at most 1048576 GiB")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser)
     parser.add_argument("--print", action="store_true", dest="print_job",
                         help="print the resolved job (file + flags + defaults) as YAML")
+    parser.add_argument("--gpu-memory", type=_gib, metavar="GIB", default=None,
+                        help="predict against a GPU with this much free memory (GiB) instead of the visible one; "
+                             "plans the job on CUDA even where it would run on the CPU (e.g. --gpu-memory 24)")
 
 
 def describe_window(spec) -> str:
@@ -37,8 +52,9 @@ def run(args: argparse.Namespace, session) -> int:
 
     from stmod.core.errors import OutputExistsError
     from stmod.core.pipeline.components import check_output_folder
+    from stmod.plugins.commands.prediction import prediction_lines
 
-    Editor(session.registry, progress=False, cache=False).prepare(spec, check_output=False)
+    prepared = Editor(session.registry, progress=False, cache=False).prepare(spec, check_output=False)
     if args.print_job:
         session.echo(dump_job(spec).rstrip())
     regions = ", ".join(f"{r.name}={r.prompt!r}" for r in spec.regions) or "none"
@@ -48,4 +64,7 @@ def run(args: argparse.Namespace, session) -> int:
         check_output_folder(spec)
     except OutputExistsError:
         session.echo(f"note: the output folder {spec.output} exists: edit needs --overwrite to replace it, or --out DIR")
+    for line in prediction_lines(spec, prepared.components.backbone, len(prepared.clip.indices),
+                                 gpu_memory_gib=args.gpu_memory):
+        session.echo(line)
     return 0

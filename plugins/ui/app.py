@@ -31,6 +31,7 @@ from stmod.core.io.visuals import mask_overlay, tile
 from stmod.core.pipeline.editor import Editor
 from stmod.core.registry import Registry
 from stmod.core.types import EditSpec, VideoSource
+from stmod.plugins.commands.prediction import prediction_lines
 from stmod.plugins.ui.state import (MAX_REGIONS, MODES, Clip, Settings, clear_region, click, display_scale,
                                     draw_keyframe,
                                     error_line, job_mapping, metrics_markdown, prompt_flags)
@@ -167,6 +168,7 @@ class UiApp:
         """Write the job, run it through the Editor; returns (side_by_side.mp4, attention picture, metrics, note)."""
         job = self._write_job("run", clip, names, locals_, annotations, settings)
         spec = load_job(job)
+        prediction = self._prediction(spec)
         cancel = threading.Event()
         self._cancels[session] = cancel
 
@@ -185,7 +187,14 @@ class UiApp:
         attention = result.output / "attention_effect.png"
         note = f"wrote {result.output}; rerun from a shell with: `stmod-run edit {job}`"
         return (str(result.output / "side_by_side.mp4"), str(attention) if attention.exists() else None,
-                metrics_markdown(result.run), note)
+                metrics_markdown(result.run) + prediction, note)
+
+    def _prediction(self, spec: EditSpec) -> str:
+        """What ``stmod-run check`` predicts for the job (peak memory by part, seconds per phase), as Markdown
+        shown beside the measured figures."""
+        backbone = self.editor.check(spec, check_output=False).backbone
+        lines = prediction_lines(spec, backbone, spec.video.frames or 1)
+        return "\n\n**predicted before the run** (as `stmod-run check` prints it):\n\n```\n" + "\n".join(lines) + "\n```"
 
     def cancel(self, session: str) -> str:
         event = self._cancels.get(session)

@@ -119,6 +119,7 @@ def test_app_run_writes_a_rerunnable_job_and_cancel_stops_it(tmp_path: Path) -> 
     job = tmp_path / "runs" / "run-001" / "job.yaml"
     assert Path(video) == job.parent / "result" / "side_by_side.mp4" and Path(attention).exists()
     assert f"stmod-run edit {job}" in note and "| left |" in metrics and seen
+    assert "predicted before the run" in metrics and "predicted peak memory (RSS)" in metrics
     assert run_cli(["check", str(job)], env={"STMOD_LOAD_PLUGINS": ""}).exit_code == 0
 
     def cancel_at_once(*args, **kwargs) -> None:

@@ -1,0 +1,113 @@
+"""What the estimator needs to know about a job and its models, as plain values.
+
+:class:`ModelFootprint` is what a backbone tells about its models without loading them (see
+:class:`stmod.core.protocols.DescribesFootprint`); :class:`JobShape` is the job's work (frames, grid,
+steps, attention focus, modulation, ControlNets), read from an :class:`~stmod.core.types.EditSpec`
+by :func:`job_shape`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import attrs
+from attrs import frozen
+
+from stmod.core.budget.formulas import Focus
+from stmod.core.budget.sizes import Component, read_component
+from stmod.core.st_layout.windows import temporal_windows
+
+if TYPE_CHECKING:
+    from stmod.core.types import EditSpec, ModulationConfig
+
+__all__ = ["ModelFootprint", "JobShape", "focus_of", "job_shape", "read_footprint"]
+
+#: The ``st-layout`` modulator's default working-memory budget of one modulated attention call.
+DEFAULT_BUDGET_MB = 256.0
+
+
+@frozen(kw_only=True)
+class ModelFootprint:
+    """The models a job loads and how they run, read without loading weights.
+
+    A component that cannot be read is ``None`` (its parts are "unknown" in the estimate).
+    ``vae_tile`` is the VAE's tile size in pixels (diffusers tiles frames larger than its
+    ``sample_size``); ``kernel`` is the modulated self-attention kernel on this device.
+    """
+
+    device: Literal["cpu", "cuda"]
+    dtype_bytes: int
+    unet: Component | None
+    vae: Component | None
+    text_encoder: Component | None
+    controlnets: tuple[Component | None, ...] = ()
+    vae_batch: int = 8
+    vae_tiling: bool = False
+    vae_tile: int = 512
+    cpu_offload: bool = False
+    kernel: Literal["two-pass", "triton"] = "two-pass"
+
+
+def read_footprint(folder: Path, controlnets: tuple[Path, ...] = (), **how: object) -> ModelFootprint:
+    """The footprint of a diffusers model folder (``unet/``, ``vae/``, ``text_encoder/``) and ControlNet
+    folders; ``how`` sets the other :class:`ModelFootprint` fields (device, dtype_bytes, ...)."""
+    vae = read_component(folder / "vae")
+    tile = int(vae.config.get("sample_size", 512)) if vae is not None else 512
+    how.setdefault("vae_tile", tile if isinstance(tile, int) else 512)
+    return ModelFootprint(unet=read_component(folder / "unet"), vae=vae,
+                          text_encoder=read_component(folder / "text_encoder"),
+                          controlnets=tuple(read_component(Path(c)) for c in controlnets), **how)
+
+
+@frozen(kw_only=True)
+class JobShape:
+    """The work of one edit: frames, pixel size, steps, CFG branches, attention focus, modulation."""
+
+    frames: int
+    height: int
+    width: int
+    steps: int
+    branches: int = 2
+    focus: Focus = Focus(key_frames=1.0)
+    #: Denoising steps with modulated self-attention (the cond branch uses the modulated kernel).
+    modulated_steps: int = 0
+    #: Region codes of the modulated kernel's widened inputs (regions + background).
+    codes: int = 2
+    budget_bytes: int = int(DEFAULT_BUDGET_MB * 2**20)
+    #: Text prompts encoded (negative, global, one per local prompt).
+    prompts: int = 2
+
+    def with_frames(self, frames: int, modulation: ModulationConfig) -> JobShape:
+        return attrs.evolve(self, frames=frames, focus=focus_of(modulation, frames))
+
+
+def focus_of(modulation: ModulationConfig, frames: int) -> Focus:
+    """The :class:`~stmod.core.budget.formulas.Focus` of ``modulation.temporal`` over ``frames`` frames."""
+    temporal = modulation.temporal
+    if temporal == "per-frame":
+        return Focus(key_frames=1.0)
+    if temporal == "sparse-causal":
+        return Focus(key_frames=2.0 if frames > 1 else 1.0)
+    if temporal == "full":
+        return Focus(key_frames=float(frames), joined=True)
+    windows = temporal_windows(frames, modulation.window_frames, modulation.window_overlap, modulation.anchor_frames)
+    if len(windows) == 1:
+        return Focus(key_frames=float(frames), joined=True)
+    pairs = sum(len(q) * len(k) for q, k in windows)
+    largest = max(windows, key=lambda w: len(w[0]) + 2 * len(w[1]))
+    return Focus(key_frames=pairs / frames, joined=True, query_share=len(largest[0]) / frames,
+                 key_share=len(largest[1]) / frames)
+
+
+def job_shape(spec: EditSpec, frames: int | None = None) -> JobShape:
+    """The :class:`JobShape` of ``spec``; ``frames``: the count the clip gives (default ``video.frames``, else 1)."""
+    width, height = spec.video.size
+    frames = int(frames or spec.video.frames or 1)
+    config = spec.modulation
+    active = max(0, min(config.end_step, spec.steps) - config.start_step) if config.modulate_self else 0
+    budget = spec.modulator.options.get("budget_mb", DEFAULT_BUDGET_MB) if spec.modulator else DEFAULT_BUDGET_MB
+    return JobShape(frames=frames, height=height, width=width, steps=spec.steps,
+                    branches=1 if spec.guidance == 1.0 else 2, focus=focus_of(config, frames),
+                    modulated_steps=active, codes=len(spec.regions) + 1, budget_bytes=int(float(budget) * 2**20),
+                    prompts=2 + len(spec.regions))
