@@ -1,0 +1,16 @@
+"""Built-in plugin ``stmod.extensions``: the official VideoGrain pipeline's parts beside ST-Layout attention.
+
+One module per extension; this list only registers them (by reference: their modules import torch).
+"""
+
+from __future__ import annotations
+
+from stmod import hookimpl
+
+
+@hookimpl
+def stmod_register_extensions(register) -> None:
+    register.add("pnp", "stmod.plugins.extensions.pnp:PnPExtension",
+                 options="stmod.plugins.extensions.pnp:PnPOptions",
+                 summary="PnP: the inversion's up-block features and self-attention q/k injected in the first "
+                         "inject_step denoising steps (official use_pnp)")
