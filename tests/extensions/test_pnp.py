@@ -67,9 +67,12 @@ def test_places_are_the_official_ones_on_sd15_and_follow_levels_on_tiny() -> Non
         sd15 = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
     places = find_places(sd15)
     assert [p.name for p in places] == SD15_PLACES
+    assert all(p.module is sd15.get_submodule(p.name) for p in places)
     assert place_bytes(sd15, places, latent_size=(64, 64), frames=16, element_size=2) == sd15_step_bytes()
     assert sd15_step_bytes(branches=2) == 587_202_560  # the official 0.59 GB per step at 16 frames
-    tiny = [p.name for p in find_places(_unet())]
+    unet = _unet()
+    assert all(p.module is unet.get_submodule(p.name) for p in find_places(unet))
+    tiny = [p.name for p in find_places(unet)]
     assert tiny == ["up_blocks.0.resnets.0.conv2", "up_blocks.0.resnets.1.conv2", "up_blocks.1.resnets.0.conv2",
                     *(f"up_blocks.1.attentions.{j}.transformer_blocks.0.attn1.to_{p}" for j in (0, 1, 2) for p in "qk"),
                     *(f"up_blocks.2.attentions.0.transformer_blocks.0.attn1.to_{p}" for p in "qk")]
@@ -122,6 +125,21 @@ def test_injecting_features_recorded_from_the_same_run_reproduces_it_exactly(inj
     assert pnp.recorded == list(range(inject_step)) and pnp.injected == list(range(inject_step))
     assert torch.equal(plain, again)
     assert not any(p.module._forward_hooks for p in find_places(unet))
+
+
+def test_one_recorded_branch_goes_into_every_cfg_branch_frames_inner() -> None:
+    """The record of the conditional branch, injected into an ``(uncond, cond)`` batch of the same inputs,
+    gives each half exactly the recorded call's ε (so frames stay in order within each branch)."""
+    unet, steps = _unet(), 1
+    g = torch.Generator().manual_seed(4)
+    text, x = torch.randn(FRAMES, 77, 32, generator=g), torch.randn(FRAMES, 4, *LATENT, generator=g)
+    pnp, t = _pnp(steps, inject_step=1, precision="float32"), ddim_timesteps(steps)[0]
+    with pnp.install(unet, role="unet"), torch.no_grad():
+        pnp.step(phase="invert", step_index=0, timestep=t, branches=("cond",))
+        recorded = unet(x, t, encoder_hidden_states=text).sample
+        pnp.step(phase="denoise", step_index=0, timestep=t, branches=("uncond", "cond"))
+        both = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([text, text])).sample
+    torch.testing.assert_close(both, torch.cat([recorded, recorded]), rtol=1e-5, atol=1e-6)  # batch-size rounding only
 
 
 def test_injection_replaces_the_outputs_only_for_steps_below_inject_step() -> None:
