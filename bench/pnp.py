@@ -9,11 +9,14 @@ in a fresh subprocess so its peak RSS is its own:
 
 Backbones: ``tiny`` (the test model) and ``sd15`` — SD 1.5's full architecture (UNet, ControlNet, VAE,
 CLIP ViT-L) with random weights (``bench/edit.py``'s builder; the cost does not depend on the
-weights). Below the table, the records' bytes computed from SD 1.5's shapes at 512² and 16 frames,
+weights). Then one SD 1.5 UNet call timed without PnP, recording and injecting, interleaved in one
+process (the edits' times vary with the machine's load; the per-call times show the hooks' own cost).
+Below, the records' bytes computed from SD 1.5's shapes at 512² and 16 frames,
 beside the official code's (both CFG halves, all 49 steps, CPU RAM)::
 
     .venv/bin/python bench/pnp.py                                  # tiny and sd15, 16 frames, 128²
     .venv/bin/python bench/pnp.py --backbones tiny --frames 16 --size 128 --steps 4 --inject-step 4
+    .venv/bin/python bench/pnp.py --backbones "" --overhead 3 --size 64   # only the per-call timing
 """
 
 from __future__ import annotations
@@ -63,6 +66,45 @@ def one(backbone: str, mode: str, args: argparse.Namespace) -> dict:
             "peak_rss": run["peak_rss_bytes"], "store": sum(f.stat().st_size for f in files), "files": len(files)}
 
 
+def hook_overhead(args: argparse.Namespace) -> list[str]:
+    """Seconds of one random-weight SD 1.5 UNet call (``--frames`` frames at ``--size``) without PnP, recording
+    and injecting, interleaved ``--overhead`` times in this process, so the machine's load hits all alike."""
+    import types
+
+    import numpy as np
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from stmod.core.types import ExtensionInput
+    from stmod.plugins.extensions.pnp import PnPExtension, PnPOptions
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from edit import build_random_sd15
+
+    unet = UNet2DConditionModel.from_pretrained(build_random_sd15(Path(args.work) / "sd15-random") / "unet").float()
+    side = args.size // 8
+    x, text = torch.randn(args.frames, 4, side, side), torch.randn(args.frames, 77, 768)
+
+    def call(mode: str) -> float:
+        pnp, spec = PnPExtension(PnPOptions(inject_step=1)), types.SimpleNamespace(steps=1)
+        pnp.check(spec)
+        pnp.prepare(ExtensionInput(spec=spec, frames=np.zeros((args.frames, 8, 8, 3), np.uint8), latent_size=(side, side),
+                                   num_frames=args.frames, store=None, device=torch.device("cpu"), dtype=torch.float32))
+        with torch.no_grad(), pnp.install(unet.eval(), role="unet"):
+            for phase in ("invert", "denoise")[: {"off": 0, "record": 1, "inject": 2}[mode]]:
+                pnp.step(phase=phase, step_index=0, timestep=981, branches=("cond",))
+                if phase == "invert" and mode == "inject":
+                    unet(x, 981, encoder_hidden_states=text)  # the record to inject
+            began = time.perf_counter()
+            unet(x, 981, encoder_hidden_states=text)
+            return time.perf_counter() - began
+
+    rows = [{mode: call(mode) for mode in ("off", "record", "inject")} for _ in range(args.overhead)]
+    return ["One SD 1.5 UNet call (random weights), seconds, interleaved:", "| try | off | record | inject |",
+            "|---|---|---|---|", *(f"| {i} | {r['off']:.2f} | {r['record']:.2f} | {r['inject']:.2f} |"
+                                    for i, r in enumerate(rows))]
+
+
 def official_note() -> list[str]:
     from stmod.plugins.extensions.pnp_places import sd15_step_bytes
 
@@ -85,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128, help="square edit size in pixels")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--inject-step", type=int, default=4)
+    p.add_argument("--overhead", type=int, default=3, help="tries of the per-call timing (0: none)")
     p.add_argument("--work", default=None, help="working folder (kept; default: a temporary one)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # BACKBONE:MODE, in the child process
     args = p.parse_args(argv)
@@ -99,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| backbone | mode | seconds | invert s | denoise s | peak RSS MB | records on disk MB (files) |")
     print("|---|---|---|---|---|---|---|")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    for backbone in args.backbones.split(","):
+    for backbone in filter(None, args.backbones.split(",")):
         for mode in args.modes.split(","):
             child = subprocess.run([sys.executable, __file__, *passed, "--one", f"{backbone}:{mode}"],
                                    capture_output=True, text=True, env=env)
@@ -110,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {backbone} | {mode} | {r['seconds']:.1f} | {r['invert']:.1f} | {r['denoise']:.1f} | "
                   f"{r['peak_rss'] / MB:.0f} | {r['store'] / MB:.1f} ({r['files']}) |", flush=True)
     print()
+    if args.overhead:
+        print("\n".join(hook_overhead(args)), end="\n\n")
     print("\n".join(official_note()))
     return 0
 
