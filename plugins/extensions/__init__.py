@@ -13,3 +13,7 @@ def stmod_register_extensions(register) -> None:
     register.add("freeu", "stmod.plugins.extensions.freeu:FreeUExtension",
                  options="stmod.plugins.extensions.freeu:FreeUOptions",
                  summary="FreeU through diffusers' enable_freeu (official values b1 1.2, b2 1.5, s1 = s2 = 1)")
+    register.add("pnp", "stmod.plugins.extensions.pnp:PnPExtension",
+                 options="stmod.plugins.extensions.pnp:PnPOptions",
+                 summary="PnP: the inversion's up-block features and self-attention q/k injected in the first "
+                         "inject_step denoising steps (official use_pnp)")
