@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from stmod.core.st_layout.extrema import bf16_screen_available, screened_row_extrema
 from stmod.core.st_layout.labels import modulated_scores
 from stmod.core.st_layout.triton_kernel import TokenOrder, triton_available, triton_modulated_attention
 
@@ -66,8 +67,10 @@ def row_extrema(
     :returns: ``(mx, mn)``, float32 ``(B, H, Lq)``. Scores are computed in query chunks into one
         reused buffer of at most ``budget_bytes`` (on CPU also at most :data:`CPU_BLOCK_BYTES`), all
         heads at once when that leaves enough rows: few, large ATen calls (see
-        :data:`CPU_BLOCK_BYTES`). Computed without autograd: the extrema are constants for gradients
-        (the engine is for inference).
+        :data:`CPU_BLOCK_BYTES`). On CPUs with native bf16 dot products, fp32 inputs go through
+        :func:`~stmod.core.st_layout.extrema.screened_row_extrema` (a bf16 product screens the
+        candidates, fp32 recomputes them: the same extrema, faster). Computed without autograd: the
+        extrema are constants for gradients (the engine is for inference).
     """
     b, h, lq, d = q.shape
     lk = k.shape[-2]
@@ -76,6 +79,9 @@ def row_extrema(
     qs = q.reshape(heads, lq, d)
     kt = k.reshape(heads, lk, d).transpose(1, 2)
     block = min(budget_bytes, CPU_BLOCK_BYTES) if q.device.type == "cpu" else budget_bytes
+    if bf16_screen_available(q, k):  # exact, from a bf16 screen (core/st_layout/extrema.py)
+        mx, mn = screened_row_extrema(qs, kt.transpose(1, 2), block)
+        return (mx * scale).view(b, h, lq), (mn * scale).view(b, h, lq)
     group, rows = 1, block // (lk * item)
     if block // (heads * lk * item) >= min(lq, 256 if q.device.type != "cpu" else 16):
         group, rows = heads, block // (heads * lk * item)
