@@ -64,13 +64,15 @@ from stmod.core.st_layout.kernels import (
     uniform_rows,
 )
 from stmod.core.st_layout.labels import level_layout, rules_for, time_weight
+from stmod.core.st_layout.triton_kernel import key_tiles, token_order
 
 HEADS, HEAD_DIM, STRENGTH, TEXT = 8, 80, 0.3, 77
 #: Token spans of the three regions' local prompts in the bench's (imaginary) global prompt.
 SPANS = [(1, 3), (4, 6), (7, 9)]
 VARIANTS = ("plain", "ours", "official")
-#: Our kernel's variants and their ``use_triton``: ``ours`` picks (Triton on CUDA when importable).
-OURS = {"ours": None, "two-pass": False, "triton": True}
+#: Our kernel's variants and their ``use_triton``: ``ours`` picks (Triton on CUDA when importable);
+#: ``triton-sorted`` is the Triton kernel with the tokens in region-code order (as the engine runs it).
+OURS = {"ours": None, "two-pass": False, "triton": True, "triton-sorted": True}
 
 
 def make_inputs(frames: int, grid: tuple[int, int], dtype: torch.dtype, device: str, seed: int = 0):
@@ -91,7 +93,9 @@ def make_inputs(frames: int, grid: tuple[int, int], dtype: torch.dtype, device: 
 def prepare(variant: str, masks: torch.Tensor, device: str, dtype: torch.dtype) -> Any:
     """Per-run precomputation: our per-token codes, or the official dense map and size column."""
     if variant in OURS:
-        return level_layout(masks, masks.shape[-2:], rules=rules_for("videograin"), spans=SPANS).to(device)
+        layout = level_layout(masks, masks.shape[-2:], rules=rules_for("videograin"), spans=SPANS).to(device)
+        codes = layout.self_codes.reshape(1, -1)
+        return layout, token_order(codes, codes) if variant == "triton-sorted" else None
     if variant == "official":
         frames, regions = masks.shape[:2]
         flat = masks.permute(1, 0, 2, 3).reshape(regions, -1).to(device, torch.float16)
@@ -110,11 +114,12 @@ def run(variant: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prepare
     if variant == "plain":
         return F.scaled_dot_product_attention(q, k, v)
     if variant in OURS:
-        layout = prepared
+        layout, order = prepared
         lam = (xi * STRENGTH * layout.self_size).reshape(1, -1)
         codes = layout.self_codes.reshape(1, -1)
         return modulated_attention(q, k, v, strength=lam, query_codes=codes, key_codes=codes,
-                                   relation=layout.self_relation, budget_bytes=budget, use_triton=OURS[variant])
+                                   relation=layout.self_relation, budget_bytes=budget, use_triton=OURS[variant],
+                                   order=order)
     sreg_map, reg_size = prepared
     scale = q.shape[-1] ** -0.5
     out = torch.empty_like(q)
@@ -215,7 +220,7 @@ def timing_child(args: argparse.Namespace) -> dict[str, Any]:
     budget = int(args.budget_mb * 2**20)
     q, k, v, masks = make_inputs(args.frames, (args.grid, args.grid), torch.float32, "cpu")
     prepared = {name: prepare(name, masks, "cpu", torch.float32) for name in ("plain", "ours")}
-    layout = prepared["ours"]
+    layout = prepared["ours"][0]
     codes = layout.self_codes.reshape(1, -1)
     share = uniform_rows(layout.self_size.reshape(1, -1), codes, codes, layout.self_relation).float().mean()
     runs = {name: (lambda name=name: run(name, q, k, v, prepared[name], budget)) for name in prepared}
@@ -283,22 +288,29 @@ def cuda_row(variant: str, frames: int, grid: int, repeats: int, budget: int) ->
 
 
 def cuda_kernels(sizes: list[tuple[int, int]], repeats: int, budget: int) -> None:
-    """fp16 CUDA table of plain SDPA, our two-pass kernel and the Triton kernel (time, peak, max |Δ|)."""
-    names = ("plain", "two-pass", "triton")
+    """fp16 CUDA table of plain SDPA, our two-pass kernel and the Triton kernel on the tokens as they
+    come and sorted by region code (time, peak, max |Δ| to the two-pass kernel)."""
+    names = ("plain", "two-pass", "triton", "triton-sorted")
     for frames, grid in sizes:
         rows = {name: cuda_row(name, frames, grid, repeats, budget) for name in names}
         q, k, v, masks = make_inputs(frames, (grid, grid), torch.float16, "cuda")
-        layout = prepare("ours", masks, "cuda", torch.float16)
-        diff = (run("triton", q, k, v, layout, budget).float() - run("two-pass", q, k, v, layout, budget).float())
+        base = run("two-pass", q, k, v, prepare("two-pass", masks, "cuda", torch.float16), budget).float()
+        diffs = {name: (run(name, q, k, v, prepare(name, masks, "cuda", torch.float16), budget).float() - base)
+                 .abs().max().item() for name in ("triton", "triton-sorted")}
+        layout, order = prepare("triton-sorted", masks, "cuda", torch.float16)
+        tiles = [key_tiles(layout.self_codes.reshape(1, -1)), order.tiles]
         print(f"\nCUDA fp16 ({torch.cuda.get_device_name()}), F={frames}, {grid}x{grid} "
-              f"(L={frames * grid * grid} tokens), {HEADS} heads, head dim {HEAD_DIM}")
+              f"(L={frames * grid * grid} tokens), {HEADS} heads, head dim {HEAD_DIM}; single-code key tiles: "
+              + ", ".join(f"{t.single.numel()}/{t.single.numel() + t.mixed.numel()} {how}"
+                          for t, how in zip(tiles, ("as they come", "sorted"))))
         print(f"{'variant':<10}{'time (ms)':>12}{'x plain':>9}{'peak extra (GB)':>18}")
         for name in names:
             r = rows[name]
             print(f"{name:<10}{r['seconds'] * 1e3:>12.2f}{r['seconds'] / rows['plain']['seconds']:>9.2f}"
                   f"{r['cuda'] / 1e9:>18.3f}")
-        print(f"max |triton - two-pass| = {diff.abs().max().item():.2e}")
-        del q, k, v, diff
+        print(f"max |triton - two-pass| = {diffs['triton']:.2e}, "
+              f"max |triton-sorted - two-pass| = {diffs['triton-sorted']:.2e}")
+        del q, k, v, base
         torch.cuda.empty_cache()
 
 
@@ -347,15 +359,15 @@ def main() -> None:
     if args.child:
         print(json.dumps(timing_child(args) if args.child == "timing" else child(args)))
         return
-    frames, grid = (4, 16) if args.quick else (16, 32)
-    print_timing(frames, grid, timing_rows(frames, grid, args.repeats, args.budget_mb, args.threads))
-    if not args.time_only:
-        _print_cpu(frames, grid, cpu_table(frames, grid, args.repeats, args.budget_mb))
-    if args.cuda_kernels:
+    if args.cuda_kernels:  # the GPU table only (bench/gpu.sh): no CPU timing on the lent machine
         if not torch.cuda.is_available():
             parser.error("--cuda-kernels needs a CUDA device")
         cuda_kernels([(16, 64), (32, 32)], args.repeats, int(args.budget_mb * 2**20))
         return
+    frames, grid = (4, 16) if args.quick else (16, 32)
+    print_timing(frames, grid, timing_rows(frames, grid, args.repeats, args.budget_mb, args.threads))
+    if not args.time_only:
+        _print_cpu(frames, grid, cpu_table(frames, grid, args.repeats, args.budget_mb))
     if torch.cuda.is_available():
         budget = int(args.budget_mb * 2**20)
         sizes = [(4, 16)] if args.quick else [(16, 32), (16, 64), (32, 32)]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU benchmarks of issue 15 on one CUDA machine, in under 8 minutes (each step has its own timeout):
-#   1. attention kernels in fp16 — plain SDPA, our two-pass kernel, the Triton kernel — at
+#   1. attention kernels in fp16 — plain SDPA, our two-pass kernel, the Triton kernel on the tokens as
+#      they come and sorted by region code (as the engine runs it) — at
 #      16 frames x 64x64 and 32 frames x 32x32 latents (bench/attention.py --cuda-kernels);
 #   2. a random-weight full-size SD 1.5 + ControlNet edit, 16 frames at 512x512, 50 + 50 steps:
 #      time per phase and peak GPU memory (bench/edit.py --full-sd15);

@@ -1,12 +1,16 @@
-"""bench/gpu.sh is ready to run: valid bash, and without a GPU one line and exit status 0."""
+"""bench/gpu.sh is ready to run: valid bash, without a GPU one line and exit status 0, and the attention
+variants of its kernel table run (in Triton's interpreter) and agree."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +37,26 @@ def test_gpu_script_fits_its_budget_and_predicts_a_32_frame_edit() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--help"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and "--cuda" in done.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_attention_kernel_variants_of_the_gpu_table_agree_in_the_interpreter() -> None:
+    """The variants bench/gpu.sh times (two-pass, Triton as the tokens come, Triton sorted) run and agree
+    on a small input of the bench layout (on the CPU under ``TRITON_INTERPRET=1``)."""
+    code = """
+import sys, torch
+sys.path.insert(0, "bench")
+from attention import OURS, make_inputs, prepare, run
+q, k, v, masks = make_inputs(2, (8, 8), torch.float32, "cpu")
+base = run("two-pass", q, k, v, prepare("two-pass", masks, "cpu", torch.float32), 1 << 20)
+for name in ("triton", "triton-sorted"):
+    with torch.no_grad():
+        out = run(name, q, k, v, prepare(name, masks, "cpu", torch.float32), 1 << 20)
+    torch.testing.assert_close(out, base, rtol=1e-4, atol=1e-5)
+print("variants agree:", sorted(OURS))
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "triton-sorted" in done.stdout
+    assert "--cuda-kernels" in (ROOT / "bench" / "gpu.sh").read_text()

@@ -31,11 +31,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from stmod.core.st_layout.extrema import bf16_screen_available, screened_row_extrema
 from stmod.core.st_layout.labels import modulated_scores
-from stmod.core.st_layout.triton_kernel import triton_available, triton_modulated_attention
+from stmod.core.st_layout.triton_kernel import TokenOrder, triton_available, triton_modulated_attention
 
-__all__ = ["DEFAULT_BUDGET", "row_extrema", "uniform_rows", "modulated_attention", "modulated_attention_few_keys",
-           "modulated_attention_explicit"]
+__all__ = ["DEFAULT_BUDGET", "row_extrema", "uniform_rows", "uses_triton", "modulated_attention",
+           "modulated_attention_few_keys", "modulated_attention_explicit"]
 
 #: Default working-memory budget of one kernel call (bytes).
 DEFAULT_BUDGET = 256 * 2**20
@@ -66,8 +67,10 @@ def row_extrema(
     :returns: ``(mx, mn)``, float32 ``(B, H, Lq)``. Scores are computed in query chunks into one
         reused buffer of at most ``budget_bytes`` (on CPU also at most :data:`CPU_BLOCK_BYTES`), all
         heads at once when that leaves enough rows: few, large ATen calls (see
-        :data:`CPU_BLOCK_BYTES`). Computed without autograd: the extrema are constants for gradients
-        (the engine is for inference).
+        :data:`CPU_BLOCK_BYTES`). On CPUs with native bf16 dot products, fp32 inputs go through
+        :func:`~stmod.core.st_layout.extrema.screened_row_extrema` (a bf16 product screens the
+        candidates, fp32 recomputes them: the same extrema, faster). Computed without autograd: the
+        extrema are constants for gradients (the engine is for inference).
     """
     b, h, lq, d = q.shape
     lk = k.shape[-2]
@@ -76,6 +79,9 @@ def row_extrema(
     qs = q.reshape(heads, lq, d)
     kt = k.reshape(heads, lk, d).transpose(1, 2)
     block = min(budget_bytes, CPU_BLOCK_BYTES) if q.device.type == "cpu" else budget_bytes
+    if bf16_screen_available(q, k):  # exact, from a bf16 screen (core/st_layout/extrema.py)
+        mx, mn = screened_row_extrema(qs, kt.transpose(1, 2), block)
+        return (mx * scale).view(b, h, lq), (mn * scale).view(b, h, lq)
     group, rows = 1, block // (lk * item)
     if block // (heads * lk * item) >= min(lq, 256 if q.device.type != "cpu" else 16):
         group, rows = heads, block // (heads * lk * item)
@@ -120,6 +126,13 @@ def uniform_rows(
     flat = (rel.all(1) | ~rel.any(1))[query_codes.to(relation.device)]  # (B|1, Lq)
     flat, zero = torch.broadcast_tensors(flat, strength.to(relation.device) == 0)
     return (flat | zero).all(0)
+
+
+def uses_triton(q: torch.Tensor) -> bool:
+    """Whether :func:`modulated_attention` picks the Triton kernel for ``q`` by default: Triton can run
+    on its device (CUDA, or any device under ``TRITON_INTERPRET=1``) and no gradient is wanted (the
+    kernel has no backward pass)."""
+    return not torch.is_grad_enabled() and triton_available(q.device)
 
 
 def _widened_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
@@ -171,21 +184,24 @@ def modulated_attention(
     scale: float | None = None,
     budget_bytes: int = DEFAULT_BUDGET,
     use_triton: bool | None = None,
+    order: TokenOrder | None = None,
 ) -> torch.Tensor:
     """Modulated attention in two passes (row extrema, then one SDPA on widened inputs).
 
     Shapes as in the module docstring. Returns ``(B, H, Lq, dv)`` in ``q``'s dtype. Rows that
     :func:`uniform_rows` finds skip both the extrema and the widening: they are one plain SDPA call
     with ``q`` scaled by ``1 − λ`` per row. The rest are gathered (O(Lq·d) copies) and widened.
-    ``use_triton`` (``None``: on CUDA when Triton is importable, without autograd) runs the
-    single-pass kernel of :mod:`stmod.core.st_layout.triton_kernel` instead.
+    ``use_triton`` (``None``: :func:`uses_triton`) runs the single-pass kernel of
+    :mod:`stmod.core.st_layout.triton_kernel` instead, with the tokens in code order when ``order``
+    (``token_order(query_codes, key_codes)``, cached by the caller) is given; the two-pass path
+    ignores ``order``.
     """
     _check(q, strength, query_codes, key_codes, k, relation)
-    if use_triton is None:  # the Triton kernel has no backward pass
-        use_triton = q.device.type == "cuda" and not torch.is_grad_enabled() and triton_available(q.device)
+    if use_triton is None:
+        use_triton = uses_triton(q)
     if use_triton:
         return triton_modulated_attention(q, k, v, strength=strength, query_codes=query_codes,
-                                          key_codes=key_codes, relation=relation, scale=scale)
+                                          key_codes=key_codes, relation=relation, scale=scale, order=order)
     b, h, lq, d = q.shape
     scale = d**-0.5 if scale is None else scale
     lam = strength.to(device=q.device, dtype=torch.float32).expand(b, lq)

@@ -19,6 +19,7 @@ from stmod.core.st_layout.kernels import (
     modulated_attention,
     modulated_attention_explicit,
     modulated_attention_few_keys,
+    uses_triton,
 )
 from stmod.core.st_layout.state import EngineState, StepInfo
 from stmod.core.st_layout.windows import temporal_windows
@@ -199,13 +200,15 @@ class STLayoutProcessor:
         b = step.branches.index(target)
         layout = state.level(n, frames, qs.device)
         codes = layout.self_codes
+        triton = uses_triton(qs)
         out = torch.empty_like(qs)
         out[b:b + 1] = modulated_attention(
             qs[b:b + 1], ks[b:b + 1], vs[b:b + 1],
             strength=state.token_strengths(step, "self", layout)[_frame_index(q_frames)].reshape(1, -1),
             query_codes=codes[_frame_index(q_frames)].reshape(1, -1),
             key_codes=codes[_frame_index(k_frames)].reshape(1, -1),
-            relation=layout.self_relation, budget_bytes=state.budget,
+            relation=layout.self_relation, budget_bytes=state.budget, use_triton=triton,
+            order=state.token_order(layout, q_frames, k_frames) if triton else None,
         )
         plain = [i for i in range(qs.shape[0]) if i != b]
         if plain:

@@ -7,7 +7,8 @@ per resolution and device) and the recorders.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from attrs import field, frozen, validators
@@ -15,6 +16,7 @@ from attrs import field, frozen, validators
 from stmod.core.protocols import Phase
 from stmod.core.st_layout.labels import LevelLayout, layer_grid, level_layout, rules_for, time_weight, token_strength
 from stmod.core.st_layout.recorders import AttentionRecorder
+from stmod.core.st_layout.triton_kernel import TokenOrder, token_order
 from stmod.core.types import Branch
 
 if TYPE_CHECKING:
@@ -56,9 +58,10 @@ class EngineState:
         self.recorder: AttentionRecorder | None = None
         self.features: InversionFeatureRecorder | None = None  # fed during inversion (K-Means layouts)
         self._levels: dict[tuple[tuple[int, int], torch.device], LevelLayout] = {}
+        self._orders: dict[tuple[Any, ...], TokenOrder] = {}
 
     def prepare(self, plan: ModulationPlan, record: bool) -> None:
-        self.plan, self._levels = plan, {}
+        self.plan, self._levels, self._orders = plan, {}, {}
         self.rules = rules_for(plan.config.preset)
         self.recorder = None
         if record and plan.masks is not None:
@@ -91,6 +94,16 @@ class EngineState:
                 )
             self._levels[key] = self._levels[cpu].to(device)
         return self._levels[key]
+
+    def token_order(self, layout: LevelLayout, q_frames: Sequence[int], k_frames: Sequence[int]) -> TokenOrder:
+        """The self-attention tokens of ``q_frames`` (queries) and ``k_frames`` (keys) of one level in
+        region-code order, for the Triton kernel: sorted once per level, window and edit, then reused
+        by every layer and step."""
+        key = (layout.grid, layout.self_codes.device, tuple(q_frames), tuple(k_frames))
+        if key not in self._orders:
+            codes = layout.self_codes
+            self._orders[key] = token_order(codes[list(q_frames)].reshape(1, -1), codes[list(k_frames)].reshape(1, -1))
+        return self._orders[key]
 
     def in_window(self, step: StepInfo) -> bool:
         plan = self.plan
