@@ -105,7 +105,8 @@ def job_shape(spec: EditSpec, frames: int | None = None) -> JobShape:
     width, height = spec.video.size
     frames = int(frames or spec.video.frames or 1)
     config = spec.modulation
-    active = max(0, min(config.end_step, spec.steps) - config.start_step) if config.modulate_self else 0
+    start, end = config.window(spec.steps)  # an unset end_step follows the step count
+    active = max(0, end - start) if config.modulate_self else 0
     budget = spec.modulator.options.get("budget_mb", DEFAULT_BUDGET_MB) if spec.modulator else DEFAULT_BUDGET_MB
     return JobShape(frames=frames, height=height, width=width, steps=spec.steps,
                     branches=1 if spec.guidance == 1.0 else 2, focus=focus_of(config, frames),

@@ -187,3 +187,14 @@ def test_the_estimate_imports_no_torch() -> None:
             "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+@pytest.mark.parametrize(("end_step", "steps", "modulated"), [(None, 20, 6), (None, 50, 15), (4, 20, 4), (40, 20, 20)])
+def test_modulated_steps_follow_the_window(end_step, steps, modulated) -> None:
+    """An unset ``end_step`` is 30 % of the steps (the job's window), an explicit one is kept, capped by the steps."""
+    from stmod.core.budget.job import job_shape
+    from stmod.core.types import EditSpec, VideoSource
+
+    spec = EditSpec(video=VideoSource(path=Path("clip.mp4"), frames=4), prompt="a cat", steps=steps,
+                    modulation=ModulationConfig(end_step=end_step))
+    assert job_shape(spec).modulated_steps == modulated
