@@ -65,6 +65,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "stmod.official": "stmod.plugins.official",
     "stmod.blenders": "stmod.plugins.blenders",
     "stmod.modulators": "stmod.plugins.modulators",
+    "stmod.extensions": "stmod.plugins.extensions",
     "stmod.backbones": "stmod.backbones.plugin",
     "stmod.layouts": "stmod.layouts.plugin",
 }
