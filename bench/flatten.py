@@ -80,6 +80,29 @@ def _unet(kind: str):
     return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval(), 768
 
 
+class KernelClock:
+    """Seconds spent in the trajectory attention (wraps the function the extension calls): FLATTEN's
+    own added work, measured directly — on a shared machine it is steadier than a difference of calls."""
+
+    def __init__(self) -> None:
+        from stmod.plugins.extensions import flatten
+
+        self.seconds, self._module, self._kernel = 0.0, flatten, flatten.trajectory_attention
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return self._kernel(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        flatten.trajectory_attention = timed
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
 def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -106,24 +129,27 @@ def unet_calls(kind: str, frames: int, size: int, rounds: int) -> dict:
         extension._frames, extension._latent = frames, latent
         settings[str(levels)] = extension
 
-    def call(extension: FlattenExtension | None) -> float:
+    clock = KernelClock()
+
+    def call(extension: FlattenExtension | None) -> tuple[float, float]:
         with torch.inference_mode(), (extension.install(unet, role="unet") if extension else contextlib.nullcontext()):
             start = time.perf_counter()
             unet(x, 500, encoder_hidden_states=text)
-            return time.perf_counter() - start
+            return time.perf_counter() - start, clock.take()
 
     call(None)
     rss = {}
     for name, extension in settings.items():
         call(extension)
         rss[name] = _rss_gb()
-    seconds: dict[str, list[float]] = {name: [] for name in settings}
+    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in settings}
     for _ in range(rounds):
         for name, extension in settings.items():
             seconds[name].append(call(extension))
     tables = {name: sum(t.keys.nbytes * 2 + t.valid.nbytes for t in e._levels.values()) / 2**20  # int64 on device
               for name, e in settings.items() if e is not None}
-    return {"seconds": {k: min(v) for k, v in seconds.items()}, "rss_gb": rss, "tables_mb": tables}
+    return {"seconds": {k: min(t for t, _ in v) for k, v in seconds.items()},
+            "kernel": {k: min(f for _, f in v) for k, v in seconds.items()}, "rss_gb": rss, "tables_mb": tables}
 
 
 def tiny_edit(frames: int, size: int, steps: int) -> list[dict]:
@@ -141,6 +167,7 @@ def tiny_edit(frames: int, size: int, steps: int) -> list[dict]:
     base = load_job(job)
     folder = default_tiny_folder()
     rows: dict[str, dict] = {}
+    clock = KernelClock()
     for label, extensions in 2 * [("none", []), ("flatten [0]", [{"name": "flatten", "levels": [0]}]),
                               ("flatten [0,1,2]", [{"name": "flatten", "levels": [0, 1, 2]}])]:
         spec = load_job(job, {"extensions": extensions, "steps": steps, "save_attention": False, "overwrite": True,
@@ -151,7 +178,7 @@ def tiny_edit(frames: int, size: int, steps: int) -> list[dict]:
         result = editor.run(spec)
         phases = result.run["phases"]
         row = {"label": label, "invert": phases.get("invert", 0.0), "denoise": phases.get("denoise", 0.0),
-               "total": time.perf_counter() - start}
+               "total": time.perf_counter() - start, "flatten": clock.take()}
         if label not in rows or row["invert"] + row["denoise"] < rows[label]["invert"] + rows[label]["denoise"]:
             rows[label] = row
     return list(rows.values())
@@ -186,20 +213,23 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['official_s'] / row['ours_s']:.0f}× | {row['table_mb']:.1f} | {row['longest']} |")
     print(f"\nUNet call, 2 CFG branches × {args.frames} frames, {args.size}² (latent {args.size // 8}²), "
           f"fastest of {args.rounds} interleaved rounds; peak RSS after plain calls, then after each setting:\n")
-    print("| UNet | FLATTEN levels | s per call | overhead | peak RSS GB | key tables MiB |")
-    print("|---|---|---|---|---|---|")
+    print("| UNet | FLATTEN levels | s per call | of which FLATTEN s | FLATTEN / plain call | peak RSS GB | "
+          "key tables MiB |")
+    print("|---|---|---|---|---|---|---|")
     for kind in ("tiny", "sd15"):
         row = _child(kind, args)
         plain = row["seconds"]["none"]
         for name, seconds in row["seconds"].items():
-            print(f"| {kind} | {name} | {seconds:.3f} | {100 * (seconds / plain - 1):+.1f}% | "
+            kernel = row["kernel"][name]
+            print(f"| {kind} | {name} | {seconds:.3f} | {kernel:.3f} | {100 * kernel / plain:.1f}% | "
                   f"{row['rss_gb'][name]:.2f} | {row['tables_mb'].get(name, 0.0):.2f} |")
     print(f"\ntiny edit through the editor (ST-Layout attention, {args.steps}+{args.steps} steps, 64², "
           f"{args.frames} frames):\n")
-    print("| extensions | invert s | denoise s | total s |")
-    print("|---|---|---|---|")
+    print("| extensions | invert s | denoise s | of which FLATTEN s | total s |")
+    print("|---|---|---|---|---|")
     for row in tiny_edit(args.frames, 64, args.steps):
-        print(f"| {row['label']} | {row['invert']:.2f} | {row['denoise']:.2f} | {row['total']:.2f} |")
+        print(f"| {row['label']} | {row['invert']:.2f} | {row['denoise']:.2f} | {row['flatten']:.2f} | "
+              f"{row['total']:.2f} |")
     print(f"\nload at end {os.getloadavg()[0]:.1f}")
     return 0
 
