@@ -21,6 +21,7 @@ import contextlib
 import io
 import json
 import logging
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
@@ -220,13 +221,15 @@ def _load(path: Path, meta: str) -> dict[int, TrajectoryKeys] | None:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
             if str(data["meta"]) != meta:
                 return None
-            levels = json.loads(meta)["levels"]
+            settings = json.loads(meta)
             out = {}
-            for level in levels:
+            for level in settings["levels"]:
                 h, w, longest = (int(x) for x in data[f"shape{level}"])
-                out[level] = TrajectoryKeys(keys=data[f"keys{level}"], valid=data[f"valid{level}"].astype(bool),
-                                            grid=(h, w), longest=longest)
+                keys, valid = data[f"keys{level}"], data[f"valid{level}"].astype(bool)
+                if keys.shape != valid.shape or keys.shape[0] != settings["frames"] * h * w:
+                    raise ValueError(f"level {level} holds {keys.shape[0]} tokens")
+                out[level] = TrajectoryKeys(keys=keys, valid=valid, grid=(h, w), longest=longest)
             return out
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("flatten: stored trajectories %s are unreadable (%s); computing them again", path, exc)
         return None

@@ -140,3 +140,27 @@ def test_bad_options_are_job_errors(demo_job, tmp_path) -> None:
         editor.check(load_job(demo_job(extensions=[{"name": "flatten", "levels": [1, 1]}])))
     with pytest.raises(ConfigError, match="must be one of 'dis', 'raft'"):
         editor.check(load_job(demo_job(extensions=[{"name": "flatten", "flow": "farneback"}])))
+
+
+def test_prepare_reads_its_store_and_recomputes_a_broken_or_different_one(tmp_path, monkeypatch) -> None:
+    from stmod.core.types import ExtensionInput
+
+    calls = []
+    flows = np.random.default_rng(0).normal(0, 4, (3, 48, 80, 2)).astype(np.float32)
+    monkeypatch.setattr(flatten, "estimate_flows", lambda frames, options, device: calls.append(1) or flows)
+    request = ExtensionInput(spec=None, frames=np.zeros((4, 48, 80, 3), np.uint8), latent_size=(6, 10), num_frames=4,
+                             store=tmp_path, device=torch.device("cpu"), dtype=torch.float32)
+    first = FlattenExtension(FlattenOptions(levels=(0, 1)))
+    first.prepare(request)
+    again = FlattenExtension(FlattenOptions(levels=(0, 1)))
+    again.prepare(request)
+    assert len(calls) == 1
+    for level in (0, 1):
+        np.testing.assert_array_equal(first._levels[level].keys, again._levels[level].keys)
+        assert again._levels[level].grid == ((6, 10), (3, 5))[level]
+    whole = (tmp_path / "trajectories.npz").read_bytes()
+    (tmp_path / "trajectories.npz").write_bytes(whole[: len(whole) // 2])  # a truncated zip
+    FlattenExtension(FlattenOptions(levels=(0, 1))).prepare(request)
+    FlattenExtension(FlattenOptions(levels=(0, 1), seed=9)).prepare(request)  # other settings: not taken
+    assert len(calls) == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
