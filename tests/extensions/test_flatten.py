@@ -122,9 +122,15 @@ def test_the_store_is_reused_by_a_cached_inversion(demo_job, tmp_path, counted) 
     assert len(stored) == 2
 
 
-def test_non_square_clips(demo_job, tmp_path, counted) -> None:
+def test_non_square_clips_with_windowed_attention(demo_job, tmp_path, counted) -> None:
+    """A 128 × 64 clip (latent 16 × 8) and temporal windows: FLATTEN still runs on whole trajectories."""
+    import yaml
+
     job = demo_job(steps=1, extensions=[{"name": "flatten", "levels": [0, 1]}])
-    spec = load_job(job, {"video": {"path": str(job.parent / "clip.mp4"), "frames": 4, "size": [128, 64]}})
+    modulation = {**yaml.safe_load(job.read_text())["modulation"], "temporal": "window", "window_frames": 2,
+                  "window_overlap": 0, "anchor_frames": 0}
+    spec = load_job(job, {"video": {"path": str(job.parent / "clip.mp4"), "frames": 4, "size": [128, 64]},
+                          "modulation": modulation})
     result = _editor(tmp_path, cache=False).run(spec)
     assert result.frames.shape == (4, 64, 128, 3)
     assert {4 * 8 * 16, 4 * 4 * 8} == set(counted["tokens"])
