@@ -17,3 +17,6 @@ def stmod_register_extensions(register) -> None:
                  options="stmod.plugins.extensions.pnp:PnPOptions",
                  summary="PnP: the inversion's up-block features and self-attention q/k injected in the first "
                          "inject_step denoising steps (official use_pnp)")
+    register.add("flatten", "stmod.plugins.extensions.flatten:FlattenExtension",
+                 options="stmod.plugins.extensions.flatten:FlattenOptions",
+                 summary="FLATTEN trajectory attention along optical-flow trajectories (the official flatten_res)")

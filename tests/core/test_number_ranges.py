@@ -112,7 +112,7 @@ def _component_cases() -> list[tuple[str, str, str, Any]]:
 def test_component_options_out_of_range_are_refused(kind: str, name: str, key: str, value: Any) -> None:
     registry = fresh_plugin_manager().registry
     options = {**REQUIRED.get((kind, name), {}), key: value}
-    with pytest.raises(ConfigError, match=rf"^layout\[0\]\.{key} must be (an integer|a number|a finite number)"):
+    with pytest.raises(ConfigError, match=rf"^layout\[0\]\.{key}(\[0\])? must be (an integer|a number|a finite number)"):
         registry.parse_options(kind, name, options, place="layout[0]")
 
 
