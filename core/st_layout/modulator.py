@@ -165,11 +165,20 @@ class STLayoutModulator:
         for both models.
         """
         rules = rules_for(request.config.preset)
-        negative, prompt = encode_text([request.negative_prompt, request.prompt]).chunk(2)
-        uncond = encode_text([""]) if rules.uncond_text == "empty" else negative
+        wanted = [request.negative_prompt, request.prompt, *([""] if rules.uncond_text == "empty" else []),
+                  *(r.prompt for r, span in zip(request.regions, request.spans) if rules.composite_text and span is not None)]
+        texts = list(dict.fromkeys(wanted))  # one encoder call for every text of the edit, each text once
+        rows = encode_text(texts)
+
+        def embedding(text: str) -> torch.Tensor:
+            index = texts.index(text)
+            return rows[index:index + 1]
+
+        negative, prompt = embedding(request.negative_prompt), embedding(request.prompt)
+        uncond = embedding("") if rules.uncond_text == "empty" else negative
         cond = prompt
         if rules.composite_text:
-            locals_ = [encode_text([r.prompt]) if span is not None else None
+            locals_ = [embedding(r.prompt) if span is not None else None
                        for r, span in zip(request.regions, request.spans)]
             cond = composite_text_embedding(prompt, locals_, request.spans)
         return TextConditioning(unet={"uncond": uncond, "cond": cond}, control={"uncond": negative, "cond": prompt})

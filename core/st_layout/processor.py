@@ -157,9 +157,8 @@ class STLayoutProcessor:
             key_codes=k_codes,
             relation=layout.self_relation, budget_bytes=state.budget,
         )
-        plain = [i for i in range(rows) if not part.start <= i < part.stop]
-        if plain:
-            out[plain] = _stock_sdpa(q[plain], ks[plain], vs[plain])
+        for rest in _outside(rows, part):
+            out[rest] = _stock_sdpa(q[rest], ks[rest], vs[rest])
         return out
 
     def _space_time(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo,
@@ -210,9 +209,8 @@ class STLayoutProcessor:
             relation=layout.self_relation, budget_bytes=state.budget, use_triton=triton,
             order=state.token_order(layout, q_frames, k_frames) if triton else None,
         )
-        plain = [i for i in range(qs.shape[0]) if i != b]
-        if plain:
-            out[plain] = _stock_sdpa(qs[plain], ks[plain], vs[plain])
+        for rest in _outside(qs.shape[0], slice(b, b + 1)):
+            out[rest] = _stock_sdpa(qs[rest], ks[rest], vs[rest])
         return out
 
     def _cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo) -> torch.Tensor:
@@ -232,10 +230,11 @@ class STLayoutProcessor:
         if not jobs:
             return _stock_sdpa(q, k, v)
         done = {b for b, _, _ in jobs}
-        plain_rows = [r for r in range(rows) if r // frames not in done]
         out = torch.empty_like(q)
-        if plain_rows:
-            out[plain_rows] = _stock_sdpa(q[plain_rows], k[plain_rows], v[plain_rows])
+        for b in range(len(step.branches)):
+            if b not in done:
+                rest = slice(b * frames, (b + 1) * frames)
+                out[rest] = _stock_sdpa(q[rest], k[rest], v[rest])
         layout = state.level(n, frames, q.device)
         if k.shape[2] != layout.text_codes.shape[0]:
             raise ValueError(
@@ -261,3 +260,9 @@ class STLayoutProcessor:
             if record:
                 recorder.add(layout.grid, layout.masks, plain_map, mod_map, applied=modulate)
         return out
+
+
+def _outside(total: int, part: slice) -> list[slice]:
+    """The rows of a batch of ``total`` outside ``part``, as at most two slices: views of q, k and v
+    (indexing with a list of rows copied them, on every call)."""
+    return [rest for rest in (slice(0, part.start), slice(part.stop, total)) if rest.stop > rest.start]

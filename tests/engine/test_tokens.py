@@ -73,3 +73,32 @@ def test_composite_embedding_replaces_spans_with_local_encodings() -> None:
     keep = [i for i in range(77) if i not in (3, 4, 7)]
     assert torch.equal(out[0, keep], global_emb[0, keep])
     assert not torch.equal(global_emb[0, 3:5], out[0, 3:5])  # input untouched
+
+
+@pytest.mark.parametrize("preset", ["videograin", "paper"])
+def test_every_text_of_an_edit_is_encoded_in_one_call(preset: str) -> None:
+    """The modulator asks the text encoder once (it asked 3 + K times), each distinct text once, and gets
+    what encoding each text alone gives."""
+    from stmod.core.st_layout.modulator import STLayoutModulator
+    from stmod.core.types import ModulationConfig, ModulationInput, Region
+
+    generator = torch.Generator().manual_seed(0)
+    table: dict[str, torch.Tensor] = {}
+    calls: list[list[str]] = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return torch.cat([table.setdefault(t, torch.randn(1, 77, 8, generator=generator)) for t in texts])
+
+    regions = (Region(name="a", prompt="red cat"), Region(name="b", prompt=""), Region(name="c", prompt="red cat"))
+    spans = (TokenSpan(2, 4), None, TokenSpan(2, 4))
+    request = ModulationInput(masks=None, num_frames=2, latent_size=(4, 4), regions=regions, spans=spans,
+                              config=ModulationConfig(preset=preset), prompt="a red cat", negative_prompt="")
+    text = STLayoutModulator().text_conditioning(request, encode)
+    assert len(calls) == 1 and len(calls[0]) == len(set(calls[0]))
+    assert torch.equal(text.control["uncond"], table[""]) and torch.equal(text.control["cond"], table["a red cat"])
+    if preset == "videograin":  # uncond: the empty prompt; cond: the composite of the local prompts
+        expected = composite_text_embedding(table["a red cat"], [table["red cat"], None, table["red cat"]], spans)
+        assert torch.equal(text.unet["uncond"], table[""]) and torch.equal(text.unet["cond"], expected)
+    else:
+        assert torch.equal(text.unet["cond"], table["a red cat"])
