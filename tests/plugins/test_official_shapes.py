@@ -171,10 +171,11 @@ RUNNABLE = ["class_level/tennis/1cls_man2iron_man", "class_level/wolf/wolf", "in
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
-def test_shapes_run_end_to_end_without_flatten_and_pnp(name: str, tmp_path: Path, monkeypatch, tiny_folder) -> None:
-    """The same configs without FLATTEN/PnP edit on the tiny backbone (its ControlNet fed by a stand-in
-    annotator, as controlnet-aux's detectors need weights): every frame, steps skipped as the config says."""
-    shape = attrs.evolve(SHAPES[name], flatten=(), pnp=False)
+def test_shapes_run_end_to_end(name: str, tmp_path: Path, monkeypatch, tiny_folder) -> None:
+    """The configs edit on the tiny backbone with every official part they ask for (FreeU, PnP, FLATTEN;
+    the ControlNet fed by a stand-in annotator, as controlnet-aux's detectors need weights): every frame,
+    steps skipped as the config says, no ``--allow-unsupported``."""
+    shape = SHAPES[name]
     size = 64
     monkeypatch.chdir(tmp_path)
     _write_data(tmp_path, name, shape, size)
@@ -183,13 +184,16 @@ def test_shapes_run_end_to_end_without_flatten_and_pnp(name: str, tmp_path: Path
     path.write_text(yaml.safe_dump(official_config(name, shape, size=size, steps=2)))
     converted = load_job(path)
     assert converted.control[0].scale == shape.scale
-    assert [e.name for e in converted.extensions] == (["freeu"] if shape.freeu else [])
+    names = [e if isinstance(e, str) else e["name"] for e in expected_extensions(shape)]
+    assert [e.name for e in converted.extensions] == names
     spec = load_job(path, {"backbone": {"name": "tiny", "folder": str(tiny_folder)},
                            "control": [{"annotator": "passthrough", "scale": shape.scale}]})
     result = Editor(fresh_plugin_manager(stmod.testing).registry, progress=False, cache=False).run(spec)
     assert result.frames.shape == (shape.frames, size, size, 3)
     run = json.loads((result.output / "run.json").read_text())
     assert run["skipped_steps"] == int(2 * shape.blending)
+    if names:  # what the extensions ran with reached the run's record
+        assert run["inversion"]["cached"] is False
 
 
 def test_no_control_and_prompt_index_from_the_command_line(tmp_path: Path, monkeypatch, tiny_folder) -> None:
