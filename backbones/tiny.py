@@ -27,13 +27,20 @@ from stmod.core.errors import NotOwnedError
 from stmod.core.io.ownership import MARKER, atomic_folder, clean_stale_temporaries, replace_problem
 from stmod.core.types import MAX_SEED, EditSpec, number
 
-__all__ = ["TinyOptions", "TinyBackbone", "build_tiny_model", "default_tiny_folder"]
+__all__ = ["TinyOptions", "TinyBackbone", "TINY_UNET", "build_tiny_model", "default_tiny_folder"]
 
 #: Bump when the generated architecture or weights change, so cached folders are rebuilt.
 TINY_VERSION = 2
 
 #: Factor on every attention layer's query and key weights (see the module docs).
 ATTENTION_GAIN = 3.5
+
+
+#: The tiny UNet's diffusers config: SD 1.5's block kinds at three levels, with few channels.
+TINY_UNET = dict(block_out_channels=(32, 64, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                 cross_attention_dim=32, attention_head_dim=4, norm_num_groups=32)
 
 
 def default_tiny_folder(seed: int = 0) -> Path:
@@ -66,11 +73,7 @@ def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
         vocab_size = write_tiny_clip_tokenizer(work / "tokenizer_src")
         tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer_src")
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=4, norm_num_groups=32)
+        unet = UNet2DConditionModel(**TINY_UNET)
         with torch.no_grad():
             for name, param in unet.named_parameters():
                 if name.endswith(("to_q.weight", "to_k.weight")):

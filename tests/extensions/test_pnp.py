@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+from stmod.backbones.tiny import TINY_UNET
 from stmod.core.errors import InputError
 from stmod.core.sampling import NoiseSchedule, ddim_timesteps, denoise, invert
 from stmod.core.types import ExtensionInput
@@ -27,12 +28,8 @@ SD15_PLACES = [  # the official code's list (ddim_spatial_temporal.py, use_pnp)
 
 
 def _unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)  # the tiny backbone's UNet shape
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=32).eval()
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**TINY_UNET).eval()
 
 
 def _pnp(steps: int, store=None, frames: int = FRAMES, **options) -> PnPExtension:
