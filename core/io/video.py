@@ -452,8 +452,13 @@ def write_mp4(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: 
     tags (``title``, ``comment``, ...; players and ``ffprobe`` show them). Returns ``path``.
     """
     path = Path(path)
+    # bframes=0: with B-frames, the AVX-512 macroblock-tree code of the x264 bundled with PyAV 18.1 reads
+    # uninitialised memory for some sizes (e.g. 64 pixels wide), so one set of frames gave different
+    # files from one write to the next. Without B-frames it is reproducible; at 512x512 the files are
+    # about 2.5% larger, of the same PSNR and encoded as fast.
     return _encode(path, frames, fps, fmt=_CONTAINERS.get(path.suffix.lower(), "mp4"), codec="libx264",
-                   pix_fmt="yuv420p", options={"crf": str(crf)}, even=True, metadata=metadata)
+                   pix_fmt="yuv420p", options={"crf": str(crf), "x264-params": "bframes=0"}, even=True,
+                   metadata=metadata)
 
 
 def write_gif(path: Path | str, frames: np.ndarray | Iterable[np.ndarray], fps: float) -> Path:
