@@ -79,7 +79,9 @@ def row_extrema(
     qs = q.reshape(heads, lq, d)
     kt = k.reshape(heads, lk, d).transpose(1, 2)
     block = min(budget_bytes, CPU_BLOCK_BYTES) if q.device.type == "cpu" else budget_bytes
-    if bf16_screen_available(q, k):  # exact, from a bf16 screen (core/st_layout/extrema.py)
+    # exact, from a bf16 screen (core/st_layout/extrema.py); its candidate lists are data-dependent
+    # (nonzero), so a traced call takes the fp32 product below (the same extrema).
+    if not torch.compiler.is_compiling() and bf16_screen_available(q, k):
         mx, mn = screened_row_extrema(qs, kt.transpose(1, 2), block)
         return (mx * scale).view(b, h, lq), (mn * scale).view(b, h, lq)
     group, rows = 1, block // (lk * item)
@@ -206,6 +208,8 @@ def modulated_attention(
     scale = d**-0.5 if scale is None else scale
     lam = strength.to(device=q.device, dtype=torch.float32).expand(b, lq)
     query_codes = query_codes.to(q.device).expand(b, lq)
+    if torch.compiler.is_compiling():  # the row split below is data-dependent: widen every row (same result)
+        return _widened_attention(q, k, v, lam, query_codes, key_codes, relation, scale, budget_bytes)
     uniform = uniform_rows(strength, query_codes, key_codes, relation.to(q.device))
     flat, mixed = uniform.nonzero().flatten(), (~uniform).nonzero().flatten()
     if not flat.numel():

@@ -227,4 +227,5 @@ class STLayoutModulator:
 
         :param branches: the CFG branches in batch order (outermost), e.g. ``("cond",)`` without CFG.
         """
-        return {"stmod_step": StepInfo(phase=phase, step_index=step_index, timestep=timestep, branches=branches)}
+        step = StepInfo(phase=phase, step_index=step_index, timestep=timestep, branches=branches)
+        return {"stmod_step": attrs.evolve(step, in_window=self._state.in_window(step))}
