@@ -90,10 +90,15 @@ def row_extrema(
     rows = max(1, min(lq, rows))
     mx = torch.empty(heads, lq, dtype=q.dtype, device=q.device)
     mn = torch.empty_like(mx)
-    buffer = torch.empty(group * rows * lk, dtype=q.dtype, device=q.device)
+    traced = torch.compiler.is_compiling()  # dynamo cannot trace out= into views; inductor plans memory itself
+    buffer = None if traced else torch.empty(group * rows * lk, dtype=q.dtype, device=q.device)
     for first in range(0, heads, group):
         last = min(heads, first + group)
         for a, z in _chunks(lq, rows):
+            if buffer is None:
+                scores = torch.matmul(qs[first:last, a:z], kt[first:last])
+                mx[first:last, a:z], mn[first:last, a:z] = scores.amax(-1), scores.amin(-1)
+                continue
             scores = buffer[: (last - first) * (z - a) * lk].view(last - first, z - a, lk)
             torch.matmul(qs[first:last, a:z], kt[first:last], out=scores)
             torch.amax(scores, dim=-1, out=mx[first:last, a:z])

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from attrs import field, frozen, validators
 
+from stmod.core.levels import level_grid
 from stmod.core.protocols import Phase
 from stmod.core.st_layout.labels import (LevelLayout, layer_grid, level_layout, rules_for, time_weight,
                                          time_weight_tensor, token_strength)
@@ -96,6 +97,25 @@ class EngineState:
         if frames != plan.num_frames:
             raise ValueError(f"the batch holds {frames} frames per CFG branch but the plan has {plan.num_frames}")
         grid = layer_grid(tokens, plan.latent_size)
+        if (grid, device) not in self._levels:
+            # A traced call builds a missing layout eagerly (a graph break, once): see prepare_levels.
+            build = torch.compiler.disable(self._build_level) if torch.compiler.is_compiling() else self._build_level
+            build(grid, device)
+        return self._levels[(grid, device)]
+
+    def prepare_levels(self, device: torch.device | str, levels: int = 4) -> None:
+        """Build the layouts of the plan's first ``levels`` UNet levels on ``device`` now, so that a
+        ``torch.compile``-d model traces its first call without a graph break (they are otherwise built
+        on first use)."""
+        plan = self.plan
+        assert plan is not None and plan.masks is not None
+        for level in range(levels):
+            h, w = level_grid(plan.latent_size, level)
+            self.level(h * w, plan.num_frames, torch.device(device))
+
+    def _build_level(self, grid: tuple[int, int], device: torch.device) -> None:
+        plan = self.plan
+        assert plan is not None and plan.masks is not None
         key = (grid, device)
         if key not in self._levels:
             cpu = (grid, torch.device("cpu"))
@@ -106,7 +126,6 @@ class EngineState:
                     float16=self.exact_lambda,
                 )
             self._levels[key] = self._levels[cpu].to(device)
-        return self._levels[key]
 
     def token_order(self, layout: LevelLayout, q_frames: Sequence[int], k_frames: Sequence[int]) -> TokenOrder:
         """The self-attention tokens of ``q_frames`` (queries) and ``k_frames`` (keys) of one level in
