@@ -5,7 +5,7 @@ Builds a random-weight UNet (``--model tiny``: the tiny backbone's :data:`~stmod
 moving regions with local prompts, the ``videograin`` preset) and runs ``--steps`` denoising calls
 (timesteps 981, 961, …, both CFG branches, the last step outside the modulation window) eagerly and
 through ``torch.compile(unet, backend=--backend)``. Printed per mode: the first call (compile) time,
-the steady per-call time (median of the calls after the first two, each mode's own), the graphs compiled
+the steady per-call time (median of the later calls that compiled nothing), the graphs compiled
 (backend invocations: one per graph, so recompiles and graph breaks both count), the graph breaks, and
 per step max |compiled − eager|.
 
@@ -59,18 +59,21 @@ def build(model: str, frames: int, latent: int, steps: int) -> tuple[UNet2DCondi
 
 
 def run_steps(call: Any, modulator: STLayoutModulator, inputs: tuple[torch.Tensor, torch.Tensor],
-              steps: int) -> tuple[list[float], list[torch.Tensor]]:
+              steps: int, counts: dict[str, int] | None = None) -> tuple[list[float], list[torch.Tensor], list[bool]]:
+    """Per call: wall time, output, and whether a graph was compiled during it (``counts`` grew)."""
     latents, text = inputs
-    times, outputs = [], []
+    times, outputs, compiling = [], [], []
     for i in range(steps):
         t = 981 - 20 * i
         kwargs = modulator.call_kwargs(phase="denoise", step_index=i, timestep=t)
+        before = counts["graphs"] if counts is not None else 0
         start = time.perf_counter()
         with torch.no_grad():
             outputs.append(call(latents, torch.tensor(t), encoder_hidden_states=text,
                                 cross_attention_kwargs=kwargs).sample)
         times.append(time.perf_counter() - start)
-    return times, outputs
+        compiling.append(counts is not None and counts["graphs"] != before)
+    return times, outputs, compiling
 
 
 def counting_backend(name: str, counts: dict[str, int]) -> Any:
@@ -99,22 +102,25 @@ def main() -> None:
               torch.randn(2 * args.frames, 77, width, generator=g))
     counts = {"graphs": 0}
     with modulator.install(unet, role="unet"):
-        eager_times, eager_out = run_steps(unet, modulator, inputs, args.steps)
+        eager_times, eager_out, _ = run_steps(unet, modulator, inputs, args.steps)
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
         compiled = torch.compile(unet, backend=counting_backend(args.backend, counts))
-        compiled_times, compiled_out = run_steps(compiled, modulator, inputs, args.steps)
+        compiled_times, compiled_out, compiling = run_steps(compiled, modulator, inputs, args.steps, counts)
     breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
     diffs = [float((a - b).abs().max()) for a, b in zip(compiled_out, eager_out)]
     print(f"model {args.model}, {args.frames} frames, {args.latent}² latents, {args.steps} denoising steps "
           f"(modulated: 0–{args.steps - 2}), backend {args.backend}, {args.threads} threads")
     print(f"{'mode':10} {'first call s':>12} {'steady s/call':>14} {'graphs':>7} {'breaks':>7}")
+    # steady: the median of the calls after the first that compiled nothing (eager: after the first)
+    steady = {"eager": statistics.median(eager_times[1:] or eager_times),
+              "compiled": statistics.median([t for t, c in zip(compiled_times[1:], compiling[1:]) if not c]
+                                            or compiled_times)}
     for mode, times in (("eager", eager_times), ("compiled", compiled_times)):
-        steady = statistics.median(times[2:]) if len(times) > 2 else times[-1]
         graphs, brk = (counts["graphs"], breaks) if mode == "compiled" else ("-", "-")
-        print(f"{mode:10} {times[0]:12.2f} {steady:14.4f} {graphs!s:>7} {brk!s:>7}")
-    print("steady eager ÷ compiled:", f"{statistics.median(eager_times[2:]) / statistics.median(compiled_times[2:]):.2f}"
-          if args.steps > 2 else "-")
+        print(f"{mode:10} {times[0]:12.2f} {steady[mode]:14.4f} {graphs!s:>7} {brk!s:>7}")
+    print(f"steady eager ÷ compiled: {steady['eager'] / steady['compiled']:.2f}")
+    print("calls that compiled:", [i for i, c in enumerate(compiling) if c])
     print("per-call s  eager:", " ".join(f"{t:.3f}" for t in eager_times))
     print("per-call s  compiled:", " ".join(f"{t:.3f}" for t in compiled_times))
     print("max |compiled − eager| per step:", " ".join(f"{d:.2e}" for d in diffs))
