@@ -109,9 +109,12 @@ class EngineState:
         on first use)."""
         plan = self.plan
         assert plan is not None and plan.masks is not None
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # keyed as the tensors' device says: cuda:N
+            device = torch.device("cuda", torch.cuda.current_device())
         for level in range(levels):
             h, w = level_grid(plan.latent_size, level)
-            self.level(h * w, plan.num_frames, torch.device(device))
+            self.level(h * w, plan.num_frames, device)
 
     def _build_level(self, grid: tuple[int, int], device: torch.device) -> None:
         plan = self.plan
