@@ -79,7 +79,9 @@ def row_extrema(
     qs = q.reshape(heads, lq, d)
     kt = k.reshape(heads, lk, d).transpose(1, 2)
     block = min(budget_bytes, CPU_BLOCK_BYTES) if q.device.type == "cpu" else budget_bytes
-    if bf16_screen_available(q, k):  # exact, from a bf16 screen (core/st_layout/extrema.py)
+    # exact, from a bf16 screen (core/st_layout/extrema.py); its candidate lists are data-dependent
+    # (nonzero), so a traced call takes the fp32 product below (the same extrema).
+    if not torch.compiler.is_compiling() and bf16_screen_available(q, k):
         mx, mn = screened_row_extrema(qs, kt.transpose(1, 2), block)
         return (mx * scale).view(b, h, lq), (mn * scale).view(b, h, lq)
     group, rows = 1, block // (lk * item)
@@ -88,10 +90,15 @@ def row_extrema(
     rows = max(1, min(lq, rows))
     mx = torch.empty(heads, lq, dtype=q.dtype, device=q.device)
     mn = torch.empty_like(mx)
-    buffer = torch.empty(group * rows * lk, dtype=q.dtype, device=q.device)
+    traced = torch.compiler.is_compiling()  # dynamo cannot trace out= into views; inductor plans memory itself
+    buffer = None if traced else torch.empty(group * rows * lk, dtype=q.dtype, device=q.device)
     for first in range(0, heads, group):
         last = min(heads, first + group)
         for a, z in _chunks(lq, rows):
+            if buffer is None:
+                scores = torch.matmul(qs[first:last, a:z], kt[first:last])
+                mx[first:last, a:z], mn[first:last, a:z] = scores.amax(-1), scores.amin(-1)
+                continue
             scores = buffer[: (last - first) * (z - a) * lk].view(last - first, z - a, lk)
             torch.matmul(qs[first:last, a:z], kt[first:last], out=scores)
             torch.amax(scores, dim=-1, out=mx[first:last, a:z])
@@ -206,6 +213,8 @@ def modulated_attention(
     scale = d**-0.5 if scale is None else scale
     lam = strength.to(device=q.device, dtype=torch.float32).expand(b, lq)
     query_codes = query_codes.to(q.device).expand(b, lq)
+    if torch.compiler.is_compiling():  # the row split below is data-dependent: widen every row (same result)
+        return _widened_attention(q, k, v, lam, query_codes, key_codes, relation, scale, budget_bytes)
     uniform = uniform_rows(strength, query_codes, key_codes, relation.to(q.device))
     flat, mixed = uniform.nonzero().flatten(), (~uniform).nonzero().flatten()
     if not flat.numel():

@@ -36,6 +36,7 @@ __all__ = [
     "PresetRules",
     "rules_for",
     "time_weight",
+    "time_weight_tensor",
     "modulated_scores",
     "layer_grid",
     "downsample_masks",
@@ -268,9 +269,17 @@ def size_factor(masks: torch.Tensor, rule: str, *, float16: bool = False) -> tor
     return 1 - smallest
 
 
-def token_strength(size: torch.Tensor, scale: float, timestep: float, exponent: float = 5.0, *,
+def time_weight_tensor(timestep: float | torch.Tensor, exponent: float = 5.0) -> torch.Tensor:
+    """:func:`time_weight` as a float64 0-dim tensor, bit for bit: a traced model reads the timestep as
+    tensor data, so a compiled UNet does not recompile for every step's new value."""
+    base = (torch.as_tensor(timestep, dtype=torch.float64) - 1.0) / 1000.0
+    return base.clamp_min(0) ** exponent
+
+
+def token_strength(size: torch.Tensor, scale: float, timestep: float | torch.Tensor, exponent: float = 5.0, *,
                    float16: bool = False) -> torch.Tensor:
-    """λ per token: ``ξ(t) · c · (1 − S)``, float32 shaped like ``size``.
+    """λ per token: ``ξ(t) · c · (1 − S)``, float32 shaped like ``size``; ``timestep`` a number or a
+    0-dim tensor (:attr:`~stmod.core.st_layout.state.StepInfo.clock`), computed without a host sync.
 
     ``float16`` reproduces the official rounding (``ST_Layout_Attn_ControlEdit.forward``:
     ``size_reg*self.sreg*treg`` with a float16 ``size_reg``, evaluated left to right before it meets the
@@ -278,9 +287,10 @@ def token_strength(size: torch.Tensor, scale: float, timestep: float, exponent: 
     CUDA kernel reads as float16, and their product is stored as float16 — so λ is a float16 value even
     when the scores are float32.
     """
-    if not float16:
-        return (time_weight(timestep, exponent) * scale) * size
-    base = torch.tensor(float(timestep) - 1.0, dtype=torch.float32) / torch.tensor(1000.0, dtype=torch.float32)
+    t = torch.as_tensor(timestep, dtype=torch.float64)
+    if not float16:  # ξ·c in float64, then float32 (as a Python float scalar meets a float32 tensor)
+        return (time_weight_tensor(t, exponent) * scale).to(torch.float32) * size
+    base = (t - 1.0).to(torch.float32) / 1000.0
     treg = official_float16(base.clamp_min(0) ** exponent)
     scaled = official_float16(size.to(torch.float32) * torch.tensor(scale, dtype=torch.float32))
     return official_float16(scaled * treg)

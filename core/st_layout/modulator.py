@@ -155,6 +155,11 @@ class STLayoutModulator:
             raise TypeError(f"st-layout needs a ModulationInput, got {type(request).__name__}")
         self._state.prepare(ModulationPlan.from_input(request), self.options.record_attention)
 
+    def prepare_levels(self, device: torch.device | str = "cpu", levels: int = 4) -> None:
+        """Build the prepared plan's per-level labels on ``device`` now, before a ``torch.compile``-d
+        model's first call (see :meth:`~stmod.core.st_layout.state.EngineState.prepare_levels`)."""
+        self._state.prepare_levels(device, levels)
+
     def text_conditioning(self, request: ModulationInput,
                           encode_text: Callable[[Sequence[str]], torch.Tensor]) -> TextConditioning:
         """The text of each CFG branch, as the preset's rules say (:class:`~stmod.core.protocols.ConditionsText`).
@@ -227,4 +232,5 @@ class STLayoutModulator:
 
         :param branches: the CFG branches in batch order (outermost), e.g. ``("cond",)`` without CFG.
         """
-        return {"stmod_step": StepInfo(phase=phase, step_index=step_index, timestep=timestep, branches=branches)}
+        step = StepInfo(phase=phase, step_index=step_index, timestep=timestep, branches=branches)
+        return {"stmod_step": attrs.evolve(step, in_window=self._state.in_window(step))}

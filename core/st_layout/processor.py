@@ -162,7 +162,7 @@ class STLayoutProcessor:
         return out
 
     def _space_time(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo,
-                    strength: float | None, target: str | None) -> torch.Tensor:
+                    strength: torch.Tensor | None, target: str | None) -> torch.Tensor:
         """Self-attention over the frames of each window (``full``: one window, the whole clip)."""
         state = self._state
         rows, heads, n, _ = q.shape
@@ -190,7 +190,7 @@ class STLayoutProcessor:
             count[q_frames] += 1
         return (total / count.view(1, frames, 1, 1, 1)).reshape(rows, heads, n, -1)
 
-    def _joint(self, qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, step: StepInfo, strength: float | None,
+    def _joint(self, qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, step: StepInfo, strength: torch.Tensor | None,
                target: str | None, q_frames: list[int], k_frames: list[int], n: int, frames: int) -> torch.Tensor:
         """``(B, H, Lq, d)`` queries of ``q_frames`` against the keys of ``k_frames``, per CFG branch."""
         if target not in step.branches:

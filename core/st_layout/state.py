@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from attrs import field, frozen, validators
 
+from stmod.core.levels import level_grid
 from stmod.core.protocols import Phase
-from stmod.core.st_layout.labels import LevelLayout, layer_grid, level_layout, rules_for, time_weight, token_strength
+from stmod.core.st_layout.labels import (LevelLayout, layer_grid, level_layout, rules_for, time_weight,
+                                         time_weight_tensor, token_strength)
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.st_layout.triton_kernel import TokenOrder, token_order
 from stmod.core.types import Branch
@@ -34,12 +36,24 @@ class StepInfo:
     :ivar step_index: 0-based index of the step in its loop (the window counts denoising steps).
     :ivar timestep: the scheduler timestep of this call (981, 961, … for 50 DDIM steps).
     :ivar branches: the CFG branches in batch order, outermost; frames are inner.
+    :ivar in_window: whether this step is modulated, decided once per step by
+        :meth:`~stmod.core.st_layout.modulator.STLayoutModulator.call_kwargs` (``None``: from
+        ``step_index`` and the plan). The processors then read neither ``step_index`` nor ``timestep``
+        when traced, so a ``torch.compile``-d UNet keeps one graph for every step of a window.
+    :ivar clock: ``timestep`` as a float64 0-dim tensor (made from it): what the strength is computed
+        from, as tensor data.
     """
 
     phase: Phase = field(validator=validators.in_(("invert", "denoise")))
     step_index: int = field(validator=validators.ge(0))
     timestep: float
     branches: tuple[Branch, ...] = field(default=("uncond", "cond"), converter=tuple)
+    in_window: bool | None = field(default=None, validator=validators.optional(validators.instance_of(bool)))
+    clock: torch.Tensor = field(eq=False)
+
+    @clock.default
+    def _clock(self) -> torch.Tensor:
+        return torch.tensor(float(self.timestep), dtype=torch.float64)
 
     @branches.validator
     def _check_branches(self, attribute: Any, value: tuple[str, ...]) -> None:
@@ -83,6 +97,28 @@ class EngineState:
         if frames != plan.num_frames:
             raise ValueError(f"the batch holds {frames} frames per CFG branch but the plan has {plan.num_frames}")
         grid = layer_grid(tokens, plan.latent_size)
+        if (grid, device) not in self._levels:
+            # A traced call builds a missing layout eagerly (a graph break, once): see prepare_levels.
+            build = torch.compiler.disable(self._build_level) if torch.compiler.is_compiling() else self._build_level
+            build(grid, device)
+        return self._levels[(grid, device)]
+
+    def prepare_levels(self, device: torch.device | str, levels: int = 4) -> None:
+        """Build the layouts of the plan's first ``levels`` UNet levels on ``device`` now, so that a
+        ``torch.compile``-d model traces its first call without a graph break (they are otherwise built
+        on first use)."""
+        plan = self.plan
+        assert plan is not None and plan.masks is not None
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # keyed as the tensors' device says: cuda:N
+            device = torch.device("cuda", torch.cuda.current_device())
+        for level in range(levels):
+            h, w = level_grid(plan.latent_size, level)
+            self.level(h * w, plan.num_frames, device)
+
+    def _build_level(self, grid: tuple[int, int], device: torch.device) -> None:
+        plan = self.plan
+        assert plan is not None and plan.masks is not None
         key = (grid, device)
         if key not in self._levels:
             cpu = (grid, torch.device("cpu"))
@@ -93,7 +129,6 @@ class EngineState:
                     float16=self.exact_lambda,
                 )
             self._levels[key] = self._levels[cpu].to(device)
-        return self._levels[key]
 
     def token_order(self, layout: LevelLayout, q_frames: Sequence[int], k_frames: Sequence[int]) -> TokenOrder:
         """The self-attention tokens of ``q_frames`` (queries) and ``k_frames`` (keys) of one level in
@@ -107,11 +142,14 @@ class EngineState:
 
     def in_window(self, step: StepInfo) -> bool:
         plan = self.plan
-        return (plan is not None and plan.masks is not None and step.phase == "denoise"
-                and plan.config.active(step.step_index))
+        if plan is None or plan.masks is None or step.phase != "denoise":
+            return False
+        return plan.config.active(step.step_index) if step.in_window is None else step.in_window
 
-    def strength(self, step: StepInfo, kind: Literal["self", "cross"], tokens: int) -> float | None:
-        """ξ(t)·c when this call's ``kind`` attention is modulated at all, else ``None``."""
+    def strength(self, step: StepInfo, kind: Literal["self", "cross"], tokens: int) -> torch.Tensor | None:
+        """ξ(t)·c, a float64 0-dim tensor, when this call's ``kind`` attention is modulated at all, else
+        ``None``. A zero ξ(t) (timestep ≤ 1) is ``None`` in eager mode (stock attention); a traced call
+        cannot branch on the timestep's value and modulates with λ = 0 instead (the same attention)."""
         if not self.in_window(step):
             return None
         config = self.plan.config
@@ -121,12 +159,13 @@ class EngineState:
         if self.rules.skip_finest and tokens > (h // 2) * (w // 2):
             return None
         c = config.self_strength if kind == "self" else config.cross_strength
-        value = time_weight(step.timestep, config.time_exponent) * c
-        return value or None
+        if c == 0 or (not torch.compiler.is_compiling() and time_weight(step.timestep, config.time_exponent) == 0):
+            return None
+        return time_weight_tensor(step.clock, config.time_exponent) * c
 
     def token_strengths(self, step: StepInfo, kind: Literal["self", "cross"], layout: LevelLayout) -> torch.Tensor:
         """λ per token, float32 ``(F, N)``, of a call that :meth:`strength` says is modulated."""
         config = self.plan.config
         scale = config.self_strength if kind == "self" else config.cross_strength
         size = layout.self_size if kind == "self" else layout.cross_size
-        return token_strength(size, scale, step.timestep, config.time_exponent, float16=self.exact_lambda)
+        return token_strength(size, scale, step.clock, config.time_exponent, float16=self.exact_lambda)
