@@ -45,8 +45,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -65,6 +63,8 @@ from stmod.core.st_layout.kernels import (
 )
 from stmod.core.st_layout.labels import level_layout, rules_for, time_weight
 from stmod.core.st_layout.triton_kernel import key_tiles, token_order
+
+from _child import run_again  # bench/, the script's folder, is first on sys.path
 
 HEADS, HEAD_DIM, STRENGTH, TEXT = 8, 80, 0.3, 77
 #: Token spans of the three regions' local prompts in the bench's (imaginary) global prompt.
@@ -252,8 +252,7 @@ def print_timing(frames: int, grid: int, rows: list[dict[str, Any]]) -> None:
 
 
 def _child_json(args: list[str], env: dict[str, str]) -> Any:
-    done = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_again(__file__, args, env=env, check=True)[0]
 
 
 def cpu_table(frames: int, grid: int, repeats: int, budget_mb: float) -> dict[str, dict[str, Any]]:

@@ -21,13 +21,14 @@ import importlib.util
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _child import run_again  # bench/, the script's folder, is first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,10 +186,8 @@ def tiny_edit(frames: int, size: int, steps: int) -> list[dict]:
 
 
 def _child(kind: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--child", kind, "--frames", str(args.frames), "--size", str(args.size),
-               "--rounds", str(args.rounds)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_again(__file__, ["--child", kind, "--frames", str(args.frames), "--size", str(args.size),
+                                "--rounds", str(args.rounds)], check=True)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

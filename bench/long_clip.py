@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _child import run_again  # bench/, the script's folder, is first on sys.path
 
 DEFAULT_RUNS = "16:full,16:window,64:full,64:window,128:window"
 
@@ -72,11 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| frames | focus | seconds | peak RSS GiB | accuracy | leakage % |")
     print("|---|---|---|---|---|---|")
     for run in args.runs.split(","):
-        child = subprocess.run([sys.executable, __file__, *passed, "--one", run], capture_output=True, text=True)
-        if child.returncode:
-            print(f"| {run} | failed: {child.stderr.strip().splitlines()[-1] if child.stderr else child.returncode} |")
+        r, failure = run_again(__file__, [*passed, "--one", run])
+        if r is None:
+            print(f"| {run} | failed: {failure} |")
             continue
-        r = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"| {r['frames']} | {r['mode']} | {r['seconds']:.1f} | {r['peak_rss_gib']:.2f} | "
               f"{r['accuracy']:.2f} | {100 * r['leakage']:.2f} |", flush=True)
     return 0

@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _child import run_again  # bench/, the script's folder, is first on sys.path
 
 PHASES = (("load", "load"), ("encode", "encode"), ("inversion", "invert"), ("denoising", "denoise"),
           ("decoding", "decode"))
@@ -132,11 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             config = {"backbone": backbone, "frames": frames, "size": args.size, "steps": args.steps,
                       "temporal": args.temporal, "cuda": args.cuda}
             predicted = predict(config, work)
-            child = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", json.dumps(config)],
-                                   capture_output=True, text=True)
-            measured = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else None
+            measured, failure = run_again(__file__, ["--work", str(work), "--one", json.dumps(config)])
             if measured is None:
-                print(f"{backbone} {frames} frames failed: {(child.stderr.strip().splitlines() or ['?'])[-1]}")
+                print(f"{backbone} {frames} frames failed: {failure}")
             rows.append({**config, "predicted": predicted, "measured": measured})
             print(json.dumps(rows[-1]), flush=True)
     print_tables(rows, args.cuda)

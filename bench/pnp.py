@@ -24,11 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _child import run_again  # bench/, the script's folder, is first on sys.path
 
 MB, GB = 10**6, 10**9  # decimal, as the official figure (29 GB)
 
@@ -144,12 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     for backbone in filter(None, args.backbones.split(",")):
         for mode in args.modes.split(","):
-            child = subprocess.run([sys.executable, __file__, *passed, "--one", f"{backbone}:{mode}"],
-                                   capture_output=True, text=True, env=env)
-            if child.returncode:
-                print(f"| {backbone} | {mode} | failed: {(child.stderr.strip().splitlines() or ['?'])[-1]} |")
+            r, failure = run_again(__file__, [*passed, "--one", f"{backbone}:{mode}"], env=env)
+            if r is None:
+                print(f"| {backbone} | {mode} | failed: {failure} |")
                 continue
-            r = json.loads(child.stdout.strip().splitlines()[-1])
             print(f"| {backbone} | {mode} | {r['seconds']:.1f} | {r['invert']:.1f} | {r['denoise']:.1f} | "
                   f"{r['peak_rss'] / MB:.0f} | {r['store'] / MB:.1f} ({r['files']}) |", flush=True)
     print()
