@@ -15,15 +15,20 @@ from stmod.core.types import LayoutMasks, ModulationConfig, Region
 FRAMES, LATENT = 4, (8, 12)
 
 
-@pytest.fixture(scope="module")
-def models() -> tuple[UNet2DConditionModel, ControlNetModel]:
-    """A tiny random UNet (12 attention processors) and a ControlNet made from it."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+def _small_unet(*, layers_per_block: int, seed: int) -> UNet2DConditionModel:
+    """A random two-level UNet: attention at the lower level only."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=layers_per_block, sample_size=8, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
     ).eval()
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[UNet2DConditionModel, ControlNetModel]:
+    """A tiny random UNet (12 attention processors) and a ControlNet made from it."""
+    unet = _small_unet(layers_per_block=2, seed=0)
     return unet, ControlNetModel.from_unet(unet).eval()
 
 
@@ -118,12 +123,7 @@ def test_controlnet_condition_embedded_once_per_images_tensor() -> None:
     """The conditioning CNN runs once for the same images tensor; a new or changed tensor is re-embedded."""
     from stmod.backbones.sd15 import embed_condition_once
 
-    torch.manual_seed(1)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
-    ).eval()
+    unet = _small_unet(layers_per_block=1, seed=1)
     stock = ControlNetModel.from_unet(unet).eval()
     net = embed_condition_once(ControlNetModel.from_unet(unet).eval())
     net.load_state_dict(stock.state_dict())
