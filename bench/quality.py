@@ -87,7 +87,8 @@ def run(args: argparse.Namespace, save) -> dict:
                 spec = attrs.evolve(spec, backbone=ComponentRef(name="shapes", options={"folder": str(args.model)}))
             spec = attrs.evolve(spec, modulation=attrs.evolve(spec.modulation, **modulation),
                                 blend=ComponentRef(name=blend) if blend else spec.blend,
-                                output=out / "runs" / row / case.name, overwrite=True)
+                                output=out / "runs" / row / case.name, overwrite=True,
+                                guidance=args.guidance if args.guidance is not None else spec.guidance)
             began = time.perf_counter()
             result = editor.run(spec)
             seconds = time.perf_counter() - began
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace, save) -> dict:
             bar.update()
         done = rows[: rows.index(row) + 1]
         results = {"model": str(args.model or "shipped"), "frames": args.frames, "steps": args.steps,
+                   "guidance": args.guidance,
                    "per_kind": args.per_kind, "seed": args.seed,
                    "rows": done, "records": records, "summary": summarise(records, done)}
         save(results)
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="first case seed")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the cases' 7.5)")
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (default: all): " + ", ".join(ROWS))
     p.add_argument("--model", type=Path, default=None, help="a shapes model folder (default: the shipped one)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"), help="work folder (default: %(default)s)")
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = run(args, save)
     print(f"shapes world, {len(results['records']) // len(results['rows'])} edits per row, "
-          f"{args.frames} frames, {args.steps} steps")
+          f"{args.frames} frames, {args.steps} steps, guidance {args.guidance if args.guidance is not None else 7.5}")
     for row in results["rows"]:
         print(f"  {row}: {ROWS[row][0]}")
     print(table(results["summary"]))

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, requires_safety_checker=False)
-    images, captions = make_dataset(args.frames, seed=123, workers=1)
+    images, captions, _ = make_dataset(args.frames, seed=123, workers=1)
 
     def embed(texts: list[str]) -> torch.Tensor:
         ids = pipe.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids

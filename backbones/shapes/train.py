@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shlex
+import subprocess
 import sys
 import time
 from multiprocessing import Pool
@@ -39,6 +40,7 @@ __all__ = ["TrainConfig", "main", "make_dataset", "build_models", "file_checksum
 
 #: Frame size of the world (pixels); the UNet works on 16×16 latents.
 IMAGE_SIZE = 128
+LATENT_FACTOR = 8
 CAPTION_DROPOUT = 0.1
 
 
@@ -56,7 +58,13 @@ class TrainConfig:
         self.decoder_lr: float = 1e-3
         self.unet_steps: int = args.unet_steps
         self.unet_batch: int = 32
-        self.unet_lr: float = 5e-4
+        self.unet_lr: float = args.unet_lr
+        #: Extra loss weight on the pixels (autoencoder) and latent cells (UNet, by share) that show an
+        #: object: ``1 + object_weight``. Objects are a tenth of a frame, so the plain losses are
+        #: ruled by the textures, and without the weight the autoencoder blurs object colours into
+        #: their neighbours' (a green disc came back grass-coloured) and the UNet learns colour
+        #: words, which matter only on the objects, slowly.
+        self.object_weight: float = args.object_weight
         self.ema_decay: float = 0.999
         self.snr_gamma: float = 5.0
         self.checkpoint_every: int = 200
@@ -67,22 +75,30 @@ class TrainConfig:
 
 # -- data -------------------------------------------------------------------------------------------
 
-def _render_one(args: tuple[int, int]) -> tuple[np.ndarray, str]:
+def _render_one(args: tuple[int, int]) -> tuple[np.ndarray, str, np.ndarray]:
     seed, index = args
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     scene = world.random_scene(rng)
     frame = world.render(scene, float(rng.uniform(0, 8)), (IMAGE_SIZE, IMAGE_SIZE))
-    return frame.image, world.caption(scene, rng)
+    return frame.image, world.caption(scene, rng), frame.objects.any(axis=0)
 
 
-def make_dataset(count: int, seed: int, *, workers: int = 2) -> tuple[np.ndarray, list[str]]:
-    """``count`` captioned world frames: uint8 ``(N, H, W, 3)`` and captions; image ``i`` depends only
-    on ``(seed, i)``, so the set is the same for any number of workers."""
+def make_dataset(count: int, seed: int, *, workers: int = 2) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """``count`` captioned world frames: uint8 ``(N, H, W, 3)``, captions, and bool ``(N, H, W)``: the
+    pixels that show an object. Frame ``i`` depends only on ``(seed, i)``, so the set is the same for
+    any number of workers."""
     jobs = [(seed, i) for i in range(count)]
     with Pool(workers) as pool:
         items = list(tqdm(pool.imap(_render_one, jobs, chunksize=64), total=count, desc="world frames",
                           unit="frame"))
-    return np.stack([im for im, _ in items]), [c for _, c in items]
+    return np.stack([im for im, _, _ in items]), [c for _, c, _ in items], np.stack([m for _, _, m in items])
+
+
+def latent_shares(objects: np.ndarray) -> np.ndarray:
+    """float32 ``(N, h, w)``: the share of each latent cell's pixels that show an object."""
+    n, height, width = objects.shape
+    cells = objects.reshape(n, height // LATENT_FACTOR, LATENT_FACTOR, width // LATENT_FACTOR, LATENT_FACTOR)
+    return cells.mean(axis=(2, 4), dtype=np.float32)
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -148,8 +164,8 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # -- stage 1: the autoencoder ---------------------------------------------------------------------
 
-def _fit_autoencoder(vae, images: np.ndarray, cfg: TrainConfig, work: Path, *, stage: str, steps: int,
-                     lr: float) -> float:
+def _fit_autoencoder(vae, images: np.ndarray, objects: np.ndarray, cfg: TrainConfig, work: Path, *, stage: str,
+                     steps: int, lr: float) -> float:
     """Train ``vae`` in place for stage ``vae`` (all of it) or ``decoder`` (the decoder alone, the
     encoder frozen, as SD's fine-tuned ft-MSE VAE: sharper pictures, the same latents); returns the
     seconds this stage has taken in all its runs."""
@@ -173,12 +189,15 @@ def _fit_autoencoder(vae, images: np.ndarray, cfg: TrainConfig, work: Path, *, s
         idx = rng.integers(0, len(images), cfg.vae_batch)
         ys, xs = rng.integers(0, IMAGE_SIZE - crop + 1, (2, cfg.vae_batch))
         batch = _to_tensor(np.stack([images[i, y:y + crop, x:x + crop] for i, y, x in zip(idx, ys, xs)]))
+        on_object = torch.from_numpy(np.stack([objects[i, y:y + crop, x:x + crop] for i, y, x in zip(idx, ys, xs)]))
+        weight = 1.0 + cfg.object_weight * on_object.unsqueeze(1).float()
         with torch.set_grad_enabled(not decoder_only):
             dist = vae.encode(batch).latent_dist
         # Decode the mean, as stmod encodes clips (``latent_dist.mean``); the small KL term only keeps
         # the latents' scale in check.
         recon = vae.decode(dist.mode()).sample
-        rec = (recon - batch).pow(2).mean() + 0.5 * (recon - batch).abs().mean()
+        error = recon - batch
+        rec = (weight * (error.pow(2) + 0.5 * error.abs())).mean() / weight.mean()
         loss = rec if decoder_only else rec + 1e-6 * dist.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -204,6 +223,22 @@ def reconstruction_psnr(vae, images: np.ndarray) -> float:
 
 
 @torch.no_grad()
+def colour_fidelity(vae, images: np.ndarray, objects: np.ndarray) -> dict[str, float]:
+    """Per palette colour, the share of object pixels of that colour that come back through the
+    autoencoder as the same palette colour (``world.colour_classes``): what the UNet can paint at best."""
+    x = _to_tensor(images)
+    recon = torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in x.split(16)])
+    back = ((recon.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    truth, seen = world.colour_classes(images), world.colour_classes(back)
+    out = {}
+    for index, name in enumerate(world.COLOURS):
+        pixels = objects & (truth == index)
+        if pixels.any():
+            out[name] = round(float((seen[pixels] == index).mean()), 3)
+    return out
+
+
+@torch.no_grad()
 def encode_latents(vae, images: np.ndarray) -> torch.Tensor:
     """Distribution means of ``images`` (unscaled), float32 ``(N, 4, h, w)``."""
     out = [vae.encode(_to_tensor(images[i:i + 64])).latent_dist.mean
@@ -213,10 +248,10 @@ def encode_latents(vae, images: np.ndarray) -> torch.Tensor:
 
 # -- stage 2: UNet + text encoder -----------------------------------------------------------------
 
-def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], cfg: TrainConfig,
-               work: Path):
-    """Train ``unet`` and ``text_encoder`` in place on scaled latents; returns the UNet's EMA and the
-    seconds this stage has taken in all its runs."""
+def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], shares: np.ndarray,
+               cfg: TrainConfig, work: Path):
+    """Train ``unet`` and ``text_encoder`` in place on scaled latents (``shares``: the share of each latent
+    cell that shows an object); returns the UNet's EMA and the seconds this stage has taken in all its runs."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
@@ -224,6 +259,7 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: l
     ids = tokenizer(captions + [""], padding="max_length", max_length=77, truncation=True,
                     return_tensors="pt").input_ids
     empty, ids = ids[-1], ids[:-1]
+    cell_weight = 1.0 + cfg.object_weight * torch.from_numpy(shares).unsqueeze(1)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
     sched = get_scheduler("cosine", opt, num_warmup_steps=200, num_training_steps=cfg.unet_steps)
@@ -251,7 +287,9 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: l
         # min-SNR-γ weighting (Hang et al. 2023) for ε-prediction, as in diffusers' training examples.
         snr = compute_snr(scheduler, t)
         weight = torch.clamp(snr, max=cfg.snr_gamma) / snr
-        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        w = cell_weight[idx]
+        per_sample = (w * (pred - noise).pow(2)).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3))
+        loss = (weight * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -314,15 +352,54 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the model folder goes (default: WORK/model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=16000, help="world frames to train on (default: %(default)s)")
-    p.add_argument("--vae-steps", type=int, default=2400)
-    p.add_argument("--decoder-steps", type=int, default=3000)
-    p.add_argument("--unet-steps", type=int, default=2500)
+    p.add_argument("--vae-steps", type=int, default=3000)
+    p.add_argument("--decoder-steps", type=int, default=8000)
+    p.add_argument("--unet-steps", type=int, default=3600)
+    p.add_argument("--unet-lr", type=float, default=1e-3)
+    p.add_argument("--object-weight", type=float, default=4.0,
+                   help="extra loss weight on latent cells that show an object (default: %(default)s)")
     p.add_argument("--stages", type=lambda v: set(v.split(",")), default={"vae", "decoder", "unet", "export"},
                    help="comma-separated subset of vae,decoder,unet,export (default: all); the vae stage, "
                         "which all others need, always runs or loads; a finished stage is loaded from its "
                         "checkpoint")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     return p
+
+
+def _load_world(work: Path, cfg: TrainConfig, workers: int):
+    """The captioned frames and object shares, rendered once and cached in ``work``."""
+    data_file = work / f"world-{cfg.seed}-{cfg.images}.npz"
+    if data_file.exists():
+        with np.load(data_file) as data:
+            objects = np.unpackbits(data["objects"], axis=-1, count=IMAGE_SIZE).astype(bool)
+            return data["images"], list(data["captions"]), objects
+    images, captions, objects = make_dataset(cfg.images + 64, cfg.seed, workers=workers)
+    np.savez(data_file.with_suffix(".tmp.npz"), images=images, captions=np.array(captions),
+             objects=np.packbits(objects, axis=-1))
+    os.replace(data_file.with_suffix(".tmp.npz"), data_file)
+    return images, captions, objects
+
+
+def _decoder_beside_unet(args: argparse.Namespace, work: Path) -> subprocess.Popen | None:
+    """Start the decoder stage in a child process on one thread, to run beside the UNet stage (the
+    two are independent: the decoder stage leaves the encoder's latents as they are); ``None`` when
+    there is one thread, or nothing left for the decoder to do."""
+    state = work / "decoder.ckpt"
+    if args.threads < 2 or not {"decoder", "unet"} <= args.stages or \
+            (state.exists() and torch.load(state, weights_only=False)["step"] >= args.decoder_steps):
+        return None
+    argv = [sys.executable, "-m", "stmod.backbones.shapes.train", "--work", str(work), "--stages", "vae,decoder",
+            "--threads", "1", "--seed", str(args.seed), "--images", str(args.images),
+            "--vae-steps", str(args.vae_steps), "--decoder-steps", str(args.decoder_steps)]
+    print(f"train: the decoder stage runs beside the UNet stage; its progress goes to {work / 'decoder.log'}",
+          file=sys.stderr)
+    with open(work / "decoder.log", "ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(child: subprocess.Popen | None, work: Path) -> None:
+    if child is not None and child.wait() != 0:
+        raise SystemExit(f"train: the decoder stage failed (exit {child.returncode}); see {work / 'decoder.log'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,34 +409,35 @@ def main(argv: list[str] | None = None) -> int:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     out = args.out or work / "model"
-
-    data_file = work / f"data-{cfg.seed}-{cfg.images}.npz"
-    if data_file.exists():
-        with np.load(data_file) as data:
-            images, captions = data["images"], list(data["captions"])
-    else:
-        images, captions = make_dataset(cfg.images + 64, cfg.seed, workers=max(1, args.threads))
-        np.savez(data_file.with_suffix(".tmp.npz"), images=images, captions=np.array(captions))
-        os.replace(data_file.with_suffix(".tmp.npz"), data_file)
-    held_out, images, captions = images[-64:], images[:-64], captions[:-64]
+    images, captions, objects = _load_world(work, cfg, max(1, args.threads))
+    held_out, held_out_objects = images[-64:], objects[-64:]
+    images, captions, objects = images[:-64], captions[:-64], objects[:-64]
 
     vae, unet, text_encoder, tokenizer = build_models(work / "tokenizer", cfg.seed)
-    seconds = {"vae": _fit_autoencoder(vae, images, cfg, work, stage="vae", steps=cfg.vae_steps, lr=cfg.vae_lr)}
-    # The UNet learns on the encoder's latents, which the decoder stage leaves as they are: the two
-    # stages are independent (``--stages vae,decoder`` and ``--stages vae,unet`` may run at once).
+    seconds = {"vae": _fit_autoencoder(vae, images, objects, cfg, work, stage="vae", steps=cfg.vae_steps,
+                                       lr=cfg.vae_lr)}
+    # The UNet learns on the encoder's latents, which the decoder stage leaves as they are.
     latents = encode_latents(vae, images) if "unet" in args.stages or "export" in args.stages else None
+    child = _decoder_beside_unet(args, work)
+    try:
+        if latents is not None:
+            scaling = float(1.0 / latents.std())
+            torch.set_num_threads(max(1, args.threads - (child is not None)))
+            ema, seconds["unet"] = train_unet(unet, text_encoder, tokenizer, latents * scaling, captions,
+                                              latent_shares(objects), cfg, work)
+        _wait(child, work)
+    finally:
+        if child is not None and child.poll() is None:
+            child.terminate()
     if "decoder" in args.stages or "export" in args.stages:
-        seconds["decoder"] = _fit_autoencoder(vae, images, cfg, work, stage="decoder", steps=cfg.decoder_steps,
-                                              lr=cfg.decoder_lr)
-    psnr = reconstruction_psnr(vae, held_out)
-    print(f"train: vae held-out PSNR {psnr:.2f} dB", file=sys.stderr)
-    if latents is None:
+        seconds["decoder"] = _fit_autoencoder(vae, images, objects, cfg, work, stage="decoder",
+                                              steps=cfg.decoder_steps, lr=cfg.decoder_lr)
+    psnr, fidelity = reconstruction_psnr(vae, held_out), colour_fidelity(vae, held_out, held_out_objects)
+    print(f"train: vae held-out PSNR {psnr:.2f} dB; object colours kept: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in fidelity.items()), file=sys.stderr)
+    if latents is None or "export" not in args.stages:
         return 0
-    scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
-    ema, seconds["unet"] = train_unet(unet, text_encoder, tokenizer, latents * scaling, captions, cfg, work)
-    if "export" not in args.stages:
-        return 0
     ema.copy_to(unet.parameters())
     info = {
         "model": "shapes",
@@ -368,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "stage_seconds": {k: round(v, 1) for k, v in seconds.items()},
         "vae_psnr_db": round(psnr, 2),
+        "vae_colour_fidelity": fidelity,
         "latent_scaling_factor": scaling,
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
                      "transformers": __import__("transformers").__version__},

@@ -1,0 +1,75 @@
+"""The training command of the ``shapes`` model, end to end on a few frames and steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from stmod.backbones.shapes import train, verify_model, world
+from stmod.testing import fresh_plugin_manager
+
+
+class _Autoencoder:
+    """An autoencoder stand-in: reconstructs through ``transform``."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def encode(self, x: torch.Tensor):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+    def decode(self, z: torch.Tensor):
+        return SimpleNamespace(sample=self.transform(z))
+
+
+def _frames(count: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    frames = [world.render(world.random_scene(rng), 0.0) for _ in range(count)]
+    return np.stack([f.image for f in frames]), np.stack([f.objects.any(axis=0) for f in frames])
+
+
+def test_colour_fidelity_counts_object_pixels_that_keep_their_palette_colour() -> None:
+    images, objects = _frames()
+    assert set(train.colour_fidelity(_Autoencoder(lambda z: z), images, objects).values()) == {1.0}
+    grey = train.colour_fidelity(_Autoencoder(torch.zeros_like), images, objects)
+    assert grey and set(grey.values()) == {0.0}
+    # Swapping red and blue channels loses the colours that are not symmetric in them.
+    swapped = train.colour_fidelity(_Autoencoder(lambda z: z.flip(1)), images, objects)
+    assert swapped.get("white", 1.0) == 1.0 and min(swapped.values()) == 0.0
+
+
+def test_latent_shares_are_the_object_share_of_each_cell() -> None:
+    objects = np.zeros((1, 16, 16), bool)
+    objects[0, :8, :4] = True
+    shares = train.latent_shares(objects)
+    assert shares.shape == (1, 2, 2) and shares[0].tolist() == [[0.5, 0.0], [0.0, 0.0]]
+
+
+def test_the_command_trains_exports_and_resumes(tmp_path: Path) -> None:
+    """Two threads: the decoder stage runs in a child process beside the UNet stage. The exported
+    folder loads through the ``shapes`` backbone; run again, every stage resumes as finished and the
+    same weights come out; run afresh in another folder, the same weights come out too."""
+    work = tmp_path / "work"
+    argv = ["--work", str(work), "--images", "40", "--vae-steps", "3", "--decoder-steps", "2",
+            "--unet-steps", "3", "--threads", "2"]
+    assert train.main(argv) == 0
+    manifest = verify_model(work / "model")
+    assert manifest["config"]["unet_steps"] == 3 and manifest["config"]["object_weight"] == 4.0
+    assert set(manifest["vae_colour_fidelity"]) <= set(world.COLOURS)
+    assert set(manifest["stage_seconds"]) == {"vae", "unet", "decoder"}
+    assert (work / "decoder.log").is_file()
+    assert torch.load(work / "decoder.ckpt", weights_only=False)["step"] == 2
+
+    backbone = fresh_plugin_manager().registry.create("backbone", "shapes", {"folder": str(work / "model")})
+    backbone.load()
+    assert type(backbone.unet).__name__ == "UNet2DConditionModel"
+
+    assert train.main(argv[:-1] + ["1"]) == 0
+    assert verify_model(work / "model")["files"] == manifest["files"]
+
+    again = tmp_path / "again"
+    assert train.main(["--work", str(again), *argv[2:]]) == 0
+    assert verify_model(again / "model")["files"] == manifest["files"], "the same command gave other weights"
