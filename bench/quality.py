@@ -2,13 +2,14 @@
 
 Runs fixed shapes-world edits (``--per-kind`` of each kind: class, instance, part, object, crossing;
 see :mod:`stmod.backbones.shapes.edits`) through the real :class:`Editor` on the ``shapes`` backbone,
-once per row — no modulation (the global prompt alone), cross only, self only, both (``videograin``),
+once per row — no modulation (the global prompt alone), the ``videograin`` composite text without
+modulation, cross only, self only, both (``videograin``),
 both (``paper``), the temporal focus ``per-frame`` / ``sparse-causal`` / ``window``, without the latent blend, and with masks
 downsampled by area instead of the official nearest —
 and scores each result against the world's exact masks (:mod:`stmod.backbones.shapes.metrics`).
 Prints a table and writes ``quality.json``::
 
-    .venv/bin/python bench/quality.py                     # 30 cases x 8 rows, ~25 min on 2 cores
+    .venv/bin/python bench/quality.py                     # 30 cases x 11 rows (~10 min at --frames 4 --steps 12)
     .venv/bin/python bench/quality.py --per-kind 2 --rows none,both
 
 Inversions are cached per clip (in ``OUT/cache``), so rows that share one reuse it.
@@ -36,6 +37,9 @@ from stmod.core.types import ComponentRef
 ROWS: dict[str, tuple[str, dict, str | None]] = {
     "none": ("no modulation (global prompt only)",
              {"preset": "paper", "modulate_cross": False, "modulate_self": False}, None),
+    # The videograin preset also changes the text: its conditional branch is the composite embedding
+    # of the local prompts. This row has that text and no attention modulation.
+    "text": ("videograin's composite text, no modulation", {"modulate_cross": False, "modulate_self": False}, None),
     "cross": ("cross-attention only", {"modulate_self": False}, None),
     "self": ("self-attention only", {"modulate_cross": False}, None),
     "both": ("cross + self, videograin preset", {}, None),
