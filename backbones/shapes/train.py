@@ -3,7 +3,8 @@
 Four stages, each resumable from its checkpoint in ``--work`` and logged to ``loss.jsonl``:
 
 1. ``vae``: an SD-layout ``AutoencoderKL`` (×8, 4 latent channels) on world frames;
-   ``decoder``: then its decoder alone, the encoder frozen (so the UNet's latents do not change).
+   ``decoder``: then its decoder alone, the encoder frozen (so the UNet's latents do not change); with
+   two or more threads it runs in a child process on one thread, beside the UNet stage.
 2. ``unet``: a ``UNet2DConditionModel`` with SD 1.5's block structure and a CLIP text encoder trained
    jointly with it (the tokenizer has one token per world word), on latents of captioned world frames
    with SD's noise schedule, ε-prediction, min-SNR weighting, 10 % caption dropout (for classifier-free
@@ -11,8 +12,11 @@ Four stages, each resumable from its checkpoint in ``--work`` and logged to ``lo
 3. ``export``: the EMA weights as a diffusers folder (``StableDiffusionPipeline.save_pretrained``,
    safetensors) plus ``manifest.json`` (checksums, the command, the figures measured on held-out frames).
 
-Everything is seeded: the same command and thread count reproduce the model up to floating-point
-reduction order. Optimiser, schedules, EMA and SNR weights are torch's and diffusers' own.
+Both the reconstruction and the diffusion loss weigh what shows an object more (``--object-weight``).
+
+Everything is seeded: the same command and thread count reproduce the model (byte for byte on this
+machine; ``tests/shapes/test_train.py`` checks it). Optimiser, schedules, EMA and SNR weights are
+torch's and diffusers' own.
 """
 
 from __future__ import annotations
@@ -357,7 +361,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--unet-steps", type=int, default=3600)
     p.add_argument("--unet-lr", type=float, default=1e-3)
     p.add_argument("--object-weight", type=float, default=4.0,
-                   help="extra loss weight on latent cells that show an object (default: %(default)s)")
+                   help="extra loss weight on the pixels (autoencoder) and latent cells (UNet) that show an "
+                        "object (default: %(default)s)")
     p.add_argument("--stages", type=lambda v: set(v.split(",")), default={"vae", "decoder", "unet", "export"},
                    help="comma-separated subset of vae,decoder,unet,export (default: all); the vae stage, "
                         "which all others need, always runs or loads; a finished stage is loaded from its "
@@ -367,7 +372,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_world(work: Path, cfg: TrainConfig, workers: int):
-    """The captioned frames and object shares, rendered once and cached in ``work``."""
+    """The captioned frames and their object masks, rendered once and cached in ``work``."""
     data_file = work / f"world-{cfg.seed}-{cfg.images}.npz"
     if data_file.exists():
         with np.load(data_file) as data:
@@ -390,7 +395,8 @@ def _decoder_beside_unet(args: argparse.Namespace, work: Path) -> subprocess.Pop
         return None
     argv = [sys.executable, "-m", "stmod.backbones.shapes.train", "--work", str(work), "--stages", "vae,decoder",
             "--threads", "1", "--seed", str(args.seed), "--images", str(args.images),
-            "--vae-steps", str(args.vae_steps), "--decoder-steps", str(args.decoder_steps)]
+            "--vae-steps", str(args.vae_steps), "--decoder-steps", str(args.decoder_steps),
+            "--object-weight", str(args.object_weight)]
     print(f"train: the decoder stage runs beside the UNet stage; its progress goes to {work / 'decoder.log'}",
           file=sys.stderr)
     with open(work / "decoder.log", "ab") as log:

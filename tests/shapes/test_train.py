@@ -54,10 +54,10 @@ def test_the_command_trains_exports_and_resumes(tmp_path: Path) -> None:
     same weights come out; run afresh in another folder, the same weights come out too."""
     work = tmp_path / "work"
     argv = ["--work", str(work), "--images", "40", "--vae-steps", "3", "--decoder-steps", "2",
-            "--unet-steps", "3", "--threads", "2"]
+            "--unet-steps", "3", "--object-weight", "2", "--threads", "2"]
     assert train.main(argv) == 0
     manifest = verify_model(work / "model")
-    assert manifest["config"]["unet_steps"] == 3 and manifest["config"]["object_weight"] == 4.0
+    assert manifest["config"]["unet_steps"] == 3 and manifest["config"]["object_weight"] == 2.0
     assert set(manifest["vae_colour_fidelity"]) <= set(world.COLOURS)
     assert set(manifest["stage_seconds"]) == {"vae", "unet", "decoder"}
     assert (work / "decoder.log").is_file()
