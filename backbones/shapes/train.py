@@ -219,21 +219,17 @@ def _fit_autoencoder(vae, images: np.ndarray, objects: np.ndarray, cfg: TrainCon
 
 
 @torch.no_grad()
-def reconstruction_psnr(vae, images: np.ndarray) -> float:
-    """Held-out reconstruction PSNR (dB) through the distribution mean, as stmod encodes."""
-    x = _to_tensor(images)
-    recon = torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in x.split(16)])
-    return _psnr(recon, x)
+def reconstruct(vae, images: np.ndarray) -> torch.Tensor:
+    """``images`` through the autoencoder via the distribution mean, as stmod encodes: float
+    ``(N, 3, H, W)`` in the decoder's range (about [-1, 1])."""
+    return torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in _to_tensor(images).split(16)])
 
 
-@torch.no_grad()
-def colour_fidelity(vae, images: np.ndarray, objects: np.ndarray) -> dict[str, float]:
-    """Per palette colour, the share of object pixels of that colour that come back through the
-    autoencoder as the same palette colour (``world.colour_classes``): what the UNet can paint at best."""
-    x = _to_tensor(images)
-    recon = torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in x.split(16)])
-    back = ((recon.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
-    truth, seen = world.colour_classes(images), world.colour_classes(back)
+def colour_fidelity(images: np.ndarray, reconstructed: np.ndarray, objects: np.ndarray) -> dict[str, float]:
+    """Per palette colour, the share of object pixels of that colour in ``images`` that are the same
+    palette colour in ``reconstructed`` (both uint8 ``(N, H, W, 3)``; ``world.colour_classes``): what
+    the UNet can paint at best."""
+    truth, seen = world.colour_classes(images), world.colour_classes(reconstructed)
     out = {}
     for index, name in enumerate(world.COLOURS):
         pixels = objects & (truth == index)
@@ -438,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     if "decoder" in args.stages or "export" in args.stages:
         seconds["decoder"] = _fit_autoencoder(vae, images, objects, cfg, work, stage="decoder",
                                               steps=cfg.decoder_steps, lr=cfg.decoder_lr)
-    psnr, fidelity = reconstruction_psnr(vae, held_out), colour_fidelity(vae, held_out, held_out_objects)
+    recon = reconstruct(vae, held_out)  # one pass for both held-out figures
+    as_uint8 = ((recon.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    psnr, fidelity = _psnr(recon, _to_tensor(held_out)), colour_fidelity(held_out, as_uint8, held_out_objects)
     print(f"train: vae held-out PSNR {psnr:.2f} dB; object colours kept: "
           + ", ".join(f"{k} {v:.2f}" for k, v in fidelity.items()), file=sys.stderr)
     if latents is None or "export" not in args.stages:
