@@ -344,6 +344,16 @@ def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict) -> None:
 
 # -- command --------------------------------------------------------------------------------------
 
+def _float_from(low: float, *, inclusive: bool):
+    """An argparse type: a float ≥ ``low`` (``> low`` unless ``inclusive``), else a one-line error."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"{text} is not {'≥' if inclusive else '>'} {low:g}")
+        return value
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m stmod.backbones.shapes.train", description=__doc__.split("\n")[0])
     p.add_argument("--work", type=Path, default=Path("shapes-train"),
@@ -355,8 +365,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-steps", type=int, default=3000)
     p.add_argument("--decoder-steps", type=int, default=8000)
     p.add_argument("--unet-steps", type=int, default=3600)
-    p.add_argument("--unet-lr", type=float, default=1e-3)
-    p.add_argument("--object-weight", type=float, default=4.0,
+    p.add_argument("--unet-lr", type=_float_from(0, inclusive=False), default=1e-3)
+    p.add_argument("--object-weight", type=_float_from(0, inclusive=True), default=4.0,
                    help="extra loss weight on the pixels (autoencoder) and latent cells (UNet) that show an "
                         "object (default: %(default)s)")
     p.add_argument("--stages", type=lambda v: set(v.split(",")), default={"vae", "decoder", "unet", "export"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from stmod.backbones.shapes import train, verify_model, world
@@ -59,3 +60,12 @@ def test_the_command_trains_exports_and_resumes(tmp_path: Path) -> None:
     again = tmp_path / "again"
     assert train.main(["--work", str(again), *argv[2:]]) == 0
     assert verify_model(again / "model")["files"] == manifest["files"], "the same command gave other weights"
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--object-weight", "-1"), ("--unet-lr", "0")])
+def test_a_bad_loss_setting_is_one_line_before_anything_is_written(tmp_path: Path, capsys, flag, value) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--work", str(tmp_path / "work"), flag, value])
+    assert exit_.value.code == 2 and not (tmp_path / "work").exists()
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in error and value in error
