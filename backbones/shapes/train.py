@@ -22,6 +22,7 @@ torch's and diffusers' own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -35,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from attrs import field, frozen
 from tqdm.auto import tqdm
 
-from stmod.backbones.shapes import world
+from stmod.backbones.shapes import grounding, world
 from stmod.backbones.tiny_tokenizer import write_tiny_clip_tokenizer
 
 __all__ = ["TrainConfig", "main", "make_dataset", "build_models", "file_checksums"]
@@ -69,6 +71,9 @@ class TrainConfig:
         #: their neighbours' (a green disc came back grass-coloured) and the UNet learns colour
         #: words, which matter only on the objects, slowly.
         self.object_weight: float = args.object_weight
+        #: Weight of the token-grounding losses (:mod:`~stmod.backbones.shapes.grounding`) beside the
+        #: diffusion loss; 0 trains without them.
+        self.grounding_weight: float = args.grounding_weight
         self.ema_decay: float = 0.999
         self.snr_gamma: float = 5.0
         self.checkpoint_every: int = 200
@@ -79,23 +84,54 @@ class TrainConfig:
 
 # -- data -------------------------------------------------------------------------------------------
 
-def _render_one(args: tuple[int, int]) -> tuple[np.ndarray, str, np.ndarray]:
+@frozen(kw_only=True)
+class WorldFrames:
+    """Captioned world frames with what the losses weigh: ``images`` uint8 ``(N, H, W, 3)``, ``objects``
+    bool ``(N, H, W)`` (the pixels that show an object) and per caption word its latent cells
+    (``word_cells`` uint8 ``(N, MAX_WORDS, h, w)``: how many of a cell's 8×8 pixels it describes, 0…64)."""
+
+    images: np.ndarray = field(eq=False)
+    captions: list[str] = field(eq=False)
+    objects: np.ndarray = field(eq=False)
+    word_cells: np.ndarray = field(eq=False)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def split(self, held_out: int) -> tuple[WorldFrames, WorldFrames]:
+        """``(all but the last held_out frames, the last held_out)``."""
+        def part(sl: slice) -> WorldFrames:
+            return WorldFrames(images=self.images[sl], captions=self.captions[sl], objects=self.objects[sl],
+                               word_cells=self.word_cells[sl])
+        return part(slice(None, -held_out)), part(slice(-held_out, None))
+
+    def word_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """float16 ``(N, MAX_WORDS, h, w)`` shares of each cell each word describes, and bool ``(N, MAX_WORDS)``
+        whether a word is grounded."""
+        cells = torch.from_numpy(self.word_cells)
+        return cells.half() / LATENT_FACTOR**2, cells.flatten(2).amax(-1) > 0
+
+
+def _render_one(args: tuple[int, int]) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
     seed, index = args
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     scene = world.random_scene(rng)
     frame = world.render(scene, float(rng.uniform(0, 8)), (IMAGE_SIZE, IMAGE_SIZE))
-    return frame.image, world.caption(scene, rng), frame.objects.any(axis=0)
+    words = world.caption_words(scene, rng)
+    targets, _ = grounding.word_targets(words, frame.bodies, frame.parts, IMAGE_SIZE // LATENT_FACTOR)
+    cells = np.round(targets * LATENT_FACTOR**2).astype(np.uint8)
+    return frame.image, " ".join(w for w, _ in words), frame.objects.any(axis=0), cells
 
 
-def make_dataset(count: int, seed: int, *, workers: int = 2) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """``count`` captioned world frames: uint8 ``(N, H, W, 3)``, captions, and bool ``(N, H, W)``: the
-    pixels that show an object. Frame ``i`` depends only on ``(seed, i)``, so the set is the same for
-    any number of workers."""
+def make_dataset(count: int, seed: int, *, workers: int = 2) -> WorldFrames:
+    """``count`` captioned world frames. Frame ``i`` depends only on ``(seed, i)``, so the set is the same
+    for any number of workers."""
     jobs = [(seed, i) for i in range(count)]
     with Pool(workers) as pool:
         items = list(tqdm(pool.imap(_render_one, jobs, chunksize=64), total=count, desc="world frames",
                           unit="frame"))
-    return np.stack([im for im, _, _ in items]), [c for _, c, _ in items], np.stack([m for _, _, m in items])
+    return WorldFrames(images=np.stack([it[0] for it in items]), captions=[it[1] for it in items],
+                       objects=np.stack([it[2] for it in items]), word_cells=np.stack([it[3] for it in items]))
 
 
 def latent_shares(objects: np.ndarray) -> np.ndarray:
@@ -248,18 +284,41 @@ def encode_latents(vae, images: np.ndarray) -> torch.Tensor:
 
 # -- stage 2: UNet + text encoder -----------------------------------------------------------------
 
-def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], shares: np.ndarray,
-               cfg: TrainConfig, work: Path):
-    """Train ``unet`` and ``text_encoder`` in place on scaled latents (``shares``: the share of each latent
-    cell that shows an object); returns the UNet's EMA and the seconds this stage has taken in all its runs."""
+def _check_one_token_per_word(ids: torch.Tensor, captions: list[str], end_token: int) -> None:
+    """Word ``i`` of a caption must be token ``i + 1`` for the grounding targets to line up."""
+    lengths = (ids != end_token).sum(dim=1) - 1
+    words = torch.tensor([len(c.split()) for c in captions])
+    if not torch.equal(lengths, words):
+        bad = int((lengths != words).nonzero()[0])
+        raise RuntimeError(f"caption {captions[bad]!r} is not one token per word; the grounding targets would slip")
+
+
+def _diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cell_weight: torch.Tensor,
+                    scheduler, cfg: TrainConfig) -> torch.Tensor:
+    """ε-MSE, cells weighted by what they show, samples by min-SNR-γ (Hang et al. 2023) as in
+    diffusers' training examples."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, t)
+    weight = torch.clamp(snr, max=cfg.snr_gamma) / snr
+    per_sample = (cell_weight * (pred - noise).pow(2)).mean(dim=(1, 2, 3)) / cell_weight.mean(dim=(1, 2, 3))
+    return (weight * per_sample).mean()
+
+
+def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, data: WorldFrames, cfg: TrainConfig,
+               work: Path):
+    """Train ``unet`` and ``text_encoder`` in place on the scaled latents of ``data``'s frames; returns the
+    UNet's EMA and the seconds this stage has taken in all its runs."""
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
 
     scheduler = noise_scheduler()
-    ids = tokenizer(captions + [""], padding="max_length", max_length=77, truncation=True,
+    ids = tokenizer(data.captions + [""], padding="max_length", max_length=77, truncation=True,
                     return_tensors="pt").input_ids
     empty, ids = ids[-1], ids[:-1]
-    cell_weight = 1.0 + cfg.object_weight * torch.from_numpy(shares).unsqueeze(1)
+    _check_one_token_per_word(ids, data.captions, tokenizer.eos_token_id)
+    cell_weight = 1.0 + cfg.object_weight * torch.from_numpy(latent_shares(data.objects)).unsqueeze(1)
+    targets, grounded = data.word_targets()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
     sched = get_scheduler("cosine", opt, num_warmup_steps=200, num_training_steps=cfg.unet_steps)
@@ -274,35 +333,36 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: l
         gen.set_state(state["gen"])
     unet.train(), text_encoder.train()
     began = time.time() - seconds
+    maps = grounding.CrossAttentionMaps()
     bar = tqdm(range(start, cfg.unet_steps), initial=start, total=cfg.unet_steps, desc="unet", unit="step")
-    for step in bar:
-        idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=gen)
-        x0 = latents[idx]
-        tokens = ids[idx].clone()
-        tokens[torch.rand(cfg.unet_batch, generator=gen) < CAPTION_DROPOUT] = empty
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
-        noisy = scheduler.add_noise(x0, noise, t)
-        pred = unet(noisy, t, text_encoder(tokens)[0]).sample
-        # min-SNR-γ weighting (Hang et al. 2023) for ε-prediction, as in diffusers' training examples.
-        snr = compute_snr(scheduler, t)
-        weight = torch.clamp(snr, max=cfg.snr_gamma) / snr
-        w = cell_weight[idx]
-        per_sample = (w * (pred - noise).pow(2)).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3))
-        loss = (weight * per_sample).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(), sched.step()
-        ema.step(unet.parameters())
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % 20 == 0:
-            _log(work, {"stage": "unet", "step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0],
-                        "time": time.time()})
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
-            _save_atomic({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "opt": opt.state_dict(),
-                          "sched": sched.state_dict(), "ema": ema.state_dict(), "step": step + 1,
-                          "gen": gen.get_state(), "seconds": time.time() - began}, ckpt)
+    with maps.install(unet) if cfg.grounding_weight > 0 else contextlib.nullcontext():
+        for step in bar:
+            idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=gen)
+            x0 = latents[idx]
+            tokens = ids[idx].clone()
+            dropped = torch.rand(cfg.unet_batch, generator=gen) < CAPTION_DROPOUT
+            tokens[dropped] = empty
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+            pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(tokens)[0]).sample
+            diffusion = _diffusion_loss(pred, noise, t, cell_weight[idx], scheduler, cfg)
+            token_loss, pixel_loss, cell_loss = grounding.grounding_losses(maps.take(), targets[idx].float(),
+                                                                           grounded[idx] & ~dropped[:, None])
+            loss = diffusion + cfg.grounding_weight * (token_loss + pixel_loss + cell_loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step(), sched.step()
+            ema.step(unet.parameters())
+            bar.set_postfix(loss=f"{diffusion.item():.4f}", cell=f"{cell_loss.item():.3f}")
+            if (step + 1) % 20 == 0:
+                _log(work, {"stage": "unet", "step": step + 1, "loss": diffusion.item(), "token": token_loss.item(),
+                            "pixel": pixel_loss.item(), "cell": cell_loss.item(), "lr": sched.get_last_lr()[0],
+                            "time": time.time()})
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+                _save_atomic({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "opt": opt.state_dict(),
+                              "sched": sched.state_dict(), "ema": ema.state_dict(), "step": step + 1,
+                              "gen": gen.get_state(), "seconds": time.time() - began}, ckpt)
     unet.eval(), text_encoder.eval()
     return ema, (time.time() - began if start < cfg.unet_steps else seconds)
 
@@ -369,6 +429,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--object-weight", type=_float_from(0, inclusive=True), default=4.0,
                    help="extra loss weight on the pixels (autoencoder) and latent cells (UNet) that show an "
                         "object (default: %(default)s)")
+    p.add_argument("--grounding-weight", type=_float_from(0, inclusive=True), default=1.0,
+                   help="weight of the token-grounding losses beside the diffusion loss; 0 turns them off "
+                        "(default: %(default)s)")
     p.add_argument("--stages", type=lambda v: set(v.split(",")), default={"vae", "decoder", "unet", "export"},
                    help="comma-separated subset of vae,decoder,unet,export (default: all); the vae stage, "
                         "which all others need, always runs or loads; a finished stage is loaded from its "
@@ -377,18 +440,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_world(work: Path, cfg: TrainConfig, workers: int):
-    """The captioned frames and their object masks, rendered once and cached in ``work``."""
+def _load_world(work: Path, cfg: TrainConfig, workers: int) -> WorldFrames:
+    """The captioned frames, their object masks and word cells, rendered once and cached in ``work``."""
     data_file = work / f"world-{cfg.seed}-{cfg.images}.npz"
     if data_file.exists():
         with np.load(data_file) as data:
-            objects = np.unpackbits(data["objects"], axis=-1, count=IMAGE_SIZE).astype(bool)
-            return data["images"], list(data["captions"]), objects
-    images, captions, objects = make_dataset(cfg.images + 64, cfg.seed, workers=workers)
-    np.savez(data_file.with_suffix(".tmp.npz"), images=images, captions=np.array(captions),
-             objects=np.packbits(objects, axis=-1))
+            if "word_cells" in data:  # a cache from before the grounding targets is rendered again
+                objects = np.unpackbits(data["objects"], axis=-1, count=IMAGE_SIZE).astype(bool)
+                return WorldFrames(images=data["images"], captions=list(data["captions"]), objects=objects,
+                                   word_cells=data["word_cells"])
+    frames = make_dataset(cfg.images + 64, cfg.seed, workers=workers)
+    np.savez(data_file.with_suffix(".tmp.npz"), images=frames.images, captions=np.array(frames.captions),
+             objects=np.packbits(frames.objects, axis=-1), word_cells=frames.word_cells)
     os.replace(data_file.with_suffix(".tmp.npz"), data_file)
-    return images, captions, objects
+    return frames
 
 
 def _decoder_beside_unet(args: argparse.Namespace, work: Path) -> subprocess.Popen | None:
@@ -421,32 +486,30 @@ def main(argv: list[str] | None = None) -> int:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     out = args.out or work / "model"
-    images, captions, objects = _load_world(work, cfg, max(1, args.threads))
-    held_out, held_out_objects = images[-64:], objects[-64:]
-    images, captions, objects = images[:-64], captions[:-64], objects[:-64]
+    data, held_out = _load_world(work, cfg, max(1, args.threads)).split(64)
 
     vae, unet, text_encoder, tokenizer = build_models(work / "tokenizer", cfg.seed)
-    seconds = {"vae": _fit_autoencoder(vae, images, objects, cfg, work, stage="vae", steps=cfg.vae_steps,
+    seconds = {"vae": _fit_autoencoder(vae, data.images, data.objects, cfg, work, stage="vae", steps=cfg.vae_steps,
                                        lr=cfg.vae_lr)}
     # The UNet learns on the encoder's latents, which the decoder stage leaves as they are.
-    latents = encode_latents(vae, images) if "unet" in args.stages or "export" in args.stages else None
+    latents = encode_latents(vae, data.images) if "unet" in args.stages or "export" in args.stages else None
     child = _decoder_beside_unet(args, work)
     try:
         if latents is not None:
             scaling = float(1.0 / latents.std())
             torch.set_num_threads(max(1, args.threads - (child is not None)))
-            ema, seconds["unet"] = train_unet(unet, text_encoder, tokenizer, latents * scaling, captions,
-                                              latent_shares(objects), cfg, work)
+            ema, seconds["unet"] = train_unet(unet, text_encoder, tokenizer, latents * scaling, data, cfg, work)
         _wait(child, work)
     finally:
         if child is not None and child.poll() is None:
             child.terminate()
     if "decoder" in args.stages or "export" in args.stages:
-        seconds["decoder"] = _fit_autoencoder(vae, images, objects, cfg, work, stage="decoder",
+        seconds["decoder"] = _fit_autoencoder(vae, data.images, data.objects, cfg, work, stage="decoder",
                                               steps=cfg.decoder_steps, lr=cfg.decoder_lr)
-    recon = reconstruct(vae, held_out)  # one pass for both held-out figures
+    recon = reconstruct(vae, held_out.images)  # one pass for both held-out figures
     as_uint8 = ((recon.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
-    psnr, fidelity = _psnr(recon, _to_tensor(held_out)), colour_fidelity(held_out, as_uint8, held_out_objects)
+    psnr = _psnr(recon, _to_tensor(held_out.images))
+    fidelity = colour_fidelity(held_out.images, as_uint8, held_out.objects)
     print(f"train: vae held-out PSNR {psnr:.2f} dB; object colours kept: "
           + ", ".join(f"{k} {v:.2f}" for k, v in fidelity.items()), file=sys.stderr)
     if latents is None or "export" not in args.stages:

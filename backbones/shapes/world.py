@@ -23,7 +23,8 @@ from attrs import evolve, field, frozen, validators
 
 __all__ = [
     "COLOURS", "SHAPES", "BACKGROUNDS", "PARTS", "WORDS", "Part", "Thing", "Scene", "Frame",
-    "render", "render_clip", "caption", "random_scene", "random_thing", "colour_classes", "palette",
+    "render", "render_clip", "caption", "caption_words", "WordOwner", "word_pixels",
+    "random_scene", "random_thing", "colour_classes", "palette",
 ]
 
 #: The palette: name → RGB. Pairwise distances are ≥ 120, so a colour is read back unambiguously.
@@ -223,22 +224,55 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _describe(thing: Thing) -> str:
-    words = f"{_article(thing.colour)} {thing.colour} {thing.shape}"
+@frozen(kw_only=True)
+class WordOwner:
+    """What a caption word describes: pixels of ``things`` (``covers``: ``object`` = body ∪ part,
+    ``body`` or ``part``), or the ``background`` (pixels of no object; ``things`` is empty)."""
+
+    things: tuple[int, ...] = field(converter=tuple)
+    covers: str = field(validator=validators.in_(("object", "body", "part", "background")))
+
+
+def _describe(thing: Thing, k: int) -> list[tuple[str, WordOwner | None]]:
+    words = [(_article(thing.colour), None), (thing.colour, WordOwner(things=(k,), covers="body")),
+             (thing.shape, WordOwner(things=(k,), covers="object"))]
     if thing.part is not None:
-        words += f" with {_article(thing.part.colour)} {thing.part.colour} {thing.part.kind}"
+        part = WordOwner(things=(k,), covers="part")
+        words += [("with", None), (_article(thing.part.colour), None), (thing.part.colour, part),
+                  (thing.part.kind, part)]
     return words
+
+
+def caption_words(scene: Scene, rng: np.random.Generator | None = None) -> list[tuple[str, WordOwner | None]]:
+    """The words of :func:`caption` (the same ``rng`` draws), each with what it describes (``None``
+    for articles and joining words)."""
+    things = list(scene.things)
+    on = [("on", None), (scene.background, WordOwner(things=(), covers="background"))]
+    if len(things) == 2 and things[0].part is None and things[1].part is None and \
+            (things[0].shape, things[0].colour) == (things[1].shape, things[1].colour):
+        both = (0, 1)
+        return [("two", None), (things[0].colour, WordOwner(things=both, covers="body")),
+                (things[0].shape + "s", WordOwner(things=both, covers="object"))] + on
+    order = rng.permutation(len(things)) if rng is not None else range(len(things))
+    words: list[tuple[str, WordOwner | None]] = []
+    for n, i in enumerate(order):
+        words += ([("and", None)] if n else []) + _describe(things[i], int(i))
+    return words + on
 
 
 def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
     """Plain English for ``scene``: its objects in random order (in scene order without ``rng``),
     ``two <colour> <shape>s`` for two identical part-less objects, then ``on <background>``."""
-    things = list(scene.things)
-    if len(things) == 2 and things[0].part is None and things[1].part is None and \
-            (things[0].shape, things[0].colour) == (things[1].shape, things[1].colour):
-        return f"two {things[0].colour} {things[0].shape}s on {scene.background}"
-    order = rng.permutation(len(things)) if rng is not None else range(len(things))
-    return " and ".join(_describe(things[i]) for i in order) + f" on {scene.background}"
+    return " ".join(word for word, _ in caption_words(scene, rng))
+
+
+def word_pixels(owner: WordOwner, bodies: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """Bool ``(H, W)``: the pixels ``owner`` describes in a frame's ``bodies``/``parts`` ``(K, H, W)``."""
+    objects = bodies | parts
+    if owner.covers == "background":
+        return ~objects.any(axis=0)
+    pick = {"object": objects, "body": bodies, "part": parts}[owner.covers]
+    return pick[list(owner.things)].any(axis=0)
 
 
 # -- random scenes --------------------------------------------------------------------------------
