@@ -8,7 +8,8 @@ Four stages, each resumable from its checkpoint in ``--work`` and logged to ``lo
 2. ``unet``: a ``UNet2DConditionModel`` with SD 1.5's block structure and a CLIP text encoder trained
    jointly with it (the tokenizer has one token per world word), on latents of captioned world frames
    with SD's noise schedule, ε-prediction, min-SNR weighting, 10 % caption dropout (for classifier-free
-   guidance) and an EMA of the UNet.
+   guidance), an EMA of the UNet, and the token-grounding losses of :mod:`~stmod.backbones.shapes.grounding`
+   (each caption word's cross-attention pulled onto the pixels it describes).
 3. ``export``: the EMA weights as a diffusers folder (``StableDiffusionPipeline.save_pretrained``,
    safetensors) plus ``manifest.json`` (checksums, the command, the figures measured on held-out frames).
 

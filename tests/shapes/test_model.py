@@ -21,6 +21,8 @@ from stmod.backbones.shapes import SHIPPED_MODEL, edits, metrics, verify_model, 
 from stmod.core.config import load_job
 from stmod.core.errors import CheckpointError
 from stmod.core.pipeline.editor import Editor
+from stmod.core.st_layout.modulator import STLayoutModulator
+from stmod.core.types import TextConditioning
 from stmod.testing import fresh_plugin_manager
 
 #: Instance-level cases the edit test runs (seeds of ``make_case("instance", seed)``).
@@ -80,12 +82,41 @@ def _instance_edit(editor: Editor, tmp_path: Path, seed: int, *, swap_masks: boo
     return float(np.mean(accuracy)), float(np.mean(list(leak.values())))
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped shapes model does not yet bind two colours to two identical "
-                                       "objects (instance accuracy 0.29; docs/shapes.md)")
+def _instance_scores(editor: Editor, tmp_path: Path, **kwargs) -> tuple[float, float, list]:
+    scores = [_instance_edit(editor, tmp_path, seed, **kwargs) for seed in INSTANCE_SEEDS]
+    return float(np.mean([a for a, _ in scores])), float(np.mean([lk for _, lk in scores])), scores
+
+
 def test_instance_edit_puts_each_colour_in_its_own_region(editor: Editor, tmp_path: Path) -> None:
     """Two identical objects, two colours: each lands in its own region, and not in the other."""
-    scores = [_instance_edit(editor, tmp_path, seed) for seed in INSTANCE_SEEDS]
-    accuracy = np.mean([a for a, _ in scores])
-    leakage = np.mean([lk for _, lk in scores])
+    accuracy, leakage, scores = _instance_scores(editor, tmp_path)
     assert accuracy >= MIN_ACCURACY, scores
     assert leakage <= MAX_LEAKAGE, scores
+
+
+def _swap_cfg_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give the UNet (and ControlNets) each CFG branch the other branch's text."""
+    original = STLayoutModulator.text_conditioning
+
+    def swapped(self, request, encode_text) -> TextConditioning:
+        text = original(self, request, encode_text)
+        return TextConditioning(unet={"uncond": text.unet["cond"], "cond": text.unet["uncond"]},
+                                control={"uncond": text.control["cond"], "cond": text.control["uncond"]})
+
+    monkeypatch.setattr(STLayoutModulator, "text_conditioning", swapped)
+
+
+@pytest.mark.parametrize("mutation", ["modulation off", "masks swapped", "CFG halves swapped"])
+def test_the_instance_edit_test_fails_on_a_broken_method(editor: Editor, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, mutation: str) -> None:
+    """The test above is an instrument only if it tells a broken method from a working one: under
+    each mutation its thresholds are missed."""
+    kwargs: dict = {}
+    if mutation == "modulation off":
+        kwargs = {"modulate_cross": False, "modulate_self": False}
+    elif mutation == "masks swapped":
+        kwargs = {"swap_masks": True}
+    else:
+        _swap_cfg_halves(monkeypatch)
+    accuracy, leakage, scores = _instance_scores(editor, tmp_path, **kwargs)
+    assert accuracy < MIN_ACCURACY or leakage > MAX_LEAKAGE, (mutation, scores)

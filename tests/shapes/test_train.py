@@ -35,6 +35,28 @@ def test_latent_shares_are_the_object_share_of_each_cell() -> None:
     assert shares.shape == (1, 2, 2) and shares[0].tolist() == [[0.5, 0.0], [0.0, 0.0]]
 
 
+def test_word_cells_line_up_with_the_caption_words() -> None:
+    """Word ``i`` of a caption owns ``word_cells[i]``: describing words have cells (unless hidden),
+    articles and joining words none; some captions go without articles."""
+    frames = train.make_dataset(40, seed=1, workers=1)
+    joining = {"a", "an", "and", "on", "with", "two"}
+    for caption, cells in zip(frames.captions, frames.word_cells):
+        words = caption.split()
+        has_cells = cells.reshape(len(cells), -1).any(axis=1)
+        assert not has_cells[len(words):].any()
+        assert not any(has_cells[i] for i, w in enumerate(words) if w in joining), caption
+        assert has_cells[len(words) - 1], caption  # the background
+    bare = [c for c in frames.captions if not c.startswith(("a ", "an ", "two "))]
+    assert 0 < len(bare) < len(frames.captions)
+
+
+def test_a_caption_that_is_not_one_token_per_word_is_refused() -> None:
+    ids = torch.tensor([[9, 1, 2, 3, 5, 5], [9, 1, 2, 5, 5, 5]])
+    train._check_one_token_per_word(ids, ["red disc on", "red disc"], end_token=5)
+    with pytest.raises(RuntimeError, match="'red disc on grass' is not one token per word"):
+        train._check_one_token_per_word(ids, ["red disc on", "red disc on grass"], end_token=5)
+
+
 def test_the_command_trains_exports_and_resumes(tmp_path: Path) -> None:
     """Two threads: the decoder stage runs in a child process beside the UNet stage. The exported
     folder loads through the ``shapes`` backbone; run again, every stage resumes as finished and the
@@ -45,6 +67,7 @@ def test_the_command_trains_exports_and_resumes(tmp_path: Path) -> None:
     assert train.main(argv) == 0
     manifest = verify_model(work / "model")
     assert manifest["config"]["unet_steps"] == 3 and manifest["config"]["object_weight"] == 2.0
+    assert manifest["config"]["grounding_weight"] == 1.0
     assert set(manifest["vae_colour_fidelity"]) <= set(world.COLOURS)
     assert set(manifest["stage_seconds"]) == {"vae", "unet", "decoder"}
     assert (work / "decoder.log").is_file()
@@ -62,7 +85,8 @@ def test_the_command_trains_exports_and_resumes(tmp_path: Path) -> None:
     assert verify_model(again / "model")["files"] == manifest["files"], "the same command gave other weights"
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--object-weight", "-1"), ("--unet-lr", "0")])
+@pytest.mark.parametrize(("flag", "value"), [("--object-weight", "-1"), ("--unet-lr", "0"),
+                                           ("--grounding-weight", "-0.5")])
 def test_a_bad_loss_setting_is_one_line_before_anything_is_written(tmp_path: Path, capsys, flag, value) -> None:
     with pytest.raises(SystemExit) as exit_:
         train.main(["--work", str(tmp_path / "work"), flag, value])
