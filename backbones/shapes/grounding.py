@@ -7,8 +7,8 @@ that from scale; a small model trained briefly on short captions does not: it re
 caption from the end-of-text and padding tokens (which the causal text encoder fills with every
 word) at every pixel, so the plain map of "red" covered 6 % of a disc (docs/shapes.md). The world
 knows which pixels every word describes (:func:`~stmod.backbones.shapes.world.caption_words`), so
-training adds TokenCompose's two grounding losses (Wang et al., *TokenCompose*, CVPR 2024) to the
-diffusion loss:
+training adds three grounding losses to the diffusion loss, the first two TokenCompose's (Wang et al.,
+*TokenCompose*, CVPR 2024):
 
 * token: for each grounded word, ``(1 − share of its attention mass on its pixels)²``;
 * pixel: the binary cross-entropy between its attention probabilities and its pixels;
@@ -20,8 +20,8 @@ diffusion loss:
 
 Token and pixel losses are averaged over the grounded words, the cell loss over the covered cells,
 all three over the cross-attention layers at :data:`GROUNDED_SIDES`, using the head-mean attention
-probabilities. :class:`CrossAttentionMaps`
-records those during training through diffusers attention processors it installs and restores.
+probabilities. :class:`CrossAttentionMaps` records those during training through diffusers attention
+processors it installs and restores.
 """
 
 from __future__ import annotations
@@ -46,21 +46,19 @@ MAX_WORDS = 28
 
 
 def word_targets(words: list[tuple[str, world.WordOwner | None]], bodies: np.ndarray, parts: np.ndarray,
-                 side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per caption word: float32 ``(MAX_WORDS, side, side)`` share of each cell's pixels it describes, and
-    bool ``(MAX_WORDS,)`` whether it is grounded (it describes pixels, and some are visible)."""
+                 side: int) -> np.ndarray:
+    """Per caption word: float32 ``(MAX_WORDS, side, side)``, the share of each cell's pixels it describes
+    (all zeros for articles, joining words, hidden objects and the unused rows)."""
     if len(words) > MAX_WORDS:
         raise ValueError(f"a caption of {len(words)} words is over MAX_WORDS={MAX_WORDS}")
     height, width = bodies.shape[1:]
     targets = np.zeros((MAX_WORDS, side, side), np.float32)
-    grounded = np.zeros(MAX_WORDS, bool)
     for i, (_, owner) in enumerate(words):
         if owner is None:
             continue
         pixels = world.word_pixels(owner, bodies, parts)
         targets[i] = pixels.reshape(side, height // side, side, width // side).mean(axis=(1, 3))
-        grounded[i] = pixels.any()
-    return targets, grounded
+    return targets
 
 
 def grounding_losses(maps: list[torch.Tensor], targets: torch.Tensor,

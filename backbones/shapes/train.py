@@ -100,9 +100,6 @@ class WorldFrames:
     objects: np.ndarray = field(eq=False)
     word_cells: np.ndarray = field(eq=False)
 
-    def __len__(self) -> int:
-        return len(self.images)
-
     def split(self, held_out: int) -> tuple[WorldFrames, WorldFrames]:
         """``(all but the last held_out frames, the last held_out)``."""
         def part(sl: slice) -> WorldFrames:
@@ -112,7 +109,7 @@ class WorldFrames:
 
     def word_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
         """float16 ``(N, MAX_WORDS, h, w)`` shares of each cell each word describes, and bool ``(N, MAX_WORDS)``
-        whether a word is grounded."""
+        whether a word is grounded (describes a visible pixel)."""
         cells = torch.from_numpy(self.word_cells)
         return cells.half() / LATENT_FACTOR**2, cells.flatten(2).amax(-1) > 0
 
@@ -125,7 +122,7 @@ def _render_one(args: tuple[int, int]) -> tuple[np.ndarray, str, np.ndarray, np.
     words = world.caption_words(scene, rng)
     if rng.random() < ARTICLE_DROPOUT:
         words = [(word, owner) for word, owner in words if word not in ("a", "an")]
-    targets, _ = grounding.word_targets(words, frame.bodies, frame.parts, IMAGE_SIZE // LATENT_FACTOR)
+    targets = grounding.word_targets(words, frame.bodies, frame.parts, IMAGE_SIZE // LATENT_FACTOR)
     cells = np.round(targets * LATENT_FACTOR**2).astype(np.uint8)
     return frame.image, " ".join(w for w, _ in words), frame.objects.any(axis=0), cells
 
