@@ -3,9 +3,9 @@
 Runs fixed shapes-world edits (``--per-kind`` of each kind: class, instance, part, object, crossing;
 see :mod:`stmod.backbones.shapes.edits`) through the real :class:`Editor` on the ``shapes`` backbone,
 once per row — no modulation (the global prompt alone), the ``videograin`` composite text without
-modulation, cross only, self only, both (``videograin``),
-both (``paper``), the temporal focus ``per-frame`` / ``sparse-causal`` / ``window``, without the latent blend, and with masks
-downsampled by area instead of the official nearest —
+modulation, cross only, self only, both (``videograin``), both (``paper``), the temporal focus
+``per-frame`` / ``sparse-causal`` / ``window``, without the latent blend, and with masks downsampled by
+area instead of the official nearest —
 and scores each result against the world's exact masks (:mod:`stmod.backbones.shapes.metrics`).
 Prints a table and writes ``quality.json``::
 
@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench-quality"), help="work folder (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="where the results go (default: OUT/quality.json)")
     args = p.parse_args(argv)
+    if args.model is not None:
+        # absolute: a relative folder would be read against each case's job folder, not the shell's
+        args.model = args.model.absolute()
+        if not (args.model / "model_index.json").is_file():
+            raise SystemExit(f"quality: --model {args.model} is not a diffusers model folder (no model_index.json);"
+                             " give the model/ folder that the training command wrote")
     path = args.json or args.out / "quality.json"
 
     def save(results: dict) -> None:

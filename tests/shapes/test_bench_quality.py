@@ -1,0 +1,96 @@
+"""``bench/quality.py`` (the ablation, on a model folder given as a user would give it) and
+``bench/quality_compare.py`` (two runs of it, paired case by case)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stmod.backbones.shapes import SHIPPED_MODEL
+
+QUALITY = Path(__file__).resolve().parents[2] / "bench" / "quality.py"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("stmod_bench_quality", QUALITY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_relative_model_folder_is_read_from_where_the_command_runs(quality, tmp_path: Path, monkeypatch) -> None:
+    """The cases' job files live in their own folders; ``--model trained/model`` must still mean the
+    shell's ``trained/model``, not one inside each case's folder."""
+    (tmp_path / "trained").mkdir()
+    os.symlink(SHIPPED_MODEL, tmp_path / "trained" / "model")
+    monkeypatch.chdir(tmp_path)
+    assert quality.main(["--model", "trained/model", "--per-kind", "1", "--rows", "none",
+                         "--frames", "2", "--steps", "2", "--out", "bench"]) == 0
+    results = json.loads((tmp_path / "bench" / "quality.json").read_text())
+    assert results["model"] == str(tmp_path / "trained" / "model")
+    assert results["rows"] == ["none"] and len(results["records"]) == 5
+
+
+def test_a_model_folder_that_is_not_one_is_refused_before_anything_is_written(quality, tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(SystemExit, match=r"--model .*weights is not a diffusers model folder"):
+        quality.main(["--model", str(tmp_path / "weights"), "--out", str(tmp_path / "bench")])
+    assert not (tmp_path / "bench").exists()
+
+
+COMPARE = QUALITY.with_name("quality_compare.py")
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("stmod_bench_quality_compare", COMPARE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(model: str, accuracies: dict[str, list[float]], **settings) -> dict:
+    records = [{"row": row, "case": f"case-{i:02d}", "accuracy": a}
+               for row, values in accuracies.items() for i, a in enumerate(values)]
+    return {"model": model, "frames": 4, "steps": 12, "guidance": None, "per_kind": 6, "seed": 0,
+            "rows": list(accuracies), "records": records, **settings}
+
+
+def test_the_difference_interval_matches_a_plain_bootstrap(compare) -> None:
+    rng = np.random.default_rng(7)
+    a, b = rng.uniform(0, 1, 30), rng.uniform(0, 1, 30)
+    low, high = compare.difference_interval(a, b)
+    diffs = (b - a).astype(np.float64)
+    means = diffs[np.random.default_rng(8).integers(0, 30, (20_000, 30))].mean(axis=1)
+    assert low == pytest.approx(np.percentile(means, 2.5), abs=0.01)
+    assert high == pytest.approx(np.percentile(means, 97.5), abs=0.01)
+
+
+def test_identical_runs_are_not_told_apart_and_a_real_gain_is(compare, tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0, 0.8, 30)
+    first = _run("shipped", {"same": list(base), "better": list(base)})
+    second = _run("retrained", {"same": list(base), "better": list(base + rng.uniform(0.1, 0.3, 30))})
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, run in zip(paths, (first, second)):
+        path.write_text(json.dumps(run))
+    assert compare.main([str(p) for p in paths]) == 0
+    out = capsys.readouterr().out
+    assert "| same | " in out and "[+0.000, +0.000] | no |" in out
+    assert out.splitlines()[-2].endswith("| yes |") and "1 of 2 rows differ" in out
+
+
+def test_runs_of_different_cases_are_refused_in_one_line(compare, tmp_path: Path, capsys) -> None:
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    paths[0].write_text(json.dumps(_run("a", {"both": [0.5] * 3})))
+    paths[1].write_text(json.dumps(_run("b", {"both": [0.5] * 3}, steps=20)))
+    assert compare.main([str(p) for p in paths]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "quality_compare: the two runs edited different cases: steps 12 against 20; " \
+                  "rerun one with the other's settings"
