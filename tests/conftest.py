@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,6 +72,20 @@ def demo_job(tmp_path: Path, tiny_folder: Path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """``bench_script("quality")`` imports ``bench/quality.py`` (the bench folder is not a package)."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"stmod_bench_{name}", bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPORT = Path(__file__).resolve().parents[2] / "bench" / "report.py"
-
-
 @pytest.fixture(scope="module")
-def report():
-    spec = importlib.util.spec_from_file_location("stmod_bench_report", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def report(bench_script):
+    return bench_script("report")
 
 
 def _run(root: Path, name: str, *, cross: bool, self_: bool, clip_t: float, warp: float, gpu: int | None = None,

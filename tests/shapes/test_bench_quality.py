@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -13,15 +12,9 @@ import pytest
 
 from stmod.backbones.shapes import SHIPPED_MODEL
 
-QUALITY = Path(__file__).resolve().parents[2] / "bench" / "quality.py"
-
-
 @pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("stmod_bench_quality", QUALITY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def quality(bench_script):
+    return bench_script("quality")
 
 
 def test_a_relative_model_folder_is_read_from_where_the_command_runs(quality, tmp_path: Path, monkeypatch) -> None:
@@ -44,15 +37,9 @@ def test_a_model_folder_that_is_not_one_is_refused_before_anything_is_written(qu
     assert not (tmp_path / "bench").exists()
 
 
-COMPARE = QUALITY.with_name("quality_compare.py")
-
-
 @pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("stmod_bench_quality_compare", COMPARE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compare(bench_script):
+    return bench_script("quality_compare")
 
 
 def _run(model: str, accuracies: dict[str, list[float]], **settings) -> dict:
