@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+
 @pytest.fixture(scope="module")
 def report(bench_script):
     return bench_script("report")

@@ -12,6 +12,7 @@ import pytest
 
 from stmod.backbones.shapes import SHIPPED_MODEL
 
+
 @pytest.fixture(scope="module")
 def quality(bench_script):
     return bench_script("quality")
