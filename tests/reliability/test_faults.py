@@ -41,7 +41,16 @@ def _spawn(args: list[str], fault: str | None, ready: Path | None = None, preexe
     if ready is not None:
         env["STMOD_FAULT_READY"] = str(ready)
     return subprocess.Popen([sys.executable, "-m", "stmod", *TESTING, "-p", "stmod_faults", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: _child_setup(preexec_fn))
+
+
+def _child_setup(preexec_fn) -> None:
+    """SIGINT back to its default: a test run started in the background (``cmd &``, nohup) ignores it,
+    the child would inherit that, and Ctrl-C could not be tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if preexec_fn is not None:
+        preexec_fn()
 
 
 def _leftovers(*roots: Path) -> list[Path]:
