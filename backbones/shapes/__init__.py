@@ -67,5 +67,6 @@ class ShapesBackbone(StableDiffusionBackbone):
         raise CheckpointError(annotator, "the shapes model has no ControlNet; remove the job's control entries")
 
     def check(self, spec: EditSpec) -> None:
-        verify_model(self.folder)
+        # a relative folder is the job's, as sd15's check and loading read it (not the shell's)
+        verify_model(self.folder if self.folder.is_absolute() else spec.base_dir / self.folder)
         super().check(spec)
