@@ -25,6 +25,10 @@ SETTINGS = ("frames", "steps", "guidance", "per_kind", "seed")
 
 def paired_accuracy(a: dict, b: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Row → (accuracies of ``a``, of ``b``), case by case in the same order, for the rows both ran."""
+    for run in (a, b):
+        missing = [k for k in ("model", "rows", "records", *SETTINGS) if k not in run]
+        if missing:
+            raise ValueError(f"not a bench/quality.py result: it has no {', '.join(map(repr, missing))}")
     differ = [k for k in SETTINGS if a.get(k) != b.get(k)]
     if differ:
         raise ValueError("the two runs edited different cases: " + ", ".join(
@@ -78,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"quality_compare: {exc}", file=sys.stderr)
         return 2
-    except KeyError as exc:
-        print(f"quality_compare: not a bench/quality.py result: it has no {exc}", file=sys.stderr)
+    except KeyError as exc:  # a record without its fields
+        print(f"quality_compare: not a bench/quality.py result: a record has no {exc}", file=sys.stderr)
         return 2
     text, apart = table(pairs, (runs[0]["model"], runs[1]["model"]))
     print(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,18 @@ def test_runs_of_different_cases_are_refused_in_one_line(compare, tmp_path: Path
     err = capsys.readouterr().err.strip()
     assert err == "quality_compare: the two runs edited different cases: steps 12 against 20; " \
                   "rerun one with the other's settings"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, r"quality_compare: \[Errno 2\] No such file or directory: '.*b\.json'"),
+    ({"model": "b"}, r"quality_compare: not a bench/quality.py result: it has no 'rows', 'records', 'frames', 'steps', "
+                      r"'guidance', 'per_kind', 'seed'"),
+])
+def test_a_missing_or_foreign_file_is_refused_in_one_line(compare, tmp_path: Path, capsys, content, message) -> None:
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    paths[0].write_text(json.dumps(_run("a", {"both": [0.5] * 3})))
+    if content is not None:
+        paths[1].write_text(json.dumps(content))
+    assert compare.main([str(p) for p in paths]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.fullmatch(message, err.strip()), err
