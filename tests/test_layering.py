@@ -6,21 +6,17 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-#: Source folder → the package it is installed as (pyproject's package-dir).
-PACKAGES = {"stmod": "stmod", "core": "stmod.core", "plugins": "stmod.plugins",
-            "backbones": "stmod.backbones", "layouts": "stmod.layouts"}
+SRC = Path(__file__).resolve().parents[1] / "src"
 ABOVE_CORE = ("stmod.plugins", "stmod.layouts", "stmod.backbones", "stmod.cli", "stmod.testing")
 
 
 def _modules() -> dict[str, Path]:
     found = {}
-    for folder, package in PACKAGES.items():
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            parts = path.relative_to(ROOT / folder).with_suffix("").parts
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            found[".".join((package, *parts))] = path
+    for path in sorted((SRC / "stmod").rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
     return found
 
 

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["pyproject.toml", "README.md", "stmod", "core", "plugins", "backbones", "layouts"]
+SOURCES = ["pyproject.toml", "README.md", "src"]
 
 
 def test_wheel_has_only_the_stmod_namespace(tmp_path: Path) -> None:
@@ -29,16 +29,11 @@ def test_wheel_has_only_the_stmod_namespace(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"stmod"}
-    for folder, package in (("core", "stmod/core"), ("plugins", "stmod/plugins"),
-                            ("backbones", "stmod/backbones"), ("layouts", "stmod/layouts")):
-        for init in (ROOT / folder).rglob("__init__.py"):
-            rel = init.relative_to(ROOT / folder).as_posix()
-            assert f"{package}/{rel}" in names, f"{folder}/{rel} is missing from the wheel (add it to pyproject)"
-        for module in (ROOT / folder).rglob("*.py"):
-            rel = module.relative_to(ROOT / folder).as_posix()
-            assert f"{package}/{rel}" in names, f"{folder}/{rel} is missing from the wheel"
+    for module in (ROOT / "src").rglob("*.py"):
+        rel = module.relative_to(ROOT / "src").as_posix()
+        assert rel in names, f"src/{rel} is missing from the wheel (a folder without __init__.py?)"
     assert "stmod/py.typed" in names
-    shipped = json.loads((ROOT / "backbones/shapes/model/manifest.json").read_text())["files"]
+    shipped = json.loads((ROOT / "src/stmod/backbones/shapes/model/manifest.json").read_text())["files"]
     for name in [*shipped, "manifest.json"]:  # the trained shapes model is package data
         assert f"stmod/backbones/shapes/model/{name}" in names, f"shapes model file {name} is missing from the wheel"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
