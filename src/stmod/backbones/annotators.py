@@ -19,7 +19,7 @@ from stmod.backbones.sd15 import hub_offline
 from stmod.core.errors import CheckpointError, InputError, MissingDependencyError
 from stmod.core.types import EditSpec, LayoutRequest, number
 
-__all__ = ["CannyOptions", "CannyAnnotator", "WeightsOptions", "DepthAnnotator", "OpenposeOptions",
+__all__ = ["CannyOptions", "CannyAnnotator", "canny_maps", "WeightsOptions", "DepthAnnotator", "OpenposeOptions",
            "OpenposeAnnotator", "FramesOptions", "FramesAnnotator"]
 
 ANNOTATOR_REPO = "lllyasviel/Annotators"
@@ -69,16 +69,22 @@ class CannyAnnotator:
         _import_aux("canny annotator")
 
     def annotate(self, request: LayoutRequest) -> np.ndarray:
-        detector = _import_aux("canny annotator").CannyDetector()
-        frames = np.asarray(request.frames)
-        height, width = frames.shape[1:3]
-        resolution = min(height, width)
-        return np.stack([
-            _fit(detector(frame, self.options.low_threshold, self.options.high_threshold,
-                          detect_resolution=resolution, image_resolution=resolution, output_type="np"),
-                 height, width)
-            for frame in frames
-        ])
+        return canny_maps(np.asarray(request.frames), self.options)
+
+
+def canny_maps(frames: np.ndarray, options: CannyOptions | None = None) -> np.ndarray:
+    """Canny edge maps uint8 ``(F, H, W, 3)`` of uint8 ``frames (F, H, W, 3)``, as the ``canny`` annotator
+    computes them (the ``shapes`` model's ControlNet is trained on exactly these)."""
+    options = options or CannyOptions()
+    detector = _import_aux("canny annotator").CannyDetector()
+    height, width = frames.shape[1:3]
+    resolution = min(height, width)
+    return np.stack([
+        _fit(detector(frame, options.low_threshold, options.high_threshold,
+                      detect_resolution=resolution, image_resolution=resolution, output_type="np"),
+             height, width)
+        for frame in frames
+    ])
 
 
 @frozen(kw_only=True)

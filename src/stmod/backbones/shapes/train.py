@@ -1,6 +1,6 @@
 """Train the ``shapes`` model on the shapes world: ``python -m stmod.backbones.shapes.train``.
 
-Four stages, each resumable from its checkpoint in ``--work`` and logged to ``loss.jsonl``:
+Five stages, each resumable from its checkpoint in ``--work`` and logged to ``loss.jsonl``:
 
 1. ``vae``: an SD-layout ``AutoencoderKL`` (×8, 4 latent channels) on world frames;
    ``decoder``: then its decoder alone, the encoder frozen (so the UNet's latents do not change); with
@@ -10,8 +10,15 @@ Four stages, each resumable from its checkpoint in ``--work`` and logged to ``lo
    with SD's noise schedule, ε-prediction, min-SNR weighting, 10 % caption dropout (for classifier-free
    guidance), an EMA of the UNet, and the token-grounding losses of :mod:`~stmod.backbones.shapes.grounding`
    (each caption word's cross-attention pulled onto the pixels it describes).
-3. ``export``: the EMA weights as a diffusers folder (``StableDiffusionPipeline.save_pretrained``,
-   safetensors) plus ``manifest.json`` (checksums, the command, the figures measured on held-out frames).
+3. ``controlnet``: a ``ControlNetModel`` made from the (EMA) UNet (``ControlNetModel.from_unet``) and
+   trained, the UNet and text encoder frozen, to follow the Canny edge maps that the ``canny`` annotator
+   computes from the frames (:func:`stmod.backbones.annotators.canny_maps`): the structure guidance every
+   official VideoGrain config edits with, for this world. ``--base-model FOLDER`` trains this stage alone on
+   top of an exported model (its VAE, UNet and text encoder are kept as they are).
+4. ``export``: the EMA weights as a diffusers folder (``StableDiffusionPipeline.save_pretrained``,
+   safetensors), the ControlNet in its subfolder ``controlnet-canny`` (diffusers' ``ControlNetModel``
+   layout, so a job's ``control: [{annotator: canny}]`` finds it as it finds a real SD 1.5 ControlNet),
+   plus ``manifest.json`` (checksums, the command, the figures measured on held-out frames).
 
 Both the reconstruction and the diffusion loss weigh what shows an object more (``--object-weight``).
 
@@ -49,6 +56,11 @@ __all__ = ["TrainConfig", "main", "make_dataset", "build_models", "file_checksum
 IMAGE_SIZE = 128
 LATENT_FACTOR = 8
 CAPTION_DROPOUT = 0.1
+#: The ControlNet drops more captions, so that it learns to draw the edges' structure from the edges
+#: alone and leaves what the words say to the UNet (ControlNet's authors drop half).
+CONTROL_CAPTION_DROPOUT = 0.3
+#: Where the ControlNet goes inside the model folder (``ShapesBackbone.controlnet_location``).
+CONTROLNET_FOLDER = "controlnet-canny"
 #: Share of captions trained without their articles ("red square and blue disc on grass"): local
 #: prompts are written so ("red square"), and the ``videograin`` preset encodes each one alone and
 #: pastes it into the global prompt, so a colour word right after the start token must be familiar.
@@ -79,6 +91,9 @@ class TrainConfig:
         #: Weight of the token-grounding losses (:mod:`~stmod.backbones.shapes.grounding`) beside the
         #: diffusion loss; 0 trains without them.
         self.grounding_weight: float = args.grounding_weight
+        self.controlnet_steps: int = args.controlnet_steps
+        self.controlnet_batch: int = 8
+        self.controlnet_lr: float = 5e-4
         self.ema_decay: float = 0.999
         self.snr_gamma: float = 5.0
         self.checkpoint_every: int = 200
@@ -371,7 +386,80 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, data: World
     return ema, (time.time() - began if start < cfg.unet_steps else seconds)
 
 
-# -- stage 3: export ------------------------------------------------------------------------------
+# -- stage 3: the ControlNet ------------------------------------------------------------------------
+
+def build_controlnet(unet, seed: int):
+    """A ``ControlNetModel`` whose encoder starts as a copy of ``unet``'s (zero convolutions at zero)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed + 3)  # the condition embedding is the only part drawn at random
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64, 64))
+
+
+def edge_maps(images: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, H, W)``: the Canny edges of ``images`` as the ``canny`` annotator computes them
+    (its three channels are equal; one is kept)."""
+    from stmod.backbones.annotators import canny_maps
+
+    return np.concatenate([canny_maps(images[i:i + 512])[..., 0] for i in range(0, len(images), 512)])
+
+
+def train_controlnet(controlnet, unet, text_encoder, tokenizer, latents: torch.Tensor, data: WorldFrames,
+                     edges: np.ndarray, cfg: TrainConfig, work: Path) -> float:
+    """Train ``controlnet`` in place (``unet`` and ``text_encoder`` frozen) to denoise ``latents`` (scaled)
+    of ``data``'s frames given their ``edges``; returns the seconds this stage has taken in all its runs."""
+    from diffusers.optimization import get_scheduler
+
+    scheduler = noise_scheduler()
+    ids = tokenizer(data.captions + [""], padding="max_length", max_length=77, truncation=True,
+                    return_tensors="pt").input_ids
+    empty, ids = ids[-1], ids[:-1]
+    cell_weight = 1.0 + cfg.object_weight * torch.from_numpy(latent_shares(data.objects)).unsqueeze(1)
+    unet.requires_grad_(False), text_encoder.requires_grad_(False)
+    unet.eval(), text_encoder.eval()
+    params = list(controlnet.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.controlnet_lr, weight_decay=1e-2)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=100, num_training_steps=cfg.controlnet_steps)
+    gen = torch.Generator().manual_seed(cfg.seed + 30)
+    start, seconds, ckpt = 0, 0.0, work / "controlnet.ckpt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        controlnet.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"]), gen.set_state(state["gen"])
+        start, seconds = state["step"], state.get("seconds", 0.0)
+    controlnet.train()
+    began = time.time() - seconds
+    bar = tqdm(range(start, cfg.controlnet_steps), initial=start, total=cfg.controlnet_steps, desc="controlnet",
+               unit="step")
+    for step in bar:
+        idx = torch.randint(0, len(latents), (cfg.controlnet_batch,), generator=gen)
+        tokens = ids[idx].clone()
+        tokens[torch.rand(cfg.controlnet_batch, generator=gen) < CONTROL_CAPTION_DROPOUT] = empty
+        noise = torch.randn(latents[idx].shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.controlnet_batch,), generator=gen)
+        noisy = scheduler.add_noise(latents[idx], noise, t)
+        cond = torch.from_numpy(edges[idx.numpy()]).float().div(255).unsqueeze(1).expand(-1, 3, -1, -1)
+        with torch.no_grad():
+            text = text_encoder(tokens)[0]
+        down, mid = controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+        pred = unet(noisy, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        loss = _diffusion_loss(pred, noise, t, cell_weight[idx], scheduler, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(), sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % 20 == 0:
+            _log(work, {"stage": "controlnet", "step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                        "time": time.time()})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.controlnet_steps:
+            _save_atomic({"model": controlnet.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                          "gen": gen.get_state(), "step": step + 1, "seconds": time.time() - began}, ckpt)
+    controlnet.eval()
+    return time.time() - began if start < cfg.controlnet_steps else seconds
+
+
+# -- stage 4: export ------------------------------------------------------------------------------
 
 def file_checksums(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` except ``manifest.json`` and stmod's marker, keyed by relative POSIX path."""
@@ -382,8 +470,9 @@ def file_checksums(folder: Path) -> dict[str, str]:
     return out
 
 
-def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict) -> None:
-    """Write the diffusers folder and its manifest to ``out`` (replacing a folder this script wrote)."""
+def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict, controlnet=None) -> None:
+    """Write the diffusers folder (with ``controlnet`` in :data:`CONTROLNET_FOLDER`, when given) and its
+    manifest to ``out`` (replacing a folder this script wrote)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     ddim = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -400,6 +489,8 @@ def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict) -> None:
     try:
         with atomic_folder(out, kind="shapes model") as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
+            if controlnet is not None:
+                controlnet.save_pretrained(tmp / CONTROLNET_FOLDER, safe_serialization=True)
             info = dict(info, files=file_checksums(tmp))
             (tmp / "manifest.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     except NotOwnedError as exc:
@@ -430,14 +521,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-steps", type=int, default=8000)
     p.add_argument("--unet-steps", type=int, default=3200)
     p.add_argument("--unet-lr", type=_float_from(0, inclusive=False), default=1e-3)
+    p.add_argument("--controlnet-steps", type=int, default=800)
+    p.add_argument("--base-model", type=Path, default=None,
+                   help="an exported shapes model folder: train only the ControlNet on top of it (its VAE, UNet "
+                        "and text encoder are kept) and export it with the ControlNet added")
     p.add_argument("--object-weight", type=_float_from(0, inclusive=True), default=4.0,
                    help="extra loss weight on the pixels (autoencoder) and latent cells (UNet) that show an "
                         "object (default: %(default)s)")
     p.add_argument("--grounding-weight", type=_float_from(0, inclusive=True), default=1.0,
                    help="weight of the token-grounding losses beside the diffusion loss; 0 turns them off "
                         "(default: %(default)s)")
-    p.add_argument("--stages", type=lambda v: set(v.split(",")), default={"vae", "decoder", "unet", "export"},
-                   help="comma-separated subset of vae,decoder,unet,export (default: all); the vae stage, "
+    p.add_argument("--stages", type=lambda v: set(v.split(",")),
+                   default={"vae", "decoder", "unet", "controlnet", "export"},
+                   help="comma-separated subset of vae,decoder,unet,controlnet,export (default: all); the vae stage, "
                         "which all others need, always runs or loads; a finished stage is loaded from its "
                         "checkpoint")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
@@ -483,6 +579,36 @@ def _wait(child: subprocess.Popen | None, work: Path) -> None:
         raise SystemExit(f"train: the decoder stage failed (exit {child.returncode}); see {work / 'decoder.log'}")
 
 
+def _on_base_model(args: argparse.Namespace, cfg: TrainConfig, work: Path, out: Path, data: WorldFrames,
+                   argv: list[str] | None) -> int:
+    """``--base-model``: the ControlNet stage alone on top of an exported model, exported beside it."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base: Path = args.base_model
+    if not (base / "model_index.json").is_file():
+        raise SystemExit(f"train: --base-model {base} is not an exported shapes model folder (no model_index.json)")
+    manifest = json.loads((base / "manifest.json").read_text(encoding="utf-8"))
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+    latents = encode_latents(vae, data.images) * vae.config.scaling_factor
+    controlnet = build_controlnet(unet, cfg.seed)
+    seconds = train_controlnet(controlnet, unet, text_encoder, tokenizer, latents, data, edge_maps(data.images), cfg,
+                               work)
+    info = dict(manifest)
+    info.pop("files", None)
+    info["controlnet"] = {
+        "command": "python -m stmod.backbones.shapes.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "steps": cfg.controlnet_steps, "batch": cfg.controlnet_batch, "lr": cfg.controlnet_lr,
+        "caption_dropout": CONTROL_CAPTION_DROPOUT, "threads": args.threads, "seconds": round(seconds, 1),
+    }
+    export(out, vae, unet, text_encoder, tokenizer, info, controlnet=controlnet)
+    print(f"train: wrote {out} (the ControlNet took {seconds / 60:.1f} min)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -491,12 +617,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     out = args.out or work / "model"
     data, held_out = _load_world(work, cfg, max(1, args.threads)).split(64)
+    if args.base_model is not None:
+        return _on_base_model(args, cfg, work, out, data, argv)
 
     vae, unet, text_encoder, tokenizer = build_models(work / "tokenizer", cfg.seed)
     seconds = {"vae": _fit_autoencoder(vae, data.images, data.objects, cfg, work, stage="vae", steps=cfg.vae_steps,
                                        lr=cfg.vae_lr)}
     # The UNet learns on the encoder's latents, which the decoder stage leaves as they are.
-    latents = encode_latents(vae, data.images) if "unet" in args.stages or "export" in args.stages else None
+    latents = encode_latents(vae, data.images) if {"unet", "controlnet", "export"} & args.stages else None
     child = _decoder_beside_unet(args, work)
     try:
         if latents is not None:
@@ -516,10 +644,15 @@ def main(argv: list[str] | None = None) -> int:
     fidelity = colour_fidelity(held_out.images, as_uint8, held_out.objects)
     print(f"train: vae held-out PSNR {psnr:.2f} dB; object colours kept: "
           + ", ".join(f"{k} {v:.2f}" for k, v in fidelity.items()), file=sys.stderr)
-    if latents is None or "export" not in args.stages:
+    if latents is None or not {"controlnet", "export"} & args.stages:
         return 0
     vae.register_to_config(scaling_factor=scaling)
-    ema.copy_to(unet.parameters())
+    ema.copy_to(unet.parameters())  # the ControlNet learns beside the UNet that ships
+    controlnet = build_controlnet(unet, cfg.seed)
+    seconds["controlnet"] = train_controlnet(controlnet, unet, text_encoder, tokenizer, latents * scaling, data,
+                                             edge_maps(data.images), cfg, work)
+    if "export" not in args.stages:
+        return 0
     info = {
         "model": "shapes",
         "command": "python -m stmod.backbones.shapes.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
@@ -532,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
                      "transformers": __import__("transformers").__version__},
     }
-    export(out, vae, unet, text_encoder, tokenizer, info)
+    export(out, vae, unet, text_encoder, tokenizer, info, controlnet=controlnet)
     print(f"train: wrote {out}; stages took {', '.join(f'{k} {v / 60:.1f} min' for k, v in seconds.items())}",
           file=sys.stderr)
     return 0
