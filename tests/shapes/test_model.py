@@ -134,3 +134,38 @@ def test_the_instance_edit_test_fails_on_a_broken_method(editor: Editor, tmp_pat
         _swap_cfg_halves(monkeypatch)
     accuracy, leakage, scores = _instance_scores(editor, tmp_path, **kwargs)
     assert accuracy < MIN_ACCURACY or leakage > MAX_LEAKAGE, (mutation, scores)
+
+
+def test_a_word_outside_the_world_is_refused_by_check_naming_it_and_the_vocabulary(tmp_path: Path) -> None:
+    """The tokenizer would split "van" into pieces the model never learned; check refuses it first."""
+    from stmod.backbones.shapes import unknown_words
+    from stmod.core.errors import PromptError
+
+    assert unknown_words("a red van and a blue disc on grass") == ["van"]
+    assert unknown_words("Two RED discs on grass") == []
+    job = edits.write_case(tmp_path / "job", edits.make_case("instance", 0), frames=2, steps=2)
+    text = job.read_text().replace("on ", "near ", 1)
+    job.write_text(text)
+    spec = load_job(job)
+    with pytest.raises(PromptError, match=r"does not know 'near'.*knows these words: a an and on") as error:
+        fresh_plugin_manager().registry.create("backbone", "shapes", {}).check(spec)
+    assert "\n" not in str(error.value)
+
+
+def test_a_canny_control_entry_finds_the_controlnet_inside_the_model_folder(tmp_path: Path) -> None:
+    """The same ``control:`` entry a user writes for a real SD 1.5 ControlNet; a folder without one is
+    refused by check, naming where it looked and how to get one."""
+    from stmod.core.types import ComponentRef, ControlSpec
+
+    backbone = fresh_plugin_manager().registry.create("backbone", "shapes", {"folder": str(tmp_path / "m")})
+    assert backbone.controlnet_location("canny", None) == str(tmp_path / "m" / "controlnet-canny")
+    assert backbone.controlnet_location("canny", "mine/net") == "mine/net"
+    with pytest.raises(CheckpointError, match="ControlNet for canny only"):
+        backbone.controlnet_location("depth", None)
+    copy = shutil.copytree(SHIPPED_MODEL, tmp_path / "m", ignore=shutil.ignore_patterns("controlnet-canny"))
+    job = edits.write_case(tmp_path / "job", edits.make_case("object", 0), frames=2, steps=2)
+    spec = load_job(job)
+    spec = attrs.evolve(spec, control=(ControlSpec(annotator=ComponentRef(name="canny")),))
+    with pytest.raises(CheckpointError, match=r"controlnet-canny.*no ControlNet for the canny annotator"):
+        fresh_plugin_manager().registry.create("backbone", "shapes", {"folder": str(copy)}).check(spec)
+

@@ -63,19 +63,21 @@ def test_the_command_trains_exports_and_resumes(tmp_path: Path) -> None:
     same weights come out; run afresh in another folder, the same weights come out too."""
     work = tmp_path / "work"
     argv = ["--work", str(work), "--images", "40", "--vae-steps", "3", "--decoder-steps", "2",
-            "--unet-steps", "3", "--object-weight", "2", "--threads", "2"]
+            "--unet-steps", "3", "--controlnet-steps", "2", "--object-weight", "2", "--threads", "2"]
     assert train.main(argv) == 0
     manifest = verify_model(work / "model")
     assert manifest["config"]["unet_steps"] == 3 and manifest["config"]["object_weight"] == 2.0
     assert manifest["config"]["grounding_weight"] == 1.0
     assert set(manifest["vae_colour_fidelity"]) <= set(world.COLOURS)
-    assert set(manifest["stage_seconds"]) == {"vae", "unet", "decoder"}
+    assert set(manifest["stage_seconds"]) == {"vae", "unet", "decoder", "controlnet"}
+    assert any(name.startswith("controlnet-canny/") and name.endswith(".safetensors") for name in manifest["files"])
     assert (work / "decoder.log").is_file()
     assert torch.load(work / "decoder.ckpt", weights_only=False)["step"] == 2
 
     backbone = fresh_plugin_manager().registry.create("backbone", "shapes", {"folder": str(work / "model")})
-    backbone.load()
+    backbone.load(controlnets=[backbone.controlnet_location("canny", None)])
     assert type(backbone.unet).__name__ == "UNet2DConditionModel"
+    assert [type(net).__name__ for net in backbone.controlnets.values()] == ["ControlNetModel"]
 
     assert train.main(argv[:-1] + ["1"]) == 0
     assert verify_model(work / "model")["files"] == manifest["files"]
@@ -93,3 +95,17 @@ def test_a_bad_loss_setting_is_one_line_before_anything_is_written(tmp_path: Pat
     assert exit_.value.code == 2 and not (tmp_path / "work").exists()
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert flag in error and value in error
+
+
+def test_base_model_trains_the_controlnet_alone_and_keeps_the_rest(tmp_path: Path) -> None:
+    """``--base-model``: the exported folder holds the base model's VAE, UNet, text encoder and tokenizer
+    byte for byte, and the new ControlNet beside them."""
+    from stmod.backbones.shapes import SHIPPED_MODEL
+
+    work = tmp_path / "work"
+    assert train.main(["--work", str(work), "--base-model", str(SHIPPED_MODEL), "--images", "8",
+                       "--controlnet-steps", "2", "--threads", "1"]) == 0
+    base, new = verify_model(SHIPPED_MODEL)["files"], verify_model(work / "model")
+    kept = {k: v for k, v in new["files"].items() if not k.startswith("controlnet-canny/")}
+    assert kept == {k: v for k, v in base.items() if not k.startswith("controlnet-canny/")}
+    assert new["controlnet"]["steps"] == 2 and "--base-model" in new["controlnet"]["command"]

@@ -272,6 +272,22 @@ class Blender(Protocol):
 
 
 @runtime_checkable
+class CompositesFrames(Protocol):
+    """**Optional ability of a blender:** put the source's pixels back outside the edited regions after decoding.
+
+    A VAE decoder is not local (its GroupNorm statistics and mid-block attention carry what an edit put
+    inside the regions across the whole frame), so latents equal to the source's outside the regions do
+    not decode to the source's pixels there. ``composite`` receives the source and the decoded edit,
+    uint8 ``(F, H, W, 3)``, and ``regions`` bool ``(F, H, W)`` (the union of the layout's region masks at
+    pixel resolution); it returns uint8 frames of the same shape and must not modify its inputs. The
+    editor calls it only for edits that have regions (a global edit changes the whole frame).
+    """
+
+    def composite(self, source: np.ndarray, edited: np.ndarray, regions: np.ndarray) -> np.ndarray:
+        """The frames the user receives."""
+
+
+@runtime_checkable
 class Backbone(Protocol):
     """**Protocol:** a frozen text-to-image diffusion model (plus ControlNets) driven for video edits.
 

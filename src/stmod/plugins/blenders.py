@@ -10,6 +10,14 @@
 
 ``latent`` and ``videograin`` accept ``soft_edge``: the standard deviation, in latent pixels, of a
 Gaussian that feathers the mask edge (0 keeps it hard).
+
+Both also put the source's **pixels** back outside the regions after decoding (``composite``, on by
+default): latents equal to the source's outside the regions do not decode to the source's pixels there,
+because a VAE decoder's GroupNorm statistics and mid-block attention spread what the edit put inside the
+regions across the frame (measured in ``docs/shapes.md``). The regions are grown by ``composite_dilate``
+pixels (the latent grid is 8× coarser than the pixels, so an edited object's outline moves by a few) and
+the seam feathered by a Gaussian of ``composite_feather`` pixels; beyond that band the output is the input,
+pixel for pixel.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 from attrs import field, frozen, validators
 
 from stmod import BlendContext, hookimpl, number
@@ -24,7 +33,8 @@ from stmod import BlendContext, hookimpl, number
 if TYPE_CHECKING:  # torch is imported where a blend runs, so that loading the plugin (--help, list) is cheap
     import torch
 
-__all__ = ["BlendOptions", "NoBlend", "LatentBlend", "VideoGrainBlend", "feather"]
+__all__ = ["BlendOptions", "NoBlend", "LatentBlend", "VideoGrainBlend", "feather", "composite_weights",
+           "composite_frames"]
 
 
 @frozen(kw_only=True)
@@ -33,6 +43,13 @@ class BlendOptions:
 
     #: Gaussian feathering of the mask edge, in latent pixels (0: hard edge).
     soft_edge: float = number(0.0, low=0.0, high=64.0)
+    #: After decoding, the source's pixels outside the (grown, feathered) regions: the background is the
+    #: user's, pixel for pixel. ``false`` keeps the decoder's output everywhere.
+    composite: bool = field(default=True, validator=validators.instance_of(bool))
+    #: How far the regions are grown before compositing, in pixels.
+    composite_dilate: int = number(4, low=0, high=256)
+    #: Gaussian feathering of the composite's seam, in pixels (0: a hard seam).
+    composite_feather: float = number(2.0, low=0.0, high=64.0)
 
 
 def feather(mask: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -52,6 +69,42 @@ def feather(mask: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(out, kernel.view(1, 1, -1, 1)).clamp(0.0, 1.0)
 
 
+def composite_weights(regions: np.ndarray, dilate: int, sigma: float) -> np.ndarray:
+    """float32 ``(F, H, W)`` in ``[0, 1]``: how much of the edit each pixel takes — 1 on ``regions`` (bool
+    ``(F, H, W)``) grown by ``dilate`` pixels (a disc), falling off over a Gaussian of std ``sigma`` outside."""
+    from scipy.ndimage import binary_dilation, gaussian_filter
+
+    grown = regions.astype(bool)
+    if dilate > 0:
+        yy, xx = np.mgrid[-dilate:dilate + 1, -dilate:dilate + 1]
+        disc = (yy**2 + xx**2 <= dilate**2)[None]
+        grown = binary_dilation(grown, structure=disc)
+    weights = grown.astype(np.float32)
+    if sigma > 0:
+        weights = np.maximum(gaussian_filter(weights, sigma=(0, sigma, sigma), mode="nearest"), weights)
+    return weights
+
+
+def composite_frames(source: np.ndarray, edited: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """uint8 ``source·(1 − w) + edited·w`` per pixel, rounded (``w`` float ``(F, H, W)``): the source exactly
+    where ``w`` rounds the difference away, the edit exactly where ``w = 1``."""
+    w = weights[..., None].astype(np.float32)
+    mixed = source.astype(np.float32) + w * (edited.astype(np.float32) - source.astype(np.float32))
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+class _Composites:
+    """The ``composite`` ability of the latent blenders (:class:`stmod.core.protocols.CompositesFrames`)."""
+
+    options: BlendOptions
+
+    def composite(self, source: np.ndarray, edited: np.ndarray, regions: np.ndarray) -> np.ndarray:
+        if not self.options.composite:
+            return edited
+        weights = composite_weights(regions, self.options.composite_dilate, self.options.composite_feather)
+        return composite_frames(source, edited, weights)
+
+
 class NoBlend:
     """Leaves the latents untouched."""
 
@@ -60,7 +113,7 @@ class NoBlend:
         return latents
 
 
-class LatentBlend:
+class LatentBlend(_Composites):
     """Outside the mask, take the inversion trajectory's latent at the same noise level."""
 
     def __init__(self, options: BlendOptions) -> None:
@@ -79,7 +132,7 @@ class LatentBlend:
         return source.lerp(latents, mask.expand_as(latents))  # exact at mask 0 and 1
 
 
-class VideoGrainBlend:
+class VideoGrainBlend(_Composites):
     """Outside the mask, the clean source latent re-noised at the current step's timestep."""
 
     def __init__(self, options: BlendOptions) -> None:

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from attrs import frozen
 
 from stmod.backbones.sd15 import SD15Options, StableDiffusionBackbone
-from stmod.core.errors import CheckpointError
+from stmod.core.errors import CheckpointError, PromptError
 from stmod.core.types import EditSpec
 
-__all__ = ["ShapesOptions", "ShapesBackbone", "SHIPPED_MODEL", "verify_model"]
+__all__ = ["ShapesOptions", "ShapesBackbone", "SHIPPED_MODEL", "CONTROLNET_FOLDERS", "verify_model", "unknown_words"]
+
+#: Annotator → the ControlNet's subfolder in a shapes model folder (the training command writes it).
+CONTROLNET_FOLDERS = {"canny": "controlnet-canny"}
 
 #: The model folder shipped inside the package.
 SHIPPED_MODEL = Path(__file__).resolve().parent / "model"
@@ -56,17 +60,53 @@ class ShapesOptions:
     device: str = "cpu"
 
 
+def unknown_words(prompt: str) -> list[str]:
+    """The words (and punctuation marks) of ``prompt`` outside the shapes world's vocabulary
+    (:data:`stmod.backbones.shapes.world.WORDS`), in order, once each: the model was trained on those words
+    alone, and its tokenizer splits any other into pieces it never learned ("van" → "v", "an")."""
+    from stmod.backbones.shapes.world import WORDS
+
+    return list(dict.fromkeys(w for w in re.findall(r"[a-z]+|\S", prompt.lower()) if w not in WORDS))
+
+
 class ShapesBackbone(StableDiffusionBackbone):
-    """``sd15`` loading the shapes model; it has no ControlNet."""
+    """``sd15`` loading the shapes model, with the ControlNets its folder holds (``controlnet-canny``)."""
 
     def __init__(self, options: ShapesOptions) -> None:
         self.folder = Path(options.folder).expanduser() if options.folder else SHIPPED_MODEL
         super().__init__(SD15Options(model=str(self.folder), device=options.device))
 
     def controlnet_location(self, annotator: str, model: str | None) -> str:
-        raise CheckpointError(annotator, "the shapes model has no ControlNet; remove the job's control entries")
+        """A control entry's ``model``, or the ControlNet for its annotator inside the model folder."""
+        if model:
+            return model
+        if annotator not in CONTROLNET_FOLDERS:
+            raise CheckpointError(annotator, f"the shapes model has a ControlNet for {', '.join(CONTROLNET_FOLDERS)} "
+                                             f"only; use annotator: canny, or remove the control entry")
+        return str(self.folder / CONTROLNET_FOLDERS[annotator])
 
     def check(self, spec: EditSpec) -> None:
         # a relative folder is the job's, as sd15's check and loading read it (not the shell's)
-        verify_model(self.folder if self.folder.is_absolute() else spec.base_dir / self.folder)
+        folder = self.folder if self.folder.is_absolute() else spec.base_dir / self.folder
+        verify_model(folder)
+        for control in spec.control:
+            if not control.model and not (folder / CONTROLNET_FOLDERS.get(control.annotator.name, "-")).is_dir():
+                raise CheckpointError(str(folder / CONTROLNET_FOLDERS.get(control.annotator.name, "")),
+                                      "this shapes model folder has no ControlNet for the canny annotator; retrain "
+                                      "it with python -m stmod.backbones.shapes.train (its controlnet stage) or "
+                                      "remove the job's control entries")
         super().check(spec)
+        self._check_words(spec)
+
+    def _check_words(self, spec: EditSpec) -> None:
+        from stmod.backbones.shapes.world import WORDS
+
+        prompts = [("prompt", spec.prompt), ("source_prompt", spec.source_prompt),
+                   ("negative_prompt", spec.negative_prompt)]
+        prompts += [(f"regions.{r.name}", r.prompt) for r in spec.regions]
+        for where, prompt in prompts:
+            unknown = unknown_words(prompt)
+            if unknown:
+                raise PromptError(f"{where}: the shapes model does not know {unknown[0]!r}; it edits only its toy "
+                                  f"world and knows these words: {' '.join(WORDS)} (for other words, use real "
+                                  f"SD 1.5 weights: backbone sd15)", prompt=prompt)

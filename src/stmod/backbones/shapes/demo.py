@@ -36,12 +36,15 @@ def write_demo_inputs(folder: Path, *, frames: int = 8, steps: int = 20) -> Path
 
 
 def demo_scores(source: np.ndarray, result: np.ndarray) -> dict[str, dict[str, float]]:
-    """Per region: attribute accuracy and leakage of an edit of the demo clip; plus background PSNR."""
-    _, bodies, parts = world.render_clip(DEMO_CASE.scene, len(result), (result.shape[2], result.shape[1]))
+    """Per region: attribute accuracy, shape IoU, clean frames and leakage of an edit of the demo clip; plus
+    background PSNR."""
+    _, bodies, parts = DEMO_CASE.render(len(result), (result.shape[2], result.shape[1]))
     masks = edits.case_masks(DEMO_CASE, bodies, parts)
     colours = {r.name: r.colour for r in DEMO_CASE.regions}
     leak = metrics.leakage(source, result, masks, colours)
     scores = {r.name: {"accuracy": metrics.attribute_accuracy(result, masks[r.name], r.colour),
+                       "shape_iou": metrics.shape_iou(result, masks[r.name], r.colour),
+                       "clean": metrics.clean_frames(result, masks[r.name], r.colour),
                        "leakage": leak[r.name]} for r in DEMO_CASE.regions}
     scores["background"] = {"psnr": metrics.background_psnr(source, result, (bodies | parts).any(axis=1))}
     return scores

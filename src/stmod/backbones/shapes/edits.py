@@ -17,6 +17,7 @@ The kinds follow the paper's granularities:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import yaml
@@ -24,7 +25,7 @@ from attrs import evolve, field, frozen, validators
 
 from stmod.backbones.shapes import world
 
-__all__ = ["KINDS", "CaseRegion", "EditCase", "make_case", "benchmark_cases", "case_masks", "write_case"]
+__all__ = ["KINDS", "CaseRegion", "EditCase", "SceneRenderer", "article", "make_case", "benchmark_cases", "case_masks", "write_case"]
 
 KINDS: tuple[str, ...] = ("class", "instance", "part", "object", "crossing")
 
@@ -41,16 +42,33 @@ class CaseRegion:
     covers: str = field(default="object", validator=validators.in_(("object", "body", "part")))
 
 
+class SceneRenderer(Protocol):
+    """A scene drawn by another renderer than the world's."""
+
+    def render_clip(self, frames: int, size: tuple[int, int] = (128, 128)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(images uint8 (F, H, W, 3), bodies bool (F, K, H, W), parts bool (F, K, H, W))``."""
+
+
 @frozen(kw_only=True)
 class EditCase:
     """A clip of the world and an edit of it with a known right answer."""
 
     name: str
     kind: str = field(validator=validators.in_(KINDS))
-    scene: world.Scene
+    #: a :class:`world.Scene`, or any scene with ``render_clip(frames, size)`` returning what
+    #: :func:`world.render_clip` returns (the independent set's :class:`~.independent.DrawnScene`)
+    scene: world.Scene | SceneRenderer
     source_prompt: str
     prompt: str
     regions: tuple[CaseRegion, ...] = field(converter=tuple)
+    #: the clip's own frame count (``None``: the caller's, as for the benchmark's cases)
+    frames: int | None = None
+
+    def render(self, frames: int, size: tuple[int, int] = (128, 128)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(images, bodies, parts)`` of the clip (see :func:`world.render_clip`)."""
+        if isinstance(self.scene, world.Scene):
+            return world.render_clip(self.scene, frames, size)
+        return self.scene.render_clip(frames, size)
 
 
 def _colours(rng: np.random.Generator, count: int, exclude: tuple[str, ...] = ()) -> list[str]:
@@ -58,7 +76,8 @@ def _colours(rng: np.random.Generator, count: int, exclude: tuple[str, ...] = ()
     return [str(c) for c in rng.choice(choices, count, replace=False)]
 
 
-def _an(word: str) -> str:
+def article(word: str) -> str:
+    """``word`` with its indefinite article."""
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
@@ -92,7 +111,7 @@ def make_case(kind: str, seed: int) -> EditCase:
         regions = (CaseRegion(name="left", prompt=f"{new1} {shape}", colour=new1, things=(0,)),
                    CaseRegion(name="right", prompt=f"{new2} {shape}", colour=new2, things=(1,)))
         order = [0, 1] if rng.random() < 0.5 else [1, 0]  # the words never say which is on the left
-        words = " and ".join(_an(regions[i].prompt) for i in order)
+        words = " and ".join(article(regions[i].prompt) for i in order)
         return EditCase(name=name, kind=kind, scene=scene, source_prompt=src, prompt=f"{words} on {bg}",
                         regions=regions)
     if kind == "part":
@@ -101,10 +120,10 @@ def make_case(kind: str, seed: int) -> EditCase:
         thing = evolve(world.random_thing(rng, shape=shape, colour=body, part_probability=0, speed=0.02),
                        part=part, size=float(rng.uniform(0.34, 0.42)))
         scene = world.Scene(background=bg, things=(thing,), seed=texture)
-        stem = f"{_an(body)} {shape} with"
+        stem = f"{article(body)} {shape} with"
         region = CaseRegion(name=part.kind, prompt=f"{new} {part.kind}", colour=new, things=(0,), covers="part")
-        return EditCase(name=name, kind=kind, scene=scene, source_prompt=f"{stem} {_an(part_colour)} {part.kind} on {bg}",
-                        prompt=f"{stem} {_an(new)} {part.kind} on {bg}", regions=(region,))
+        return EditCase(name=name, kind=kind, scene=scene, source_prompt=f"{stem} {article(part_colour)} {part.kind} on {bg}",
+                        prompt=f"{stem} {article(new)} {part.kind} on {bg}", regions=(region,))
     if kind == "object":
         first, second, new = _colours(rng, 3)
         other = str(rng.choice([s for s in world.SHAPES if s != shape]))
@@ -114,8 +133,8 @@ def make_case(kind: str, seed: int) -> EditCase:
         scene = world.Scene(background=bg, things=(a, b), seed=texture)
         region = CaseRegion(name=shape, prompt=f"{new} {shape}", colour=new, things=(0,))
         return EditCase(name=name, kind=kind, scene=scene,
-                        source_prompt=f"{_an(first)} {shape} and {_an(second)} {other} on {bg}",
-                        prompt=f"{_an(new)} {shape} and {_an(second)} {other} on {bg}", regions=(region,))
+                        source_prompt=f"{article(first)} {shape} and {article(second)} {other} on {bg}",
+                        prompt=f"{article(new)} {shape} and {article(second)} {other} on {bg}", regions=(region,))
     raise ValueError(f"unknown edit kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
@@ -135,10 +154,12 @@ def case_masks(case: EditCase, bodies: np.ndarray, parts: np.ndarray) -> dict[st
 
 def write_case(folder: Path, case: EditCase, *, frames: int = 8, size: tuple[int, int] = (128, 128),
                steps: int = 20, blend: str = "latent") -> Path:
-    """Write ``frames/``, ``masks/<region>/`` (PNG) and ``job.yaml`` for ``case``; returns the job path."""
+    """Write ``frames/``, ``masks/<region>/`` (PNG) and ``job.yaml`` for ``case`` (``frames`` of them unless the
+    case has its own count); returns the job path."""
     from stmod.core.io.video import write_frames
 
-    clip, bodies, parts = world.render_clip(case.scene, frames, size)
+    frames = case.frames or frames
+    clip, bodies, parts = case.render(frames, size)
     folder.mkdir(parents=True, exist_ok=True)
     write_frames(folder / "frames", clip)
     for name, mask in case_masks(case, bodies, parts).items():

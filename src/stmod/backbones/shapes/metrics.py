@@ -10,6 +10,12 @@ with :func:`stmod.backbones.shapes.world.colour_classes` (nearest palette colour
   A band of ``margin`` pixels around the region is left out: at 16×16 latents an edited object's
   outline moves by a pixel or two, which is not leakage.
 * **background PSNR**: between source and result, outside every object of the scene (and the band).
+* **shape IoU** of a region: per frame, the intersection over union of the pixels that carry the region's
+  target colour (near the region: within ``reach`` pixels) and the region's exact mask in the source —
+  a disc painted red in a ragged blob scores low even when red dominates inside it.
+* **clean regions**: the share of a region's frames in which at least ``clean_share`` (90 %) of its pixels
+  carry the target colour (the mask eroded by one pixel, whose anti-aliased rim reads no colour) — a
+  region painted in patches of several colours is not clean even when its dominant colour is right.
 * **flicker** of a region: the standard deviation over frames of the region's mean colour (0…255,
   averaged over RGB).
 """
@@ -19,11 +25,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, binary_erosion
 
 from stmod.backbones.shapes.world import COLOURS, colour_classes
 
-__all__ = ["attribute_accuracy", "leakage", "background_psnr", "flicker", "dilate"]
+__all__ = ["attribute_accuracy", "leakage", "background_psnr", "flicker", "dilate", "shape_iou", "clean_frames"]
 
 _NAMES = tuple(COLOURS)
 
@@ -81,3 +87,27 @@ def flicker(frames: np.ndarray, mask: np.ndarray) -> float:
     if len(means) < 2:
         return 0.0
     return float(np.std(np.stack(means), axis=0).mean())
+
+
+def shape_iou(frames: np.ndarray, mask: np.ndarray, colour: str, *, reach: int = 8) -> float:
+    """Mean over frames (where the region shows) of IoU(pixels of ``colour`` within ``reach`` px of
+    ``mask``, ``mask``)."""
+    painted = (colour_classes(frames) == _NAMES.index(colour)) & dilate(mask, reach)
+    scores = [float((painted[f] & mask[f]).sum() / (painted[f] | mask[f]).sum())
+              for f in range(len(frames)) if mask[f].any()]
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def clean_frames(frames: np.ndarray, mask: np.ndarray, colour: str, *, clean_share: float = 0.9) -> float:
+    """Share of frames (where the region shows) in which ≥ ``clean_share`` of the region's pixels (eroded by
+    one pixel where that leaves any) carry ``colour``."""
+    classes = colour_classes(frames)
+    target = _NAMES.index(colour)
+    clean = []
+    for f in range(len(frames)):
+        if not mask[f].any():
+            continue
+        inner = binary_erosion(mask[f])
+        inner = inner if inner.any() else mask[f]
+        clean.append(float((classes[f][inner] == target).mean()) >= clean_share)
+    return float(np.mean(clean)) if clean else 0.0

@@ -43,7 +43,7 @@ from stmod.core.pipeline.compose import compose, empty_layout
 from stmod.core.pipeline.inversion import Inversion, cached_inversion
 from stmod.core.pipeline.records import PhaseTimer, versions
 from stmod.core.pipeline.session import EditSession, to_model_frames, to_uint8
-from stmod.core.protocols import Backbone, ConditionsText, RecordsAttention
+from stmod.core.protocols import Backbone, CompositesFrames, ConditionsText, RecordsAttention
 from stmod.core.registry import Registry
 from stmod.core.sampling import NoiseSchedule, denoise
 from stmod.core.st_layout.labels import downsample_masks
@@ -243,6 +243,7 @@ class Editor:
             latents, recorder = self._denoise(inverted, layout, bars)
         with timer.phase("decode"), self._bar(len(latents), "decoding", unit="frame") as bar:
             frames = to_uint8(backbone.decode(latents, progress=bar.update))
+        frames = _composite(components.blender, clip.frames, frames, layout)
         run = {
             "versions": versions(),
             "seed": spec.seed,
@@ -381,6 +382,18 @@ def _batch_text(text: TextConditioning, frames: int, branches: tuple[Branch, ...
     unet = torch.cat([text.unet[b].repeat(frames, 1, 1) for b in branches])
     control = torch.cat([text.control[b].repeat(frames, 1, 1) for b in branches])
     return unet, control
+
+
+def _composite(blender: object, source: np.ndarray, frames: np.ndarray, layout: LayoutMasks) -> np.ndarray:
+    """The decoded ``frames`` with the source's pixels outside the regions, when the blender can do it and
+    the edit has regions (a global edit, with none, changes the whole frame)."""
+    if not isinstance(blender, CompositesFrames) or layout.masks.shape[1] == 0:
+        return frames
+    out = blender.composite(source, frames, layout.union().cpu().numpy())
+    if out.shape != frames.shape or out.dtype != np.uint8:
+        raise TypeError(f"{type(blender).__name__}.composite returned {out.dtype} {tuple(out.shape)}; "
+                        f"uint8 {tuple(frames.shape)} was expected")
+    return out
 
 
 def _blend_context(session: EditSession, layout: LayoutMasks, x0: torch.Tensor,

@@ -116,5 +116,7 @@ def _report_shapes_scores(session, result) -> None:
     for region in DEMO_CASE.regions:
         s = scores[region.name]
         session.echo(f"  {region.name} -> {region.prompt}: attribute accuracy {100 * s['accuracy']:.0f}% "
-                     f"(frames whose dominant colour there is {region.colour}), leakage {100 * s['leakage']:.1f}%")
+                     f"(frames whose dominant colour there is {region.colour}), shape IoU {s['shape_iou']:.2f}, "
+                     f"clean in {100 * s['clean']:.0f}% of frames (>= 90% of the disc {region.colour}), "
+                     f"leakage {100 * s['leakage']:.1f}%")
     session.echo(f"  background PSNR {scores['background']['psnr']:.1f} dB (source vs edit outside the discs)")

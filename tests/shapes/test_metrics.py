@@ -1,0 +1,51 @@
+"""Shape IoU and clean regions: what the eye sees of an edited region, from the world's exact masks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stmod.backbones.shapes import metrics, world
+
+RED, BLUE, GREEN = (np.array(world.COLOURS[c], np.uint8) for c in ("red", "blue", "green"))
+
+
+def _disc(size: int = 64, radius: int = 14, centre: tuple[int, int] = (32, 32)) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def _frames(mask: np.ndarray, colour: np.ndarray, frames: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    image = np.broadcast_to(GREEN, (*mask.shape, 3)).copy()
+    image[mask] = colour
+    return np.stack([image] * frames), np.stack([mask] * frames)
+
+
+def test_a_disc_painted_exactly_scores_one_and_a_blob_scores_less() -> None:
+    disc = _disc()
+    painted, masks = _frames(disc, RED)
+    assert metrics.shape_iou(painted, masks, "red") == 1.0
+    assert metrics.clean_frames(painted, masks, "red") == 1.0
+    # red everywhere dominant inside the disc, but spilling into a square around it: a lost shape
+    blob, _ = _frames(np.abs(np.mgrid[:64, :64] - 32).max(axis=0) <= 18, RED)
+    iou = metrics.shape_iou(blob, masks, "red")
+    assert metrics.attribute_accuracy(blob, masks, "red") == 1.0
+    expected = disc.sum() / ((np.abs(np.mgrid[:64, :64] - 32).max(axis=0) <= 18) & metrics.dilate(masks, 8)[0]).sum()
+    assert abs(iou - expected) < 1e-12 and iou < 0.8
+
+
+def test_patches_of_another_colour_make_a_region_unclean_but_keep_its_dominant_colour() -> None:
+    disc = _disc()
+    patchy, masks = _frames(disc, RED)
+    patchy[:, 20:29, 20:44][disc[20:29, 20:44][None].repeat(3, 0)] = BLUE  # a blue band over a quarter
+    assert metrics.attribute_accuracy(patchy, masks, "red") == 1.0
+    assert metrics.clean_frames(patchy, masks, "red") == 0.0
+    assert metrics.clean_frames(patchy[:1].repeat(2, 0), masks[:2], "red") == 0.0
+    patchy[1] = _frames(disc, RED, 1)[0][0]  # one frame cleaned
+    assert abs(metrics.clean_frames(patchy, masks, "red") - 1 / 3) < 1e-12
+
+
+def test_frames_where_the_region_does_not_show_are_not_counted() -> None:
+    painted, masks = _frames(_disc(), RED)
+    masks[1] = False
+    assert metrics.shape_iou(painted, masks, "red") == 1.0 and metrics.clean_frames(painted, masks, "red") == 1.0
+    assert metrics.shape_iou(painted, np.zeros_like(masks), "red") == 0.0
