@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -470,9 +471,12 @@ def file_checksums(folder: Path) -> dict[str, str]:
     return out
 
 
-def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict, controlnet=None) -> None:
+def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict, controlnet=None, *,
+           base: Path | None = None) -> None:
     """Write the diffusers folder (with ``controlnet`` in :data:`CONTROLNET_FOLDER`, when given) and its
-    manifest to ``out`` (replacing a folder this script wrote)."""
+    manifest to ``out`` (replacing a folder this script wrote). With ``base``, that folder's model files are
+    copied as they are (byte for byte: loading and saving again would rewrite the configs) and the models
+    passed are not saved."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     ddim = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -488,7 +492,13 @@ def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict, controlnet
     clean_stale_temporaries(out.parent, name=out.name)
     try:
         with atomic_folder(out, kind="shapes model") as tmp:
-            pipe.save_pretrained(tmp, safe_serialization=True)
+            if base is None:
+                pipe.save_pretrained(tmp, safe_serialization=True)
+            else:
+                for name in file_checksums(base):
+                    if not name.startswith(CONTROLNET_FOLDER + "/"):
+                        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(base / name, tmp / name)
             if controlnet is not None:
                 controlnet.save_pretrained(tmp / CONTROLNET_FOLDER, safe_serialization=True)
             info = dict(info, files=file_checksums(tmp))
@@ -604,7 +614,7 @@ def _on_base_model(args: argparse.Namespace, cfg: TrainConfig, work: Path, out: 
         "steps": cfg.controlnet_steps, "batch": cfg.controlnet_batch, "lr": cfg.controlnet_lr,
         "caption_dropout": CONTROL_CAPTION_DROPOUT, "threads": args.threads, "seconds": round(seconds, 1),
     }
-    export(out, vae, unet, text_encoder, tokenizer, info, controlnet=controlnet)
+    export(out, vae, unet, text_encoder, tokenizer, info, controlnet=controlnet, base=base)
     print(f"train: wrote {out} (the ControlNet took {seconds / 60:.1f} min)", file=sys.stderr)
     return 0
 
