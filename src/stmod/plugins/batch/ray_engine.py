@@ -97,7 +97,8 @@ class WorkerSetup:
     :ivar plugin_env: ``STMOD_LOAD_PLUGINS`` / ``STMOD_DISABLE_PLUGINS`` as the driver sees them.
     :ivar cache: read and write the inversion cache (``--no-cache``: false).
     :ivar eval_options: an :class:`~stmod.plugins.eval.evaluate.EvalOptions` for ``--eval``, else ``None``.
-    :ivar before_job: called in the worker before each job it runs (fault injection in tests).
+    :ivar before_job: called in the worker as each job starts (fault injection in tests); what it raises
+        fails that job.
     """
 
     plugin_args: tuple[str, ...] = attrs.field(default=(), converter=tuple)
@@ -173,9 +174,22 @@ class BatchWorker:
         self._ready()
         if self.state.status(job) == "done":
             return "done"
-        if self.setup.before_job is not None:
-            self.setup.before_job(job)
-        return "done" if run_job(job, self.editor, self.state, self.dist, self.evaluator) else "failed"
+        editor = self.editor if self.setup.before_job is None else _BeforeRun(self.editor, self.setup.before_job, job)
+        return "done" if run_job(job, editor, self.state, self.dist, self.evaluator) else "failed"
+
+
+@attrs.frozen
+class _BeforeRun:
+    """An editor that calls ``hook(job)`` as the job starts: what the hook raises fails the job, as the edit's
+    own errors do, and a hook that ends the process kills the worker mid-job."""
+
+    editor: Any
+    hook: Callable[[BatchJob], None]
+    job: BatchJob
+
+    def run(self, spec: Any) -> Any:
+        self.hook(self.job)
+        return self.editor.run(spec)
 
 
 @contextlib.contextmanager
