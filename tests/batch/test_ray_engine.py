@@ -30,7 +30,7 @@ def ray_session():
     """One local Ray for the module (2 CPUs, no dashboard); hooks defined here travel to its workers."""
     ray = pytest.importorskip("ray", reason=NEEDS_RAY)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")  # never a "ray start" one
     yield ray
     ray.shutdown()
 
@@ -75,7 +75,8 @@ def test_killed_worker_loses_nothing_and_its_job_completes_on_the_retry(ray_sess
 
 
 def test_failed_job_is_recorded_not_retried_and_the_rerun_resumes(ray_session, manifest) -> None:
-    """A job failing on its own input is recorded once; the others finish; the rerun runs only that job."""
+    """A job failing on its own input is recorded once; the others finish; the rerun (the CLI, with --eval)
+    runs only that job and adds metrics to every one, the finished ones included, as --engine local does."""
     m = load_manifest(manifest(presets=None, seeds=None))
     setup = WorkerSetup(plugin_args=SETUP.plugin_args, plugin_env=ENV, before_job=_bad_input("second-red"))
     report = run_batch_on_ray(m, setup=setup, options=RayOptions(workers=2), progress=False)
@@ -84,10 +85,12 @@ def test_failed_job_is_recorded_not_retried_and_the_rerun_resumes(ray_session, m
     error = json.loads((m.output / ".batch" / "errors" / "second-red.json").read_text())
     assert error["type"] == "RuntimeError" and "cannot be edited" in error["message"]
     assert _attempts(m.output)["second-red"] == 1  # not retried by Ray
-    again = run_cli([*TESTING, "batch", str(m.path), "--quiet", "--engine", "ray", "--workers", "2"], env=ENV)
+    again = run_cli([*TESTING, "batch", str(m.path), "--quiet", "--engine", "ray", "--workers", "2", "--eval",
+                     "--metrics", "warp"], env=ENV)
     assert again.exit_code == 0, again.stderr
-    assert "ray, 1 worker: 4 jobs: 1 done, 0 failed, 3 skipped" in again.stdout  # one group left: one worker
-    assert json.loads((m.output / "batch.json").read_text())["complete"]
+    assert "ray, 2 workers: 4 jobs: 1 done, 0 failed, 3 skipped" in again.stdout
+    summary = json.loads((m.output / "batch.json").read_text())
+    assert summary["complete"] and all(j["run"]["metrics"]["warp_err"] >= 0 for j in summary["jobs"])  # --eval: all
     assert _attempts(m.output) == {"first-red": 1, "first-blue": 1, "second-red": 2, "second-blue": 1}
 
 

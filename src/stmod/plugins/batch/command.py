@@ -35,7 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="local: this process (or its torchrun / accelerate shard); ray: a pool of Ray workers "
                           "that pull clip groups as they free up (pip install 'stmod[ray]')")
     ray.add_argument("--address", metavar="auto|ray://HOST:PORT",
-                     help="with --engine ray: the Ray cluster to join (default: RAY_ADDRESS or a new local Ray)")
+                     help="with --engine ray: the Ray cluster to join (default: RAY_ADDRESS, else the one 'ray start' "
+                          "started here, else a new local Ray)")
     ray.add_argument("--gpus-per-job", type=float, metavar="N",
                      help="with --engine ray: GPUs each worker reserves (default 0; 0.5 shares a GPU)")
     ray.add_argument("--workers", type=int, metavar="N",

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from stmod.core.errors import MissingDependencyError, StmodError, UsageError
 from stmod.core.io.video import atomic_path
 from stmod.plugins.batch.manifest import BatchError, BatchJob, BatchState, DistInfo, Manifest, group_jobs
-from stmod.plugins.batch.run import BatchReport, run_job, validate_jobs
+from stmod.plugins.batch.run import BatchReport, evaluate_job, run_job, validate_jobs
 
 __all__ = ["RayOptions", "WorkerSetup", "BatchWorker", "WorkerLost", "import_ray", "run_batch_on_ray"]
 
@@ -73,8 +73,9 @@ def _positive(name: str, minimum: float, *, strict: bool = False) -> Callable[[A
 class RayOptions:
     """Where the Ray cluster is and what each worker asks of it.
 
-    :ivar address: ``None`` starts a Ray on this machine (or joins ``RAY_ADDRESS``); ``auto`` joins the
-        cluster this machine belongs to; ``ray://host:10001`` a remote one through Ray Client.
+    :ivar address: ``None``: ``RAY_ADDRESS``, else the Ray that ``ray start`` started on this machine, else a
+        new one here (Ray's own rule); ``auto``: the same but never a new one; ``local``: always a new one;
+        ``ray://host:10001``: a remote cluster through Ray Client.
     :ivar workers: size of the pool; ``None``: as many as the cluster's resources hold now (one per
         group at most). More than it holds wait for the cluster to grow (an autoscaler).
     :ivar gpus_per_job: GPUs each worker reserves (``0.5``: two workers share a GPU).
@@ -168,12 +169,15 @@ class BatchWorker:
             return {"host": socket.gethostname(), "problem": str(exc)}
         return {"host": socket.gethostname(), "problem": None}
 
-    def run(self, job: BatchJob) -> str:
-        """Run ``job`` (``"done"`` or ``"failed"``, recorded in the files); a job found finished was
-        finished by this worker before Ray restarted it."""
+    def run(self, job: BatchJob, finished_before: bool = False) -> str:
+        """Run ``job``: ``"done"`` or ``"failed"`` (recorded in the files). A job the driver found finished
+        (``finished_before``, sent for ``--eval`` only) gets its missing metrics and is ``"skipped"``; one
+        found finished otherwise was finished by this worker before Ray restarted it."""
         self._ready()
         if self.state.status(job) == "done":
-            return "done"
+            if self.evaluator is not None:
+                evaluate_job(job, self.evaluator, self.state, self.dist)
+            return "skipped" if finished_before else "done"
         editor = self.editor if self.setup.before_job is None else _BeforeRun(self.editor, self.setup.before_job, job)
         return "done" if run_job(job, editor, self.state, self.dist, self.evaluator) else "failed"
 
@@ -273,17 +277,27 @@ def _pool(ray: Any, manifest: Manifest, setup: WorkerSetup, options: RayOptions,
         probe.unlink(missing_ok=True)
 
 
+@attrs.frozen
+class _Task:
+    """One job sent to a worker; ``finished_before``: finished when the batch started (sent for ``--eval``)."""
+
+    job: BatchJob
+    finished_before: bool = False
+
+
 @attrs.define
 class _Progress:
-    """What the driver shows: jobs done / failed / running, on a bar (``progress=False``: counts only)."""
+    """What the driver shows: jobs done / failed / running (and skipped), on a bar."""
 
     bar: Any
     done: int = 0
     failed: int = 0
+    skipped: int = 0
 
     def finished(self, outcome: str, running: int) -> None:
         self.done += outcome == "done"
-        self.failed += outcome != "done"  # "failed", or "lost" (recorded as failed)
+        self.skipped += outcome == "skipped"
+        self.failed += outcome in ("failed", "lost")  # lost: recorded as failed
         self.bar.update()
         self.show(running)
 
@@ -310,7 +324,6 @@ def _outcome(ray: Any, ref: Any, job: BatchJob, index: int, pool: _Pool, state: 
         raise BatchError(f"Ray worker {index}: {cause}") from None
 
 
-
 def _greeting(ray: Any, ref: Any) -> dict[str, Any]:
     try:
         return ray.get(ref)
@@ -318,17 +331,18 @@ def _greeting(ray: Any, ref: Any) -> dict[str, Any]:
         return {"host": "?", "problem": f"it died while starting: {' '.join(str(exc).split())[:300]}"}
 
 
-def _schedule(ray: Any, pool: _Pool, groups: Sequence[Sequence[BatchJob]], state: BatchState,
+def _schedule(ray: Any, pool: _Pool, groups: Sequence[Sequence[_Task]], state: BatchState,
               progress: _Progress) -> None:
     """Hand each free worker the next group and each job of a group, in order, to the worker that has it.
 
     A worker joins the free ones once its ``hello`` says it can run jobs; one that cannot stops the batch.
     """
     queue, free = deque(groups), deque[int]()
-    running: dict[Any, tuple[int, BatchJob, Sequence[BatchJob]]] = {}
+    running: dict[Any, tuple[int, BatchJob, Sequence[_Task]]] = {}
 
-    def start(index: int, jobs: Sequence[BatchJob]) -> None:
-        running[pool.actors[index].run.remote(jobs[0])] = (index, jobs[0], jobs[1:])
+    def start(index: int, tasks: Sequence[_Task]) -> None:
+        task = tasks[0]
+        running[pool.actors[index].run.remote(task.job, task.finished_before)] = (index, task.job, tasks[1:])
 
     while queue or running:
         while free and queue:
@@ -354,21 +368,25 @@ def _schedule(ray: Any, pool: _Pool, groups: Sequence[Sequence[BatchJob]], state
         progress.finished(outcome, len(running))
 
 
-def _todo(manifest: Manifest, state: BatchState, retry_failed: bool) -> tuple[list[list[BatchJob]], int]:
-    """The groups' jobs still to run (as ``--engine local`` decides) and how many are skipped."""
+def _todo(manifest: Manifest, state: BatchState, retry_failed: bool,
+          evaluate: bool) -> tuple[list[list[_Task]], int]:
+    """Each group's jobs to send (as ``--engine local`` decides: unfinished ones, and with ``evaluate``
+    the finished ones too, for their metrics) and how many jobs are skipped without being sent."""
     groups, skipped = [], 0
     for group in group_jobs(manifest.jobs):
-        jobs = []
+        tasks = []
         for job in group:
             status = state.status(job)
-            if status == "done" or (status == "failed" and not retry_failed):
+            if status == "done" and evaluate:
+                tasks.append(_Task(job, finished_before=True))
+            elif status == "done" or (status == "failed" and not retry_failed):
                 skipped += 1
             else:
                 if status == "stale":
                     log.warning("job %s: its output folder holds another job definition; it is re-run", job.name)
-                jobs.append(job)
-        if jobs:
-            groups.append(jobs)
+                tasks.append(_Task(job))
+        if tasks:
+            groups.append(tasks)
     return groups, skipped
 
 
@@ -395,8 +413,8 @@ def run_batch_on_ray(
     validate_jobs(manifest, validator if validator is not None else setup.editor())
     state = BatchState(manifest.output)
     with state.claim(manifest, rank=0):
-        groups, skipped = _todo(manifest, state, retry_failed)
-        size, counts = 0, _Progress(bar=None)
+        groups, skipped = _todo(manifest, state, retry_failed, evaluate=setup.eval_options is not None)
+        size, counts = 0, _Progress(bar=None, skipped=skipped)
         if groups:
             with _connected(ray, options.address):
                 size = _pool_size(ray, options, len(groups))
@@ -407,4 +425,4 @@ def run_batch_on_ray(
                     _schedule(ray, pool, groups, state, counts)
         summary = state.merge(manifest, world_size=max(size, 1))
     return BatchReport(rank=0, world_size=max(size, 1), assigned=len(manifest.jobs), done=counts.done,
-                       failed=counts.failed, skipped=skipped, summary=summary)
+                       failed=counts.failed, skipped=counts.skipped, summary=summary)
