@@ -224,3 +224,11 @@ def test_worker_that_does_not_share_the_output_folder_says_why(manifest, tmp_pat
     (m.output / ".batch").mkdir(parents=True)
     (m.output / ".batch" / "ray-probe").write_text("token-the-driver-wrote")
     assert worker.hello()["problem"] is None
+
+
+def test_plan_for_ray_lists_groups_without_ranks_and_needs_no_ray(manifest, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = run_cli([*TESTING, "batch", str(manifest()), "--plan", "--engine", "ray"], env=ENV)
+    assert result.exit_code == 0, result.stderr
+    assert "16 jobs in 2 clip groups" in result.stdout and "(Ray workers, as they free up)" in result.stdout
+    assert "(rank" not in result.stdout

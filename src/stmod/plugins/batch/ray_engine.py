@@ -325,8 +325,11 @@ def _outcome(ray: Any, ref: Any, job: BatchJob, index: int, pool: _Pool, state: 
 
 
 def _greeting(ray: Any, ref: Any) -> dict[str, Any]:
+    """A worker's answer to ``hello``; a worker that raised (a bug) or died while starting cannot run jobs."""
     try:
         return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        return {"host": "?", "problem": f"it raised {' '.join(str(getattr(exc, 'cause', exc)).split())[:300]}"}
     except ray.exceptions.RayError as exc:  # it died while starting, on every try
         return {"host": "?", "problem": f"it died while starting: {' '.join(str(exc).split())[:300]}"}
 
