@@ -85,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     work = args.work or Path(tempfile.mkdtemp(prefix="stmod-bench-batch-"))
-    env = {**os.environ, "STMOD_LOAD_PLUGINS": "", "HF_HUB_OFFLINE": "1", "STMOD_CACHE_DIR": str(work / "cache")}
     jobs = args.clips * args.prompts
     started = time.perf_counter()
     context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     ray_start = time.perf_counter() - started
+    # After ray.init: it sets RAY_AUTH_MODE=token here, which the CLI's processes need to join this Ray.
+    env = {**os.environ, "STMOD_LOAD_PLUGINS": "", "HF_HUB_OFFLINE": "1", "STMOD_CACHE_DIR": str(work / "cache")}
     rows = []
     try:
         for engine in ("local", "ray"):
