@@ -187,6 +187,15 @@ def test_interrupted_driver_resumes_with_finished_jobs_skipped(ray_session, mani
     assert set(_attempts(m.output).values()) == {1}
 
 
+def test_gpus_asked_of_a_cluster_without_gpus_are_refused_before_anything_runs(ray_session, manifest) -> None:
+    from stmod.plugins.batch.manifest import BatchError
+
+    m = load_manifest(manifest(presets=None, seeds=None))
+    with pytest.raises(BatchError, match=r"--gpus-per-job 1: the Ray cluster has 0 GPU\(s\)"):
+        run_batch_on_ray(m, setup=SETUP, options=RayOptions(gpus_per_job=1), progress=False)
+    assert not _attempts(m.output) and not (m.output / "batch.json").exists()
+
+
 def test_invalid_job_refuses_the_whole_batch_before_ray_starts(manifest) -> None:
     pytest.importorskip("ray", reason=NEEDS_RAY)
     path = manifest(clips={"first": {}, "missing": {"video": {"path": "nowhere.mp4"}}}, presets=None, seeds=None)
