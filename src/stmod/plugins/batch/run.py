@@ -34,7 +34,7 @@ from stmod.plugins.batch.manifest import BatchError, BatchJob, BatchState, DistI
 from stmod.core.config import dump_job
 from stmod.core.errors import StmodError
 
-__all__ = ["BatchReport", "plan_digest", "validate_jobs", "run_batch"]
+__all__ = ["BatchReport", "plan_digest", "validate_jobs", "run_job", "evaluate_job", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,9 @@ def _use_local_gpu(dist: DistInfo) -> None:
         log.info("rank %d uses cuda:%d", dist.rank, device)
 
 
-def _run_one(job: BatchJob, editor: Any, state: BatchState, dist: DistInfo, evaluator: Any) -> bool:
-    """Run ``job``; record success or failure. Returns whether it succeeded."""
+def run_job(job: BatchJob, editor: Any, state: BatchState, dist: DistInfo, evaluator: Any) -> bool:
+    """Run ``job``; record success or failure (and its metrics with an ``evaluator``). Returns whether it
+    succeeded. Every engine runs a job through this, so the files a job leaves do not depend on the engine."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # peak GPU memory per job, not per process
     start = time.perf_counter()
@@ -128,11 +129,12 @@ def _run_one(job: BatchJob, editor: Any, state: BatchState, dist: DistInfo, eval
     state.clear_failure(job)
     state.log(job, "done", dist=dist, seconds=time.perf_counter() - start)
     if evaluator is not None:
-        _evaluate(job, evaluator, state, dist)
+        evaluate_job(job, evaluator, state, dist)
     return True
 
 
-def _evaluate(job: BatchJob, evaluator: Any, state: BatchState, dist: DistInfo) -> None:
+def evaluate_job(job: BatchJob, evaluator: Any, state: BatchState, dist: DistInfo) -> None:
+    """Add the metrics a finished job lacks to its ``run.json``; a metric problem is logged, never fatal."""
     try:
         evaluator.evaluate_folder(job.spec.output)
     except Exception as exc:  # the edit is done; a metric problem must not fail it
@@ -151,8 +153,8 @@ def _run_shard(mine: list[BatchJob], editor: Any, state: BatchState, dist: DistI
             if status == "done" or (status == "failed" and not retry_failed):
                 skipped += 1
                 if status == "done" and evaluator is not None:
-                    _evaluate(job, evaluator, state, dist)
-            elif _run_one(job, editor, state, dist, evaluator):
+                    evaluate_job(job, evaluator, state, dist)
+            elif run_job(job, editor, state, dist, evaluator):
                 done += 1
             else:
                 failed += 1
