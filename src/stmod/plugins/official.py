@@ -220,6 +220,9 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
         "source_prompt": str(dataset.get("prompt") or ""),
         "negative_prompt": str(dataset.get("negative_promot", dataset.get("negative_prompt")) or ""),
         "regions": {name: (local_prompts[i] if i < len(local_prompts) else "") for i, name in enumerate(order)},
+        # the official code keeps overlapping masks: its region union and size terms add them up
+        # (reference §1.5), which the videograin preset reproduces when the masks are left as they are
+        "layout_overlap": "keep",
         "backbone": {"name": "sd15", "model": str(data.get("pretrained_model_path"))},
         "blend": "videograin",
         # the official code modulates its first 15 denoising steps whatever num_inference_steps says

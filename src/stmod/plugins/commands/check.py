@@ -44,6 +44,17 @@ def describe_window(spec) -> str:
     return f"modulation: {steps} ({why})"
 
 
+def overlap_lines(spec, prepared) -> list[str]:
+    """What the job's ``layout_overlap`` rule did to overlapping masks, with pixel counts (none when the
+    layout waits for the inversion's features, as K-Means does)."""
+    from stmod.core.pipeline.compose import overlap_report
+
+    if prepared.layout is None or not prepared.parts:
+        return []
+    return overlap_report([part for _, part in sorted(prepared.parts.items())], prepared.layout,
+                          spec.layout_overlap, frame_indices=prepared.request.frame_indices)
+
+
 def run(args: argparse.Namespace, session) -> int:
     spec = load_job_from_args(args, session.registry)
     session.status(f"check: {args.job or 'job'}: reading {spec.video.path.name}, building the components and the "
@@ -60,6 +71,8 @@ def run(args: argparse.Namespace, session) -> int:
     regions = ", ".join(f"{r.name}={r.prompt!r}" for r in spec.regions) or "none"
     session.echo(f"ok: {args.job or 'job'} is valid ({spec.video.path.name}; regions: {regions})")
     session.echo(describe_window(spec))
+    for line in overlap_lines(spec, prepared):
+        session.echo(line)
     try:  # the job is fine; its output folder is what a run would find, worth saying but not an error here
         check_output_folder(spec)
     except OutputExistsError:
