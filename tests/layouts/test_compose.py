@@ -46,7 +46,7 @@ def test_keep_leaves_overlaps() -> None:
 def test_region_covered_entirely_is_error() -> None:
     """later-wins that empties a region names it and the region covering it."""
     parts = [("boxes", _masks(("small",), [(2, 4, 2, 4)])), ("kmeans", _masks(("big",), [(0, 8, 0, 8)]))]
-    with pytest.raises(LayoutError, match=r"region 'small' is covered entirely by later region\(s\) big"):
+    with pytest.raises(LayoutError, match=r"region 'small' \(8 pixels\) is covered entirely by later region\(s\) big"):
         compose(parts, ["small", "big"])
 
 
