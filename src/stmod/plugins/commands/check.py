@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from stmod.core.config import dump_job
-from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
+from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args, weights_placed
 
 
 def _gib(text: str) -> float:
@@ -65,7 +65,8 @@ def run(args: argparse.Namespace, session) -> int:
     from stmod.core.pipeline.components import check_output_folder
     from stmod.plugins.commands.prediction import prediction_lines
 
-    prepared = Editor(session.registry, progress=False, cache=False).prepare(spec, check_output=False)
+    with weights_placed(args, session.registry):  # every missing weights file at once, each with where to put it
+        prepared = Editor(session.registry, progress=False, cache=False).prepare(spec, check_output=False)
     if args.print_job:
         session.echo(dump_job(spec).rstrip())
     regions = ", ".join(f"{r.name}={r.prompt!r}" for r in spec.regions) or "none"
