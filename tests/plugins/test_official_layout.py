@@ -26,7 +26,10 @@ from stmod.core.pipeline.editor import Editor
 from stmod.core.st_layout.labels import level_layout, rules_for
 from stmod.testing import fresh_plugin_manager, run_cli
 
-CONTROLNETS = {"depth": "control_v11f1p_sd15_depth", "openpose": "control_v11p_sd15_openpose"}
+#: control_type → the ControlNet folder the official download script puts in ckpt/
+CONTROLNETS = {"depth": "control_v11f1p_sd15_depth", "depth_zoe": "control_v11f1p_sd15_depth",
+               "openpose": "control_v11p_sd15_openpose", "dwpose": "control_v11p_sd15_openpose"}
+DEPTH_FILE = "dpt_hybrid-midas-501f0c75.pt"
 
 
 def rectangles(size: int) -> dict[str, tuple[int, int, int, int]]:
@@ -39,13 +42,13 @@ def rectangles(size: int) -> dict[str, tuple[int, int, int, int]]:
 
 def official_tree(root: Path, tiny_folder: Path, *, control_type: str = "depth", size: int = 128, frames: int = 2,
                   hand: bool = False, face: bool = False, weights: tuple[str, ...] | None = None,
-                  sd15: bool = True) -> Path:
+                  models: bool = True) -> Path:
     """A checkout of the official layout under ``root``; returns the config's path."""
     (root / "ckpt").mkdir(parents=True)
-    if sd15:
+    if models:
         (root / "ckpt" / "stable-diffusion-v1-5").symlink_to(tiny_folder)
-    for name in CONTROLNETS.values():
-        (root / "ckpt" / name).symlink_to(tiny_folder / "controlnet")
+        for name in set(CONTROLNETS.values()):
+            (root / "ckpt" / name).symlink_to(tiny_folder / "controlnet")
     if weights:
         (root / "annotator" / "ckpts").mkdir(parents=True)
         for filename in weights:
@@ -64,7 +67,7 @@ def official_tree(root: Path, tiny_folder: Path, *, control_type: str = "depth",
             cv2.imwrite(str(clip / "layout_masks" / name / f"{i:05d}.png"), mask)
     control: dict[str, Any] = {"control_type": control_type, "controlnet_conditioning_scale": 0.8,
                                "pretrained_controlnet_path": f"./ckpt/{CONTROLNETS[control_type]}"}
-    if control_type == "openpose":
+    if control_type in ("openpose", "dwpose"):
         control.update(hand=hand, face=face)
     config = {
         "pretrained_model_path": "./ckpt/stable-diffusion-v1-5",
@@ -168,3 +171,112 @@ def test_check_names_what_an_overlap_rule_does(tmp_path: Path, monkeypatch, tiny
                                           r"region\(s\) left_man"):
         Editor(fresh_plugin_manager().registry, progress=False, cache=False).prepare(
             attrs.evolve(spec, regions=load_job(path).regions), check_output=False)
+
+
+# ------------------------------------------------------------------ annotator weights in the official place
+
+class StandInDetector:
+    """Records the weight files the annotator resolved; draws nothing (controlnet-aux's detectors need
+    real weights)."""
+
+    loaded: list[dict[str, str]] = []
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        StandInDetector.loaded.append(dict(paths))
+
+    @staticmethod
+    def load(annotator, paths: dict[str, str]) -> StandInDetector:
+        """Stands in for the annotators' ``_load`` (the detector from the resolved files)."""
+        return StandInDetector(paths)
+
+    def __call__(self, frame: np.ndarray, **kwargs: Any) -> np.ndarray:
+        return np.zeros(frame.shape, np.uint8)
+
+
+@pytest.fixture
+def stand_in(monkeypatch) -> list[dict[str, str]]:
+    from stmod.backbones.annotators import DepthAnnotator, OpenposeAnnotator
+
+    StandInDetector.loaded = []
+    monkeypatch.setattr(DepthAnnotator, "_load", StandInDetector.load)
+    monkeypatch.setattr(OpenposeAnnotator, "_load", StandInDetector.load)
+    monkeypatch.setenv("HF_HOME", "/nonexistent/hf-home")  # an empty HF cache: only the official place has them
+    return StandInDetector.loaded
+
+
+@pytest.mark.parametrize(("control_type", "files"), [("depth", (DEPTH_FILE,)), ("openpose", ("body_pose_model.pth",))])
+def test_a_converted_config_finds_its_weights_in_the_official_place(tmp_path: Path, monkeypatch, tiny_folder, stand_in,
+                                                                    control_type: str, files: tuple[str, ...]) -> None:
+    """``check`` and ``edit`` of a config in the official layout, with no extra flag: SD 1.5 and the
+    ControlNet from ``ckpt/``, the annotator weights from ``annotator/ckpts/`` (openpose without hands and
+    faces needs the body model only)."""
+    monkeypatch.chdir(tmp_path)
+    path = official_tree(tmp_path, tiny_folder, control_type=control_type, size=64, weights=files)
+    env = {"STMOD_LOAD_PLUGINS": ""}
+    checked = run_cli(["check", str(path)], env=env)
+    assert checked.exit_code == 0, checked.stderr
+    edited = run_cli(["edit", str(path), "--quiet"], env=env)
+    assert edited.exit_code == 0, edited.stderr
+    assert stand_in == [{name: str(tmp_path / "annotator" / "ckpts" / name) for name in files}]
+    assert (tmp_path / "result" / "two_men" / "result.mp4").is_file()
+    assert (tmp_path / "result" / "two_men" / "control.mp4").is_file()
+
+
+def test_every_missing_file_in_one_message(tmp_path: Path, monkeypatch, tiny_folder) -> None:
+    """No SD 1.5, no ControlNet, no annotator weights: one ``check`` names all three, each with the place
+    looked at and where the official README puts it; exit 2."""
+    from stmod.plugins.official import OFFICIAL_PLACES
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    path = official_tree(tmp_path, tiny_folder, control_type="openpose", hand=True, models=False)
+    result = run_cli(["check", str(path)], env={"STMOD_LOAD_PLUGINS": ""})
+    assert result.exit_code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "4 weights files or folders are missing" in line
+    for name in ("body_pose_model.pth", "hand_pose_model.pth"):
+        assert (f"{name}: openpose annotator weights not found (HF_HUB_OFFLINE=1: nothing is downloaded); looked for "
+                f"it at: {tmp_path / 'annotator/ckpts' / name}, the HF cache of lllyasviel/Annotators; put it in "
+                f"{tmp_path / 'annotator/ckpts'}") in line
+    assert "facenet.pth" not in line  # face: false
+    assert f"{tmp_path / 'ckpt/stable-diffusion-v1-5'}: SD 1.5 model not found" in line
+    assert f"{tmp_path / 'ckpt/control_v11p_sd15_openpose'}: ControlNet not found" in line
+    for kind, count in (("model", 1), ("controlnet", 1), ("annotator", 2)):
+        assert line.count(OFFICIAL_PLACES[kind]) == count
+
+
+def test_annotator_weights_from_the_command_line(tmp_path: Path, monkeypatch, tiny_folder, stand_in) -> None:
+    """``--annotator-weights DIR`` is looked in after the official place and the HF cache."""
+    monkeypatch.chdir(tmp_path)
+    path = official_tree(tmp_path, tiny_folder, control_type="depth", size=64)
+    elsewhere = tmp_path / "downloads"
+    elsewhere.mkdir()
+    (elsewhere / DEPTH_FILE).write_bytes(b"")
+    env = {"STMOD_LOAD_PLUGINS": ""}
+    assert run_cli(["check", str(path)], env=env).exit_code == 2
+    assert run_cli(["check", str(path), "--annotator-weights", str(elsewhere)], env=env).exit_code == 0
+    spec = load_job(path)
+    from stmod.plugins.commands.jobargs import _with_annotator_weights
+
+    extended = _with_annotator_weights(spec, str(elsewhere), fresh_plugin_manager().registry)
+    assert extended.control[0].annotator.options["weights"] == ["./annotator/ckpts", "lllyasviel/Annotators",
+                                                                 str(elsewhere)]
+    refused = run_cli(["check", str(path), "--no-control", "--annotator-weights", str(elsewhere)], env=env)
+    assert refused.exit_code == 2 and "no control entry of this job has an annotator that takes weights" in \
+        refused.stderr
+
+
+def test_the_log_and_summary_say_what_ran(tmp_path: Path, monkeypatch, tiny_folder, stand_in) -> None:
+    """A dwpose config says it runs as stmod's openpose with its ControlNet, except with ``--no-control``;
+    with ``--no-cache`` the summary does not say the inversion was cached."""
+    monkeypatch.chdir(tmp_path)
+    path = official_tree(tmp_path, tiny_folder, control_type="dwpose", size=64, weights=("body_pose_model.pth",))
+    env = {"STMOD_LOAD_PLUGINS": ""}
+    checked = run_cli(["check", str(path)], env=env)
+    assert checked.exit_code == 0 and "runs as stmod's 'openpose' annotator" in checked.stderr
+    assert "with ControlNet ./ckpt/control_v11p_sd15_openpose" in checked.stderr
+    edited = run_cli(["edit", str(path), "--quiet", "--no-control", "--no-cache"], env=env)
+    assert edited.exit_code == 0, edited.stderr
+    assert "runs as" not in edited.stderr and "ControlNet" not in edited.stderr + edited.stdout
+    assert "inversion: computed (cache off)" in edited.stdout and "cached for the next" not in edited.stdout
+    assert stand_in == []  # no control: no detector loaded
