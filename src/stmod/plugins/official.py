@@ -9,7 +9,10 @@ command that reads a job file (``edit``, ``check``, ``layout``, ``stmod.load_job
 ``flatten_res`` → ``flatten`` (levels log2 of each factor), ``use_pnp``/``inject_step`` → ``pnp``,
 ``use_freeu`` → ``freeu``; ``blending_percentage`` → ``skip_fraction``. ``dwpose`` and ``depth_zoe``
 control run with the closest annotator stmod has (controlnet-aux OpenPose, MiDaS depth), said in one
-line; one of several ``editing_prompts`` is edited (``--prompt-index``). What stmod still does not
+line; one of several ``editing_prompts`` is edited (``--prompt-index``). Overlapping masks stay as they are
+(``layout_overlap: keep``: the official union and size terms add them up). Annotator weights are looked
+for where the official repository keeps them (``./annotator/ckpts``), then in the HF cache; missing
+weights name where the official README puts them (:data:`OFFICIAL_PLACES`). What stmod still does not
 implement is refused with one line naming each, unless the caller allows editing without it
 (``--allow-unsupported``), in which case each is logged as dropped.
 
