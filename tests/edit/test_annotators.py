@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stmod.backbones.annotators import (CannyAnnotator, CannyOptions, DepthAnnotator, FramesAnnotator, FramesOptions,
-                                        OpenposeAnnotator, WeightsOptions)
+                                        OpenposeAnnotator, OpenposeOptions, WeightsOptions)
 from stmod.core.errors import CheckpointError, InputError
 from stmod.core.types import EditSpec, LayoutRequest, VideoSource
 from stmod.core.io.video import FrameTransform
@@ -75,23 +75,53 @@ def test_frames_annotator_errors(tmp_path: Path) -> None:
         FramesAnnotator(FramesOptions(dir="few")).annotate(request)
 
 
-@pytest.mark.parametrize(("cls", "filenames"), [
-    (DepthAnnotator, ("dpt_hybrid-midas-501f0c75.pt",)),
-    (OpenposeAnnotator, ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")),  # controlnet-aux loads all
+@pytest.mark.parametrize(("cls", "options", "filenames"), [
+    (DepthAnnotator, {}, ("dpt_hybrid-midas-501f0c75.pt",)),
+    (OpenposeAnnotator, {}, ("body_pose_model.pth",)),  # hands and faces are not drawn: their models not needed
+    (OpenposeAnnotator, {"hand": True}, ("body_pose_model.pth", "hand_pose_model.pth")),
+    (OpenposeAnnotator, {"hand": True, "face": True}, ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")),
 ])
-def test_weights_annotators_name_missing_files(tmp_path: Path, cls, filenames: tuple[str, ...], monkeypatch) -> None:
-    """Depth/openpose without their weights say which file is missing, before loading anything."""
+def test_weights_annotators_name_missing_files(tmp_path: Path, cls, options: dict, filenames: tuple[str, ...],
+                                               monkeypatch) -> None:
+    """Depth/openpose without their weights name every missing file and where it was looked for, before
+    loading anything; openpose asks for the hand and face models only when it draws them."""
     spec = EditSpec(video=VideoSource(path="clip.mp4"), prompt="p", base_dir=tmp_path)
+    make = OpenposeOptions if cls is OpenposeAnnotator else WeightsOptions
     (tmp_path / "ann").mkdir()
-    with pytest.raises(CheckpointError, match=filenames[-1]):
-        cls(WeightsOptions(weights=str(tmp_path / "ann"))).check(spec)
+    with pytest.raises(CheckpointError) as error:
+        cls(make(weights=str(tmp_path / "ann"), **options)).check(spec)
+    said = str(error.value)
+    for filename in ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth", "dpt_hybrid-midas-501f0c75.pt"):
+        assert (f"{tmp_path / 'ann' / filename}" in said) == (filename in filenames), said
+    assert f"put it in {tmp_path / 'ann'}" in said
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(CheckpointError, match="not in the HF cache"):
-        cls(WeightsOptions()).check(spec)
+    with pytest.raises(CheckpointError, match="looked for it at: the HF cache of lllyasviel/Annotators; pass weights"):
+        cls(make(**options)).check(spec)
     for filename in filenames:
         (tmp_path / "ann" / filename).write_bytes(b"")
-    cls(WeightsOptions(weights=str(tmp_path / "ann"))).check(spec)  # present: passes the check
+    cls(make(weights=str(tmp_path / "ann"), **options)).check(spec)  # present: passes the check
+
+
+def test_weights_are_looked_for_in_order_per_file(tmp_path: Path, monkeypatch) -> None:
+    """Each file comes from the first location holding it (folders relative to the job's folder, hub ids
+    from the HF cache); a file in none is missing with every place looked at, in order."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from stmod.backbones.annotators import find_weights
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for folder, names in (("first", ("a.pt",)), ("second", ("a.pt", "b.pt"))):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            (tmp_path / folder / name).write_bytes(b"")
+    assert try_to_load_from_cache("someone/weights", "c.pt") is None
+    lookup = find_weights(("a.pt", "b.pt", "c.pt"), ("./first", "someone/weights", str(tmp_path / "second")), tmp_path)
+    assert lookup.found == {"a.pt": str(tmp_path / "first" / "a.pt"), "b.pt": str(tmp_path / "second" / "b.pt")}
+    assert lookup.missing == {"c.pt": (str(tmp_path / "first" / "c.pt"), "the HF cache of someone/weights",
+                                       str(tmp_path / "second" / "c.pt"))}
+    assert lookup.folders == (tmp_path / "first", tmp_path / "second")
 
 
 @pytest.mark.parametrize(("hand", "face"), [(False, False), (True, False), (True, True)])

@@ -46,7 +46,7 @@ def test_keep_leaves_overlaps() -> None:
 def test_region_covered_entirely_is_error() -> None:
     """later-wins that empties a region names it and the region covering it."""
     parts = [("boxes", _masks(("small",), [(2, 4, 2, 4)])), ("kmeans", _masks(("big",), [(0, 8, 0, 8)]))]
-    with pytest.raises(LayoutError, match=r"region 'small' is covered entirely by later region\(s\) big"):
+    with pytest.raises(LayoutError, match=r"region 'small' \(8 pixels\) is covered entirely by later region\(s\) big"):
         compose(parts, ["small", "big"])
 
 
@@ -85,3 +85,22 @@ def test_no_regions_gives_empty_layout(scene, make_spec, request_for) -> None:
     for provider in (MaskFolderProvider(MasksOptions(dir="masks")),
                      BoxLayoutProvider(BoxesOptions(boxes={"red": {0: (0, 0, 8, 8)}}))):
         assert provider.layout(request, []).masks.shape == (6, 0, 64, 128)
+
+
+def test_overlap_report_counts_pixels_and_frames() -> None:
+    """later-wins: each shrunk region with its pixel counts and the source frames it left; keep: each
+    pair of regions that share pixels; nothing for disjoint regions."""
+    from stmod.core.pipeline.compose import overlap_report
+
+    small = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    small[0, 0, 0:2, 0:2] = True  # frame 0: under 'big'; frame 1: beside it
+    small[1, 0, 6:8, 6:8] = True
+    parts = [("boxes", LayoutMasks(masks=small, names=("small",))),
+             ("kmeans", _masks(("big", "far"), [(0, 4, 0, 4), (5, 6, 0, 2)]))]
+    composed = compose(parts, ["small", "big", "far"])
+    assert overlap_report(parts, composed, "later-wins", frame_indices=[10, 12]) == [
+        "overlap: region 'small' shrinks from 8 to 4 pixels (later-wins: later region(s) 'big' take the shared "
+        "pixels; gone from source frame(s) 10)"]
+    kept = compose(parts, ["small", "big", "far"], overlap="keep")
+    assert overlap_report(parts, kept, "keep") == [
+        "overlap: regions 'small' and 'big' share 4 pixels; both keep them (layout_overlap: keep)"]

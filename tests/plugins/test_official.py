@@ -80,7 +80,8 @@ def test_official_config_maps_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert spec.video.path == tmp_path / "data/run_two_man/run_two_man"  # relative to the working directory
     assert spec.layout[0].name == "masks" and spec.layout[0].options["dir"] == "./data/run_two_man/layout_masks"
     assert spec.control[0].annotator.name == "openpose" and spec.control[0].model == "./ckpt/control_v11p_sd15_openpose"
-    assert dict(spec.control[0].annotator.options) == {"hand": False, "face": False}
+    assert dict(spec.control[0].annotator.options) == {"hand": False, "face": False,
+                                                       "weights": ["./annotator/ckpts", "lllyasviel/Annotators"]}
     assert spec.backbone.options["model"] == "./ckpt/stable-diffusion-v1-5"
     assert spec.modulation.preset == "videograin" and spec.blend.name == "videograin"
     assert spec.modulation.exact_lambda is True and spec.skip_fraction == 0

@@ -23,6 +23,7 @@ import yaml
 
 import stmod.testing
 from stmod import load_job
+from stmod.backbones.annotators import ANNOTATOR_REPO
 from stmod.core.errors import ConfigError
 from stmod.core.pipeline.editor import Editor
 from stmod.plugins.official import convert_official_config
@@ -135,7 +136,8 @@ def test_every_shipped_shape_converts(name: str, tmp_path: Path, caplog: pytest.
     [control] = job["control"]
     annotator = {"name": _CONTROLNET[shape.control],
                  **({k: v for k, v in (("hand", shape.hand), ("face", shape.face)) if v is not None}
-                    if _CONTROLNET[shape.control] == "openpose" else {})}
+                    if _CONTROLNET[shape.control] == "openpose" else {}),
+                 "weights": ["./annotator/ckpts", ANNOTATOR_REPO]}  # the official place, then the HF cache
     assert control == {"annotator": annotator, "scale": shape.scale,
                        "model": f"./ckpt/control_v11p_sd15_{_CONTROLNET[shape.control]}"}
     said = [r.getMessage() for r in caplog.records]

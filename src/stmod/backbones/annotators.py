@@ -1,8 +1,10 @@
 """Built-in ControlNet annotators: ``canny``, ``depth``, ``openpose`` (controlnet-aux) and ``frames``.
 
 controlnet-aux is imported lazily (it takes seconds and needs torchvision): install it with
-``pip install 'stmod[aux]'``. ``depth`` and ``openpose`` need annotator weights: a folder holding the
-files (``dpt_hybrid-midas-501f0c75.pt``; ``body_pose_model.pth``) or a hub id already in the HF cache.
+``pip install 'stmod[aux]'``. ``depth`` and ``openpose`` need annotator weights
+(``dpt_hybrid-midas-501f0c75.pt``; ``body_pose_model.pth``, plus ``hand_pose_model.pth`` / ``facenet.pth``
+only when hands / faces are drawn), looked for per file in the ``weights`` locations in order: folders,
+and hub ids whose files are in the HF cache (or downloaded when the hub is reachable).
 ``frames`` reads precomputed control images from a folder instead (one image per source frame).
 """
 
@@ -16,11 +18,12 @@ import numpy as np
 from attrs import field, frozen, validators
 
 from stmod.backbones.sd15 import hub_offline
-from stmod.core.errors import CheckpointError, InputError, MissingDependencyError
+from stmod.core.errors import CheckpointError, InputError, MissingDependencyError, MissingFilesError
 from stmod.core.types import EditSpec, LayoutRequest, number
 
-__all__ = ["CannyOptions", "CannyAnnotator", "canny_maps", "WeightsOptions", "DepthAnnotator", "OpenposeOptions",
-           "OpenposeAnnotator", "FramesOptions", "FramesAnnotator"]
+__all__ = ["CannyOptions", "CannyAnnotator", "canny_maps", "WeightsOptions", "WeightsLookup", "find_weights",
+           "missing_weights", "DepthAnnotator", "OpenposeOptions", "OpenposeAnnotator", "FramesOptions",
+           "FramesAnnotator"]
 
 ANNOTATOR_REPO = "lllyasviel/Annotators"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -87,42 +90,107 @@ def canny_maps(frames: np.ndarray, options: CannyOptions | None = None) -> np.nd
     ])
 
 
+def _locations(value: object) -> tuple[str, ...]:
+    """``weights``: one location or a list of them, each a non-empty string."""
+    items = [value] if isinstance(value, (str, Path)) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, (str, Path)) and str(v).strip()
+                                                                    for v in items):
+        raise ValueError(f"weights must be a folder or hub id, or a non-empty list of them, got {value!r}")
+    return tuple(str(v) for v in items)
+
+
 @frozen(kw_only=True)
 class WeightsOptions:
     """Options of annotators that need weights."""
 
-    #: Folder with the annotator files, or a hub id present in the HF cache.
-    weights: str = ANNOTATOR_REPO
+    #: Where the annotator files are: a folder (relative: to the job's folder), a hub id (its files read
+    #: from the HF cache, or downloaded when the hub is reachable), or a list of them, looked in per file
+    #: in this order.
+    weights: tuple[str, ...] = field(default=(ANNOTATOR_REPO,), converter=_locations)
     #: Resolution the detector runs at (short side).
     detect_resolution: int = number(512, low=64, high=8192)
 
 
+def _is_folder(location: str, base_dir: Path) -> bool:
+    """A folder rather than a hub id: it looks like a path, or it exists (relative to the job's folder)."""
+    return location.startswith((".", "/", "~")) or (base_dir / location).exists() or Path(location).expanduser().exists()
+
+
+@frozen(kw_only=True)
+class WeightsLookup:
+    """Where each annotator file was found (:func:`find_weights`).
+
+    :ivar found: file name → a local file, or ``hub:<id>`` for a file to download from that hub id.
+    :ivar missing: file name → the places looked in, in order (a folder's file path, or "the HF cache of <id>").
+    :ivar folders: the folders among the locations, resolved (where a missing file can be put).
+    """
+
+    found: dict[str, str]
+    missing: dict[str, tuple[str, ...]]
+    folders: tuple[Path, ...]
+
+
+def find_weights(files: tuple[str, ...], locations: tuple[str, ...], base_dir: Path) -> WeightsLookup:
+    """Look for each of ``files`` in ``locations`` in order: a folder holds it, or a hub id has it in the
+    HF cache; a file in neither may be downloaded from the first hub id unless ``HF_HUB_OFFLINE`` is set."""
+    from huggingface_hub import try_to_load_from_cache
+
+    folders = tuple((base_dir / Path(loc).expanduser()) for loc in locations if _is_folder(loc, base_dir))
+    hubs = [loc for loc in locations if not _is_folder(loc, base_dir)]
+    found: dict[str, str] = {}
+    missing: dict[str, tuple[str, ...]] = {}
+    for name in files:
+        looked: list[str] = []
+        for location in locations:
+            if _is_folder(location, base_dir):
+                candidate = base_dir / Path(location).expanduser() / name
+                looked.append(str(candidate))
+                hit = str(candidate) if candidate.is_file() else None
+            else:
+                looked.append(f"the HF cache of {location}")
+                cached = try_to_load_from_cache(location, name)
+                hit = cached if isinstance(cached, str) else None
+            if hit is not None:
+                found[name] = hit
+                break
+        else:
+            if hubs and not hub_offline():
+                found[name] = f"hub:{hubs[0]}"
+            else:
+                missing[name] = tuple(looked)
+    return WeightsLookup(found=found, missing=missing, folders=folders)
+
+
+def _local_file(found: str, name: str) -> str:
+    """A file :func:`find_weights` found, downloaded first when it lives on the hub only."""
+    if not found.startswith("hub:"):
+        return found
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(found[len("hub:"):], name)
+
+
 class _WeightsAnnotator:
     component = ""
-    files: tuple[str, ...] = ()
 
     def __init__(self, options: WeightsOptions) -> None:
         self.options = options
         self._detector = None
 
+    def needed_files(self) -> tuple[str, ...]:
+        """The weight files this annotator loads with its options."""
+        raise NotImplementedError
+
+    def lookup(self, spec: EditSpec) -> WeightsLookup:
+        """Where each needed file is, for the job ``spec`` (relative folders: its folder)."""
+        return find_weights(self.needed_files(), self.options.weights, spec.base_dir)
+
     def check(self, spec: EditSpec) -> None:
         _import_aux(f"{self.component} annotator")
-        location = Path(self.options.weights).expanduser()
-        if location.is_dir() or self.options.weights.startswith((".", "/", "~")):
-            missing = [f for f in self.files if not (location / f).exists()]
-            if missing:
-                raise CheckpointError(str(location), f"{self.component} annotator weights missing: {', '.join(missing)}"
-                                                     f" (copy them from the {ANNOTATOR_REPO} hub repository)")
-        elif hub_offline():
-            from huggingface_hub import try_to_load_from_cache
+        MissingFilesError.raise_any(missing_weights(self.component, self.lookup(spec)))
 
-            missing = [f for f in self.files if not isinstance(try_to_load_from_cache(self.options.weights, f), str)]
-            if missing:
-                raise CheckpointError(self.options.weights, f"{self.component} annotator weights {', '.join(missing)} "
-                                                            "are not in the HF cache and HF_HUB_OFFLINE=1; pass "
-                                                            "weights: <folder holding them>")
-
-    def _load(self):
+    def _load(self, paths: dict[str, str]):
+        """The detector, from a local file per needed file."""
         raise NotImplementedError
 
     def _drawing(self) -> dict[str, object]:
@@ -131,7 +199,9 @@ class _WeightsAnnotator:
 
     def annotate(self, request: LayoutRequest) -> np.ndarray:
         if self._detector is None:
-            self._detector = self._load()
+            lookup = self.lookup(request.spec)
+            MissingFilesError.raise_any(missing_weights(self.component, lookup))
+            self._detector = self._load({name: _local_file(where, name) for name, where in lookup.found.items()})
         frames = np.asarray(request.frames)
         height, width = frames.shape[1:3]
         return np.stack([
@@ -142,14 +212,30 @@ class _WeightsAnnotator:
         ])
 
 
+def missing_weights(component: str, lookup: WeightsLookup) -> list[CheckpointError]:
+    """One error per missing file, saying where it was looked for and where to put it."""
+    fix = f"put it in {lookup.folders[0]}" if lookup.folders else "pass weights: <folder holding it>"
+    offline = " (HF_HUB_OFFLINE=1: nothing is downloaded)" if hub_offline() else ""
+    return [CheckpointError(name, f"{component} annotator weights not found{offline}; looked for it at: "
+                                  f"{', '.join(places)}; {fix} (a file of the {ANNOTATOR_REPO} hub repository)",
+                            kind="annotator")
+            for name, places in lookup.missing.items()]
+
+
 class DepthAnnotator(_WeightsAnnotator):
     """MiDaS (DPT-hybrid) depth through controlnet-aux."""
 
     component = "depth"
-    files = ("dpt_hybrid-midas-501f0c75.pt",)
 
-    def _load(self):
-        return _import_aux("depth annotator").MidasDetector.from_pretrained(self.options.weights)
+    def needed_files(self) -> tuple[str, ...]:
+        return ("dpt_hybrid-midas-501f0c75.pt",)
+
+    def _load(self, paths: dict[str, str]):
+        # Adapted from controlnet-aux 0.0.10 midas/__init__.py MidasDetector.from_pretrained (a file, not a folder)
+        aux = _import_aux("depth annotator")
+        from controlnet_aux.midas.api import MiDaSInference
+
+        return aux.MidasDetector(MiDaSInference(model_type="dpt_hybrid", model_path=paths[self.needed_files()[0]]))
 
 
 @frozen(kw_only=True)
@@ -162,17 +248,30 @@ class OpenposeOptions(WeightsOptions):
 
 
 class OpenposeAnnotator(_WeightsAnnotator):
-    """OpenPose body (and optionally hand and face) keypoints through controlnet-aux."""
+    """OpenPose body (and, when drawn, hand and face) keypoints through controlnet-aux."""
 
     component = "openpose"
-    # controlnet-aux's OpenposeDetector.from_pretrained loads all three models, whatever is drawn
-    files = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
+    options: OpenposeOptions
+
+    def needed_files(self) -> tuple[str, ...]:
+        """The body model, and the hand and face models only when they are drawn."""
+        return ("body_pose_model.pth", *(("hand_pose_model.pth",) if self.options.hand else ()),
+                *(("facenet.pth",) if self.options.face else ()))
 
     def _drawing(self) -> dict[str, object]:
         return {"include_hand": self.options.hand, "include_face": self.options.face}
 
-    def _load(self):
-        return _import_aux("openpose annotator").OpenposeDetector.from_pretrained(self.options.weights)
+    def _load(self, paths: dict[str, str]):
+        # Adapted from controlnet-aux 0.0.10 open_pose/__init__.py OpenposeDetector.from_pretrained, which
+        # loads all three models; the detector calls the hand and face models only when asked to draw them
+        aux = _import_aux("openpose annotator")
+        from controlnet_aux.open_pose.body import Body
+        from controlnet_aux.open_pose.face import Face
+        from controlnet_aux.open_pose.hand import Hand
+
+        hand = Hand(paths["hand_pose_model.pth"]) if self.options.hand else None
+        face = Face(paths["facenet.pth"]) if self.options.face else None
+        return aux.OpenposeDetector(Body(paths["body_pose_model.pth"]), hand, face)
 
 
 @frozen(kw_only=True)

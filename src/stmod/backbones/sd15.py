@@ -22,7 +22,7 @@ import torch
 from attrs import field, frozen, validators
 
 from stmod.core.devices import resolve_device
-from stmod.core.errors import CheckpointError
+from stmod.core.errors import CheckpointError, MissingFilesError
 from stmod.core.hub import hub_unreachable, in_hf_cache
 from stmod.core.sampling import NoiseSchedule
 from stmod.core.types import Control, EditSpec, number
@@ -81,11 +81,21 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
 
 
-def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), base_dir: Path | None = None) -> str:
+def check_location(location: str, *, what: str, subfolders: Sequence[str] = (), base_dir: Path | None = None,
+                   kind: str | None = None) -> str:
     """Validate a weights location without loading it; returns the resolved location.
 
-    :raises CheckpointError: naming the location and how to provide the weights.
+    :param kind: what the weights are (:attr:`CheckpointError.kind`: ``"model"``, ``"controlnet"``).
+    :raises CheckpointError: naming the location (the path looked at, for a folder) and how to provide
+        the weights.
     """
+    try:
+        return _check_location(location, what=what, subfolders=subfolders, base_dir=base_dir)
+    except CheckpointError as error:
+        raise CheckpointError(error.location, error.problem, kind=kind) from None
+
+
+def _check_location(location: str, *, what: str, subfolders: Sequence[str], base_dir: Path | None) -> str:
     if _is_local(location, base_dir):
         path = Path(location).expanduser()
         if not path.is_absolute() and base_dir is not None:
@@ -164,13 +174,20 @@ class StableDiffusionBackbone:
     def check(self, spec: EditSpec) -> None:
         if self.options.device != "auto" and self.device.type == "cuda" and not torch.cuda.is_available():
             raise CheckpointError(self.options.device, "device is CUDA but no CUDA device is available; use --device cpu")
-        check_location(self.options.model, what="SD 1.5 model",
-                       subfolders=("unet", "vae", "text_encoder", "tokenizer", "scheduler"), base_dir=spec.base_dir)
+        problems: list[CheckpointError] = []  # every missing one at once, not one per run
+        checks = [(self.options.model, "SD 1.5 model", ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+                   "model")]
         if self.options.config:
-            check_location(self.options.config, what="single-file config", base_dir=spec.base_dir)
+            checks.append((self.options.config, "single-file config", (), "model"))
         for control in spec.control:
-            location = self.controlnet_location(control.annotator.name, control.model)
-            check_location(location, what="ControlNet", base_dir=spec.base_dir)
+            checks.append((self.controlnet_location(control.annotator.name, control.model), "ControlNet", (),
+                           "controlnet"))
+        for location, what, subfolders, kind in checks:
+            try:
+                check_location(location, what=what, subfolders=subfolders, base_dir=spec.base_dir, kind=kind)
+            except CheckpointError as error:
+                problems.append(error)
+        MissingFilesError.raise_any(problems)
 
     def load_tokenizer(self, base_dir: Path | None = None):
         """The CLIP tokenizer alone (cheap: no weights), for prompt checks before loading."""

@@ -9,6 +9,7 @@ valid key, never a silent default.
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import os
 import types
@@ -295,13 +296,16 @@ def load_job(path: Path, overrides: Mapping[str, Any] | None = None, *, allow_un
     converted first; its paths are relative to what the format says (``paths``).
     ``allow_unsupported`` lets a converter drop features stmod does not implement; ``prompt_index``
     (``--prompt-index``) picks one of the several edits a format's file may list (it reaches the
-    converter only when given, so converters written before it keep working).
+    converter only when given, so converters written before it keep working); a converter with an
+    ``overrides`` parameter also receives ``overrides``, which are merged over what it returns.
     """
     path = Path(path)
     data, base_dir = load_mapping(path), path.resolve().parent
     for fmt in formats:
         if fmt.detect(data):
             chosen = {} if prompt_index is None else {"prompt_index": prompt_index}
+            if overrides and _takes(fmt.convert, "overrides"):  # its messages can then match what will run
+                chosen["overrides"] = overrides
             data = dict(fmt.convert(data, source=path, allow_unsupported=allow_unsupported, **chosen))
             base_dir = Path.cwd() if fmt.paths == "cwd" else base_dir
             break
@@ -312,6 +316,15 @@ def load_job(path: Path, overrides: Mapping[str, Any] | None = None, *, allow_un
                               "--prompt-index", key="prompt_index", source=str(path))
     data = apply_overrides(data, overrides or {})
     return job_from_mapping(data, base_dir=base_dir, source=str(path))
+
+
+def _takes(function: Any, parameter: str) -> bool:
+    """Whether ``function`` accepts the keyword argument ``parameter``."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: pass only what every converter takes
+        return False
+    return parameter in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def dump_job(spec: EditSpec, *, rerunnable: bool = False) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "LayoutError",
     "PromptError",
     "CheckpointError",
+    "MissingFilesError",
     "OutputExistsError",
     "MissingDependencyError",
     "NotOwnedError",
@@ -198,11 +199,49 @@ class CheckpointError(StmodError):
     """Model weights that are missing or unusable; the message says how to provide them.
 
     :ivar location: the hub id, folder or file that was asked for.
+    :ivar problem: what is wrong with it and how to provide it.
+    :ivar kind: what it is, when the raiser says: ``"model"`` (the backbone's weights), ``"controlnet"``
+        or ``"annotator"`` (a job format can then say where its own layout keeps such files).
     """
 
-    def __init__(self, location: str, problem: str) -> None:
-        self.location = location
+    def __init__(self, location: str, problem: str, *, kind: str | None = None) -> None:
+        self.location, self.problem, self.kind = location, problem, kind
         super().__init__(f"{location}: {problem}")
+
+    def placed(self, places: dict[str, str]) -> CheckpointError:
+        """A copy whose message ends with where ``places`` (kind → sentence) says to put such a file."""
+        if self.kind not in places:
+            return self
+        return CheckpointError(self.location, f"{self.problem}; {places[self.kind]}", kind=self.kind)
+
+
+class MissingFilesError(CheckpointError):
+    """Several weights missing at once (``check`` lists them all rather than one per run).
+
+    :ivar problems: one :class:`CheckpointError` per missing file or folder, in the order checked.
+    """
+
+    def __init__(self, problems: Sequence[CheckpointError]) -> None:
+        self.problems = tuple(p for error in problems
+                              for p in (error.problems if isinstance(error, MissingFilesError) else (error,)))
+        StmodError.__init__(self, *self.problems)
+        self.location, self.kind = ", ".join(p.location for p in self.problems), None
+        self.problem = " | ".join(str(p) for p in self.problems)
+
+    def placed(self, places: dict[str, str]) -> CheckpointError:
+        return MissingFilesError([p.placed(places) for p in self.problems])
+
+    def __str__(self) -> str:  # one line; each problem is cut on its own, so none of them is lost
+        listed = " | ".join(f"({i}) {p}" for i, p in enumerate(self.problems, 1))
+        return f"{len(self.problems)} weights files or folders are missing: {listed}"
+
+    @staticmethod
+    def raise_any(problems: Sequence[CheckpointError]) -> None:
+        """Raise nothing for no problem, the problem itself for one, a :class:`MissingFilesError` for several."""
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise MissingFilesError(problems)
 
 
 class OutputExistsError(StmodError):

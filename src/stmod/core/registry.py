@@ -131,6 +131,9 @@ class JobFormatInfo:
     :ivar convert: ``convert(mapping, *, source, allow_unsupported) -> mapping``: the stmod job mapping.
     :ivar paths: what relative paths in such a file are relative to: ``"job"`` (its folder) or
         ``"cwd"`` (the working directory, where the format's own tool runs its files).
+    :ivar places: where the format's own documentation puts missing weights, by
+        :attr:`~stmod.core.errors.CheckpointError.kind` (``"model"``, ``"controlnet"``, ``"annotator"``):
+        a sentence added to each such error of a job read from this format.
     """
 
     name: str
@@ -139,6 +142,7 @@ class JobFormatInfo:
     convert: Callable[..., Mapping[str, Any]] = attrs.field(eq=False)
     paths: str = attrs.field(validator=attrs.validators.in_(("job", "cwd")))
     plugin: str
+    places: Mapping[str, str] = attrs.field(factory=dict)
 
 
 class _Registrar:
@@ -243,6 +247,7 @@ class JobFormatRegistrar(_Registrar):
         convert: Callable[..., Mapping[str, Any]],
         summary: str,
         paths: str = "job",
+        places: Mapping[str, str] | None = None,
     ) -> None:
         """Register job format ``name`` (see :class:`JobFormatInfo` for the arguments)."""
         self._claim(name)
@@ -251,7 +256,8 @@ class JobFormatRegistrar(_Registrar):
         if paths not in ("job", "cwd"):
             raise ComponentContractError(self._label, name, self._plugin, f"paths must be 'job' or 'cwd', not {paths!r}")
         self._entries[name] = JobFormatInfo(name=name, summary=summary.strip().splitlines()[0], detect=detect,
-                                            convert=convert, paths=paths, plugin=self._plugin)
+                                            convert=convert, paths=paths, plugin=self._plugin,
+                                            places=dict(places or {}))
 
 
 class Registry:

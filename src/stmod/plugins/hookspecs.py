@@ -101,13 +101,17 @@ def stmod_register_commands(register: CommandRegistrar) -> None:
 def stmod_register_job_formats(register: JobFormatRegistrar) -> None:
     """Register job-file formats other than stmod's own, converted to an stmod job when read.
 
-    Call ``register.add(name, detect=..., convert=..., summary=..., paths="job" | "cwd")``:
+    Call ``register.add(name, detect=..., convert=..., summary=..., paths="job" | "cwd", places=...)``:
     ``detect(mapping)`` says whether a parsed YAML mapping is in the format (cheap, no I/O);
     ``convert(mapping, *, source, allow_unsupported)`` returns the equivalent stmod job mapping, or
     raises :class:`~stmod.ConfigError` naming the key; features it cannot map are refused unless
     ``allow_unsupported`` (``--allow-unsupported``), then logged as dropped; a format whose files list
-    several edits also takes ``prompt_index`` (``--prompt-index``, passed only when given). The first format whose
-    ``detect`` is true converts the file; ``paths`` says what its relative paths are relative to.
+    several edits also takes ``prompt_index`` (``--prompt-index``, passed only when given); a converter with an
+    ``overrides`` parameter receives the command line's overrides (merged over its result afterwards), so
+    that what it logs matches what will run. The first format whose ``detect`` is true converts the file;
+    ``paths`` says what its relative paths are relative to; ``places`` (optional) maps a kind of weights
+    (``"model"``, ``"controlnet"``, ``"annotator"``) to where the format's own documentation puts them,
+    added to ``check``'s and ``edit``'s report of each such missing file.
 
     :param register: registrar for job formats.
     """

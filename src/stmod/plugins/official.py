@@ -9,7 +9,10 @@ command that reads a job file (``edit``, ``check``, ``layout``, ``stmod.load_job
 ``flatten_res`` → ``flatten`` (levels log2 of each factor), ``use_pnp``/``inject_step`` → ``pnp``,
 ``use_freeu`` → ``freeu``; ``blending_percentage`` → ``skip_fraction``. ``dwpose`` and ``depth_zoe``
 control run with the closest annotator stmod has (controlnet-aux OpenPose, MiDaS depth), said in one
-line; one of several ``editing_prompts`` is edited (``--prompt-index``). What stmod still does not
+line; one of several ``editing_prompts`` is edited (``--prompt-index``). Overlapping masks stay as they are
+(``layout_overlap: keep``: the official union and size terms add them up). Annotator weights are looked
+for where the official repository keeps them (``./annotator/ckpts``), then in the HF cache; missing
+weights name where the official README puts them (:data:`OFFICIAL_PLACES`). What stmod still does not
 implement is refused with one line naming each, unless the caller allows editing without it
 (``--allow-unsupported``), in which case each is logged as dropped.
 
@@ -29,7 +32,8 @@ from stmod import hookimpl
 from stmod.core.errors import ConfigError
 from stmod.core.types import OFFICIAL_END_STEP
 
-__all__ = ["is_official_config", "convert_official_config", "stmod_register_job_formats"]
+__all__ = ["is_official_config", "convert_official_config", "stmod_register_job_formats", "OFFICIAL_ANNOTATOR_FOLDER",
+           "OFFICIAL_PLACES"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,19 @@ _MARKERS = ("pretrained_model_path", "dataset_config", "editing_config")
 _ANNOTATORS = {"canny": "canny", "openpose": "openpose", "depth": "depth", "dwpose": "openpose", "depth_zoe": "depth"}
 _STANDINS = {"dwpose": "controlnet-aux OpenPose, the closest to DWPose",
              "depth_zoe": "controlnet-aux MiDaS depth, the closest to ZoeDepth"}
+
+#: Where the official repository keeps the annotator weights (its README: "extract them into
+#: ./annotator/ckpts"), relative to the folder its configs run from, as the configs' other paths are.
+OFFICIAL_ANNOTATOR_FOLDER = "./annotator/ckpts"
+#: Then the HF cache of stmod's default annotator hub id (``stmod.backbones.annotators.ANNOTATOR_REPO``,
+#: spelled out: importing it would load torch whenever a plugin list is built).
+_ANNOTATOR_HUB = "lllyasviel/Annotators"
+#: Where the official README puts what a converted config needs, by kind of file.
+OFFICIAL_PLACES = {
+    "model": "the official README downloads SD 1.5 into ./ckpt/stable-diffusion-v1-5 (bash download_all.sh)",
+    "controlnet": "the official README downloads the ControlNets into ./ckpt/ (bash download_all.sh)",
+    "annotator": f"the official README extracts the annotator checkpoints into {OFFICIAL_ANNOTATOR_FOLDER}",
+}
 
 _TOP = {"pretrained_model_path", "logdir", "seed", "dataset_config", "control_config", "editing_config",
         "test_pipeline_config", "model_config", "mixed_precision", "batch_size", "gradient_accumulation_steps"}
@@ -123,8 +140,9 @@ def _chosen_prompt(prompts: Any, prompt_index: int | None, where: str) -> list[s
     return [str(p) for p in entry]
 
 
-def _control(control: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The job's ``control`` list for ``control_config`` (empty without a supported ``control_type``)."""
+def _control(control: Mapping[str, Any], *, replaced: bool) -> list[dict[str, Any]]:
+    """The job's ``control`` list for ``control_config`` (empty without a supported ``control_type``);
+    ``replaced``: the command line replaces it (``--no-control``, ``--control``), so nothing is said of it."""
     control_type = control.get("control_type")
     if control_type not in _ANNOTATORS:
         return []
@@ -134,8 +152,10 @@ def _control(control: Mapping[str, Any]) -> list[dict[str, Any]]:
         annotator.update({k: control[k] for k in ("low_threshold", "high_threshold") if k in control})
     if name == "openpose":
         annotator.update({k: bool(control[k]) for k in ("hand", "face") if k in control})
+    if name in ("depth", "openpose"):  # the official place first, then the HF cache (--annotator-weights: then a folder)
+        annotator["weights"] = [OFFICIAL_ANNOTATOR_FOLDER, _ANNOTATOR_HUB]
     model = control.get("pretrained_controlnet_path")
-    if control_type in _STANDINS:
+    if control_type in _STANDINS and not replaced:
         log.warning("official config: control_type %r runs as stmod's %r annotator (%s) with ControlNet %s; "
                     "--no-control drops it", control_type, name, _STANDINS[control_type],
                     model or f"the default for {name!r}")
@@ -182,14 +202,29 @@ def _skip_fraction(editing: Mapping[str, Any], where: str) -> float:
     return float(value)
 
 
+def _refuse_or_drop(dropped: list[str], editing: Mapping[str, Any], allow_unsupported: bool, where: str) -> None:
+    """Refuse what stmod does not implement (one line naming each), or log each as dropped when allowed."""
+    if dropped and not allow_unsupported:
+        raise ConfigError("official VideoGrain config uses what stmod does not implement: " + "; ".join(dropped)
+                          + ". Rerun with --allow-unsupported to edit without them", source=where)
+    for what in dropped:
+        log.warning("official config: ignoring %s", what)
+    if editing.get("cluster_inversion_feature"):  # analysis output only: the edit is the same without it
+        log.info("official config: cluster_inversion_feature is not written (stmod's kmeans layout clusters "
+                 "inversion features: docs/guide.md §3)")
+
+
 def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsupported: bool = False,
-                            prompt_index: int | None = None) -> dict[str, Any]:
+                            prompt_index: int | None = None,
+                            overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """An stmod job mapping equivalent to an official VideoGrain config.
 
     :param source: the config file (its name gives the official default output folder).
     :param allow_unsupported: drop unsupported features with a warning instead of refusing.
     :param prompt_index: which of ``editing_prompts`` to edit (default the first; the choice is logged
         when there are several).
+    :param overrides: what the command line will merge over the result: a ``control`` there replaces
+        ``control_config``, which is then not described.
     :raises ConfigError: for unknown keys or bad values, or unsupported features unless allowed.
     """
     where = str(source)
@@ -202,15 +237,7 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
     if len(local_prompts) > len(order):
         raise ConfigError(f"{len(local_prompts)} local prompts but only {len(order)} masks in "
                           "dataset_config.layout_mask_order (they pair by position)", source=where)
-    dropped = _unsupported(data, dataset, control, editing)
-    if dropped and not allow_unsupported:
-        raise ConfigError("official VideoGrain config uses what stmod does not implement: " + "; ".join(dropped)
-                          + ". Rerun with --allow-unsupported to edit without them", source=where)
-    for what in dropped:
-        log.warning("official config: ignoring %s", what)
-    if editing.get("cluster_inversion_feature"):  # analysis output only: the edit is the same without it
-        log.info("official config: cluster_inversion_feature is not written (stmod's kmeans layout clusters "
-                 "inversion features: docs/guide.md §3)")
+    _refuse_or_drop(_unsupported(data, dataset, control, editing), editing, allow_unsupported, where)
     size = int(dataset.get("image_size", 512))
     job: dict[str, Any] = {
         "video": {"path": dataset.get("path"), "start": int(dataset.get("start_sample_frame", 0)),
@@ -220,6 +247,9 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
         "source_prompt": str(dataset.get("prompt") or ""),
         "negative_prompt": str(dataset.get("negative_promot", dataset.get("negative_prompt")) or ""),
         "regions": {name: (local_prompts[i] if i < len(local_prompts) else "") for i, name in enumerate(order)},
+        # the official code keeps overlapping masks: its region union and size terms add them up
+        # (reference §1.5), which the videograin preset reproduces when the masks are left as they are
+        "layout_overlap": "keep",
         "backbone": {"name": "sd15", "model": str(data.get("pretrained_model_path"))},
         "blend": "videograin",
         # the official code modulates its first 15 denoising steps whatever num_inference_steps says
@@ -231,7 +261,7 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
         "seed": int(data.get("seed", 42)),
         "save_attention": bool(editing.get("vis_cross_attn", False)),
         "output": str(data.get("logdir") or str(source.with_suffix("")).replace("config", "result")),
-        "control": _control(control),
+        "control": _control(control, replaced="control" in (overrides or {})),
     }
     if order:
         job["layout"] = {"name": "masks", "dir": dataset.get("layout_mask_dir")}
@@ -245,4 +275,4 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
 def stmod_register_job_formats(register) -> None:
     # Their paths are relative to the official repository's root, where its configs are run.
     register.add("videograin-official", detect=is_official_config, convert=convert_official_config, paths="cwd",
-                 summary="the official VideoGrain configs (pretrained_model_path / dataset_config / editing_config)")
+                 places=OFFICIAL_PLACES, summary="the official VideoGrain configs (pretrained_model_path / dataset_config / editing_config)")

@@ -15,7 +15,8 @@ from typing import Any
 
 import attrs
 
-from stmod.core.errors import ConfigError, InputError, NotOwnedError, OutputExistsError
+from stmod.core.errors import (CheckpointError, ConfigError, InputError, MissingFilesError, NotOwnedError,
+                               OutputExistsError)
 from stmod.core.io.locks import exclusive_lock, lock_path_for
 from stmod.core.io.ownership import (clean_stale_temporaries, input_overlap, name_problem, real, require_replaceable,
                                      write_problem)
@@ -205,8 +206,12 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
         check_output_folder(spec)
     components = build_components(spec, registry)
     components.clip = clip
+    missing: list[CheckpointError] = []  # weights: all reported at once, after the other checks
     for annotator, _ in components.annotators:
-        annotator.check(spec)
+        try:
+            annotator.check(spec)
+        except CheckpointError as error:
+            missing.append(error)
     for extension, _ in components.extensions:
         extension.check(spec)
     for provider, assignment in components.layouts:
@@ -215,6 +220,10 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
             raise ConfigError(f"{assignment.place} needs attention features recorded during inversion, which "
                               f"modulator {spec.modulator.name!r} cannot record; use modulator: st-layout",
                               key="modulator")
-    components.backbone.check(spec)
+    try:
+        components.backbone.check(spec)
+    except CheckpointError as error:
+        missing.append(error)
+    MissingFilesError.raise_any(missing)
     return components
 

@@ -27,7 +27,7 @@ import torch
 from stmod.core.errors import LayoutError
 from stmod.core.types import LayoutMasks
 
-__all__ = ["OverlapRule", "split_regions", "compose", "empty_layout"]
+__all__ = ["OverlapRule", "split_regions", "compose", "empty_layout", "overlap_report"]
 
 #: How :func:`compose` treats a pixel that several regions claim.
 OverlapRule = Literal["later-wins", "error", "keep"]
@@ -149,6 +149,37 @@ def _later_wins(stack: torch.Tensor, names: list[str]) -> torch.Tensor:
         taken |= stack[:, k]
         if stack[:, k].any() and not out[:, k].any():
             later = [names[j] for j in range(k + 1, stack.shape[1]) if (stack[:, k] & stack[:, j]).any()]
-            raise LayoutError(f"region {names[k]!r} is covered entirely by later region(s) {', '.join(later)} "
-                              "(overlap: later-wins); reorder the regions or use overlap: keep", region=names[k])
+            raise LayoutError(f"region {names[k]!r} ({int(stack[:, k].sum())} pixels) is covered entirely by later "
+                              f"region(s) {', '.join(later)}, which would remove it (overlap: later-wins); reorder the "
+                              "regions or use overlap: keep", region=names[k])
     return out
+
+
+def overlap_report(parts: Sequence[tuple[str, LayoutMasks]], layout: LayoutMasks, overlap: OverlapRule, *,
+                   frame_indices: Sequence[int] | None = None) -> list[str]:
+    """One line per region that the overlap rule shrank or removed from frames (``later-wins``), or per
+    pair of regions that share pixels (``keep``), with the pixel counts over all frames.
+
+    :param parts: the providers' masks as :func:`compose` received them (precedence order).
+    :param layout: what :func:`compose` returned for them.
+    :param frame_indices: source frame numbers of the frames, to name the frames a region left.
+    """
+    stack = torch.cat([m.masks for _, m in parts], dim=1)
+    names = [n for _, m in parts for n in m.names]
+    if overlap == "keep":
+        return [f"overlap: regions {names[a]!r} and {names[b]!r} share {shared} pixels; both keep them "
+                "(layout_overlap: keep)"
+                for a in range(len(names)) for b in range(a + 1, len(names))
+                if (shared := int((stack[:, a] & stack[:, b]).sum()))]
+    lines = []
+    for k, name in enumerate(names):
+        before, after = stack[:, k], layout.masks[:, layout.names.index(name)]
+        if int(after.sum()) == int(before.sum()):
+            continue
+        later = [names[j] for j in range(k + 1, len(names)) if (before & stack[:, j]).any()]
+        gone = [frame_indices[f] if frame_indices is not None else f
+                for f in range(before.shape[0]) if before[f].any() and not after[f].any()]
+        removed = f"; gone from source frame(s) {', '.join(map(str, gone))}" if gone else ""
+        lines.append(f"overlap: region {name!r} shrinks from {int(before.sum())} to {int(after.sum())} pixels "
+                     f"({overlap}: later region(s) {', '.join(map(repr, later))} take the shared pixels{removed})")
+    return lines

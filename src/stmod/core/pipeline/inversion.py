@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 @attrs.frozen(kw_only=True)
 class Inversion:
     """The DDIM trajectory ``{timestep: latents}`` on the model's device, whether it came from the
-    cache (``cache_info``: ``{"cached": bool, "key": str}``), and the recorded features (or ``None``)."""
+    cache (``cache_info``: ``{"cached": bool, "key": str, "stored": bool}``; ``stored``: a computed trajectory
+    was written to the cache, false with the cache off), and the recorded features (or ``None``)."""
 
     trajectory: dict[int, torch.Tensor] = attrs.field(eq=False)
     cache_info: dict[str, Any]
@@ -121,7 +122,7 @@ def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSche
     if entry is not None and (not requests or entry.features is not None):
         log.info("inversion loaded from cache (%s)", key)
         trajectory = {t: z.to(backbone.device, backbone.dtype) for t, z in entry.trajectory.items()}
-        return Inversion(trajectory=trajectory, cache_info={"cached": True, "key": key},
+        return Inversion(trajectory=trajectory, cache_info={"cached": True, "key": key, "stored": True},
                          features=_features(session, entry.features, requests))
     recorder = (InversionFeatureRecorder(requests, num_frames=len(x0), latent_size=tuple(x0.shape[-2:]))
                 if requests else None)
@@ -130,5 +131,5 @@ def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSche
     state = recorder.result().to_state() if recorder is not None else None
     if cache is not None:
         cache.save(key, trajectory, features=state)
-    return Inversion(trajectory=trajectory, cache_info={"cached": False, "key": key},
+    return Inversion(trajectory=trajectory, cache_info={"cached": False, "key": key, "stored": cache is not None},
                      features=_features(session, state, requests))

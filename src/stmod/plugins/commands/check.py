@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from stmod.core.config import dump_job
-from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
+from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args, weights_placed
 
 
 def _gib(text: str) -> float:
@@ -44,6 +44,17 @@ def describe_window(spec) -> str:
     return f"modulation: {steps} ({why})"
 
 
+def overlap_lines(spec, prepared) -> list[str]:
+    """What the job's ``layout_overlap`` rule did to overlapping masks, with pixel counts (none when the
+    layout waits for the inversion's features, as K-Means does)."""
+    from stmod.core.pipeline.compose import overlap_report
+
+    if prepared.layout is None or not prepared.parts:
+        return []
+    return overlap_report([part for _, part in sorted(prepared.parts.items())], prepared.layout,
+                          spec.layout_overlap, frame_indices=prepared.request.frame_indices)
+
+
 def run(args: argparse.Namespace, session) -> int:
     spec = load_job_from_args(args, session.registry)
     session.status(f"check: {args.job or 'job'}: reading {spec.video.path.name}, building the components and the "
@@ -54,12 +65,15 @@ def run(args: argparse.Namespace, session) -> int:
     from stmod.core.pipeline.components import check_output_folder
     from stmod.plugins.commands.prediction import prediction_lines
 
-    prepared = Editor(session.registry, progress=False, cache=False).prepare(spec, check_output=False)
+    with weights_placed(args, session.registry):  # every missing weights file at once, each with where to put it
+        prepared = Editor(session.registry, progress=False, cache=False).prepare(spec, check_output=False)
     if args.print_job:
         session.echo(dump_job(spec).rstrip())
     regions = ", ".join(f"{r.name}={r.prompt!r}" for r in spec.regions) or "none"
     session.echo(f"ok: {args.job or 'job'} is valid ({spec.video.path.name}; regions: {regions})")
     session.echo(describe_window(spec))
+    for line in overlap_lines(spec, prepared):
+        session.echo(line)
     try:  # the job is fine; its output folder is what a run would find, worth saying but not an error here
         check_output_folder(spec)
     except OutputExistsError:

@@ -14,7 +14,7 @@ import attrs
 from stmod.core.config import load_job
 from stmod.core.errors import OutputExistsError
 from stmod.core.io.ownership import is_owned, require_replaceable, write_marker
-from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
+from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args, weights_placed
 from stmod.plugins.commands.summary import summary_lines
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ def run_edit(args: argparse.Namespace, session) -> int:
     start, end = spec.modulation_window
     session.status(f"edit: {spec.video.path.name} -> {spec.output} ({spec.backbone.name} backbone, {spec.steps} "
                    f"steps, modulated {start}-{end - 1}): loading the pipeline...")
-    result = _editor(session, args).run(spec)
+    with weights_placed(args, session.registry):
+        result = _editor(session, args).run(spec)
     session.echo(f"wrote {result.output} ({len(result.frames)} frames)")
     _report(session, result, started)
     return 0

@@ -8,17 +8,19 @@ relative to the current directory; paths in the job file relative to the file's 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 
-from stmod.core.config import job_from_mapping, load_job
-from stmod.core.errors import UsageError
+from stmod.core.config import job_from_mapping, load_job, load_mapping
+from stmod.core.errors import CheckpointError, StmodError, UsageError
 from stmod.core.registry import Registry
 from stmod.core.types import EditSpec
 
-__all__ = ["add_job_arguments", "job_overrides", "load_job_from_args"]
+__all__ = ["add_job_arguments", "job_overrides", "load_job_from_args", "weights_placed"]
 
 
 def _region(text: str) -> tuple[str, str]:
@@ -107,6 +109,9 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, job_required: bool = F
     g.add_argument("--no-control", action="store_true", default=None,
                    help="drop the job's ControlNet conditions (e.g. to try an official config without its "
                         "ControlNet weights)")
+    g.add_argument("--annotator-weights", type=_abs_path, metavar="DIR",
+                   help="a folder of annotator weights (depth, openpose), looked in after the job's own weights "
+                        "locations (an official config's ./annotator/ckpts, then the HF cache)")
     g.add_argument("--allow-unsupported", action="store_true",
                    help="run an official VideoGrain config without the features stmod does not implement, "
                         "each logged as dropped")
@@ -165,7 +170,32 @@ def load_job_from_args(args: argparse.Namespace, registry: Registry) -> EditSpec
         raise UsageError("--prompt-index chooses among the editing prompts of a job file; give the file")
     else:
         spec = job_from_mapping(overrides, base_dir=Path.cwd(), source="command line")
+    if getattr(args, "annotator_weights", None):
+        spec = _with_annotator_weights(spec, args.annotator_weights, registry)
     return _keep_size(spec) if getattr(args, "size", None) == "keep" else spec
+
+
+def _with_annotator_weights(spec: EditSpec, folder: str, registry: Registry) -> EditSpec:
+    """``--annotator-weights DIR``: ``DIR`` appended to the ``weights`` of every control entry whose
+    annotator takes weights (the list of locations looked in per file, in order)."""
+    controls, extended = [], False
+    for control in spec.control:
+        options = None
+        with contextlib.suppress(StmodError):  # an unknown annotator: check names it
+            options = registry.info("annotator", control.annotator.name).options
+        field = attrs.fields_dict(options).get("weights") if options is not None else None
+        if field is None:
+            controls.append(control)
+            continue
+        current = control.annotator.options.get("weights", field.default)
+        listed = [current] if isinstance(current, str) else list(current)
+        annotator = attrs.evolve(control.annotator, options={**control.annotator.options, "weights": [*listed, folder]})
+        controls.append(attrs.evolve(control, annotator=annotator))
+        extended = True
+    if not extended:
+        raise UsageError(f"--annotator-weights {folder}: no control entry of this job has an annotator that takes "
+                         "weights (depth, openpose); drop the flag")
+    return attrs.evolve(spec, control=tuple(controls))
 
 
 def _keep_size(spec: EditSpec) -> EditSpec:
@@ -175,3 +205,25 @@ def _keep_size(spec: EditSpec) -> EditSpec:
     info = probe_video(spec.video.path)
     size = (max(64, info.width // 64 * 64), max(64, info.height // 64 * 64))
     return attrs.evolve(spec, video=attrs.evolve(spec.video, size=size))
+
+
+@contextlib.contextmanager
+def weights_placed(args: argparse.Namespace, registry: Registry) -> Iterator[None]:
+    """Missing weights raised in the block say, for a job file in a registered format (an official
+    VideoGrain config), where that format's documentation puts them (its ``places``)."""
+    try:
+        yield
+    except CheckpointError as error:
+        places = _format_places(Path(args.job), registry) if getattr(args, "job", None) else {}
+        if not places:
+            raise
+        raise error.placed(places) from None
+
+
+def _format_places(path: Path, registry: Registry) -> dict[str, str]:
+    with contextlib.suppress(StmodError, OSError):
+        data = load_mapping(path)
+        for fmt in registry.job_formats.values():
+            if fmt.detect(data):
+                return dict(fmt.places)
+    return {}

@@ -26,7 +26,7 @@ def _cache(run: Mapping[str, Any]) -> str:
     info = run.get("inversion") or {}
     if info.get("cached"):
         return "inversion: cache hit (read, not recomputed)"
-    if info.get("key"):
+    if info.get("key") and info.get("stored", True):  # a run.json without "stored" predates --no-cache's flag
         return "inversion: computed (cache miss; cached for the next run of this clip)"
     return "inversion: computed (cache off)"
 
