@@ -40,7 +40,6 @@ if TYPE_CHECKING:
                                       RecordsAttention, Tokenizer)
     from stmod.core.types import (BlendContext, EditSpec, ExtensionInput, LayoutMasks, LayoutReport, LayoutRequest,
                                   ModulationConfig, ModulationInput, Range, Region, TextConditioning, number)
-    from stmod.plugins.manager import editor_from_plugins, load_job
 
 #: Decorator for hook implementations in plugins: ``@stmod.hookimpl def stmod_register_...``.
 hookimpl = pluggy.HookimplMarker("stmod")
@@ -64,8 +63,6 @@ _LAZY = {
     "Editor": "stmod.api",
     "EditCancelled": "stmod.core.errors",
     "ClipPlan": "stmod.core.io.video",
-    "load_job": "stmod.plugins.manager",
-    "editor_from_plugins": "stmod.plugins.manager",
 }
 
 __all__ = ["hookimpl", "hookspec", "__version__", *_LAZY]

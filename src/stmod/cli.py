@@ -166,6 +166,21 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
+#: Fixes as errors give them to Python callers → the same fix with this command line's flags.
+PYTHON_FIXES_AS_FLAGS = {
+    "overwrite=True": "--overwrite",
+    "choose another output": "choose another output (--out)",
+    'device="cpu"': "--device cpu",
+}
+
+
+def in_cli_terms(message: str) -> str:
+    """An error's message with its Python fixes (``overwrite=True``) said as flags (``--overwrite``)."""
+    for python, flag in PYTHON_FIXES_AS_FLAGS.items():
+        message = message.replace(python, flag)
+    return message
+
+
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
          env: Mapping[str, str] | None = None) -> int:
     """Run ``stmod-run`` with ``argv``; returns the exit status (the console script exits with it)."""
@@ -193,7 +208,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)
     except StmodError as exc:
-        print(f"{PROG}: error: {exc}", file=stderr)
+        print(f"{PROG}: error: {in_cli_terms(str(exc))}", file=stderr)
         if verbose > 1:
             traceback.print_exc(file=stderr)
         return EXIT_USER

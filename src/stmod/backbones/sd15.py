@@ -163,7 +163,7 @@ class StableDiffusionBackbone:
 
     def check(self, spec: EditSpec) -> None:
         if self.options.device != "auto" and self.device.type == "cuda" and not torch.cuda.is_available():
-            raise CheckpointError(self.options.device, "device is CUDA but no CUDA device is available; use --device cpu")
+            raise CheckpointError(self.options.device, "device is CUDA but no CUDA device is available; use device=\"cpu\"")
         check_location(self.options.model, what="SD 1.5 model",
                        subfolders=("unet", "vae", "text_encoder", "tokenizer", "scheduler"), base_dir=spec.base_dir)
         if self.options.config:

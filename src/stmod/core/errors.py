@@ -206,11 +206,12 @@ class CheckpointError(StmodError):
 
 
 class OutputExistsError(StmodError):
-    """The output folder exists and ``--overwrite`` was not given."""
+    """The output folder exists and ``overwrite`` was not asked for (``--overwrite`` on the command line)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        super().__init__(f"output folder {path} already exists; pass --overwrite to replace it or choose --out")
+        super().__init__(f"output folder {path} already exists; pass overwrite=True to replace it or choose "
+                         "another output")
 
 
 class MissingDependencyError(StmodError):

@@ -29,7 +29,7 @@ from stmod.core.tokens import TokenSpan
 from stmod.core.types import ComponentRef, ControlSpec, EditSpec
 
 __all__ = ["LayoutAssignment", "Components", "assign_layout_regions", "build_components", "check_job",
-           "check_output_folder", "claim_output", "component_refs", "job_inputs"]
+           "check_output_folder", "claim_output", "component_refs", "job_inputs", "output_note"]
 
 
 @attrs.frozen(kw_only=True)
@@ -68,9 +68,10 @@ def assign_layout_regions(spec: EditSpec) -> tuple[LayoutAssignment, ...]:
     )
 
 
-@attrs.define(kw_only=True)
+@attrs.frozen(kw_only=True)
 class Components:
-    """The components an edit uses, built from the registry (no weights loaded).
+    """The components an edit uses, built from the registry (no weights loaded); frozen once built
+    (:func:`attrs.evolve` makes a changed copy).
 
     ``spans`` are the regions' token spans in the global prompt, found once when the job is checked
     with a tokenizer (``None`` until then, or when the backbone has no tokenizer before loading).
@@ -80,9 +81,9 @@ class Components:
     backbone: Backbone
     modulator: Modulator
     blender: Blender
-    layouts: list[tuple[LayoutProvider, LayoutAssignment]]
-    annotators: list[tuple[ControlAnnotator, ControlSpec]]
-    extensions: list[tuple[Extension, ComponentRef]] = attrs.field(factory=list)
+    layouts: tuple[tuple[LayoutProvider, LayoutAssignment], ...] = attrs.field(converter=tuple)
+    annotators: tuple[tuple[ControlAnnotator, ControlSpec], ...] = attrs.field(converter=tuple)
+    extensions: tuple[tuple[Extension, ComponentRef], ...] = attrs.field(default=(), converter=tuple)
     spans: tuple[TokenSpan | None, ...] | None = None
     clip: ClipPlan | None = None
 
@@ -161,7 +162,7 @@ def check_output_folder(spec: EditSpec) -> None:
     problem = input_overlap(out, job_inputs(spec))
     if problem is not None:
         raise NotOwnedError(str(out), f"the output folder {problem}; writing there could destroy an input, so "
-                                      "choose another output (--out)")
+                                      "choose another output")
     if out.exists() and not out.is_dir():
         raise InputError("output", str(out), "exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -173,6 +174,17 @@ def check_output_folder(spec: EditSpec) -> None:
         raise InputError("output", str(out), problem)
 
 
+def output_note(spec: EditSpec) -> str | None:
+    """What a run would say about the output folder when it is only in the way (it exists and the job does
+    not overwrite it): a note for ``check``, which reports it without failing; other problems raise."""
+    try:
+        check_output_folder(spec)
+    except OutputExistsError:
+        return (f"the output folder {spec.output} exists: a run needs overwrite=True to replace it, "
+                "or choose another output")
+    return None
+
+
 @contextlib.contextmanager
 def claim_output(spec: EditSpec) -> Iterator[None]:
     """Hold the output folder's lock for the ``with`` block, check it again under the lock (another run
@@ -180,7 +192,7 @@ def claim_output(spec: EditSpec) -> Iterator[None]:
     out = real(spec.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(lock_path_for(out), what=f"output folder {out}",
-                        fix="wait for it to finish or choose another output (--out)"):
+                        fix="wait for it to finish or choose another output"):
         check_output_folder(spec)
         clean_stale_temporaries(out.parent, name=out.name)
         yield
@@ -203,8 +215,7 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
     clip = plan_clip(spec.video)  # the one probe of the clip: providers and the reader share it
     if check_output:
         check_output_folder(spec)
-    components = build_components(spec, registry)
-    components.clip = clip
+    components = attrs.evolve(build_components(spec, registry), clip=clip)
     for annotator, _ in components.annotators:
         annotator.check(spec)
     for extension, _ in components.extensions:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import torch
-from tqdm.auto import tqdm
 
 from stmod.core.features import FeatureRequest, InversionFeatureRecorder, InversionFeatures, word_positions
 from stmod.core.pipeline.cache import InversionCache
@@ -65,7 +64,7 @@ def _features(session: EditSession, state: Mapping[str, Any] | None,
 
 
 def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int],
-         recorder: InversionFeatureRecorder | None, bar: Callable[[int, str], tqdm]) -> dict[int, torch.Tensor]:
+         recorder: InversionFeatureRecorder | None) -> dict[int, torch.Tensor]:
     """DDIM inversion under the source prompt, the modulator installed without regions."""
     spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
     text = backbone.encode_text([spec.source_prompt]).repeat(len(x0), 1, 1)
@@ -81,9 +80,8 @@ def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timest
     if recorder is not None:
         assert isinstance(modulator, FeatureRecording)  # check_job made sure
         recording = modulator.record_features(recorder)
-    with bar(len(timesteps), "inversion") as progress, session.installed(), recording:
-        return invert(x0, predict, schedule, timesteps, on_step=lambda _: progress.update(),
-                      on_step_end=getattr(progress, "step_end", None))
+    with session.reporter.phase(len(timesteps), "inversion") as progress, session.installed(), recording:
+        return invert(x0, predict, schedule, timesteps, on_step_end=progress.step_end)
 
 
 def _fits(trajectory: Mapping[int, torch.Tensor], x0: torch.Tensor, timesteps: list[int]) -> bool:
@@ -105,8 +103,8 @@ def _prepare_extensions(session: EditSession, x0: torch.Tensor, cache: Inversion
 
 
 def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int], *,
-                     cache: InversionCache | None, timer: PhaseTimer, requests: tuple[FeatureRequest, ...],
-                     bar: Callable[[int, str], tqdm]) -> Inversion:
+                     cache: InversionCache | None, timer: PhaseTimer,
+                     requests: tuple[FeatureRequest, ...]) -> Inversion:
     """The trajectory (from ``cache`` when possible) and, for ``requests``, the attention features."""
     backbone = session.backbone
     key = _key(session, timesteps, requests)
@@ -126,7 +124,7 @@ def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSche
     recorder = (InversionFeatureRecorder(requests, num_frames=len(x0), latent_size=tuple(x0.shape[-2:]))
                 if requests else None)
     with timer.phase("invert"):
-        trajectory = _run(session, x0, schedule, timesteps, recorder, bar)
+        trajectory = _run(session, x0, schedule, timesteps, recorder)
     state = recorder.result().to_state() if recorder is not None else None
     if cache is not None:
         cache.save(key, trajectory, features=state)

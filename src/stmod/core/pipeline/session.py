@@ -10,6 +10,7 @@ import torch
 
 from stmod.core.io.video import SourceClip
 from stmod.core.pipeline.components import Components
+from stmod.core.pipeline.progress import RunReporter
 from stmod.core.protocols import Backbone, Phase
 from stmod.core.types import Branch, Control, EditSpec
 
@@ -26,6 +27,8 @@ class EditSession:
     locations: list[str]
     control_images: list[np.ndarray]
     clip: SourceClip
+    #: The run's progress and step callback (:mod:`.progress`).
+    reporter: RunReporter
     _tensors: dict[int, list[tuple[str, Control]]] = attrs.field(factory=dict)
 
     def controls(self, repeat: int) -> list[tuple[str, Control]]:
