@@ -521,9 +521,6 @@ class BlendContext:
     :ivar trajectory: ``{timestep: latents (F, C, h, w)}`` from DDIM inversion, including ``0: x0``.
     :ivar schedule: the backbone's noise schedule (``schedule.add_noise(x0, noise, timestep)``).
     :ivar generator: a ``torch.Generator`` on the backbone's device, seeded with the job's seed.
-
-    ``context["mask"]`` (and the other field names, plus ``"add_noise"``) still reads like the mapping
-    blenders got before, so a blender written against it keeps working.
     """
 
     mask: torch.Tensor = field(eq=False)
@@ -535,13 +532,6 @@ class BlendContext:
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
         """The scheduler's forward noising of ``x0`` to ``timestep``."""
         return self.schedule.add_noise(x0, noise, timestep)
-
-    def __getitem__(self, name: str) -> object:
-        if name == "add_noise":
-            return self.add_noise
-        if name in attrs.fields_dict(BlendContext):
-            return getattr(self, name)
-        raise KeyError(name)
 
 
 @frozen

@@ -308,7 +308,7 @@ def _load_module(pm: StmodPluginManager, name: str, *, available: list[str]) -> 
 
 def load_job(path: str | Path, overrides: Mapping[str, Any] | None = None, *, allow_unsupported: bool = False,
              prompt_index: int | None = None, plugin_args: Sequence[str] = ()) -> EditSpec:
-    """Read a job file in any format the installed plugins know (``stmod.load_job``).
+    """Read a job file in any format the installed plugins know (what ``Editor.job`` does with a path).
 
     :func:`stmod.core.config.load_job` with the job formats of the plugins (selection like
     ``stmod-run -p``): an stmod job, or e.g. an official VideoGrain config (``stmod.official``;

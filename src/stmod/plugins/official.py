@@ -1,7 +1,7 @@
 """Built-in plugin ``stmod.official``: run the official VideoGrain YAML configs directly.
 
 It registers the job format ``videograin-official`` (hook ``stmod_register_job_formats``), so every
-command that reads a job file (``edit``, ``check``, ``layout``, ``stmod.load_job``) accepts them.
+command that reads a job file (``edit``, ``check``, ``layout``, ``Editor.job``) accepts them.
 
 :func:`is_official_config` recognises them (``pretrained_model_path`` / ``dataset_config`` /
 ``editing_config``); :func:`convert_official_config` maps their keys onto an stmod job mapping with the

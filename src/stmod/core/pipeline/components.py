@@ -22,8 +22,8 @@ from stmod.core.io.ownership import (clean_stale_temporaries, input_overlap, nam
 from stmod.core.pipeline.cache import cache_root
 from stmod.core.io.video import ClipPlan, plan_clip
 from stmod.core.pipeline.compose import split_regions
-from stmod.core.protocols import (Backbone, Blender, ControlAnnotator, Extension, FeatureRecording, LayoutProvider,
-                                  Modulator)
+from stmod.core.protocols import (Backbone, Blender, ChecksJob, ControlAnnotator, Extension, FeatureRecording,
+                                  LayoutProvider, Modulator)
 from stmod.core.registry import Registry
 from stmod.core.tokens import TokenSpan
 from stmod.core.types import ComponentRef, ControlSpec, EditSpec
@@ -219,7 +219,8 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
     for annotator, _ in components.annotators:
         annotator.check(spec)
     for extension, _ in components.extensions:
-        extension.check(spec)
+        if isinstance(extension, ChecksJob):
+            extension.check(spec)
     for provider, assignment in components.layouts:
         provider.check(spec, assignment.regions, clip)
         if provider.feature_request is not None and not isinstance(components.modulator, FeatureRecording):

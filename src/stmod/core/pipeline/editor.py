@@ -45,7 +45,7 @@ from stmod.core.pipeline.progress import (CALLBACK_TENSOR_INPUTS, ProgressCallba
                                           StepCallback)
 from stmod.core.pipeline.records import PhaseTimer, versions
 from stmod.core.pipeline.session import EditSession, to_model_frames, to_uint8
-from stmod.core.protocols import Backbone, ConditionsText, RecordsAttention
+from stmod.core.protocols import AttentionLevels, Backbone, ConditionsText, RecordsAttention
 from stmod.core.registry import Registry
 from stmod.core.sampling import NoiseSchedule, denoise
 from stmod.core.st_layout.labels import downsample_masks
@@ -112,8 +112,7 @@ class Prepared:
 
 def _check_feature_levels(spec: EditSpec, backbone: Backbone, requests: tuple[FeatureRequest, ...]) -> None:
     """A layout's UNet ``level`` must have attention layers; backbones that can tell say so before loading."""
-    probe = getattr(backbone, "attention_levels", None)
-    levels = probe(spec.base_dir) if callable(probe) and requests else None
+    levels = backbone.attention_levels(spec.base_dir) if isinstance(backbone, AttentionLevels) and requests else None
     for request in requests if levels is not None else ():
         if request.level not in levels:
             raise LayoutError(f"layout option level: {request.level} has no attention layer in backbone "

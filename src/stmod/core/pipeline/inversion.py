@@ -19,7 +19,7 @@ from stmod.core.features import FeatureRequest, InversionFeatureRecorder, Invers
 from stmod.core.pipeline.cache import InversionCache
 from stmod.core.pipeline.records import PhaseTimer
 from stmod.core.pipeline.session import EditSession
-from stmod.core.protocols import FeatureRecording
+from stmod.core.protocols import FeatureRecording, PreparesFromClip
 from stmod.core.sampling import NoiseSchedule, invert
 from stmod.core.types import ExtensionInput, ModulationInput
 
@@ -94,12 +94,13 @@ def _prepare_extensions(session: EditSession, x0: torch.Tensor, cache: Inversion
     """``prepare`` every extension (each with its store beside the entry ``key``); whether one of them
     needs the inversion to run even when its trajectory is cached."""
     backbone = session.backbone
-    for extension, ref in session.components.extensions:
+    preparing = [(e, ref) for e, ref in session.components.extensions if isinstance(e, PreparesFromClip)]
+    for extension, ref in preparing:
         store = cache.store(key, ref.name) if cache is not None else None
         extension.prepare(ExtensionInput(spec=session.spec, frames=session.clip.frames,
                                          latent_size=tuple(x0.shape[-2:]), num_frames=len(x0), store=store,
                                          device=backbone.device, dtype=backbone.dtype))
-    return any(extension.needs_inversion() for extension, _ in session.components.extensions)
+    return any(extension.needs_inversion() for extension, _ in preparing)
 
 
 def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int], *,

@@ -11,7 +11,7 @@ import torch
 from stmod.core.io.video import SourceClip
 from stmod.core.pipeline.components import Components
 from stmod.core.pipeline.progress import RunReporter
-from stmod.core.protocols import Backbone, Phase
+from stmod.core.protocols import Backbone, FollowsSteps, Phase
 from stmod.core.types import Branch, Control, EditSpec
 
 __all__ = ["EditSession", "to_model_frames", "to_uint8"]
@@ -56,9 +56,11 @@ class EditSession:
         return stack
 
     def step(self, *, phase: Phase, step_index: int, timestep: int, branches: tuple[Branch, ...]) -> None:
-        """Tell every extension which model call comes next (before each UNet call of either loop)."""
+        """Tell every extension that follows steps which model call comes next (before each UNet call of
+        either loop)."""
         for extension, _ in self.components.extensions:
-            extension.step(phase=phase, step_index=step_index, timestep=timestep, branches=branches)
+            if isinstance(extension, FollowsSteps):
+                extension.step(phase=phase, step_index=step_index, timestep=timestep, branches=branches)
 
 
 def to_model_frames(frames: np.ndarray) -> torch.Tensor:

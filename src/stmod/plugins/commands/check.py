@@ -31,6 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory", type=_gib, metavar="GIB", default=None,
                         help="predict against a GPU with this much free memory (GiB) instead of the visible one; "
                              "plans the job on CUDA even where it would run on the CPU (e.g. --gpu-memory 24)")
+    # the global -v/--verbose, also accepted after the command; SUPPRESS keeps a count given before it
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="print the prediction's whole table (parts of the peak, attention working set)")
 
 
 def describe_window(spec) -> str:
@@ -65,6 +68,6 @@ def run(args: argparse.Namespace, session) -> int:
     except OutputExistsError:
         session.echo(f"note: the output folder {spec.output} exists: edit needs --overwrite to replace it, or --out DIR")
     for line in prediction_lines(spec, prepared.components.backbone, len(prepared.clip.indices),
-                                 gpu_memory_gib=args.gpu_memory):
+                                 gpu_memory_gib=args.gpu_memory, verbose=getattr(args, "verbose", 0) > 0):
         session.echo(line)
     return 0
