@@ -23,6 +23,7 @@ import yaml
 from attrs import evolve, field, frozen, validators
 
 from stmod.backbones.shapes import world
+from stmod.core.types import as_tuple
 
 __all__ = ["KINDS", "CaseRegion", "EditCase", "make_case", "benchmark_cases", "case_masks", "write_case"]
 
@@ -36,7 +37,7 @@ class CaseRegion:
     name: str
     prompt: str
     colour: str = field(validator=validators.in_(tuple(world.COLOURS)))
-    things: tuple[int, ...] = field(converter=tuple)
+    things: tuple[int, ...] = field(converter=as_tuple)
     #: ``object`` (body and part), ``body`` or ``part``.
     covers: str = field(default="object", validator=validators.in_(("object", "body", "part")))
 
@@ -50,7 +51,7 @@ class EditCase:
     scene: world.Scene
     source_prompt: str
     prompt: str
-    regions: tuple[CaseRegion, ...] = field(converter=tuple)
+    regions: tuple[CaseRegion, ...] = field(converter=as_tuple)
 
 
 def _colours(rng: np.random.Generator, count: int, exclude: tuple[str, ...] = ()) -> list[str]:

@@ -26,7 +26,7 @@ from stmod.core.protocols import (Backbone, Blender, ChecksJob, ControlAnnotator
                                   LayoutProvider, Modulator)
 from stmod.core.registry import Registry
 from stmod.core.tokens import TokenSpan
-from stmod.core.types import ComponentRef, ControlSpec, EditSpec
+from stmod.core.types import ComponentRef, ControlSpec, EditSpec, as_tuple
 
 __all__ = ["LayoutAssignment", "Components", "assign_layout_regions", "build_components", "check_job",
            "check_output_folder", "claim_output", "component_refs", "job_inputs", "output_note"]
@@ -81,9 +81,9 @@ class Components:
     backbone: Backbone
     modulator: Modulator
     blender: Blender
-    layouts: tuple[tuple[LayoutProvider, LayoutAssignment], ...] = attrs.field(converter=tuple)
-    annotators: tuple[tuple[ControlAnnotator, ControlSpec], ...] = attrs.field(converter=tuple)
-    extensions: tuple[tuple[Extension, ComponentRef], ...] = attrs.field(default=(), converter=tuple)
+    layouts: tuple[tuple[LayoutProvider, LayoutAssignment], ...] = attrs.field(converter=as_tuple)
+    annotators: tuple[tuple[ControlAnnotator, ControlSpec], ...] = attrs.field(converter=as_tuple)
+    extensions: tuple[tuple[Extension, ComponentRef], ...] = attrs.field(default=(), converter=as_tuple)
     spans: tuple[TokenSpan | None, ...] | None = None
     clip: ClipPlan | None = None
 

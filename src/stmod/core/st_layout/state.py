@@ -19,7 +19,7 @@ from stmod.core.st_layout.labels import (LevelLayout, layer_grid, level_layout, 
                                          time_weight_tensor, token_strength)
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.st_layout.triton_kernel import TokenOrder, token_order
-from stmod.core.types import Branch
+from stmod.core.types import Branch, as_tuple
 
 if TYPE_CHECKING:
     from stmod.core.features import InversionFeatureRecorder
@@ -47,7 +47,7 @@ class StepInfo:
     phase: Phase = field(validator=validators.in_(("invert", "denoise")))
     step_index: int = field(validator=validators.ge(0))
     timestep: float
-    branches: tuple[Branch, ...] = field(default=("uncond", "cond"), converter=tuple)
+    branches: tuple[Branch, ...] = field(default=("uncond", "cond"), converter=as_tuple)
     in_window: bool | None = field(default=None, validator=validators.optional(validators.instance_of(bool)))
     clock: torch.Tensor = field(eq=False)
 
