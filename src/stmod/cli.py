@@ -137,7 +137,8 @@ def _quiet_loaded_libraries() -> None:
             getattr(loaded, switch)()
 
 
-def _warning_to_log(message, category, filename, lineno, file=None, line=None) -> None:
+def _warning_to_log(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    file: TextIO | None = None, line: str | None = None) -> None:
     logging.getLogger("py.warnings").warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
 
 

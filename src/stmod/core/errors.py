@@ -281,7 +281,7 @@ class EnvironmentProblem(StmodError):
 
     def __init__(self, path: str, code: int | None, cause: str) -> None:
         self.path, self.errno = path, code
-        name = f" ({errno.errorcode[code]})" if code in errno.errorcode else ""
+        name = f" ({errno.errorcode[code]})" if code is not None and code in errno.errorcode else ""
         super().__init__(f"{path}: {cause}{name}")
 
 
@@ -294,7 +294,8 @@ def environment_problem(exc: BaseException, path: object = None) -> EnvironmentP
     if not isinstance(exc, OSError) or code not in _CAUSES:
         return None
     where = exc.filename if exc.filename is not None else path
-    shown = _TEMPORARY.sub(r"\1", os.fsdecode(where)) if where is not None else "(unknown file)"
+    shown = _TEMPORARY.sub(r"\1", os.fsdecode(where)) if isinstance(where, (str, bytes, os.PathLike)) \
+        else "(unknown file)"
     return EnvironmentProblem(shown, code, _CAUSES[code])
 
 

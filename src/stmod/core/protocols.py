@@ -271,7 +271,9 @@ class JobFormat(Protocol):
     is passed only when the user gives it.
     """
 
-    paths: str
+    @property
+    def paths(self) -> str:
+        """``"job"`` or ``"cwd"`` (a plain attribute satisfies this)."""
 
     def detect(self, data: Mapping[str, object]) -> bool:
         """Whether ``data`` is in this format."""

@@ -11,7 +11,8 @@ and records every level, so the latent blend can look up ``trajectory[level]`` a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 import torch
@@ -40,7 +41,7 @@ class NoiseSchedule:
     steps_offset: int = 0
 
     @classmethod
-    def from_scheduler_config(cls, config) -> NoiseSchedule:
+    def from_scheduler_config(cls, config: Mapping[str, Any]) -> NoiseSchedule:
         """Build from a diffusers DDIM scheduler config (betas, ``set_alpha_to_one``)."""
         from diffusers import DDIMScheduler
 

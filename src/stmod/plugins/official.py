@@ -23,11 +23,14 @@ import difflib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stmod import hookimpl
 from stmod.core.errors import ConfigError
 from stmod.core.types import OFFICIAL_END_STEP
+
+if TYPE_CHECKING:
+    from stmod.core.registry import JobFormatRegistrar
 
 __all__ = ["is_official_config", "convert_official_config", "stmod_register_job_formats"]
 
@@ -242,7 +245,7 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
 
 
 @hookimpl
-def stmod_register_job_formats(register) -> None:
+def stmod_register_job_formats(register: JobFormatRegistrar) -> None:
     # Their paths are relative to the official repository's root, where its configs are run.
     register.add("videograin-official", detect=is_official_config, convert=convert_official_config, paths="cwd",
                  summary="the official VideoGrain configs (pretrained_model_path / dataset_config / editing_config)")

@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -121,7 +121,8 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_temporaries(folder: Path, *, name: str | None = None, alive=pid_alive) -> list[Path]:
+def stale_temporaries(folder: Path, *, name: str | None = None,
+                      alive: Callable[[int], bool] = pid_alive) -> list[Path]:
     """stmod's temporaries in ``folder`` (for target ``name``, or all) whose writer is no longer running."""
     try:
         entries = list(Path(folder).iterdir())

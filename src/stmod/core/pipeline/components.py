@@ -131,7 +131,7 @@ def job_inputs(spec: EditSpec) -> list[tuple[str, Path, bool]]:
     component names (mask folders, model folders, ...), the cache, and the job's folder when it holds an
     input (an output may lie inside that one, as ``out/`` beside the job file does)."""
     found: list[tuple[str, Path, bool]] = [("video.path input", _resolved(spec, spec.video.path), False)]
-    options = [(place, ref.options) for place, ref in component_refs(spec)]
+    options: list[tuple[str, object]] = [(place, ref.options) for place, ref in component_refs(spec)]
     options += [(f"control[{i}].model", c.model) for i, c in enumerate(spec.control) if c.model]
     for place, value in options:
         for text in _option_paths(value):
@@ -200,7 +200,7 @@ def claim_output(spec: EditSpec) -> Iterator[None]:
 
 def _check_nul_bytes(spec: EditSpec) -> None:
     """A NUL byte cannot be part of a file name: name the path that has one before anything opens it."""
-    named = [("video.path", spec.video.path), ("output", spec.output)]
+    named: list[tuple[str, str | os.PathLike[str]]] = [("video.path", spec.video.path), ("output", spec.output)]
     for place, ref in component_refs(spec):
         named += [(f"{place}.{key}", text) for key, value in ref.options.items() for text in _option_paths(value)]
     named += [(f"control[{i}].model", c.model) for i, c in enumerate(spec.control) if c.model]

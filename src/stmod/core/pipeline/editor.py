@@ -44,7 +44,7 @@ from stmod.core.pipeline.inversion import Inversion, cached_inversion
 from stmod.core.pipeline.progress import (CALLBACK_TENSOR_INPUTS, ProgressCallback, RunReporter,
                                           StepCallback)
 from stmod.core.pipeline.records import PhaseTimer, versions
-from stmod.core.pipeline.session import EditSession, to_model_frames, to_uint8
+from stmod.core.pipeline.session import EditSession, latent_size, to_model_frames, to_uint8
 from stmod.core.protocols import AttentionLevels, Backbone, ConditionsText, RecordsAttention
 from stmod.core.registry import Registry
 from stmod.core.sampling import NoiseSchedule, denoise
@@ -113,7 +113,9 @@ class Prepared:
 def _check_feature_levels(spec: EditSpec, backbone: Backbone, requests: tuple[FeatureRequest, ...]) -> None:
     """A layout's UNet ``level`` must have attention layers; backbones that can tell say so before loading."""
     levels = backbone.attention_levels(spec.base_dir) if isinstance(backbone, AttentionLevels) and requests else None
-    for request in requests if levels is not None else ():
+    if levels is None:
+        return
+    for request in requests:
         if request.level not in levels:
             raise LayoutError(f"layout option level: {request.level} has no attention layer in backbone "
                               f"{spec.backbone.name!r} (levels with attention: {', '.join(map(str, levels))}); "
@@ -330,6 +332,7 @@ class Editor:
                 layout = self._layout(spec, components, request, prepared.parts)
         run = {"versions": versions(), "inversion": inversion,
                "phases": timer.snapshot()}
+        assert layout is not None  # computed by prepare, or above from the inversion's features
         return LayoutResult(clip=clip, layout=layout, components=components, run=run)
 
     # -- phases ------------------------------------------------------------------------------------
@@ -366,7 +369,7 @@ class Editor:
         session, x0, schedule, timesteps = inverted.session, inverted.x0, inverted.schedule, inverted.timesteps
         spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
         branches: tuple[Branch, ...] = ("uncond", "cond") if spec.guidance != 1.0 else ("cond",)
-        request = _modulation_input(session, layout, len(x0), tuple(x0.shape[-2:]))
+        request = _modulation_input(session, layout, len(x0), latent_size(x0))
         modulator.prepare(request)
         recorder = modulator.start_recording() if spec.save_attention and isinstance(modulator, RecordsAttention) else None
         unet_text, control_text = _batch_text(_texts(modulator, request, backbone), len(x0), branches)
@@ -416,7 +419,7 @@ def _texts(modulator: object, request: ModulationInput, backbone: Backbone) -> T
     if isinstance(modulator, ConditionsText):
         return modulator.text_conditioning(request, backbone.encode_text)
     negative, prompt = backbone.encode_text([request.negative_prompt, request.prompt]).chunk(2)
-    by_branch = {"uncond": negative, "cond": prompt}
+    by_branch: dict[Branch, torch.Tensor] = {"uncond": negative, "cond": prompt}
     return TextConditioning(unet=by_branch, control=by_branch)
 
 
@@ -430,6 +433,6 @@ def _batch_text(text: TextConditioning, frames: int, branches: tuple[Branch, ...
 def _blend_context(session: EditSession, layout: LayoutMasks, x0: torch.Tensor,
                    trajectory: dict[int, torch.Tensor], schedule: NoiseSchedule) -> BlendContext:
     spec, backbone = session.spec, session.backbone
-    mask = downsample_masks(layout.union()[:, None], tuple(x0.shape[-2:]), spec.modulation.mask_downsample)
+    mask = downsample_masks(layout.union()[:, None], latent_size(x0), spec.modulation.mask_downsample)
     return BlendContext(mask=mask.to(backbone.device, backbone.dtype), source_latents=x0, trajectory=trajectory,
                         schedule=schedule, generator=torch.Generator(device=backbone.device).manual_seed(spec.seed))

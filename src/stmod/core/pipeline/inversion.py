@@ -18,7 +18,7 @@ import torch
 from stmod.core.features import FeatureRequest, InversionFeatureRecorder, InversionFeatures, word_positions
 from stmod.core.pipeline.cache import InversionCache
 from stmod.core.pipeline.records import PhaseTimer
-from stmod.core.pipeline.session import EditSession
+from stmod.core.pipeline.session import EditSession, latent_size
 from stmod.core.protocols import FeatureRecording, PreparesFromClip
 from stmod.core.sampling import NoiseSchedule, invert
 from stmod.core.types import ExtensionInput, ModulationInput
@@ -68,7 +68,7 @@ def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timest
     """DDIM inversion under the source prompt, the modulator installed without regions."""
     spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
     text = backbone.encode_text([spec.source_prompt]).repeat(len(x0), 1, 1)
-    modulator.prepare(ModulationInput(masks=None, num_frames=len(x0), latent_size=tuple(x0.shape[-2:]),
+    modulator.prepare(ModulationInput(masks=None, num_frames=len(x0), latent_size=latent_size(x0),
                                       config=spec.modulation.resolved(spec.steps), prompt=spec.source_prompt))
 
     def predict(x: torch.Tensor, t: int, k: int) -> torch.Tensor:
@@ -76,7 +76,7 @@ def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timest
         session.step(phase="invert", step_index=k, timestep=t, branches=("cond",))
         return backbone.predict_noise(x, t, text, controls=session.controls(1), cross_attention_kwargs=kwargs)
 
-    recording = contextlib.nullcontext()
+    recording: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if recorder is not None:
         assert isinstance(modulator, FeatureRecording)  # check_job made sure
         recording = modulator.record_features(recorder)
@@ -98,7 +98,7 @@ def _prepare_extensions(session: EditSession, x0: torch.Tensor, cache: Inversion
     for extension, ref in preparing:
         store = cache.store(key, ref.name) if cache is not None else None
         extension.prepare(ExtensionInput(spec=session.spec, frames=session.clip.frames,
-                                         latent_size=tuple(x0.shape[-2:]), num_frames=len(x0), store=store,
+                                         latent_size=latent_size(x0), num_frames=len(x0), store=store,
                                          device=backbone.device, dtype=backbone.dtype))
     return any(extension.needs_inversion() for extension, _ in preparing)
 
@@ -122,7 +122,7 @@ def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSche
         trajectory = {t: z.to(backbone.device, backbone.dtype) for t, z in entry.trajectory.items()}
         return Inversion(trajectory=trajectory, cache_info={"cached": True, "key": key},
                          features=_features(session, entry.features, requests))
-    recorder = (InversionFeatureRecorder(requests, num_frames=len(x0), latent_size=tuple(x0.shape[-2:]))
+    recorder = (InversionFeatureRecorder(requests, num_frames=len(x0), latent_size=latent_size(x0))
                 if requests else None)
     with timer.phase("invert"):
         trajectory = _run(session, x0, schedule, timesteps, recorder)

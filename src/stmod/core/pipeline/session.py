@@ -14,7 +14,7 @@ from stmod.core.pipeline.progress import RunReporter
 from stmod.core.protocols import Backbone, FollowsSteps, Phase
 from stmod.core.types import Branch, Control, EditSpec
 
-__all__ = ["EditSession", "to_model_frames", "to_uint8"]
+__all__ = ["EditSession", "latent_size", "to_model_frames", "to_uint8"]
 
 
 @attrs.define
@@ -61,6 +61,11 @@ class EditSession:
         for extension, _ in self.components.extensions:
             if isinstance(extension, FollowsSteps):
                 extension.step(phase=phase, step_index=step_index, timestep=timestep, branches=branches)
+
+
+def latent_size(latents: torch.Tensor) -> tuple[int, int]:
+    """``(h, w)`` of latents ``(..., h, w)``."""
+    return int(latents.shape[-2]), int(latents.shape[-1])
 
 
 def to_model_frames(frames: np.ndarray) -> torch.Tensor:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from stmod.plugins.eval.command import add_eval_arguments, eval_options
 
 if TYPE_CHECKING:  # the batch modules import torch: only when the command runs
-    from stmod.plugins.batch.manifest import DistInfo
+    from stmod.cli import Session
+    from stmod.plugins.batch.manifest import DistInfo, Manifest
 
 __all__ = ["configure", "run"]
 
@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_eval_arguments(parser.add_argument_group("metrics with --eval (as stmod-run eval)"))
 
 
-def _plan(args: argparse.Namespace, session, manifest, dist: DistInfo) -> int:
+def _plan(args: argparse.Namespace, session: Session, manifest: Manifest, dist: DistInfo) -> int:
     from stmod.core.pipeline.editor import Editor
     from stmod.plugins.batch.manifest import BatchState, group_jobs, shard_groups
     from stmod.plugins.batch.run import validate_jobs
@@ -50,7 +50,7 @@ def _plan(args: argparse.Namespace, session, manifest, dist: DistInfo) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     session.status(f"batch: {args.manifest}: loading the pipeline...")
     from stmod.core.pipeline.editor import Editor
     from stmod.plugins.batch.manifest import BatchError, BatchState, DistInfo, load_manifest

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import argparse
 
+from typing import TYPE_CHECKING
+
 from stmod.core.config import dump_job
 from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
+
+if TYPE_CHECKING:
+    from stmod.cli import Session
+    from stmod.core.types import EditSpec
 
 
 def _gib(text: str) -> float:
@@ -36,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="print the prediction's whole table (parts of the peak, attention working set)")
 
 
-def describe_window(spec) -> str:
+def describe_window(spec: EditSpec) -> str:
     """Which denoising steps the modulation covers, and why (the job's ``end_step`` or the default share)."""
     from stmod.core.types import MODULATED_FRACTION
 
@@ -47,7 +53,7 @@ def describe_window(spec) -> str:
     return f"modulation: {steps} ({why})"
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     spec = load_job_from_args(args, session.registry)
     session.status(f"check: {args.job or 'job'}: reading {spec.video.path.name}, building the components and the "
                    "layout (no weights load)...")

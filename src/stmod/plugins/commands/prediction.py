@@ -6,9 +6,9 @@ footprint and, on CUDA, torch for the free GPU memory (or takes it from ``--gpu-
 
 from __future__ import annotations
 
-from stmod.core.budget.estimate import estimate
+from stmod.core.budget.estimate import Estimate, estimate
 from stmod.core.budget.fit import fits, suggestions
-from stmod.core.budget.job import job_shape
+from stmod.core.budget.job import JobShape, ModelFootprint, job_shape
 from stmod.core.budget.report import estimate_lines, warning_lines
 from stmod.core.protocols import DescribesFootprint
 from stmod.core.types import EditSpec
@@ -25,7 +25,8 @@ def free_gpu_bytes(device: str) -> float | None:
     return float(torch.cuda.mem_get_info(torch.device(device))[0])
 
 
-def predict(spec: EditSpec, backbone: object, frames: int, *, device: str | None = None):
+def predict(spec: EditSpec, backbone: object, frames: int, *,
+            device: str | None = None) -> tuple[JobShape, ModelFootprint, Estimate] | None:
     """``(job shape, footprint, estimate)`` of ``spec`` over ``frames`` frames, or ``None`` when the
     backbone cannot tell its models (no :class:`DescribesFootprint`, or nothing readable)."""
     if not isinstance(backbone, DescribesFootprint):
