@@ -152,6 +152,7 @@ class EngineState:
         cannot branch on the timestep's value and modulates with λ = 0 instead (the same attention)."""
         if not self.in_window(step):
             return None
+        assert self.plan is not None  # in_window: prepared
         config = self.plan.config
         if not (config.modulate_self if kind == "self" else config.modulate_cross):
             return None
@@ -165,6 +166,7 @@ class EngineState:
 
     def token_strengths(self, step: StepInfo, kind: Literal["self", "cross"], layout: LevelLayout) -> torch.Tensor:
         """λ per token, float32 ``(F, N)``, of a call that :meth:`strength` says is modulated."""
+        assert self.plan is not None  # strength said modulated: prepared
         config = self.plan.config
         scale = config.self_strength if kind == "self" else config.cross_strength
         size = layout.self_size if kind == "self" else layout.cross_size
