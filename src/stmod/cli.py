@@ -172,6 +172,7 @@ PYTHON_FIXES_AS_FLAGS = {
     "overwrite=True": "--overwrite",
     "choose another output": "choose another output (--out)",
     'device="cpu"': "--device cpu",
+    "drop prompt_index=": "drop --prompt-index",
 }
 
 

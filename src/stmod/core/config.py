@@ -309,7 +309,7 @@ def load_job(path: Path, overrides: Mapping[str, Any] | None = None, *, allow_un
         if prompt_index is not None:
             raise ConfigError(f"prompt_index {prompt_index} chooses among the editing prompts of a file that lists "
                               "several (an official VideoGrain config); an stmod job has one prompt: drop "
-                              "--prompt-index", key="prompt_index", source=str(path))
+                              "prompt_index=", key="prompt_index", source=str(path))
     data = apply_overrides(data, overrides or {})
     return job_from_mapping(data, base_dir=base_dir, source=str(path))
 

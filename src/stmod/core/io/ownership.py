@@ -65,7 +65,7 @@ def replace_problem(path: Path) -> str | None:
     if is_owned(path) or not any(path.iterdir()):
         return None
     return (f"holds files stmod did not write (it has no {MARKER} marker), so stmod will not replace it, "
-            "not even with --overwrite; choose another path or empty it yourself")
+            "not even with overwrite=True; choose another path or empty it yourself")
 
 
 def require_replaceable(path: Path) -> None:
