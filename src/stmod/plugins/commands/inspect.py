@@ -23,9 +23,10 @@ def plugin_report(pm: StmodPluginManager) -> dict[str, Any]:
     """Plugins, versions, implemented hooks and components, plus plugins that failed to load."""
     by_plugin = pm.components_by_plugin()
     extras: dict[str, dict[str, list[str]]] = {}  # plugin -> {"command" | "job format": names}
-    for label, infos in (("command", pm.registry.commands), ("job format", pm.registry.job_formats)):
-        for info in infos.values():
-            extras.setdefault(info.plugin, {}).setdefault(label, []).append(info.name)
+    named = [("command", info.plugin, info.name) for info in pm.registry.commands.values()]
+    named += [("job format", info.plugin, info.name) for info in pm.registry.job_formats.values()]
+    for label, plugin_name, component in named:
+        extras.setdefault(plugin_name, {}).setdefault(label, []).append(component)
     plugins = []
     for name, record in pm.records.items():
         components: dict[str, list[str]] = {}
