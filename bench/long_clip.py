@@ -29,7 +29,8 @@ def one(frames: int, mode: str, args: argparse.Namespace) -> dict:
     import attrs
     import numpy as np
 
-    from stmod import editor_from_plugins, load_job
+    from stmod import Editor
+    from stmod.plugins.manager import load_job
     from stmod.backbones.shapes import edits, metrics, world
 
     case = edits.make_case(args.kind, 0)
@@ -40,7 +41,7 @@ def one(frames: int, mode: str, args: argparse.Namespace) -> dict:
         focus.update(window_frames=args.window, window_overlap=args.overlap, anchor_frames=args.anchors)
     spec = attrs.evolve(spec, modulation=attrs.evolve(spec.modulation, **focus), output=work / "out")
     began = time.perf_counter()
-    result = editor_from_plugins(progress=False, cache=False).run(spec)
+    result = Editor.from_plugins(progress=False, cache=False).run(spec)
     seconds = time.perf_counter() - began
     _, bodies, parts = world.render_clip(case.scene, frames)
     masks = edits.case_masks(case, bodies, parts)

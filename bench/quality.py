@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from stmod import editor_from_plugins
+from stmod import Editor
 from stmod.backbones.shapes import edits, independent, metrics
 from stmod.core.config import load_job
 from stmod.core.pipeline.cache import InversionCache
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace, save) -> dict:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"quality: unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
-    editor = editor_from_plugins(progress=False, cache=InversionCache(out / "cache"))
+    editor = Editor.from_plugins(progress=False, cache=InversionCache(out / "cache"))
     jobs = {c.name: edits.write_case(out / "cases" / c.name, c, frames=args.frames, steps=args.steps) for c in cases}
     frames_of = {c.name: getattr(c, "frames", None) or args.frames for c in cases}
     records = []

@@ -35,12 +35,12 @@ if TYPE_CHECKING:
     from stmod.core.io.video import ClipPlan
     from stmod.core.pipeline.editor import EditResult, LayoutResult
     from stmod.core.budget.job import ModelFootprint
-    from stmod.core.protocols import (Backbone, Blender, ConditionsText, ControlAnnotator, DescribesFootprint, Extension,
-                                      FeatureRecording, LayoutProvider, LayoutReporting, Modulator, Phase,
-                                      RecordsAttention, Tokenizer)
+    from stmod.core.protocols import (AttentionLevels, Backbone, Blender, ChecksJob, ConditionsText, ControlAnnotator,
+                                      DescribesFootprint, Extension, FeatureRecording, FollowsSteps, LayoutProvider,
+                                      LayoutReporting, Modulator, Phase, PreparesFromClip, RecordsAttention,
+                                      Tokenizer)
     from stmod.core.types import (BlendContext, EditSpec, ExtensionInput, LayoutMasks, LayoutReport, LayoutRequest,
                                   ModulationConfig, ModulationInput, Range, Region, TextConditioning, number)
-    from stmod.plugins.manager import editor_from_plugins, load_job
 
 #: Decorator for hook implementations in plugins: ``@stmod.hookimpl def stmod_register_...``.
 hookimpl = pluggy.HookimplMarker("stmod")
@@ -57,15 +57,14 @@ _LAZY = {
                     "stmod.core.types"),
     **dict.fromkeys(("Backbone", "LayoutProvider", "Modulator", "Blender", "ControlAnnotator", "Extension", "Phase",
                      "Tokenizer", "LayoutReporting", "ConditionsText", "FeatureRecording", "RecordsAttention",
-                     "DescribesFootprint"), "stmod.core.protocols"),
+                     "DescribesFootprint", "ChecksJob", "PreparesFromClip", "FollowsSteps", "AttentionLevels"),
+                    "stmod.core.protocols"),
     "ModelFootprint": "stmod.core.budget.job",
     **dict.fromkeys(("FeatureRequest", "FeatureMaps", "InversionFeatures"), "stmod.core.features"),
     **dict.fromkeys(("EditResult", "LayoutResult"), "stmod.core.pipeline.editor"),
     "Editor": "stmod.api",
     "EditCancelled": "stmod.core.errors",
     "ClipPlan": "stmod.core.io.video",
-    "load_job": "stmod.plugins.manager",
-    "editor_from_plugins": "stmod.plugins.manager",
 }
 
 __all__ = ["hookimpl", "hookspec", "__version__", *_LAZY]

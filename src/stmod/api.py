@@ -1,4 +1,4 @@
-"""The Python API in diffusers' conventions: ``Editor.from_pretrained`` / ``Editor.from_pipe``, then ``run``.
+"""The Python API in diffusers' conventions: ``Editor.from_pretrained`` / ``Editor.from_pipe``, then run.
 
 ::
 
@@ -7,88 +7,118 @@
 
     editor = Editor.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype=torch.float16,
                                     device="cuda")
-    result = editor.run("job.yaml", callback_on_step_end=lambda phase, step, t, latents: None)
+    result = editor("job.yaml")        # or editor.run("job.yaml", overwrite=True, callback_on_step_end=...)
 
 The model an editor was made from replaces each job's ``backbone`` (as a diffusers pipeline is its
 model); a job is an :class:`~stmod.EditSpec`, a job file or a mapping (paths relative to the working
-directory). See ``docs/python.md``.
+directory). See ``docs/python.md``. The constructors live here, above the core, because they build
+the plugin manager; everything an editor does is :class:`stmod.core.pipeline.editor.Editor`'s.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from stmod.core.pipeline.editor import Editor as _CoreEditor
-from stmod.core.pipeline.editor import EditResult, StepCallback
+from stmod.core.devices import check_device, dtype_name
+from stmod.core.errors import InputError
+from stmod.core.pipeline.cache import InversionCache
+from stmod.core.pipeline.editor import Editor as _EditorBase
+from stmod.core.pipeline.progress import ProgressCallback
 from stmod.core.registry import ComponentInfo, Registry
-from stmod.core.types import ComponentRef, EditSpec
+from stmod.core.types import ComponentRef
 
-__all__ = ["Editor"]
+__all__ = ["Editor", "pretrained_backbone"]
 
 log = logging.getLogger(__name__)
 
-#: Backbones named by ``from_pretrained`` instead of a model location.
-_NAMED = ("shapes", "tiny")
+#: The option a backbone declares when it loads a model from a hub id, folder or file.
+_LOCATION_OPTION = "model"
 
 
-def _registry(plugins: Any = None) -> Registry:
+def _registry(plugin_args: Sequence[str] = ()) -> Registry:
     from stmod.plugins.manager import make_plugin_manager
 
-    return make_plugin_manager(plugin_args=list(plugins or [])).registry
+    return make_plugin_manager(plugin_args=list(plugin_args)).registry
 
 
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _dtype_name(torch_dtype: Any) -> str | None:
-    return None if torch_dtype is None else str(torch_dtype).replace("torch.", "")
+def _option_names(registry: Registry, name: str) -> set[str]:
+    options = registry.info("backbone", name).options
+    return set(attrs.fields_dict(options)) if options is not None else set()
 
 
-class Editor(_CoreEditor):
-    """:class:`stmod.core.pipeline.editor.Editor` plus diffusers-style constructors and flexible jobs."""
+def pretrained_backbone(registry: Registry, name_or_path: str | Path, backbone: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(backbone name, options)`` for ``Editor.from_pretrained(name_or_path)``: a registered backbone's
+    name is that backbone; anything else is a model location (hub id, folder, file) for the backbone that
+    loads one (its options declare ``model``): ``backbone`` when given, else the only such backbone."""
+    text = str(name_or_path)
+    if backbone is None and text in registry.components("backbone"):
+        return text, {}
+    loaders = sorted(name for name in registry.components("backbone") if _LOCATION_OPTION in _option_names(registry, name))
+    if backbone is None:
+        if len(loaders) != 1:
+            raise InputError("backbone", None, f"several backbones load a model location ({', '.join(loaders)}); "
+                                               f"pass backbone= one of them" if loaders else
+                             "no installed backbone loads a model location")
+        backbone = loaders[0]
+    elif backbone not in loaders:
+        registry.info("backbone", backbone)  # an unknown name: the error lists the installed ones
+        raise InputError("backbone", backbone, f"does not load a model location; choose one of {', '.join(loaders)}")
+    path = Path(text).expanduser()
+    return backbone, {_LOCATION_OPTION: str(path.resolve()) if path.exists() else text}
 
-    backbone: ComponentRef | None = None
-    _pipeline_backbone: Any = None  # the backbone over the pipeline given to from_pipe
+
+class Editor(_EditorBase):
+    """The Python entry: an editor made from a model (:meth:`from_pretrained`), a loaded diffusers pipeline
+    (:meth:`from_pipe`) or the installed plugins (:meth:`from_plugins`); call it, or :meth:`run`, on jobs."""
+
+    _pipe: Any = None  # the pipeline given to from_pipe (and the annotators of its ControlNets)
+    _pipe_annotators: Sequence[str] | None = None
+    _pipeline_backbone: Any = None
 
     @classmethod
-    def from_pretrained(cls, model_or_folder: str | Path, *, torch_dtype: Any = None, device: str | None = None,
-                        progress: bool = True, cache: Any = None, **options: Any) -> Editor:
-        """An editor whose jobs run on ``model_or_folder``: a hub id, a diffusers folder or a ``.safetensors``
-        file (the ``sd15`` backbone), or ``"shapes"`` / ``"tiny"`` (the built-in small models).
+    def from_plugins(cls, plugin_args: Sequence[str] = (), *, progress: bool = True,
+                     cache: InversionCache | None | bool = None, on_progress: ProgressCallback | None = None) -> Editor:
+        """An editor over the installed plugins (``plugin_args`` select them as ``stmod-run -p`` does) that
+        runs each job on the job's own ``backbone``."""
+        return cls(_registry(plugin_args), progress=progress, cache=cache, on_progress=on_progress)
 
-        :param torch_dtype: ``torch.float16`` etc. (``sd15``; default float16 on CUDA, float32 on CPU).
-        :param device: ``"cuda"``, ``"cpu"``, ``"cuda:1"`` (default: CUDA when available; CPU for shapes/tiny).
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, torch_dtype: Any = None, device: str | None = None,
+                        backbone: str | None = None, progress: bool = True, cache: InversionCache | None | bool = None,
+                        plugin_args: Sequence[str] = (), **options: Any) -> Editor:
+        """An editor whose jobs run on ``name_or_path``: the name of an installed backbone (``"shapes"``,
+        ``"tiny"``, see ``stmod-run list backbones``), or a hub id, a diffusers folder or a ``.safetensors``
+        file for the backbone that loads model locations (``sd15``; ``backbone=`` picks one when several do).
+
+        :param torch_dtype: ``torch.float16`` etc. (default float16 on CUDA, float32 on CPU), for a backbone
+            with a ``dtype`` option.
+        :param device: ``"cuda"``, ``"cpu"``, ``"cuda:1"``; refused here when this machine has no such device.
         :param progress: progress bars on stderr; ``cache``: as for the core editor (``False``: no inversion cache).
-        :param options: further backbone options (``vae_tiling=True``, ``cpu_offload=True``, ``vae_batch``).
+        :param options: further backbone options (``vae_tiling=True``, ``cpu_offload=True``, ``vae_batch``);
+            an unknown one is refused here, by name.
         """
-        name = str(model_or_folder)
-        if name in _NAMED:
-            ref_options = {**({"device": device} if device else {}), **options}
-            if torch_dtype is not None:
-                raise TypeError(f"the {name!r} backbone picks its dtype itself; drop torch_dtype")
-            ref = ComponentRef(name=name, options=ref_options)
-        else:
-            path = Path(name).expanduser()
-            model = str(path.resolve()) if path.exists() else name
-            extra = {k: v for k, v in (("dtype", _dtype_name(torch_dtype)), ("device", device)) if v is not None}
-            ref = ComponentRef(name="sd15", options={"model": model, **extra, **options})
-        registry = _registry()
+        registry = _registry(plugin_args)
+        name, ref_options = pretrained_backbone(registry, name_or_path, backbone)
+        accepted = _option_names(registry, name)
+        for argument, value in (("dtype", dtype_name(torch_dtype)),
+                                ("device", None if device is None else check_device(device))):
+            if value is not None and argument not in accepted:
+                given = "torch_dtype" if argument == "dtype" else argument
+                raise InputError(given, value, f"the {name!r} backbone picks its {argument} itself; drop {given}")
+            if value is not None:
+                ref_options[argument] = value
+        ref = ComponentRef(name=name, options={**ref_options, **options})
         registry.parse_options("backbone", ref.name, dict(ref.options), place="Editor.from_pretrained")  # fail now
-        editor = cls(registry, progress=progress, cache=cache)
-        editor.backbone = ref
-        return editor
+        return cls(registry, backbone=ref, progress=progress, cache=cache)
 
     @classmethod
     def from_pipe(cls, pipe: Any, *, device: str | None = None, annotators: Sequence[str] | None = None,
-                  progress: bool = True, cache: Any = None) -> Editor:
+                  progress: bool = True, cache: InversionCache | None | bool = None) -> Editor:
         """An editor over an already-loaded diffusers ``StableDiffusionPipeline`` or
         ``StableDiffusionControlNetPipeline`` (fine-tuned, LoRA-loaded, ...): its VAE, UNet, text encoder,
         tokenizer, scheduler config and ControlNet(s) are used as they are.
@@ -97,18 +127,32 @@ class Editor(_CoreEditor):
             read from each ControlNet's name, e.g. ``lllyasviel/control_v11p_sd15_canny`` → ``canny``). A job's
             control entry without ``model:`` takes the pipeline's ControlNet for its annotator.
         """
+        editor = cls(_registry(), backbone=ComponentRef(name="pipeline"), progress=progress, cache=cache)
+        editor._pipe, editor._pipe_annotators = pipe, annotators
+        editor._use_pipe(None if device is None else check_device(device))
+        return editor
+
+    def _use_pipe(self, device: str | None) -> None:
+        """Register the pipeline as the ``pipeline`` backbone, on ``device``."""
         from stmod.backbones.pipe import PipelineBackbone
 
-        backbone = PipelineBackbone(pipe, device=device, annotators=annotators)
-        base = _registry()
-        components = {kind: base.components(kind) for kind in ("backbone", "layout", "modulator", "blender", "annotator")}
+        backbone = PipelineBackbone(self._pipe, device=device, annotators=self._pipe_annotators)
+        components = {kind: self.registry.components(kind) for kind in ("backbone", "layout", "modulator", "blender",
+                                                                         "annotator", "extension")}
         components["backbone"]["pipeline"] = ComponentInfo(kind="backbone", name="pipeline", factory=lambda: backbone,
                                                            summary="the pipeline given to Editor.from_pipe",
                                                            plugin="stmod.api")
-        editor = cls(Registry(components, base.commands, base.job_formats), progress=progress, cache=cache)
-        editor.backbone = ComponentRef(name="pipeline")
-        editor._pipeline_backbone = backbone
-        return editor
+        self.registry = Registry(components, self.registry.commands, self.registry.job_formats)
+        self._backbones.clear()
+        self._pipeline_backbone = backbone
+
+    def to(self, device: Any) -> Editor:
+        """Run later jobs on ``device`` (see the core editor's ``to``); a pipeline's models move with it."""
+        if self._pipe is None:
+            super().to(device)
+        else:
+            self._use_pipe(check_device(device))
+        return self
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | None = None) -> None:
         """Keep the models on the CPU and move each to the GPU when it runs, through accelerate's hooks (as
@@ -117,42 +161,20 @@ class Editor(_CoreEditor):
         :param gpu_id: the CUDA device index (``device="cuda:1"`` says the same); default 0.
         """
         if gpu_id is not None and device is not None:
-            raise TypeError("pass gpu_id or device, not both")
+            raise InputError("device", device, "pass gpu_id or device, not both")
+        import torch
+
         target = device or f"cuda:{gpu_id or 0}"
-        if not device and not torch_cuda_available():
+        if not device and not torch.cuda.is_available():
             target = "cpu"  # the backbone says there is nothing to offload
-        loaded = [b for b in (*self._backbones.values(), self._pipeline_backbone)
-                  if callable(getattr(b, "enable_model_cpu_offload", None))]
-        loaded = list({id(b): b for b in loaded}.values())
-        for backbone in loaded:  # already loaded: offload them in place (their cache keys stay)
+        loaded = {id(b): b for b in (*self._backbones.values(), self._pipeline_backbone)
+                  if callable(getattr(b, "enable_model_cpu_offload", None))}
+        for backbone in loaded.values():  # already loaded: offload them in place (their cache keys stay)
             backbone.enable_model_cpu_offload(target)
-        if loaded or self.backbone is None:
+        if loaded or self.backbone is None or self._pipe is not None:
             return
-        if self.backbone.name != "sd15":
+        if "cpu_offload" not in _option_names(self.registry, self.backbone.name):
             log.warning("enable_model_cpu_offload: the %r backbone runs on the CPU; nothing to offload", self.backbone.name)
             return
         self.backbone = attrs.evolve(self.backbone, options={**self.backbone.options, "cpu_offload": True,
                                                              "device": target})
-
-    def job(self, job: EditSpec | str | Path | Mapping[str, Any]) -> EditSpec:
-        """``job`` as an :class:`EditSpec` on this editor's model (a file in any installed format; a mapping's
-        relative paths are taken from the working directory)."""
-        from stmod.core.config import job_from_mapping, load_job
-
-        if isinstance(job, Mapping):
-            spec = job_from_mapping(job, base_dir=Path.cwd(), source="Editor.run")
-        elif isinstance(job, EditSpec):
-            spec = job
-        else:
-            spec = load_job(Path(job), formats=self.registry.job_formats.values())
-        return spec if self.backbone is None else attrs.evolve(spec, backbone=self.backbone)
-
-    def check(self, spec: EditSpec, *, check_output: bool = True):  # type: ignore[override]
-        return super().check(self.job(spec), check_output=check_output)
-
-    def run(self, job: EditSpec | str | Path | Mapping[str, Any], *,  # type: ignore[override]
-            callback_on_step_end: StepCallback | None = None) -> EditResult:
-        """Edit ``job`` (see :meth:`job`) and write its output folder. ``callback_on_step_end(phase, step,
-        timestep, latents)`` runs after every inversion and denoising step; returning ``False`` stops the
-        edit with :class:`stmod.EditCancelled` and writes nothing."""
-        return super().run(self.job(job), callback_on_step_end=callback_on_step_end)

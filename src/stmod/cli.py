@@ -137,7 +137,8 @@ def _quiet_loaded_libraries() -> None:
             getattr(loaded, switch)()
 
 
-def _warning_to_log(message, category, filename, lineno, file=None, line=None) -> None:
+def _warning_to_log(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    file: TextIO | None = None, line: str | None = None) -> None:
     logging.getLogger("py.warnings").warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
 
 
@@ -164,6 +165,22 @@ def _silence_stdout() -> None:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+
+
+#: Fixes as errors give them to Python callers → the same fix with this command line's flags.
+PYTHON_FIXES_AS_FLAGS = {
+    "overwrite=True": "--overwrite",
+    "choose another output": "choose another output (--out)",
+    'device="cpu"': "--device cpu",
+    "drop prompt_index=": "drop --prompt-index",
+}
+
+
+def in_cli_terms(message: str) -> str:
+    """An error's message with its Python fixes (``overwrite=True``) said as flags (``--overwrite``)."""
+    for python, flag in PYTHON_FIXES_AS_FLAGS.items():
+        message = message.replace(python, flag)
+    return message
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
@@ -193,7 +210,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)
     except StmodError as exc:
-        print(f"{PROG}: error: {exc}", file=stderr)
+        print(f"{PROG}: error: {in_cli_terms(str(exc))}", file=stderr)
         if verbose > 1:
             traceback.print_exc(file=stderr)
         return EXIT_USER

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -35,6 +35,9 @@ from stmod.core.features import InversionFeatures
 from stmod.core.sampling import NoiseSchedule
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest, ModulationInput
 from stmod.plugins.manager import StmodPluginManager, make_plugin_manager
+
+if TYPE_CHECKING:
+    from stmod.core.registry import ComponentRegistrar
 
 __all__ = [
     "fresh_plugin_manager",
@@ -198,21 +201,21 @@ class NullModulator:
 
 
 @hookimpl
-def stmod_register_backbones(register) -> None:
+def stmod_register_backbones(register: ComponentRegistrar) -> None:
     register.add("identity", IdentityBackbone, summary="stand-in backbone without a model (stmod.testing)")
 
 
 @hookimpl
-def stmod_register_modulators(register) -> None:
+def stmod_register_modulators(register: ComponentRegistrar) -> None:
     register.add("null", NullModulator, summary="stand-in modulator: plain attention (stmod.testing)")
 
 
 @hookimpl
-def stmod_register_layout_providers(register) -> None:
+def stmod_register_layout_providers(register: ComponentRegistrar) -> None:
     register.add("full-frame", ConstantLayoutProvider,
                  summary="stand-in layout: every region covers the whole frame (stmod.testing)")
 
 
 @hookimpl
-def stmod_register_annotators(register) -> None:
+def stmod_register_annotators(register: ComponentRegistrar) -> None:
     register.add("passthrough", PassThroughAnnotator, summary="stand-in annotator: frames as control (stmod.testing)")

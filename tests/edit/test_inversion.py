@@ -80,7 +80,7 @@ def test_latent_blend_keeps_outside_on_trajectory(demo_job) -> None:
     editor = Editor(fresh_plugin_manager(plugin).registry, progress=False)
     editor.run(load_job(demo_job(blend="recording-latent", steps=4)))
     (blender,) = plugin.instances
-    trajectory, mask = blender.context["trajectory"], blender.context["mask"]
+    trajectory, mask = blender.context.trajectory, blender.context.mask
     outside = (mask == 0).expand_as(blender.steps[0][1])
     assert outside.any() and (~outside).any()
     assert [level for level, _ in blender.steps] == [*ddim_timesteps(4)[1:], 0]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stmod import Editor, load_job
+from stmod import Editor
+from stmod.plugins.manager import load_job
 from stmod.core.config import dump_job, job_from_mapping
 from stmod.core.errors import ConfigError
 from stmod.core.st_layout.state import EngineState

@@ -77,7 +77,7 @@ def test_cpu_offload_on_the_cpu_is_a_no_op_with_a_warning(tiny_folder: Path, cap
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only path")
 def test_editor_enable_model_cpu_offload_without_a_gpu_still_edits(demo_job, tiny_folder: Path) -> None:
-    from stmod import load_job
+    from stmod.plugins.manager import load_job
 
     editor = Editor.from_pretrained(tiny_folder, device="cpu", progress=False, cache=False)
     editor.enable_model_cpu_offload()

@@ -25,11 +25,16 @@ def test_from_pretrained_runs_a_mapping_with_a_step_callback(demo_job, tiny_fold
     editor = Editor.from_pretrained(tiny_folder, torch_dtype=torch.float32, device="cpu", progress=False, cache=False)
     assert stmod.Editor is Editor and editor.backbone.options["dtype"] == "float32"
     calls = []
-    result = editor.run(_job(demo_job), callback_on_step_end=lambda *call: calls.append(call))
+
+    def callback(pipe, step, timestep, callback_kwargs):
+        calls.append((callback_kwargs["phase"], step, timestep, callback_kwargs["latents"], pipe))
+        return callback_kwargs
+
+    result = editor.run(_job(demo_job), callback_on_step_end=callback)
     steps = yaml.safe_load(demo_job().read_text())["steps"]
     assert [(c[0], c[1]) for c in calls] == ([("inversion", i) for i in range(steps)]
                                              + [("denoising", i) for i in range(steps)])
-    assert all(isinstance(c[2], int) and c[3].shape[1] == 4 for c in calls)
+    assert all(isinstance(c[2], int) and c[3].shape[1] == 4 and c[4] is editor for c in calls)
     assert result.frames.dtype.name == "uint8" and (result.output / "result.mp4").exists()
     from diffusers.utils import export_to_video
 
@@ -37,11 +42,43 @@ def test_from_pretrained_runs_a_mapping_with_a_step_callback(demo_job, tiny_fold
     assert (tmp_path / "diffusers.mp4").stat().st_size > 0
 
 
-def test_a_callback_returning_false_cancels_and_writes_nothing(demo_job, tiny_folder: Path, tmp_path: Path) -> None:
+def test_a_callback_setting_the_interrupt_flag_cancels_and_writes_nothing(demo_job, tiny_folder: Path) -> None:
+    """diffusers' interrupt: the callback sets ``pipe._interrupt``; the edit stops after that step."""
     editor = Editor.from_pretrained(tiny_folder, device="cpu", progress=False, cache=False)
+    job = _job(demo_job)
+
+    def interrupt(pipe, step, timestep, callback_kwargs):
+        if callback_kwargs["phase"] == "denoising" and step == 1:
+            pipe._interrupt = True
+        return callback_kwargs
+
     with pytest.raises(EditCancelled, match="denoising step 1"):
-        editor.run(_job(demo_job), callback_on_step_end=lambda phase, step, t, x: not (phase == "denoising" and step == 1))
-    assert not (tmp_path / "out").exists()
+        editor.run(job, callback_on_step_end=interrupt)
+    assert editor.interrupt and not Path(job["output"]).exists()
+
+
+def test_a_callback_written_for_a_diffusers_pipeline_runs_as_it_is(demo_job, tiny_folder: Path, tmp_path: Path) -> None:
+    """A diffusers ``PipelineCallback`` (its own ``tensor_inputs``) and the docs' latents-replacing callback
+    work unchanged: what the callback returns for ``latents`` is what the next step starts from."""
+    from diffusers.callbacks import PipelineCallback
+
+    class ZeroLatentsAtStep(PipelineCallback):  # diffusers' documented way to write a reusable callback
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            if step_index == self.config.cutoff_step_index and callback_kwargs.get("phase") == "denoising":
+                return {"latents": torch.zeros_like(callback_kwargs["latents"])}
+            return callback_kwargs
+
+    editor = Editor.from_pretrained(tiny_folder, device="cpu", progress=False, cache=False)
+    job = _job(demo_job)
+    plain = editor.run({**job, "output": str(tmp_path / "plain")})
+    steps = yaml.safe_load(demo_job().read_text())["steps"]
+    changed = editor.run({**job, "output": str(tmp_path / "zeroed")},
+                         callback_on_step_end=ZeroLatentsAtStep(cutoff_step_ratio=None, cutoff_step_index=steps - 1))
+    assert (plain.frames != changed.frames).any()
+    with pytest.raises(stmod.InputError, match="callback_on_step_end_tensor_inputs.*prompt_embeds"):
+        editor.run(job, callback_on_step_end=lambda *a: a[-1], callback_on_step_end_tensor_inputs=["prompt_embeds"])
 
 
 def test_from_pipe_uses_a_loaded_pipeline(demo_job, tiny_folder: Path) -> None:

@@ -32,7 +32,7 @@ def test_exactly_the_first_steps_are_skipped(demo_job, monkeypatch: pytest.Monke
     calls = []
     spec = load_job(demo_job(steps=steps, skip_fraction=fraction))
     result = Editor(fresh_plugin_manager().registry, progress=False, cache=False).run(
-        spec, callback_on_step_end=lambda *call: calls.append(call[:3]))
+        spec, callback_on_step_end=lambda editor, step, t, kwargs: calls.append((kwargs["phase"], step, t)))
     skipped = int(steps * fraction)
     assert spec.skipped_steps == skipped and result.run["skipped_steps"] == skipped
     assert seen["timesteps"] == seen["all"][skipped:]

@@ -40,11 +40,11 @@ def test_latent_blend_matches_reference() -> None:
     ctx = _context()
     z = torch.randn(3, 4, 6, 5)
     out = LatentBlend(BlendOptions()).blend(z, step_index=0, timestep=40, next_timestep=20, context=ctx)
-    m, src = ctx["mask"].double(), ctx["trajectory"][20].double()
+    m, src = ctx.mask.double(), ctx.trajectory[20].double()
     expected = (1 - m) * src + m * z.double()
     assert torch.allclose(out.double(), expected, atol=1e-6)
-    outside = ctx["mask"].expand_as(z) == 0
-    assert torch.equal(out[outside], ctx["trajectory"][20][outside])
+    outside = ctx.mask.expand_as(z) == 0
+    assert torch.equal(out[outside], ctx.trajectory[20][outside])
     assert torch.equal(out[~outside], z[~outside])
 
 
@@ -61,7 +61,7 @@ def test_videograin_blend_matches_reference() -> None:
     z = torch.randn(3, 4, 6, 5)
     out = VideoGrainBlend(BlendOptions()).blend(z, step_index=2, timestep=40, next_timestep=20, context=ctx)
     eps = torch.randn(3, 4, 6, 5, generator=torch.Generator().manual_seed(4)).double()
-    x0, m = ctx["source_latents"].double(), ctx["mask"].double()
+    x0, m = ctx.source_latents.double(), ctx.mask.double()
     noised = math.sqrt(1 - 0.4) * x0 + math.sqrt(0.4) * eps
     assert torch.allclose(out.double(), m * z.double() + (1 - m) * noised, atol=1e-5)
 

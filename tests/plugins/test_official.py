@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stmod import load_job
+from stmod.plugins.manager import load_job
 from stmod.core.errors import ConfigError
 
 # The shape of the official part-level demo config (config/part_level/...), abridged.

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from stmod import load_job
+from stmod.plugins.manager import load_job
 from stmod.core.errors import LayoutError
 from stmod.core.pipeline.editor import Editor
 from stmod.core.st_layout.labels import level_layout, rules_for

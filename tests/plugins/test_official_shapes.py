@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 import stmod.testing
-from stmod import load_job
 from stmod.backbones.annotators import ANNOTATOR_REPO
+from stmod.plugins.manager import load_job
 from stmod.core.errors import ConfigError
 from stmod.core.pipeline.editor import Editor
 from stmod.plugins.official import convert_official_config

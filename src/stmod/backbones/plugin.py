@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from stmod import hookimpl
+
+if TYPE_CHECKING:
+    from stmod.core.registry import ComponentRegistrar
 
 # By reference ("module:attribute"): these modules import torch, diffusers and OpenCV, which only a
 # job that uses the component should pay for (``stmod-run --help`` and ``list`` do not).
@@ -10,7 +15,7 @@ _ANN = "stmod.backbones.annotators:"
 
 
 @hookimpl
-def stmod_register_backbones(register) -> None:
+def stmod_register_backbones(register: ComponentRegistrar) -> None:
     register.add("sd15", "stmod.backbones.sd15:StableDiffusionBackbone",
                  options="stmod.backbones.sd15:SD15Options",
                  summary="Stable Diffusion 1.5 family (hub id, diffusers folder or .safetensors) + ControlNets")
@@ -22,7 +27,7 @@ def stmod_register_backbones(register) -> None:
 
 
 @hookimpl
-def stmod_register_annotators(register) -> None:
+def stmod_register_annotators(register: ComponentRegistrar) -> None:
     register.add("canny", _ANN + "CannyAnnotator", options=_ANN + "CannyOptions",
                  summary="Canny edges (controlnet-aux; no weights needed)")
     register.add("depth", _ANN + "DepthAnnotator", options=_ANN + "WeightsOptions",

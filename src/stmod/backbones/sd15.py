@@ -173,7 +173,7 @@ class StableDiffusionBackbone:
 
     def check(self, spec: EditSpec) -> None:
         if self.options.device != "auto" and self.device.type == "cuda" and not torch.cuda.is_available():
-            raise CheckpointError(self.options.device, "device is CUDA but no CUDA device is available; use --device cpu")
+            raise CheckpointError(self.options.device, 'device is CUDA but no CUDA device is available; use device="cpu"')
         problems: list[CheckpointError] = []  # every missing one at once, not one per run
         checks = [(self.options.model, "SD 1.5 model", ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
                    "model")]

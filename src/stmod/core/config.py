@@ -303,7 +303,7 @@ def load_job(path: Path, overrides: Mapping[str, Any] | None = None, *, allow_un
     data, base_dir = load_mapping(path), path.resolve().parent
     for fmt in formats:
         if fmt.detect(data):
-            chosen = {} if prompt_index is None else {"prompt_index": prompt_index}
+            chosen: dict[str, Any] = {} if prompt_index is None else {"prompt_index": prompt_index}
             if overrides and _takes(fmt.convert, "overrides"):  # its messages can then match what will run
                 chosen["overrides"] = overrides
             data = dict(fmt.convert(data, source=path, allow_unsupported=allow_unsupported, **chosen))
@@ -313,7 +313,7 @@ def load_job(path: Path, overrides: Mapping[str, Any] | None = None, *, allow_un
         if prompt_index is not None:
             raise ConfigError(f"prompt_index {prompt_index} chooses among the editing prompts of a file that lists "
                               "several (an official VideoGrain config); an stmod job has one prompt: drop "
-                              "--prompt-index", key="prompt_index", source=str(path))
+                              "prompt_index=", key="prompt_index", source=str(path))
     data = apply_overrides(data, overrides or {})
     return job_from_mapping(data, base_dir=base_dir, source=str(path))
 

@@ -222,7 +222,7 @@ class MissingFilesError(CheckpointError):
     """
 
     def __init__(self, problems: Sequence[CheckpointError]) -> None:
-        self.problems = tuple(p for error in problems
+        self.problems: tuple[CheckpointError, ...] = tuple(p for error in problems
                               for p in (error.problems if isinstance(error, MissingFilesError) else (error,)))
         StmodError.__init__(self, *self.problems)
         self.location, self.kind = ", ".join(p.location for p in self.problems), None
@@ -245,11 +245,12 @@ class MissingFilesError(CheckpointError):
 
 
 class OutputExistsError(StmodError):
-    """The output folder exists and ``--overwrite`` was not given."""
+    """The output folder exists and ``overwrite`` was not asked for (``--overwrite`` on the command line)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        super().__init__(f"output folder {path} already exists; pass --overwrite to replace it or choose --out")
+        super().__init__(f"output folder {path} already exists; pass overwrite=True to replace it or choose "
+                         "another output")
 
 
 class MissingDependencyError(StmodError):
@@ -319,7 +320,7 @@ class EnvironmentProblem(StmodError):
 
     def __init__(self, path: str, code: int | None, cause: str) -> None:
         self.path, self.errno = path, code
-        name = f" ({errno.errorcode[code]})" if code in errno.errorcode else ""
+        name = f" ({errno.errorcode[code]})" if code is not None and code in errno.errorcode else ""
         super().__init__(f"{path}: {cause}{name}")
 
 
@@ -332,7 +333,8 @@ def environment_problem(exc: BaseException, path: object = None) -> EnvironmentP
     if not isinstance(exc, OSError) or code not in _CAUSES:
         return None
     where = exc.filename if exc.filename is not None else path
-    shown = _TEMPORARY.sub(r"\1", os.fsdecode(where)) if where is not None else "(unknown file)"
+    shown = _TEMPORARY.sub(r"\1", os.fsdecode(where)) if isinstance(where, (str, bytes, os.PathLike)) \
+        else "(unknown file)"
     return EnvironmentProblem(shown, code, _CAUSES[code])
 
 

@@ -42,6 +42,7 @@ from attrs import field, frozen, validators
 from stmod.core.errors import LayoutError
 from stmod.core.levels import level_grid, level_of
 from stmod.core.tokens import prompt_token_ids
+from stmod.core.types import as_tuple
 
 if TYPE_CHECKING:
     from stmod.core.protocols import LayoutProvider, Tokenizer
@@ -117,8 +118,8 @@ class FeatureMaps:
     """
 
     request: FeatureRequest
-    grid: tuple[int, int] = field(converter=tuple)
-    reference: tuple[int, ...] = field(converter=tuple)
+    grid: tuple[int, int] = field(converter=as_tuple)
+    reference: tuple[int, ...] = field(converter=as_tuple)
     self_rows: torch.Tensor = field(eq=False)
     cross: torch.Tensor = field(eq=False)
     self_calls: int = 0
@@ -136,10 +137,10 @@ class InversionFeatures:
     :ivar levels: the UNet levels at which self-attention was seen (for error messages).
     """
 
-    maps: tuple[FeatureMaps, ...] = field(converter=tuple)
+    maps: tuple[FeatureMaps, ...] = field(converter=as_tuple)
     words: Mapping[str, tuple[int, ...]] = field(factory=dict)
     prompt: str = ""
-    levels: tuple[int, ...] = field(default=(), converter=tuple)
+    levels: tuple[int, ...] = field(default=(), converter=as_tuple)
 
     def get(self, request: FeatureRequest) -> FeatureMaps:
         """The maps of ``request``; a :class:`LayoutError` when that level had no attention layer."""

@@ -11,13 +11,25 @@ import os
 __all__ = ["in_hf_cache", "hub_unreachable"]
 
 
+def _cache_dir() -> str | None:
+    """The hub cache the environment names now (huggingface_hub reads it once, at its import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    return os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None
+
+
+#: A file every cached model repo has: a diffusers pipeline's index, or a single model's config.
+_MARKER_FILES = ("model_index.json", "config.json")
+
+
 def in_hf_cache(repo_id: str) -> bool:
-    """Whether the Hugging Face cache holds ``repo_id`` (a scan of the cache folder; no network)."""
-    from huggingface_hub import scan_cache_dir
+    """Whether the Hugging Face cache holds ``repo_id`` (one lookup per marker file, no network)."""
+    from huggingface_hub import try_to_load_from_cache
 
     try:
-        return repo_id in {repo.repo_id for repo in scan_cache_dir().repos}
-    except Exception:  # no cache folder yet
+        return any(isinstance(try_to_load_from_cache(repo_id, name, cache_dir=_cache_dir()), str)
+                   for name in _MARKER_FILES)
+    except ValueError:  # not a valid repo id (then it is not cached either)
         return False
 
 

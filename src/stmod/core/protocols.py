@@ -42,6 +42,10 @@ __all__ = [
     "ConditionsText",
     "Blender",
     "Extension",
+    "ChecksJob",
+    "PreparesFromClip",
+    "FollowsSteps",
+    "AttentionLevels",
     "ControlAnnotator",
     "JobFormat",
     "Phase",
@@ -166,37 +170,65 @@ class Extension(Protocol):
     """**Protocol:** a change to the backbone's networks for a whole edit, inversion and denoising alike
     (FreeU, FLATTEN trajectory attention, PnP feature injection).
 
-    The editor calls, in this order: ``check(spec)`` with the job, before any model loads;
-    ``inversion_settings()`` for the inversion cache key; ``prepare(request)`` once the backbone has
-    loaded (an :class:`~stmod.core.types.ExtensionInput`: the clip, the latent size and a ``store``
-    folder beside the inversion's cache entry); ``needs_inversion()``, which turns a cached
-    trajectory into a miss (e.g. recorded features missing from the store); then, for the inversion
-    and again for the denoising, ``install(model, role=...)`` on every model of
-    ``Backbone.attention_models()`` — after the modulator, extensions in job order (torch forward
-    hooks compose in registration order: a hook that replaces an output feeds the next one) — and
-    ``step(...)`` before every model call of either loop. ``install`` must restore the model on
-    exit, even on error; an extension that only concerns the UNet returns a null context for other
-    roles. Batch layout as for :class:`Modulator`: CFG branches outermost, frames inner.
-    """
+    What every extension needs: ``inversion_settings()`` for the inversion cache key, and
+    ``install(model, role=...)``, called for the inversion and again for the denoising on every model
+    of ``Backbone.attention_models()`` — after the modulator, extensions in job order (torch forward
+    hooks compose in registration order: a hook that replaces an output feeds the next one).
+    ``install`` must restore the model on exit, even on error; an extension that only concerns the
+    UNet returns a null context for other roles. Batch layout as for :class:`Modulator`: CFG branches
+    outermost, frames inner.
 
-    def check(self, spec: EditSpec) -> None:
-        """Validate the job for this extension before any model loads (raise a ``StmodError``)."""
+    Optional abilities, each used when an extension has it (checked with ``isinstance``):
+    :class:`ChecksJob` (validate the job before any model loads), :class:`PreparesFromClip` (compute
+    or load what the edit needs once the backbone has loaded; may turn a cached inversion into a
+    miss) and :class:`FollowsSteps` (told every step of either loop).
+    """
 
     def inversion_settings(self) -> Mapping[str, object]:
         """What of this extension changes the inversion or what it records (JSON-able), ``{}`` if nothing."""
 
-    def prepare(self, request: ExtensionInput) -> None:
-        """Compute or load what the edit needs from the source clip (once per edit)."""
-
-    def needs_inversion(self) -> bool:
-        """After ``prepare``: whether the inversion must run even though its trajectory is cached."""
-
     def install(self, model: torch.nn.Module, *, role: str) -> AbstractContextManager[None]:
         """Change ``model`` (``role``: ``"unet"`` or ``"controlnet"``) inside the ``with`` block."""
+
+
+@runtime_checkable
+class ChecksJob(Protocol):
+    """**Optional ability** of an extension: validate the job before any model loads."""
+
+    def check(self, spec: EditSpec) -> None:
+        """Raise a ``StmodError`` naming what in ``spec`` this extension cannot use."""
+
+
+@runtime_checkable
+class PreparesFromClip(Protocol):
+    """**Optional ability** of an extension: work on the source clip once the backbone has loaded."""
+
+    def prepare(self, request: ExtensionInput) -> None:
+        """Compute or load what the edit needs from the source clip (once per edit; an
+        :class:`~stmod.core.types.ExtensionInput`: the clip, the latent size and a ``store`` folder beside
+        the inversion's cache entry)."""
+
+    def needs_inversion(self) -> bool:
+        """After ``prepare``: whether the inversion must run even though its trajectory is cached (e.g.
+        recorded features missing from the store)."""
+
+
+@runtime_checkable
+class FollowsSteps(Protocol):
+    """**Optional ability** of an extension: be told every step of the inversion and the denoising."""
 
     def step(self, *, phase: Phase, step_index: int, timestep: int, branches: Sequence[Branch]) -> None:
         """Called before each model call: ``phase`` ``"invert"`` or ``"denoise"``, the 0-based step index
         within that loop, its timestep and the CFG branches in batch order."""
+
+
+@runtime_checkable
+class AttentionLevels(Protocol):
+    """**Optional ability** of a backbone: name its UNet levels with attention layers before loading, so
+    a layout's ``level`` (K-Means) is checked with the job."""
+
+    def attention_levels(self, base_dir: Path | None = None) -> tuple[int, ...] | None:
+        """The levels with attention layers, read from the model's config (``None``: cannot tell yet)."""
 
 
 @runtime_checkable
@@ -239,7 +271,9 @@ class JobFormat(Protocol):
     is passed only when the user gives it.
     """
 
-    paths: str
+    @property
+    def paths(self) -> str:
+        """``"job"`` or ``"cwd"`` (a plain attribute satisfies this)."""
 
     def detect(self, data: Mapping[str, object]) -> bool:
         """Whether ``data`` is in this format."""

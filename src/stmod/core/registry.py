@@ -194,7 +194,7 @@ class ComponentRegistrar(_Registrar):
         self._claim(name)
         if not callable(factory) and not _is_reference(factory):
             raise ComponentContractError(self.kind, name, self._plugin, "registered a factory that is not callable")
-        if options is not None and not _is_reference(options) and not attrs.has(options):
+        if options is not None and not isinstance(options, str) and not attrs.has(options):
             raise ComponentContractError(self.kind, name, self._plugin, "declared options that are not an attrs class")
         if not isinstance(summary, str) or not summary.strip():
             raise ComponentContractError(self.kind, name, self._plugin, "needs a one-line summary")
@@ -293,7 +293,9 @@ class Registry:
             if options:
                 return structure(_NoOptions, options, place=where)
             return None
-        return structure(info.options, options, place=where)
+        declared = info.options
+        assert declared is not None  # takes_options
+        return structure(declared, options, place=where)
 
     def create(self, kind: str, name: str, options: Mapping[str, object] | None = None, *, place: str = "") -> Any:
         """Build component ``name`` of ``kind`` with ``options``; checks the product against its protocol."""

@@ -11,10 +11,13 @@ and records every level, so the latent blend can look up ``trajectory[level]`` a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 import torch
+
+from stmod.core.errors import InputError
 
 __all__ = ["NoiseSchedule", "ddim_timesteps", "ddim_move", "invert", "denoise", "Predict", "Blend", "StepEnd"]
 
@@ -38,7 +41,7 @@ class NoiseSchedule:
     steps_offset: int = 0
 
     @classmethod
-    def from_scheduler_config(cls, config) -> NoiseSchedule:
+    def from_scheduler_config(cls, config: Mapping[str, Any]) -> NoiseSchedule:
         """Build from a diffusers DDIM scheduler config (betas, ``set_alpha_to_one``)."""
         from diffusers import DDIMScheduler
 
@@ -86,8 +89,9 @@ def ddim_move(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: f
     return alpha_to**0.5 * x0 + (1 - alpha_to) ** 0.5 * eps
 
 
-#: ``on_step_end(step, timestep, latents)``: after each step, with the latents that step produced.
-StepEnd = Callable[[int, int, torch.Tensor], None]
+#: ``on_step_end(step, timestep, latents)``: after each step, with the latents that step produced; latents it
+#: returns replace them (diffusers' ``callback_on_step_end`` may replace ``latents``), ``None`` keeps them.
+StepEnd = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 
 
 def invert(
@@ -110,12 +114,12 @@ def invert(
     for k, t in enumerate(reversed(list(timesteps))):
         eps = predict(x, t, k)
         x = ddim_move(x, eps, schedule.alpha(level), schedule.alpha(t))
-        trajectory[t] = x
         level = t
         if on_step is not None:
             on_step(k)
         if on_step_end is not None:
-            on_step_end(k, t, x)
+            x = _replaced(on_step_end(k, t, x), x)
+        trajectory[t] = x
     return trajectory
 
 
@@ -141,5 +145,15 @@ def denoise(
         if on_step is not None:
             on_step(i)
         if on_step_end is not None:
-            on_step_end(i, t, x)
+            x = _replaced(on_step_end(i, t, x), x)
     return x
+
+
+def _replaced(returned: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:
+    """What a step-end hook returned in place of ``latents``; a different shape is refused at once."""
+    if returned is None:
+        return latents
+    if not isinstance(returned, torch.Tensor) or returned.shape != latents.shape:
+        raise InputError("callback_on_step_end", getattr(returned, "shape", type(returned)),
+                         f"the latents it returns must be a tensor shaped {tuple(latents.shape)}")
+    return returned

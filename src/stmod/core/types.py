@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # annotations only: these modules build on the values defined
     from stmod.core.tokens import TokenSpan
 
 __all__ = [
+    "as_tuple",
     "NAME_PATTERN",
     "RANGE_KEY",
     "MAX_SEED",
@@ -52,6 +53,12 @@ __all__ = [
     "Control",
     "Branch",
 ]
+
+
+def as_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    """``tuple(value)`` as an attrs converter: typed, so a type checker reads the field's ``__init__``
+    argument as any iterable (with the generic ``tuple`` itself mypy's attrs plugin cannot solve it)."""
+    return tuple(value)
 
 #: A classifier-free-guidance branch of a model batch.
 Branch = Literal["uncond", "cond"]
@@ -156,7 +163,7 @@ class VideoSource:
     start: int = number(0, low=0, high=10**7)
     every: int = number(1, low=1, high=10**4)
     frames: int | None = number(None, low=1, high=10**4)
-    size: tuple[int, int] = number((512, 512), low=64, high=8192, converter=tuple)
+    size: tuple[int, int] = number((512, 512), low=64, high=8192, converter=as_tuple)
 
     @size.validator
     def _check_size(self, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
@@ -299,16 +306,16 @@ class EditSpec:
     prompt: str = field(validator=validators.instance_of(str))
     source_prompt: str = ""
     negative_prompt: str = ""
-    regions: tuple[Region, ...] = field(factory=tuple, converter=tuple, validator=_unique_regions)
-    layout: tuple[ComponentRef, ...] = field(factory=tuple, converter=tuple)
+    regions: tuple[Region, ...] = field(factory=tuple, converter=as_tuple, validator=_unique_regions)
+    layout: tuple[ComponentRef, ...] = field(factory=tuple, converter=as_tuple)
     layout_overlap: Literal["later-wins", "error", "keep"] = field(
         default="later-wins", validator=validators.in_(("later-wins", "error", "keep")))
     backbone: ComponentRef = field(factory=lambda: ComponentRef(name="sd15"))
     blend: ComponentRef = field(factory=lambda: ComponentRef(name="none"))
     modulator: ComponentRef = field(factory=lambda: ComponentRef(name="st-layout"))
-    control: tuple[ControlSpec, ...] = field(factory=tuple, converter=tuple)
+    control: tuple[ControlSpec, ...] = field(factory=tuple, converter=as_tuple)
     #: changes to the networks for the whole edit (FreeU, FLATTEN, PnP), installed in this order
-    extensions: tuple[ComponentRef, ...] = field(factory=tuple, converter=tuple, validator=_unique_extensions)
+    extensions: tuple[ComponentRef, ...] = field(factory=tuple, converter=as_tuple, validator=_unique_extensions)
     modulation: ModulationConfig = field(factory=ModulationConfig)
     seed: int = number(0, low=0, high=MAX_SEED)
     steps: int = number(50, low=1, high=MAX_STEPS)
@@ -377,7 +384,7 @@ class LayoutMasks:
     """
 
     masks: torch.Tensor = field(eq=False, validator=_check_masks)
-    names: tuple[str, ...] = field(converter=tuple)
+    names: tuple[str, ...] = field(converter=as_tuple)
 
     @names.validator
     def _check_names(self, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
@@ -435,8 +442,8 @@ class LayoutRequest:
     """
 
     spec: EditSpec
-    frame_indices: tuple[int, ...] = field(converter=tuple)
-    source_size: tuple[int, int] = field(converter=tuple)
+    frame_indices: tuple[int, ...] = field(converter=as_tuple)
+    source_size: tuple[int, int] = field(converter=as_tuple)
     transform: FrameTransform = field(eq=False)
     frames: np.ndarray = field(eq=False)
     features: InversionFeatures | None = field(default=None, eq=False)
@@ -452,8 +459,8 @@ class LayoutReport:
     """
 
     masks: np.ndarray = field(eq=False)
-    legend: tuple[str, ...] = field(converter=tuple)
-    table: tuple[Mapping[str, object], ...] = field(converter=tuple)
+    legend: tuple[str, ...] = field(converter=as_tuple)
+    table: tuple[Mapping[str, object], ...] = field(converter=as_tuple)
 
 
 @frozen(kw_only=True)
@@ -471,9 +478,9 @@ class ModulationInput:
 
     masks: LayoutMasks | None
     num_frames: int = field(validator=validators.ge(1))
-    latent_size: tuple[int, int] = field(converter=tuple)
-    regions: tuple[Region, ...] = field(default=(), converter=tuple)
-    spans: tuple[TokenSpan | None, ...] = field(default=(), converter=tuple)
+    latent_size: tuple[int, int] = field(converter=as_tuple)
+    regions: tuple[Region, ...] = field(default=(), converter=as_tuple)
+    spans: tuple[TokenSpan | None, ...] = field(default=(), converter=as_tuple)
     config: ModulationConfig = field(factory=ModulationConfig)
     prompt: str = ""
     negative_prompt: str = ""
@@ -494,7 +501,7 @@ class ExtensionInput:
 
     spec: EditSpec
     frames: np.ndarray = field(eq=False)
-    latent_size: tuple[int, int] = field(converter=tuple)
+    latent_size: tuple[int, int] = field(converter=as_tuple)
     num_frames: int = field(validator=validators.ge(1))
     store: Path | None = None
     device: torch.device = field(eq=False)
@@ -521,9 +528,6 @@ class BlendContext:
     :ivar trajectory: ``{timestep: latents (F, C, h, w)}`` from DDIM inversion, including ``0: x0``.
     :ivar schedule: the backbone's noise schedule (``schedule.add_noise(x0, noise, timestep)``).
     :ivar generator: a ``torch.Generator`` on the backbone's device, seeded with the job's seed.
-
-    ``context["mask"]`` (and the other field names, plus ``"add_noise"``) still reads like the mapping
-    blenders got before, so a blender written against it keeps working.
     """
 
     mask: torch.Tensor = field(eq=False)
@@ -535,13 +539,6 @@ class BlendContext:
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
         """The scheduler's forward noising of ``x0`` to ``timestep``."""
         return self.schedule.add_noise(x0, noise, timestep)
-
-    def __getitem__(self, name: str) -> object:
-        if name == "add_noise":
-            return self.add_noise
-        if name in attrs.fields_dict(BlendContext):
-            return getattr(self, name)
-        raise KeyError(name)
 
 
 @frozen

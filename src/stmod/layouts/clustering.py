@@ -54,7 +54,7 @@ def cluster_features(features: np.ndarray, n_clusters: int, *, pca: int = 32, n_
     return renumber[raw]
 
 
-def cluster_self_rows(self_rows, n_clusters: int, *, pca: int = 32, n_init: int = 10, seed: int = 0) -> np.ndarray:
+def cluster_self_rows(self_rows: np.ndarray, n_clusters: int, *, pca: int = 32, n_init: int = 10, seed: int = 0) -> np.ndarray:
     """Cluster the tokens of recorded self-attention rows: float ``(F, h, w, D)`` → int64 labels ``(F, h, w)``.
 
     Rows are probability distributions; Euclidean distance between their square roots is the

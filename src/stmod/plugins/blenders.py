@@ -33,6 +33,8 @@ from stmod import BlendContext, hookimpl, number
 if TYPE_CHECKING:  # torch is imported where a blend runs, so that loading the plugin (--help, list) is cheap
     import torch
 
+    from stmod.core.registry import ComponentRegistrar
+
 __all__ = ["BlendOptions", "NoBlend", "LatentBlend", "VideoGrainBlend", "feather", "composite_weights",
            "composite_frames"]
 
@@ -151,7 +153,7 @@ class VideoGrainBlend(_Composites):
 
 
 @hookimpl
-def stmod_register_blenders(register) -> None:
+def stmod_register_blenders(register: ComponentRegistrar) -> None:
     register.add("none", NoBlend, summary="No blending: the whole frame may change")
     register.add("latent", LatentBlend, options=BlendOptions,
                  summary="Paper latent blend: outside the regions follow the DDIM inversion trajectory")

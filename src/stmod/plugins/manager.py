@@ -200,8 +200,9 @@ def _entry_points(pm: StmodPluginManager, load: Sequence[str]) -> dict[str, md.E
     found: dict[str, md.EntryPoint] = {}
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in found and found[ep.name].value != ep.value:
-            first = found[ep.name].dist.name if found[ep.name].dist else found[ep.name].value
-            second = ep.dist.name if ep.dist else ep.value
+            earlier = found[ep.name].dist
+            first = earlier.name if earlier is not None else found[ep.name].value
+            second = ep.dist.name if ep.dist is not None else ep.value
             clash = PluginConflictError("plugin", ep.name, first, second)
             if ep.name in load:
                 raise clash
@@ -271,7 +272,7 @@ def _check_pending(pm: StmodPluginManager) -> None:
         except pluggy.PluginValidationError as exc:
             name = pm.get_name(exc.plugin)
             record = pm.records.get(name) if name else None
-            if record is None or record.builtin or name in pm.explicit:
+            if name is None or record is None or record.builtin or name in pm.explicit:
                 raise PluginLoadError(str(name), " ".join(str(exc).split())) from exc
             pm.skip(name, record, " ".join(str(exc).split()))
 
@@ -308,7 +309,7 @@ def _load_module(pm: StmodPluginManager, name: str, *, available: list[str]) -> 
 
 def load_job(path: str | Path, overrides: Mapping[str, Any] | None = None, *, allow_unsupported: bool = False,
              prompt_index: int | None = None, plugin_args: Sequence[str] = ()) -> EditSpec:
-    """Read a job file in any format the installed plugins know (``stmod.load_job``).
+    """Read a job file in any format the installed plugins know (what ``Editor.job`` does with a path).
 
     :func:`stmod.core.config.load_job` with the job formats of the plugins (selection like
     ``stmod-run -p``): an stmod job, or e.g. an official VideoGrain config (``stmod.official``;

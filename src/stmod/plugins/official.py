@@ -1,7 +1,7 @@
 """Built-in plugin ``stmod.official``: run the official VideoGrain YAML configs directly.
 
 It registers the job format ``videograin-official`` (hook ``stmod_register_job_formats``), so every
-command that reads a job file (``edit``, ``check``, ``layout``, ``stmod.load_job``) accepts them.
+command that reads a job file (``edit``, ``check``, ``layout``, ``Editor.job``) accepts them.
 
 :func:`is_official_config` recognises them (``pretrained_model_path`` / ``dataset_config`` /
 ``editing_config``); :func:`convert_official_config` maps their keys onto an stmod job mapping with the
@@ -26,11 +26,14 @@ import difflib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stmod import hookimpl
 from stmod.core.errors import ConfigError
 from stmod.core.types import OFFICIAL_END_STEP
+
+if TYPE_CHECKING:
+    from stmod.core.registry import JobFormatRegistrar
 
 __all__ = ["is_official_config", "convert_official_config", "stmod_register_job_formats", "OFFICIAL_ANNOTATOR_FOLDER",
            "OFFICIAL_PLACES"]
@@ -272,7 +275,7 @@ def convert_official_config(data: Mapping[str, Any], *, source: Path, allow_unsu
 
 
 @hookimpl
-def stmod_register_job_formats(register) -> None:
+def stmod_register_job_formats(register: JobFormatRegistrar) -> None:
     # Their paths are relative to the official repository's root, where its configs are run.
     register.add("videograin-official", detect=is_official_config, convert=convert_official_config, paths="cwd",
                  places=OFFICIAL_PLACES, summary="the official VideoGrain configs (pretrained_model_path / dataset_config / editing_config)")

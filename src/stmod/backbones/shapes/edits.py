@@ -24,6 +24,7 @@ import yaml
 from attrs import evolve, field, frozen, validators
 
 from stmod.backbones.shapes import world
+from stmod.core.types import as_tuple
 
 __all__ = ["KINDS", "CaseRegion", "EditCase", "SceneRenderer", "article", "make_case", "benchmark_cases", "case_masks", "write_case"]
 
@@ -37,7 +38,7 @@ class CaseRegion:
     name: str
     prompt: str
     colour: str = field(validator=validators.in_(tuple(world.COLOURS)))
-    things: tuple[int, ...] = field(converter=tuple)
+    things: tuple[int, ...] = field(converter=as_tuple)
     #: ``object`` (body and part), ``body`` or ``part``.
     covers: str = field(default="object", validator=validators.in_(("object", "body", "part")))
 
@@ -60,7 +61,7 @@ class EditCase:
     scene: world.Scene | SceneRenderer
     source_prompt: str
     prompt: str
-    regions: tuple[CaseRegion, ...] = field(converter=tuple)
+    regions: tuple[CaseRegion, ...] = field(converter=as_tuple)
     #: the clip's own frame count (``None``: the caller's, as for the benchmark's cases)
     frames: int | None = None
 

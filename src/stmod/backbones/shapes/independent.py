@@ -27,6 +27,7 @@ import numpy as np
 from attrs import field, frozen
 
 from stmod.backbones.shapes import edits, world
+from stmod.core.types import as_tuple
 
 __all__ = ["DrawnThing", "DrawnScene", "independent_cases", "make_independent_case"]
 
@@ -52,7 +53,8 @@ class DrawnThing:
 
     def centre(self, t: float) -> tuple[float, float]:
         half = self.size / 2
-        return tuple(float(np.clip(p + t * v, half, 1 - half)) for p, v in zip(self.start, self.velocity))
+        x, y = (float(np.clip(p + t * v, half, 1 - half)) for p, v in zip(self.start, self.velocity))
+        return x, y
 
 
 @frozen(kw_only=True)
@@ -60,7 +62,7 @@ class DrawnScene:
     """A background name, a texture seed and objects, later ones over earlier ones."""
 
     background: str
-    things: tuple[DrawnThing, ...] = field(converter=tuple)
+    things: tuple[DrawnThing, ...] = field(converter=as_tuple)
     seed: int = 0
 
     def render_clip(self, frames: int, size: tuple[int, int] = (128, 128)) -> tuple[np.ndarray, np.ndarray,
@@ -134,6 +136,7 @@ def _texture(kind: str, height: int, width: int, seed: int) -> np.ndarray:
     """float32 ``(H, W, 3)`` background, drawn differently from :func:`stmod.backbones.shapes.world.background`."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image: np.ndarray
     if kind == "grass":
         base = np.where(((xx + 3 * np.sin(yy / 9)) // 11 % 2)[..., None] == 0, (70, 125, 55), (82, 140, 62))
         image = base.astype(np.float32)
@@ -147,10 +150,10 @@ def _texture(kind: str, height: int, width: int, seed: int) -> np.ndarray:
     elif kind == "sky":
         image = np.stack([110 + 60 * yy / height, 160 + 50 * yy / height, 235 + 0 * yy], axis=-1)
         for _ in range(3):  # soft clouds
-            cloud = np.zeros((height, width), np.float32)
-            cv2.ellipse(cloud, (int(rng.integers(0, width)), int(rng.integers(0, height))),
+            outline = np.zeros((height, width), np.float32)
+            cv2.ellipse(outline, (int(rng.integers(0, width)), int(rng.integers(0, height))),
                         (int(rng.integers(10, 30)), int(rng.integers(5, 12))), 0, 0, 360, 1.0, -1)
-            cloud = cv2.GaussianBlur(cloud, (0, 0), 4)[..., None]
+            cloud = cv2.GaussianBlur(outline, (0, 0), 4)[..., None]
             image = image + cloud * (np.float32(245) - image) * 0.8
     else:  # snow
         drifts = 8 * np.sin(xx / 13 + yy / 29)[..., None]
@@ -160,16 +163,18 @@ def _texture(kind: str, height: int, width: int, seed: int) -> np.ndarray:
 
 
 def _rgb(rng: np.random.Generator, colour: str) -> tuple[int, int, int]:
-    jitter = rng.integers(-14, 15, 3)
-    return tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(world.COLOURS[colour], jitter))
+    r, g, b = (int(np.clip(c + j, 0, 255)) for c, j in zip(world.COLOURS[colour], rng.integers(-14, 15, 3)))
+    return r, g, b
 
 
 def _thing(rng: np.random.Generator, shape: str, colour: str, *, size: float | None = None,
            start: tuple[float, float] | None = None, velocity: tuple[float, float] | None = None,
            part: tuple[str, str] | None = None) -> DrawnThing:
     size = size if size is not None else float(rng.uniform(0.2, 0.4))
-    start = start if start is not None else tuple(float(v) for v in rng.uniform(0.2, 0.8, 2))
-    velocity = velocity if velocity is not None else tuple(float(v) for v in rng.uniform(-0.02, 0.02, 2))
+    if start is None:
+        start = (float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8)))
+    if velocity is None:
+        velocity = (float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.02, 0.02)))
     return DrawnThing(shape=shape, rgb=_rgb(rng, colour), size=size, start=start, velocity=velocity,
                       part=part[0] if part else None, part_rgb=_rgb(rng, part[1]) if part else (0, 0, 0),
                       detail=float(rng.uniform(0.2, 0.32)), pointing=int(rng.choice([1, -1])))

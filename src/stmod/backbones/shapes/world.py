@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from attrs import evolve, field, frozen, validators
 
+from stmod.core.types import as_tuple
+
 __all__ = [
     "COLOURS", "SHAPES", "BACKGROUNDS", "PARTS", "WORDS", "Part", "Thing", "Scene", "Frame",
     "render", "render_clip", "caption", "caption_words", "WordOwner", "word_pixels",
@@ -83,7 +85,7 @@ class Scene:
     """A background and objects; later objects are drawn over earlier ones."""
 
     background: str = field(validator=validators.in_(BACKGROUNDS))
-    things: tuple[Thing, ...] = field(converter=tuple)
+    things: tuple[Thing, ...] = field(converter=as_tuple)
     seed: int = 0
 
 
@@ -229,7 +231,7 @@ class WordOwner:
     """What a caption word describes: pixels of ``things`` (``covers``: ``object`` = body ∪ part,
     ``body`` or ``part``), or the ``background`` (pixels of no object; ``things`` is empty)."""
 
-    things: tuple[int, ...] = field(converter=tuple)
+    things: tuple[int, ...] = field(converter=as_tuple)
     covers: str = field(validator=validators.in_(("object", "body", "part", "background")))
 
 

@@ -21,20 +21,22 @@ def _seconds(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
-def estimate_lines(found: Estimate) -> list[str]:
-    """The prediction: the peak and its parts, the phases (peak, seconds), the attention working set."""
+def estimate_lines(found: Estimate, *, verbose: bool = False) -> list[str]:
+    """The prediction: a headline, then one line per phase (peak, seconds); ``verbose`` adds the parts of
+    the peak and the attention working set."""
     memory = "GPU memory" if found.device != "cpu" else "memory (RSS)"
     peak = found.peak_phase
     rates = "rates measured on the CPU (docs/memory.md)" if found.measured_rates else \
-        "GPU rates assumed, not measured (docs/memory.md)"
+        "GPU rates and memory constants unmeasured until bench/gpu.sh runs on a GPU (docs/memory.md)"
     lines = [f"predicted peak {memory}: {gib(found.peak_bytes)} GiB in {peak.name}, on {found.device} at "
-             f"{8 * found.dtype_bytes}-bit; time ≈ {_seconds(found.seconds)} s ({rates})",
-             f"  {'part of the peak':<58} {'GiB':>8}"]
-    lines += [f"  {part.name:<58} {gib(part.bytes):>8}" for part in peak.parts]
+             f"{8 * found.dtype_bytes}-bit; time ≈ {_seconds(found.seconds)} s ({rates})"]
+    if verbose:
+        lines.append(f"  {'part of the peak':<58} {'GiB':>8}")
+        lines += [f"  {part.name:<58} {gib(part.bytes):>8}" for part in peak.parts]
     lines.append(f"  {'phase':<30} {'peak GiB':>10} {'seconds':>9}")
     lines += [f"  {p.name:<30} {gib(p.peak_bytes):>10} {_seconds(p.seconds):>9}" for p in found.phases]
     lines.append(f"  {'total':<30} {gib(found.peak_bytes):>10} {_seconds(found.seconds):>9}")
-    if found.attention:
+    if found.attention and verbose:
         levels = ", ".join(f"level {level}: {gib(size)}" for level, size in found.attention)
         lines.append(f"  self-attention working set in denoising (GiB, one level at a time): {levels}")
     return lines

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -102,7 +103,7 @@ def _captions(spec: EditSpec) -> tuple[str, str]:
     return spec.source_prompt or "(no source prompt)", edit
 
 
-def _save_png(path, image: np.ndarray) -> None:
+def _save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(image).save(path, format="PNG")

@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,7 +65,7 @@ def replace_problem(path: Path) -> str | None:
     if is_owned(path) or not any(path.iterdir()):
         return None
     return (f"holds files stmod did not write (it has no {MARKER} marker), so stmod will not replace it, "
-            "not even with --overwrite; choose another path or empty it yourself")
+            "not even with overwrite=True; choose another path or empty it yourself")
 
 
 def require_replaceable(path: Path) -> None:
@@ -121,7 +121,8 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_temporaries(folder: Path, *, name: str | None = None, alive=pid_alive) -> list[Path]:
+def stale_temporaries(folder: Path, *, name: str | None = None,
+                      alive: Callable[[int], bool] = pid_alive) -> list[Path]:
     """stmod's temporaries in ``folder`` (for target ``name``, or all) whose writer is no longer running."""
     try:
         entries = list(Path(folder).iterdir())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 import torch
 
 from stmod.core.io.ownership import atomic_path, clean_stale_temporaries, write_marker
@@ -63,10 +64,10 @@ class InversionCache:
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     @staticmethod
-    def digest(array) -> str:
+    def digest(array: np.ndarray) -> str:
         """Content hash of a numpy array (shape, dtype and bytes)."""
         h = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
-        h.update(memoryview(array).cast("B") if array.flags.c_contiguous else array.tobytes())
+        h.update(array.data.cast("B") if array.flags.c_contiguous else array.tobytes())
         return h.hexdigest()
 
     def path(self, key: str) -> Path:

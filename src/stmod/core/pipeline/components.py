@@ -23,14 +23,14 @@ from stmod.core.io.ownership import (clean_stale_temporaries, input_overlap, nam
 from stmod.core.pipeline.cache import cache_root
 from stmod.core.io.video import ClipPlan, plan_clip
 from stmod.core.pipeline.compose import split_regions
-from stmod.core.protocols import (Backbone, Blender, ControlAnnotator, Extension, FeatureRecording, LayoutProvider,
-                                  Modulator)
+from stmod.core.protocols import (Backbone, Blender, ChecksJob, ControlAnnotator, Extension, FeatureRecording,
+                                  LayoutProvider, Modulator)
 from stmod.core.registry import Registry
 from stmod.core.tokens import TokenSpan
-from stmod.core.types import ComponentRef, ControlSpec, EditSpec
+from stmod.core.types import ComponentRef, ControlSpec, EditSpec, as_tuple
 
 __all__ = ["LayoutAssignment", "Components", "assign_layout_regions", "build_components", "check_job",
-           "check_output_folder", "claim_output", "component_refs", "job_inputs"]
+           "check_output_folder", "claim_output", "component_refs", "job_inputs", "output_note"]
 
 
 @attrs.frozen(kw_only=True)
@@ -69,9 +69,10 @@ def assign_layout_regions(spec: EditSpec) -> tuple[LayoutAssignment, ...]:
     )
 
 
-@attrs.define(kw_only=True)
+@attrs.frozen(kw_only=True)
 class Components:
-    """The components an edit uses, built from the registry (no weights loaded).
+    """The components an edit uses, built from the registry (no weights loaded); frozen once built
+    (:func:`attrs.evolve` makes a changed copy).
 
     ``spans`` are the regions' token spans in the global prompt, found once when the job is checked
     with a tokenizer (``None`` until then, or when the backbone has no tokenizer before loading).
@@ -81,9 +82,9 @@ class Components:
     backbone: Backbone
     modulator: Modulator
     blender: Blender
-    layouts: list[tuple[LayoutProvider, LayoutAssignment]]
-    annotators: list[tuple[ControlAnnotator, ControlSpec]]
-    extensions: list[tuple[Extension, ComponentRef]] = attrs.field(factory=list)
+    layouts: tuple[tuple[LayoutProvider, LayoutAssignment], ...] = attrs.field(converter=as_tuple)
+    annotators: tuple[tuple[ControlAnnotator, ControlSpec], ...] = attrs.field(converter=as_tuple)
+    extensions: tuple[tuple[Extension, ComponentRef], ...] = attrs.field(default=(), converter=as_tuple)
     spans: tuple[TokenSpan | None, ...] | None = None
     clip: ClipPlan | None = None
 
@@ -131,7 +132,7 @@ def job_inputs(spec: EditSpec) -> list[tuple[str, Path, bool]]:
     component names (mask folders, model folders, ...), the cache, and the job's folder when it holds an
     input (an output may lie inside that one, as ``out/`` beside the job file does)."""
     found: list[tuple[str, Path, bool]] = [("video.path input", _resolved(spec, spec.video.path), False)]
-    options = [(place, ref.options) for place, ref in component_refs(spec)]
+    options: list[tuple[str, object]] = [(place, ref.options) for place, ref in component_refs(spec)]
     options += [(f"control[{i}].model", c.model) for i, c in enumerate(spec.control) if c.model]
     for place, value in options:
         for text in _option_paths(value):
@@ -162,7 +163,7 @@ def check_output_folder(spec: EditSpec) -> None:
     problem = input_overlap(out, job_inputs(spec))
     if problem is not None:
         raise NotOwnedError(str(out), f"the output folder {problem}; writing there could destroy an input, so "
-                                      "choose another output (--out)")
+                                      "choose another output")
     if out.exists() and not out.is_dir():
         raise InputError("output", str(out), "exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -174,6 +175,17 @@ def check_output_folder(spec: EditSpec) -> None:
         raise InputError("output", str(out), problem)
 
 
+def output_note(spec: EditSpec) -> str | None:
+    """What a run would say about the output folder when it is only in the way (it exists and the job does
+    not overwrite it): a note for ``check``, which reports it without failing; other problems raise."""
+    try:
+        check_output_folder(spec)
+    except OutputExistsError:
+        return (f"the output folder {spec.output} exists: a run needs overwrite=True to replace it, "
+                "or choose another output")
+    return None
+
+
 @contextlib.contextmanager
 def claim_output(spec: EditSpec) -> Iterator[None]:
     """Hold the output folder's lock for the ``with`` block, check it again under the lock (another run
@@ -181,7 +193,7 @@ def claim_output(spec: EditSpec) -> Iterator[None]:
     out = real(spec.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(lock_path_for(out), what=f"output folder {out}",
-                        fix="wait for it to finish or choose another output (--out)"):
+                        fix="wait for it to finish or choose another output"):
         check_output_folder(spec)
         clean_stale_temporaries(out.parent, name=out.name)
         yield
@@ -189,7 +201,7 @@ def claim_output(spec: EditSpec) -> Iterator[None]:
 
 def _check_nul_bytes(spec: EditSpec) -> None:
     """A NUL byte cannot be part of a file name: name the path that has one before anything opens it."""
-    named = [("video.path", spec.video.path), ("output", spec.output)]
+    named: list[tuple[str, str | os.PathLike[str]]] = [("video.path", spec.video.path), ("output", spec.output)]
     for place, ref in component_refs(spec):
         named += [(f"{place}.{key}", text) for key, value in ref.options.items() for text in _option_paths(value)]
     named += [(f"control[{i}].model", c.model) for i, c in enumerate(spec.control) if c.model]
@@ -204,8 +216,7 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
     clip = plan_clip(spec.video)  # the one probe of the clip: providers and the reader share it
     if check_output:
         check_output_folder(spec)
-    components = build_components(spec, registry)
-    components.clip = clip
+    components = attrs.evolve(build_components(spec, registry), clip=clip)
     missing: list[CheckpointError] = []  # weights: all reported at once, after the other checks
     for annotator, _ in components.annotators:
         try:
@@ -213,7 +224,8 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
         except CheckpointError as error:
             missing.append(error)
     for extension, _ in components.extensions:
-        extension.check(spec)
+        if isinstance(extension, ChecksJob):
+            extension.check(spec)
     for provider, assignment in components.layouts:
         provider.check(spec, assignment.regions, clip)
         if provider.feature_request is not None and not isinstance(components.modulator, FeatureRecording):

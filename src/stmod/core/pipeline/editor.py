@@ -11,55 +11,59 @@ The layout is computed before any model loads, except when a layout provider has
 (:mod:`stmod.core.features`), and the layout follows it. :meth:`Editor.layout`
 computes the layout alone (``stmod-run layout``).
 
-From Python::
+From Python, through ``stmod.Editor`` (its constructors need the plugin manager, above the core)::
 
-    from stmod import editor_from_plugins, load_job
+    from stmod import Editor
 
-    result = editor_from_plugins().run(load_job("job.yaml"))
-    print(result.output, result.run["phases"])
+    result = Editor.from_plugins().run("job.yaml")
+    print(result)
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from stmod.core.errors import EditCancelled, LayoutError, environment_errors
+from stmod.core.config import job_from_mapping, load_job
+from stmod.core.devices import check_device
+from stmod.core.errors import InputError, LayoutError, environment_errors
 from stmod.core.features import FeatureRequest, feature_requests
 from stmod.core.io.outputs import write_outputs
 from stmod.core.io.video import SourceClip, load_video
 from stmod.core.pipeline.cache import InversionCache
-from stmod.core.pipeline.components import Components, check_job, claim_output
+from stmod.core.pipeline.components import Components, check_job, claim_output, output_note
 from stmod.core.pipeline.compose import compose, empty_layout
 from stmod.core.pipeline.inversion import Inversion, cached_inversion
+from stmod.core.pipeline.progress import (CALLBACK_TENSOR_INPUTS, ProgressCallback, RunReporter,
+                                          StepCallback)
 from stmod.core.pipeline.records import PhaseTimer, versions
-from stmod.core.pipeline.session import EditSession, to_model_frames, to_uint8
-from stmod.core.protocols import Backbone, CompositesFrames, ConditionsText, RecordsAttention
+from stmod.core.pipeline.session import EditSession, latent_size, to_model_frames, to_uint8
+from stmod.core.protocols import AttentionLevels, Backbone, CompositesFrames, ConditionsText, RecordsAttention
 from stmod.core.registry import Registry
 from stmod.core.sampling import NoiseSchedule, denoise
 from stmod.core.st_layout.labels import downsample_masks
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.tokens import find_token_spans
-from stmod.core.types import (BlendContext, Branch, EditSpec, LayoutMasks, LayoutRequest, ModulationInput,
-                              TextConditioning)
+from stmod.core.types import (BlendContext, Branch, ComponentRef, EditSpec, LayoutMasks, LayoutRequest,
+                              ModulationInput, TextConditioning)
 
-__all__ = ["Editor", "EditResult", "LayoutResult", "Prepared", "ProgressCallback", "StepCallback"]
+__all__ = ["Editor", "EditResult", "JobLike", "LayoutResult", "Prepared", "ProgressCallback", "StepCallback"]
 
 log = logging.getLogger(__name__)
 
 
-@attrs.define(kw_only=True)
+@attrs.define(kw_only=True, repr=False)
 class EditResult:
-    """What an edit produced: the output folder, the frames, the layout and the run record."""
+    """What an edit produced: the output folder, the frames, the layout and the run record.
+
+    Printed, it is a one-line summary (folder, frames, regions, seconds), not its arrays."""
 
     output: Path
     source: np.ndarray
@@ -68,8 +72,15 @@ class EditResult:
     run: dict[str, Any]
     recorder: AttentionRecorder | None = None
 
+    def __repr__(self) -> str:
+        frames, height, width = self.frames.shape[:3]
+        seconds = sum(float(value) for value in self.run.get("phases", {}).values())
+        regions = ", ".join(self.layout.names) or "none"
+        return (f"EditResult(output={str(self.output)!r}, frames={frames}, size={width}x{height}, "
+                f"regions=[{regions}], seconds={seconds:.1f})")
 
-@attrs.define(kw_only=True)
+
+@attrs.define(kw_only=True, repr=False)
 class LayoutResult:
     """What :meth:`Editor.layout` produced: the clip, the layout, the components that made it, timings."""
 
@@ -77,6 +88,10 @@ class LayoutResult:
     layout: LayoutMasks
     components: Components
     run: dict[str, Any]
+
+    def __repr__(self) -> str:
+        frames, regions, height, width = self.layout.masks.shape
+        return f"LayoutResult(frames={frames}, size={width}x{height}, regions=[{', '.join(self.layout.names)}])"
 
 
 @attrs.define(kw_only=True)
@@ -97,9 +112,10 @@ class Prepared:
 
 def _check_feature_levels(spec: EditSpec, backbone: Backbone, requests: tuple[FeatureRequest, ...]) -> None:
     """A layout's UNet ``level`` must have attention layers; backbones that can tell say so before loading."""
-    probe = getattr(backbone, "attention_levels", None)
-    levels = probe(spec.base_dir) if callable(probe) and requests else None
-    for request in requests if levels is not None else ():
+    levels = backbone.attention_levels(spec.base_dir) if isinstance(backbone, AttentionLevels) and requests else None
+    if levels is None:
+        return
+    for request in requests:
         if request.level not in levels:
             raise LayoutError(f"layout option level: {request.level} has no attention layer in backbone "
                               f"{spec.backbone.name!r} (levels with attention: {', '.join(map(str, levels))}); "
@@ -117,81 +133,94 @@ class _Inverted:
     inversion: Inversion
 
 
-#: ``on_progress(phase, done, total)``: called after every step of the inversion, the denoising and the
-#: decoding. It may raise to stop the edit (the UI's cancel button does); nothing is written then.
-ProgressCallback = Callable[[str, int, int], None]
-
-
-#: ``callback_on_step_end(phase, step, timestep, latents)``: after every inversion and denoising step, with
-#: the latents it produced (``phase``: ``"inversion"`` or ``"denoising"``). Returning ``False`` stops the
-#: edit: :meth:`Editor.run` raises :class:`~stmod.core.errors.EditCancelled` and writes nothing.
-StepCallback = Callable[[str, int, int, torch.Tensor], "bool | None"]
-
-
-class _Bar:
-    """A tqdm bar that also tells the editor's ``on_progress`` about every update, and the run's
-    ``callback_on_step_end`` (if any) about every step's latents (:meth:`step_end`)."""
-
-    def __init__(self, bar: tqdm, desc: str, total: int, callback: ProgressCallback | None,
-                 step_callback: StepCallback | None = None) -> None:
-        self.bar, self.desc, self.total, self.callback, self.done = bar, desc, total, callback, 0
-        self.step_callback = step_callback
-
-    def step_end(self, step: int, timestep: int, latents: torch.Tensor) -> None:
-        if self.step_callback is not None and self.step_callback(self.desc, step, timestep, latents) is False:
-            raise EditCancelled(f"stopped by callback_on_step_end at {self.desc} step {step} (timestep {timestep})")
-
-    def update(self, n: int = 1) -> None:
-        self.bar.update(n)
-        self.done += n
-        if self.callback is not None:
-            self.callback(self.desc, self.done, self.total)
-
-    def __enter__(self) -> _Bar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
+#: A job as the editor takes it: an :class:`EditSpec`, a job file (any installed format) or a mapping (as the
+#: YAML would read; relative paths from the working directory).
+JobLike = EditSpec | str | Path | Mapping[str, Any]
 
 
 class Editor:
-    """Runs edits with components from ``registry``.
+    """Runs edits with components from ``registry``; ``stmod.Editor`` adds the constructors
+    (``from_pretrained``, ``from_pipe``, ``from_plugins``) and is the one the Python API documents.
 
-    :param registry: components to build jobs from (``stmod.editor_from_plugins()`` builds an editor
-        over the installed ones).
+    :param registry: components to build jobs from.
+    :param backbone: the model every job runs on (it replaces a job's ``backbone``); ``None``: each job's own.
     :param progress: show progress bars (on stderr).
     :param cache: where inversions are cached; ``None`` for the default cache, ``False`` to disable.
-    :param on_progress: see :data:`ProgressCallback`.
+    :param on_progress: see :data:`~stmod.core.pipeline.progress.ProgressCallback`.
     """
 
-    def __init__(self, registry: Registry, *, progress: bool = True, cache: InversionCache | None | bool = None,
-                 on_progress: ProgressCallback | None = None):
+    #: What a step callback may read and replace (diffusers' ``_callback_tensor_inputs``).
+    _callback_tensor_inputs = list(CALLBACK_TENSOR_INPUTS)
+
+    def __init__(self, registry: Registry, *, backbone: ComponentRef | None = None, progress: bool = True,
+                 cache: InversionCache | None | bool = None, on_progress: ProgressCallback | None = None) -> None:
         self.registry = registry
+        self.backbone = backbone
         self.progress = progress
         self.on_progress = on_progress
         self.cache = None if cache is False else (cache if isinstance(cache, InversionCache) else InversionCache())
         self._backbones: dict[str, Backbone] = {}  # loaded backbones, reused by later jobs with the same one
+        #: Set to ``True`` (by a step callback, or another thread) to stop the running edit, as diffusers'
+        #: ``pipe._interrupt``; each run starts with it cleared.
+        self._interrupt = False
 
-    def check(self, spec: EditSpec, *, check_output: bool = True) -> Components:
-        """Validate ``spec`` and its files and build its components, without loading any model
-        (``check_output=False``: whatever is in the output folder; ``stmod-run check`` reports that apart)."""
+    @property
+    def interrupt(self) -> bool:
+        """Whether the running edit was asked to stop (diffusers' ``pipe.interrupt``)."""
+        return self._interrupt
+
+    def job(self, job: JobLike, overrides: Mapping[str, Any] | None = None, *, prompt_index: int | None = None,
+            allow_unsupported: bool = False) -> EditSpec:
+        """``job`` as an :class:`EditSpec` on this editor's model; a file is read in any installed format
+        (``overrides``, ``prompt_index`` and ``allow_unsupported`` as for ``stmod-run``'s job flags)."""
+        if isinstance(job, EditSpec):
+            spec = job
+        elif isinstance(job, Mapping):
+            spec = job_from_mapping({**job, **(overrides or {})}, base_dir=Path.cwd(), source="Editor job")
+        else:
+            spec = load_job(Path(job), overrides, allow_unsupported=allow_unsupported, prompt_index=prompt_index,
+                            formats=self.registry.job_formats.values())
+        return spec if self.backbone is None else attrs.evolve(spec, backbone=self.backbone)
+
+    def to(self, device: str | torch.device) -> Editor:
+        """Run later jobs on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``; refused at once when this machine
+        has no such device); models loaded for another device load again. Returns the editor."""
+        name = check_device(device, argument="device")
+        if self.backbone is None:
+            raise InputError("device", name, "this editor runs each job on the job's own backbone; set "
+                                             "backbone.device in the job instead")
+        self.backbone = attrs.evolve(self.backbone, options={**self.backbone.options, "device": name})
+        self.registry.parse_options("backbone", self.backbone.name, dict(self.backbone.options), place="Editor.to")
+        self._backbones.clear()
+        return self
+
+    def check(self, job: JobLike, *, overwrite: bool | None = None) -> Components:
+        """What ``stmod-run check`` checks, without loading any model: the job, its files, prompts, the clip
+        and every layout that needs no model (:meth:`prepare`). An output folder that a run would refuse
+        (it exists, and ``overwrite`` is not set) is a warning here, as in ``stmod-run check``."""
+        spec = self._with_overwrite(self.job(job), overwrite)
+        prepared = self.prepare(spec, check_output=False)
+        note = output_note(spec)
+        if note is not None:
+            log.warning("%s", note)
+        return prepared.components
+
+    def build(self, spec: EditSpec, *, check_output: bool = True) -> Components:
+        """Validate ``spec`` and its files and build its components, without loading any model or reading
+        the clip (the first part of :meth:`check`; ``check_output=False``: whatever is in the output folder)."""
         components = check_job(spec, self.registry, check_output=check_output)
         # A batch edits many clips with one model: keep a backbone (and its loaded weights) per setting.
         key = json.dumps([spec.backbone.name, dict(spec.backbone.options), str(spec.base_dir)], sort_keys=True,
                          default=str)
-        components.backbone = self._backbones.setdefault(key, components.backbone)
-        tokenizer = components.backbone.load_tokenizer(spec.base_dir)
+        backbone = self._backbones.setdefault(key, components.backbone)
+        tokenizer = backbone.load_tokenizer(spec.base_dir)
+        spans = None
         if tokenizer is not None:  # prompt problems are user errors: report them before any weights load
-            components.spans = tuple(find_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions],
-                                                      missing=spec.modulation.missing_local_prompt))
+            spans = tuple(find_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions],
+                                           missing=spec.modulation.missing_local_prompt))
             find_token_spans(tokenizer, spec.source_prompt, [])
             find_token_spans(tokenizer, spec.negative_prompt, [])
-        return components
-
-    def _bar(self, total: int, desc: str, unit: str = "step", *, step_callback: StepCallback | None = None) -> _Bar:
-        # One bar per phase, kept when done (the run's record on the terminal); names padded to align.
-        bar = tqdm(total=total, desc=f"{desc:<9}", unit=unit, disable=not self.progress, leave=True, dynamic_ncols=True)
-        return _Bar(bar, desc, total, self.on_progress, step_callback)
+        return attrs.evolve(components, backbone=backbone, spans=spans)
 
     def prepare(self, spec: EditSpec, timer: PhaseTimer | None = None, *, check_output: bool = True) -> Prepared:
         """Everything an edit validates before any model weights load; ``stmod-run check`` runs exactly this.
@@ -203,7 +232,7 @@ class Editor:
         """
         timer = timer or PhaseTimer()
         with timer.phase("check"):
-            components = self.check(spec, check_output=check_output)
+            components = self.build(spec, check_output=check_output)
         with timer.phase("read"):
             clip = load_video(spec.video, components.clip)
         request = LayoutRequest(spec=spec, frame_indices=clip.indices, source_size=clip.source_size,
@@ -218,30 +247,48 @@ class Editor:
         return Prepared(components=components, clip=clip, request=request, requests=requests, parts=parts,
                         layout=layout)
 
-    def run(self, spec: EditSpec, *, callback_on_step_end: StepCallback | None = None) -> EditResult:
-        """Edit the clip of ``spec`` and write its output folder; returns what was produced.
+    def __call__(self, job: JobLike, **kwargs: Any) -> EditResult:
+        """``editor(job)`` is ``editor.run(job)`` (as a diffusers pipeline is called)."""
+        return self.run(job, **kwargs)
+
+    def run(self, job: JobLike, *, overwrite: bool | None = None, callback_on_step_end: StepCallback | None = None,
+            callback_on_step_end_tensor_inputs: Sequence[str] | None = None) -> EditResult:
+        """Edit the clip of ``job`` (see :meth:`job`) and write its output folder; returns what was produced.
+
+        :param overwrite: replace an output folder stmod wrote before (``None``: the job's ``overwrite``).
+        :param callback_on_step_end: diffusers' ``callback(editor, step, timestep, callback_kwargs) -> dict``,
+            after every inversion and denoising step; ``callback_kwargs["phase"]`` says which. A returned
+            ``"latents"`` replaces the step's latents; ``editor._interrupt = True`` stops the edit
+            (:class:`~stmod.core.errors.EditCancelled`, nothing written).
+        :param callback_on_step_end_tensor_inputs: the tensors the callback gets (default ``["latents"]``).
 
         The output folder is locked from the check to the end (a second run into it is refused).
-        ``callback_on_step_end``: see :data:`StepCallback` (it may stop the edit, writing nothing)."""
+        """
+        spec = self._with_overwrite(self.job(job), overwrite)
+        self._interrupt = False
+        reporter = RunReporter(self, show_bars=self.progress, on_progress=self.on_progress,
+                               callback=callback_on_step_end, tensor_inputs=callback_on_step_end_tensor_inputs)
         timer = PhaseTimer()
         prepared = self.prepare(spec, timer)
-        bars = functools.partial(self._bar, step_callback=callback_on_step_end)
         with claim_output(spec):
-            return self._run_claimed(spec, timer, prepared, bars)
+            return self._run_claimed(spec, timer, prepared, reporter)
 
-    def _run_claimed(self, spec: EditSpec, timer: PhaseTimer, prepared: Prepared,
-                     bars: Callable[..., _Bar]) -> EditResult:
+    @staticmethod
+    def _with_overwrite(spec: EditSpec, overwrite: bool | None) -> EditSpec:
+        return spec if overwrite is None else attrs.evolve(spec, overwrite=overwrite)
+
+    def _run_claimed(self, spec: EditSpec, timer: PhaseTimer, prepared: Prepared, reporter: RunReporter) -> EditResult:
         components, clip, request, requests = prepared.components, prepared.clip, prepared.request, prepared.requests
         layout = prepared.layout  # None when a layout needs the inversion's features
-        inverted = self._invert_clip(spec, components, clip, request, timer, requests, bars)
+        inverted = self._invert_clip(spec, components, clip, request, timer, requests, reporter)
         if layout is None:  # K-Means: clusters the inversion's attention features
             with timer.phase("layout"):
                 layout = self._layout(spec, components, attrs.evolve(request, features=inverted.inversion.features),
                                       prepared.parts)
         backbone = inverted.session.backbone
         with timer.phase("denoise"):
-            latents, recorder = self._denoise(inverted, layout, bars)
-        with timer.phase("decode"), self._bar(len(latents), "decoding", unit="frame") as bar:
+            latents, recorder = self._denoise(inverted, layout)
+        with timer.phase("decode"), reporter.phase(len(latents), "decoding", unit="frame") as bar:
             frames = to_uint8(backbone.decode(latents, progress=bar.update))
         frames = _composite(components.blender, clip.frames, frames, layout)
         run = {
@@ -278,20 +325,21 @@ class Editor:
         components, clip, request, requests = prepared.components, prepared.clip, prepared.request, prepared.requests
         inversion, layout = None, prepared.layout
         if requests:
-            inverted = self._invert_clip(spec, components, clip, request, timer, requests)
+            reporter = RunReporter(self, show_bars=self.progress, on_progress=self.on_progress)
+            inverted = self._invert_clip(spec, components, clip, request, timer, requests, reporter)
             request, inversion = (attrs.evolve(request, features=inverted.inversion.features),
                                   inverted.inversion.cache_info)
             with timer.phase("layout"):
                 layout = self._layout(spec, components, request, prepared.parts)
         run = {"versions": versions(), "inversion": inversion,
                "phases": timer.snapshot()}
+        assert layout is not None  # computed by prepare, or above from the inversion's features
         return LayoutResult(clip=clip, layout=layout, components=components, run=run)
 
     # -- phases ------------------------------------------------------------------------------------
 
     def _invert_clip(self, spec: EditSpec, components: Components, clip: SourceClip, request: LayoutRequest,
-                     timer: PhaseTimer, requests: tuple[FeatureRequest, ...],
-                     bars: Callable[..., _Bar] | None = None) -> _Inverted:
+                     timer: PhaseTimer, requests: tuple[FeatureRequest, ...], reporter: RunReporter) -> _Inverted:
         """Control images, model load, encoding and the (cached) inversion, recording ``requests``."""
         with timer.phase("control"):
             control_images = [annotator.annotate(request) for annotator, _ in components.annotators]
@@ -299,13 +347,13 @@ class Editor:
         locations = [backbone.controlnet_location(c.annotator.name, c.model) for _, c in components.annotators]
         with timer.phase("load"):
             backbone.load(controlnets=locations, base_dir=spec.base_dir)
-        session = EditSession(spec, components, backbone, locations, control_images, clip)
+        session = EditSession(spec, components, backbone, locations, control_images, clip, reporter)
         with timer.phase("encode"):
             x0 = backbone.encode(to_model_frames(clip.frames))
         schedule = backbone.noise_schedule()
         timesteps = schedule.timesteps(spec.steps)
         inversion = cached_inversion(session, x0, schedule, timesteps, cache=self.cache, timer=timer,
-                                     requests=requests, bar=bars or self._bar)
+                                     requests=requests)
         return _Inverted(session=session, x0=x0, schedule=schedule, timesteps=timesteps, inversion=inversion)
 
     def _layout(self, spec: EditSpec, components: Components, request: LayoutRequest,
@@ -318,12 +366,11 @@ class Editor:
                  for i, (provider, assignment) in enumerate(components.layouts)]
         return compose(parts, spec.region_names, overlap=spec.layout_overlap, frame_indices=request.frame_indices)
 
-    def _denoise(self, inverted: _Inverted, layout: LayoutMasks,
-                 bars: Callable[..., _Bar]) -> tuple[torch.Tensor, AttentionRecorder | None]:
+    def _denoise(self, inverted: _Inverted, layout: LayoutMasks) -> tuple[torch.Tensor, AttentionRecorder | None]:
         session, x0, schedule, timesteps = inverted.session, inverted.x0, inverted.schedule, inverted.timesteps
         spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
         branches: tuple[Branch, ...] = ("uncond", "cond") if spec.guidance != 1.0 else ("cond",)
-        request = _modulation_input(session, layout, len(x0), tuple(x0.shape[-2:]))
+        request = _modulation_input(session, layout, len(x0), latent_size(x0))
         modulator.prepare(request)
         recorder = modulator.start_recording() if spec.save_attention and isinstance(modulator, RecordsAttention) else None
         unet_text, control_text = _batch_text(_texts(modulator, request, backbone), len(x0), branches)
@@ -348,9 +395,9 @@ class Editor:
         # skip_fraction (the official blending_percentage): the first steps are skipped, yet the rest starts
         # from the fully inverted latent, as the official loop does; step indices count the steps run
         run = timesteps[spec.skipped_steps:]
-        with bars(len(run), "denoising") as bar, session.installed():
+        with session.reporter.phase(len(run), "denoising") as bar, session.installed():
             latents = denoise(inverted.inversion.trajectory[timesteps[0]], predict, schedule, run, blend=blend,
-                              on_step=lambda _: bar.update(), on_step_end=bar.step_end)
+                              on_step_end=bar.step_end)
         return latents, recorder
 
 
@@ -373,7 +420,7 @@ def _texts(modulator: object, request: ModulationInput, backbone: Backbone) -> T
     if isinstance(modulator, ConditionsText):
         return modulator.text_conditioning(request, backbone.encode_text)
     negative, prompt = backbone.encode_text([request.negative_prompt, request.prompt]).chunk(2)
-    by_branch = {"uncond": negative, "cond": prompt}
+    by_branch: dict[Branch, torch.Tensor] = {"uncond": negative, "cond": prompt}
     return TextConditioning(unet=by_branch, control=by_branch)
 
 
@@ -399,6 +446,6 @@ def _composite(blender: object, source: np.ndarray, frames: np.ndarray, layout: 
 def _blend_context(session: EditSession, layout: LayoutMasks, x0: torch.Tensor,
                    trajectory: dict[int, torch.Tensor], schedule: NoiseSchedule) -> BlendContext:
     spec, backbone = session.spec, session.backbone
-    mask = downsample_masks(layout.union()[:, None], tuple(x0.shape[-2:]), spec.modulation.mask_downsample)
+    mask = downsample_masks(layout.union()[:, None], latent_size(x0), spec.modulation.mask_downsample)
     return BlendContext(mask=mask.to(backbone.device, backbone.dtype), source_latents=x0, trajectory=trajectory,
                         schedule=schedule, generator=torch.Generator(device=backbone.device).manual_seed(spec.seed))

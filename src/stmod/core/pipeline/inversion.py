@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import torch
-from tqdm.auto import tqdm
 
 from stmod.core.features import FeatureRequest, InversionFeatureRecorder, InversionFeatures, word_positions
 from stmod.core.pipeline.cache import InversionCache
 from stmod.core.pipeline.records import PhaseTimer
-from stmod.core.pipeline.session import EditSession
-from stmod.core.protocols import FeatureRecording
+from stmod.core.pipeline.session import EditSession, latent_size
+from stmod.core.protocols import FeatureRecording, PreparesFromClip
 from stmod.core.sampling import NoiseSchedule, invert
 from stmod.core.types import ExtensionInput, ModulationInput
 
@@ -66,11 +65,11 @@ def _features(session: EditSession, state: Mapping[str, Any] | None,
 
 
 def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int],
-         recorder: InversionFeatureRecorder | None, bar: Callable[[int, str], tqdm]) -> dict[int, torch.Tensor]:
+         recorder: InversionFeatureRecorder | None) -> dict[int, torch.Tensor]:
     """DDIM inversion under the source prompt, the modulator installed without regions."""
     spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
     text = backbone.encode_text([spec.source_prompt]).repeat(len(x0), 1, 1)
-    modulator.prepare(ModulationInput(masks=None, num_frames=len(x0), latent_size=tuple(x0.shape[-2:]),
+    modulator.prepare(ModulationInput(masks=None, num_frames=len(x0), latent_size=latent_size(x0),
                                       config=spec.modulation.resolved(spec.steps), prompt=spec.source_prompt))
 
     def predict(x: torch.Tensor, t: int, k: int) -> torch.Tensor:
@@ -78,13 +77,12 @@ def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timest
         session.step(phase="invert", step_index=k, timestep=t, branches=("cond",))
         return backbone.predict_noise(x, t, text, controls=session.controls(1), cross_attention_kwargs=kwargs)
 
-    recording = contextlib.nullcontext()
+    recording: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if recorder is not None:
         assert isinstance(modulator, FeatureRecording)  # check_job made sure
         recording = modulator.record_features(recorder)
-    with bar(len(timesteps), "inversion") as progress, session.installed(), recording:
-        return invert(x0, predict, schedule, timesteps, on_step=lambda _: progress.update(),
-                      on_step_end=getattr(progress, "step_end", None))
+    with session.reporter.phase(len(timesteps), "inversion") as progress, session.installed(), recording:
+        return invert(x0, predict, schedule, timesteps, on_step_end=progress.step_end)
 
 
 def _fits(trajectory: Mapping[int, torch.Tensor], x0: torch.Tensor, timesteps: list[int]) -> bool:
@@ -97,17 +95,18 @@ def _prepare_extensions(session: EditSession, x0: torch.Tensor, cache: Inversion
     """``prepare`` every extension (each with its store beside the entry ``key``); whether one of them
     needs the inversion to run even when its trajectory is cached."""
     backbone = session.backbone
-    for extension, ref in session.components.extensions:
+    preparing = [(e, ref) for e, ref in session.components.extensions if isinstance(e, PreparesFromClip)]
+    for extension, ref in preparing:
         store = cache.store(key, ref.name) if cache is not None else None
         extension.prepare(ExtensionInput(spec=session.spec, frames=session.clip.frames,
-                                         latent_size=tuple(x0.shape[-2:]), num_frames=len(x0), store=store,
+                                         latent_size=latent_size(x0), num_frames=len(x0), store=store,
                                          device=backbone.device, dtype=backbone.dtype))
-    return any(extension.needs_inversion() for extension, _ in session.components.extensions)
+    return any(extension.needs_inversion() for extension, _ in preparing)
 
 
 def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int], *,
-                     cache: InversionCache | None, timer: PhaseTimer, requests: tuple[FeatureRequest, ...],
-                     bar: Callable[[int, str], tqdm]) -> Inversion:
+                     cache: InversionCache | None, timer: PhaseTimer,
+                     requests: tuple[FeatureRequest, ...]) -> Inversion:
     """The trajectory (from ``cache`` when possible) and, for ``requests``, the attention features."""
     backbone = session.backbone
     key = _key(session, timesteps, requests)
@@ -124,10 +123,10 @@ def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSche
         trajectory = {t: z.to(backbone.device, backbone.dtype) for t, z in entry.trajectory.items()}
         return Inversion(trajectory=trajectory, cache_info={"cached": True, "key": key, "stored": True},
                          features=_features(session, entry.features, requests))
-    recorder = (InversionFeatureRecorder(requests, num_frames=len(x0), latent_size=tuple(x0.shape[-2:]))
+    recorder = (InversionFeatureRecorder(requests, num_frames=len(x0), latent_size=latent_size(x0))
                 if requests else None)
     with timer.phase("invert"):
-        trajectory = _run(session, x0, schedule, timesteps, recorder, bar)
+        trajectory = _run(session, x0, schedule, timesteps, recorder)
     state = recorder.result().to_state() if recorder is not None else None
     if cache is not None:
         cache.save(key, trajectory, features=state)

@@ -10,10 +10,11 @@ import torch
 
 from stmod.core.io.video import SourceClip
 from stmod.core.pipeline.components import Components
-from stmod.core.protocols import Backbone, Phase
+from stmod.core.pipeline.progress import RunReporter
+from stmod.core.protocols import Backbone, FollowsSteps, Phase
 from stmod.core.types import Branch, Control, EditSpec
 
-__all__ = ["EditSession", "to_model_frames", "to_uint8"]
+__all__ = ["EditSession", "latent_size", "to_model_frames", "to_uint8"]
 
 
 @attrs.define
@@ -26,6 +27,8 @@ class EditSession:
     locations: list[str]
     control_images: list[np.ndarray]
     clip: SourceClip
+    #: The run's progress and step callback (:mod:`.progress`).
+    reporter: RunReporter
     _tensors: dict[int, list[tuple[str, Control]]] = attrs.field(factory=dict)
 
     def controls(self, repeat: int) -> list[tuple[str, Control]]:
@@ -53,9 +56,16 @@ class EditSession:
         return stack
 
     def step(self, *, phase: Phase, step_index: int, timestep: int, branches: tuple[Branch, ...]) -> None:
-        """Tell every extension which model call comes next (before each UNet call of either loop)."""
+        """Tell every extension that follows steps which model call comes next (before each UNet call of
+        either loop)."""
         for extension, _ in self.components.extensions:
-            extension.step(phase=phase, step_index=step_index, timestep=timestep, branches=branches)
+            if isinstance(extension, FollowsSteps):
+                extension.step(phase=phase, step_index=step_index, timestep=timestep, branches=branches)
+
+
+def latent_size(latents: torch.Tensor) -> tuple[int, int]:
+    """``(h, w)`` of latents ``(..., h, w)``."""
+    return int(latents.shape[-2]), int(latents.shape[-1])
 
 
 def to_model_frames(frames: np.ndarray) -> torch.Tensor:

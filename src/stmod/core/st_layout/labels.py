@@ -361,7 +361,7 @@ def level_layout(
         region_bits(per_token), token_bits(spans, text_length, owner=rules.token_owner)
     )
     return LevelLayout(
-        grid=tuple(grid),
+        grid=(int(grid[0]), int(grid[1])),
         masks=small,
         self_codes=self_codes,
         self_relation=self_relation,

@@ -19,7 +19,7 @@ from stmod.core.st_layout.labels import (LevelLayout, layer_grid, level_layout, 
                                          time_weight_tensor, token_strength)
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.st_layout.triton_kernel import TokenOrder, token_order
-from stmod.core.types import Branch
+from stmod.core.types import Branch, as_tuple
 
 if TYPE_CHECKING:
     from stmod.core.features import InversionFeatureRecorder
@@ -47,7 +47,7 @@ class StepInfo:
     phase: Phase = field(validator=validators.in_(("invert", "denoise")))
     step_index: int = field(validator=validators.ge(0))
     timestep: float
-    branches: tuple[Branch, ...] = field(default=("uncond", "cond"), converter=tuple)
+    branches: tuple[Branch, ...] = field(default=("uncond", "cond"), converter=as_tuple)
     in_window: bool | None = field(default=None, validator=validators.optional(validators.instance_of(bool)))
     clock: torch.Tensor = field(eq=False)
 
@@ -152,6 +152,7 @@ class EngineState:
         cannot branch on the timestep's value and modulates with λ = 0 instead (the same attention)."""
         if not self.in_window(step):
             return None
+        assert self.plan is not None  # in_window: prepared
         config = self.plan.config
         if not (config.modulate_self if kind == "self" else config.modulate_cross):
             return None
@@ -165,6 +166,7 @@ class EngineState:
 
     def token_strengths(self, step: StepInfo, kind: Literal["self", "cross"], layout: LevelLayout) -> torch.Tensor:
         """λ per token, float32 ``(F, N)``, of a call that :meth:`strength` says is modulated."""
+        assert self.plan is not None  # strength said modulated: prepared
         config = self.plan.config
         scale = config.self_strength if kind == "self" else config.cross_strength
         size = layout.self_size if kind == "self" else layout.cross_size

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from stmod import hookimpl
 from stmod.plugins.batch import command
 
+if TYPE_CHECKING:
+    from stmod.core.registry import CommandRegistrar
+
 
 @hookimpl
-def stmod_register_commands(register) -> None:
+def stmod_register_commands(register: CommandRegistrar) -> None:
     register.add("batch", configure=command.configure, run=command.run,
                  help="run a manifest of many edits (clips x prompts x presets x seeds): resumable, grouped by "
                       "clip, sharded over processes under torchrun / accelerate launch",

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stmod.core.errors import UsageError
 from stmod.plugins.eval.command import add_eval_arguments, eval_options
 
 if TYPE_CHECKING:  # the batch modules import torch: only when the command runs
-    from stmod.plugins.batch.manifest import DistInfo
+    from stmod.cli import Session
+    from stmod.plugins.batch.manifest import DistInfo, Manifest
+    from stmod.plugins.batch.ray_engine import RayOptions
 
 __all__ = ["configure", "run"]
 
@@ -44,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_eval_arguments(parser.add_argument_group("metrics with --eval (as stmod-run eval)"))
 
 
-def _plan(args: argparse.Namespace, session, manifest, dist: DistInfo) -> int:
+def _plan(args: argparse.Namespace, session: Session, manifest: Manifest, dist: DistInfo) -> int:
     from stmod.core.pipeline.editor import Editor
     from stmod.plugins.batch.manifest import BatchState, group_jobs, shard_groups
     from stmod.plugins.batch.run import validate_jobs
@@ -65,7 +66,7 @@ def _plan(args: argparse.Namespace, session, manifest, dist: DistInfo) -> int:
     return 0
 
 
-def _ray_options(args: argparse.Namespace, dist: DistInfo):
+def _ray_options(args: argparse.Namespace, dist: DistInfo) -> RayOptions | None:
     """The :class:`RayOptions` of ``--engine ray`` (checked before anything loads), or ``None`` for local."""
     ray_only = {"--address": args.address, "--gpus-per-job": args.gpus_per_job, "--workers": args.workers}
     if args.engine == "local":
@@ -83,7 +84,8 @@ def _ray_options(args: argparse.Namespace, dist: DistInfo):
     return RayOptions(address=args.address, workers=args.workers, gpus_per_job=args.gpus_per_job or 0.0)
 
 
-def _run_on_ray(args: argparse.Namespace, session, manifest, options, evaluator_options):
+def _run_on_ray(args: argparse.Namespace, session: Session, manifest: Any, options: RayOptions,
+                evaluator_options: Any) -> Any:
     from stmod.core.pipeline.editor import Editor
     from stmod.plugins.batch.ray_engine import WorkerSetup, run_batch_on_ray
 
@@ -93,7 +95,7 @@ def _run_on_ray(args: argparse.Namespace, session, manifest, options, evaluator_
                             progress=not args.quiet, validator=Editor(session.registry, progress=False, cache=False))
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     session.status(f"batch: {args.manifest}: loading the pipeline...")
     from stmod.core.pipeline.editor import Editor
     from stmod.plugins.batch.manifest import BatchError, BatchState, DistInfo, load_manifest

@@ -34,6 +34,7 @@ import attrs
 from tqdm.auto import tqdm
 
 from stmod.core.errors import MissingDependencyError, StmodError, UsageError
+from stmod.core.types import as_tuple
 from stmod.core.io.video import atomic_path
 from stmod.plugins.batch.manifest import BatchError, BatchJob, BatchState, DistInfo, Manifest, group_jobs
 from stmod.plugins.batch.run import BatchReport, evaluate_job, run_job, validate_jobs
@@ -90,6 +91,11 @@ class RayOptions:
     max_retries: int = attrs.field(default=3, validator=_positive("max_retries", 0))
 
 
+def _str_map(value: Mapping[str, str]) -> dict[str, str]:
+    """``dict(value)`` as a typed attrs converter."""
+    return dict(value)
+
+
 @attrs.frozen(kw_only=True)
 class WorkerSetup:
     """What each worker builds its editor and evaluator from (the driver's plugin selection).
@@ -102,8 +108,8 @@ class WorkerSetup:
         fails that job.
     """
 
-    plugin_args: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    plugin_env: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    plugin_args: tuple[str, ...] = attrs.field(default=(), converter=as_tuple)
+    plugin_env: Mapping[str, str] = attrs.field(factory=dict, converter=_str_map)
     cache: bool = True
     eval_options: Any = None
     before_job: Callable[[BatchJob], None] | None = None

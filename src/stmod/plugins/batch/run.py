@@ -4,9 +4,9 @@
 
     from stmod.plugins.batch.manifest import load_manifest
     from stmod.plugins.batch.run import run_batch
-    from stmod import editor_from_plugins
+    from stmod import Editor
 
-    editor = editor_from_plugins(progress=False)
+    editor = Editor.from_plugins(progress=False)
     report = run_batch(load_manifest("batch.yaml"), editor)
 
 Several processes (``torchrun --nproc_per_node N -m stmod batch batch.yaml``) each run their shard
@@ -71,7 +71,7 @@ def validate_jobs(manifest: Manifest, editor: Any) -> None:
     problems = []
     for job in manifest.jobs:
         try:
-            editor.check(job.spec)
+            editor.build(job.spec)
         except StmodError as exc:
             problems.append(f"job {job.name!r}: {exc}")
             log.error("%s", problems[-1])

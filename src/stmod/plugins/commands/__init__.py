@@ -6,13 +6,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from stmod import hookimpl
 from stmod.plugins.commands import check, edit, inspect, ui
 from stmod.plugins.commands import layout as layout_command
 
+if TYPE_CHECKING:
+    from stmod.core.registry import CommandRegistrar
+
 
 @hookimpl
-def stmod_register_commands(register) -> None:
+def stmod_register_commands(register: CommandRegistrar) -> None:
     register.add("plugins", configure=inspect.configure_plugins, run=inspect.run_plugins,
                  help="list installed plugins, their versions and the components each provides",
                  examples=("stmod-run plugins", "stmod-run plugins --json"))

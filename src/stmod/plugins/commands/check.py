@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import argparse
 
+from typing import TYPE_CHECKING
+
 from stmod.core.config import dump_job
 from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args, weights_placed
+
+if TYPE_CHECKING:
+    from stmod.cli import Session
+    from stmod.core.pipeline.editor import Prepared
+    from stmod.core.types import EditSpec
 
 
 def _gib(text: str) -> float:
@@ -31,9 +38,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory", type=_gib, metavar="GIB", default=None,
                         help="predict against a GPU with this much free memory (GiB) instead of the visible one; "
                              "plans the job on CUDA even where it would run on the CPU (e.g. --gpu-memory 24)")
+    # the global -v/--verbose, also accepted after the command; SUPPRESS keeps a count given before it
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="print the prediction's whole table (parts of the peak, attention working set)")
 
 
-def describe_window(spec) -> str:
+def describe_window(spec: EditSpec) -> str:
     """Which denoising steps the modulation covers, and why (the job's ``end_step`` or the default share)."""
     from stmod.core.types import MODULATED_FRACTION
 
@@ -44,7 +54,7 @@ def describe_window(spec) -> str:
     return f"modulation: {steps} ({why})"
 
 
-def overlap_lines(spec, prepared) -> list[str]:
+def overlap_lines(spec: EditSpec, prepared: Prepared) -> list[str]:
     """What the job's ``layout_overlap`` rule did to overlapping masks, with pixel counts (none when the
     layout waits for the inversion's features, as K-Means does)."""
     from stmod.core.pipeline.compose import overlap_report
@@ -55,7 +65,7 @@ def overlap_lines(spec, prepared) -> list[str]:
                           spec.layout_overlap, frame_indices=prepared.request.frame_indices)
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     spec = load_job_from_args(args, session.registry)
     session.status(f"check: {args.job or 'job'}: reading {spec.video.path.name}, building the components and the "
                    "layout (no weights load)...")
@@ -79,6 +89,6 @@ def run(args: argparse.Namespace, session) -> int:
     except OutputExistsError:
         session.echo(f"note: the output folder {spec.output} exists: edit needs --overwrite to replace it, or --out DIR")
     for line in prediction_lines(spec, prepared.components.backbone, len(prepared.clip.indices),
-                                 gpu_memory_gib=args.gpu_memory):
+                                 gpu_memory_gib=args.gpu_memory, verbose=getattr(args, "verbose", 0) > 0):
         session.echo(line)
     return 0

@@ -38,7 +38,7 @@ def _texture(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     return base.clip(0, 255).astype(np.uint8)
 
 
-def synthetic_clip(frames: int = 8, size: tuple[int, int] = (128, 128), seed: int = 0):
+def synthetic_clip(frames: int = 8, size: tuple[int, int] = (128, 128), seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``(frames uint8 (F, H, W, 3), {region: bool (F, H, W)})`` of two moving shapes.
 
     ``size`` is ``(width, height)``.

@@ -6,7 +6,6 @@ import argparse
 import logging
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import attrs
@@ -18,7 +17,8 @@ from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
 from stmod.plugins.commands.summary import summary_lines
 
 if TYPE_CHECKING:
-    from stmod.core.pipeline.editor import Editor
+    from stmod.cli import Session
+    from stmod.core.pipeline.editor import EditResult, Editor
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def configure_edit(parser: argparse.ArgumentParser) -> None:
     _common(parser)
 
 
-def _report(session, result, started: float) -> None:
+def _report(session: Session, result: EditResult, started: float) -> None:
     for region, mass in (result.run.get("attention") or {}).items():
         session.echo(f"  {region}: attention inside its region {100 * mass['plain']:.0f}% plain -> "
                      f"{100 * mass['modulated']:.0f}% modulated")
@@ -41,13 +41,13 @@ def _report(session, result, started: float) -> None:
         session.echo(line)
 
 
-def _editor(session, args: argparse.Namespace) -> Editor:
+def _editor(session: Session, args: argparse.Namespace) -> Editor:
     from stmod.core.pipeline.editor import Editor  # torch and the pipeline: only once a run starts
 
     return Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
 
 
-def run_edit(args: argparse.Namespace, session) -> int:
+def run_edit(args: argparse.Namespace, session: Session) -> int:
     started = time.perf_counter()
     spec = load_job_from_args(args, session.registry)
     start, end = spec.modulation_window
@@ -71,7 +71,7 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
     _common(parser)
 
 
-def run_demo(args: argparse.Namespace, session) -> int:
+def run_demo(args: argparse.Namespace, session: Session) -> int:
     started = time.perf_counter()
     out = args.out.absolute()
     if out.exists() and any(out.iterdir()):
@@ -110,7 +110,7 @@ SHAPES_NOTICE = ("The shapes model was trained here on a toy world (128 px shape
                  "here are the model's limits, not a broken run.")
 
 
-def _report_shapes_scores(session, result) -> None:
+def _report_shapes_scores(session: Session, result: EditResult) -> None:
     from stmod.backbones.shapes.demo import DEMO_CASE, demo_scores
 
     scores = demo_scores(result.source, result.frames)

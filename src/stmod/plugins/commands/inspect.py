@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stmod
 from stmod.core.errors import UsageError
 from stmod.core.registry import KINDS, normalise_kind
+
+if TYPE_CHECKING:
+    from stmod.cli import Session
+    from stmod.plugins.manager import StmodPluginManager
 
 
 def configure_plugins(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def plugin_report(pm) -> dict[str, Any]:
+def plugin_report(pm: StmodPluginManager) -> dict[str, Any]:
     """Plugins, versions, implemented hooks and components, plus plugins that failed to load."""
     by_plugin = pm.components_by_plugin()
     extras: dict[str, dict[str, list[str]]] = {}  # plugin -> {"command" | "job format": names}
-    for label, infos in (("command", pm.registry.commands), ("job format", pm.registry.job_formats)):
-        for info in infos.values():
-            extras.setdefault(info.plugin, {}).setdefault(label, []).append(info.name)
+    named = [("command", info.plugin, info.name) for info in pm.registry.commands.values()]
+    named += [("job format", info.plugin, info.name) for info in pm.registry.job_formats.values()]
+    for label, plugin_name, component in named:
+        extras.setdefault(plugin_name, {}).setdefault(label, []).append(component)
     plugins = []
     for name, record in pm.records.items():
         components: dict[str, list[str]] = {}
@@ -42,7 +47,7 @@ def plugin_report(pm) -> dict[str, Any]:
     return {"plugins": plugins, "failed": failures}
 
 
-def run_plugins(args: argparse.Namespace, session) -> int:
+def run_plugins(args: argparse.Namespace, session: Session) -> int:
     report = plugin_report(session.pm)
     if args.json:
         session.echo(json.dumps(report, indent=2))
@@ -61,7 +66,7 @@ def configure_list(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", metavar="KIND", help="one of: " + ", ".join(k + "s" for k in KINDS))
 
 
-def run_list(args: argparse.Namespace, session) -> int:
+def run_list(args: argparse.Namespace, session: Session) -> int:
     try:
         kind = normalise_kind(args.kind)
     except KeyError:

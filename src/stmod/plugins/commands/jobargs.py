@@ -188,7 +188,7 @@ def _with_annotator_weights(spec: EditSpec, folder: str, registry: Registry) -> 
             controls.append(control)
             continue
         current = control.annotator.options.get("weights", field.default)
-        listed = [current] if isinstance(current, str) else list(current)
+        listed = list(current) if isinstance(current, (list, tuple)) else [current]
         annotator = attrs.evolve(control.annotator, options={**control.annotator.options, "weights": [*listed, folder]})
         controls.append(attrs.evolve(control, annotator=annotator))
         extended = True

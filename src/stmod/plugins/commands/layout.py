@@ -10,9 +10,13 @@ replaced without ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from stmod.core.errors import environment_errors
 from stmod.plugins.commands.jobargs import add_job_arguments, load_job_from_args
+
+if TYPE_CHECKING:
+    from stmod.cli import Session
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     spec = load_job_from_args(args, session.registry)
     session.status(f"layout: {spec.video.path.name} -> {spec.output}: loading the pipeline...")
     # The pipeline (torch, PIL) loads only once there is a job to lay out.

@@ -6,9 +6,9 @@ footprint and, on CUDA, torch for the free GPU memory (or takes it from ``--gpu-
 
 from __future__ import annotations
 
-from stmod.core.budget.estimate import estimate
+from stmod.core.budget.estimate import Estimate, estimate
 from stmod.core.budget.fit import fits, suggestions
-from stmod.core.budget.job import job_shape
+from stmod.core.budget.job import JobShape, ModelFootprint, job_shape
 from stmod.core.budget.report import estimate_lines, warning_lines
 from stmod.core.protocols import DescribesFootprint
 from stmod.core.types import EditSpec
@@ -25,7 +25,8 @@ def free_gpu_bytes(device: str) -> float | None:
     return float(torch.cuda.mem_get_info(torch.device(device))[0])
 
 
-def predict(spec: EditSpec, backbone: object, frames: int, *, device: str | None = None):
+def predict(spec: EditSpec, backbone: object, frames: int, *,
+            device: str | None = None) -> tuple[JobShape, ModelFootprint, Estimate] | None:
     """``(job shape, footprint, estimate)`` of ``spec`` over ``frames`` frames, or ``None`` when the
     backbone cannot tell its models (no :class:`DescribesFootprint`, or nothing readable)."""
     if not isinstance(backbone, DescribesFootprint):
@@ -37,8 +38,10 @@ def predict(spec: EditSpec, backbone: object, frames: int, *, device: str | None
     return job, models, estimate(job, models)
 
 
-def prediction_lines(spec: EditSpec, backbone: object, frames: int, *, gpu_memory_gib: float | None = None) -> list[str]:
-    """The prediction table and, on a GPU it would not fit, the warning with the changes that fit.
+def prediction_lines(spec: EditSpec, backbone: object, frames: int, *, gpu_memory_gib: float | None = None,
+                     verbose: bool = False) -> list[str]:
+    """The prediction (one line per phase; ``verbose``: the whole table) and, on a GPU it would not fit,
+    the warning with the changes that fit.
 
     :param gpu_memory_gib: free GPU memory to plan for (GiB) instead of the visible device's; it
         also plans the job on CUDA when the backbone would run on the CPU here.
@@ -50,7 +53,7 @@ def prediction_lines(spec: EditSpec, backbone: object, frames: int, *, gpu_memor
         return [f"predicted peak memory and time: unknown (backbone {spec.backbone.name!r} cannot tell its model "
                 "sizes without loading them, e.g. a hub id that is not cached or a single file without a config: folder)"]
     job, models, result = found
-    lines = estimate_lines(result)
+    lines = estimate_lines(result, verbose=verbose)
     free = gpu_memory_gib * 2**30 if gpu_memory_gib is not None else free_gpu_bytes(planned or device)
     if result.device == "cuda" and free is not None and not fits(result, free):
         lines += warning_lines(result, free, suggestions(job, models, spec.modulation, free))

@@ -7,8 +7,14 @@ import importlib.util
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from stmod.core.errors import MissingDependencyError, UsageError
+
+if TYPE_CHECKING:
+    from stmod.cli import Session
+    from stmod.core.pipeline.cache import InversionCache
+    from stmod.core.registry import Registry
 
 __all__ = ["configure", "run", "free_port", "gradio_installed", "launch"]
 
@@ -32,7 +38,8 @@ def gradio_installed() -> bool:
     return importlib.util.find_spec("gradio") is not None
 
 
-def launch(registry, out: Path, *, host: str = "127.0.0.1", port: int = 0, cache=None):
+def launch(registry: Registry, out: Path, *, host: str = "127.0.0.1", port: int = 0,
+           cache: InversionCache | None | bool = None) -> tuple[Any, str]:
     """Build the page over ``registry`` and serve it without blocking; returns ``(page, address)``."""
     if not gradio_installed():
         raise MissingDependencyError("stmod-run ui", ["gradio"], extra="ui")
@@ -52,7 +59,7 @@ def launch(registry, out: Path, *, host: str = "127.0.0.1", port: int = 0, cache
     return page, f"http://{host}:{port}"
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     page, address = launch(session.registry, args.out, host=args.host, port=args.port)
     session.echo(f"stmod-run ui: open {address} (runs go to {args.out.absolute()}; Ctrl+C stops)")
     try:

@@ -6,12 +6,17 @@ the evaluator over output folders (:mod:`.evaluate`) and the tables it prints (:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from stmod import hookimpl
 from stmod.plugins.eval import command
 
+if TYPE_CHECKING:
+    from stmod.core.registry import CommandRegistrar
+
 
 @hookimpl
-def stmod_register_commands(register) -> None:
+def stmod_register_commands(register: CommandRegistrar) -> None:
     register.add("eval", configure=command.configure, run=command.run,
                  help="metrics of output folders: CLIP-T, CLIP-F, Warp-Err, Q-edit, region CLIP-T, background "
                       "PSNR/SSIM; --compare for a side-by-side table with time and memory",

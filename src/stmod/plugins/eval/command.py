@@ -18,6 +18,7 @@ from stmod.plugins.eval.names import DEFAULT_CLIP, METRICS, parse_metrics
 from stmod.plugins.eval.tables import COMPARE_COLUMNS, fmt, rows, text_table
 
 if TYPE_CHECKING:  # the metrics import torch: only when a command evaluates
+    from stmod.cli import Session
     from stmod.plugins.eval.evaluate import EvalOptions
 
 __all__ = ["add_eval_arguments", "eval_options", "expand_result_dirs", "configure", "run"]
@@ -105,7 +106,7 @@ def _per_run(name: str, metrics: dict[str, Any], eff: dict[str, Any]) -> list[st
     return lines + ["  " + line for line in text_table(table)]
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     session.status("eval: loading the metrics...")
     from tqdm.auto import tqdm
 

@@ -5,11 +5,16 @@ One module per extension; this list only registers them (by reference: their mod
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from stmod import hookimpl
+
+if TYPE_CHECKING:
+    from stmod.core.registry import ComponentRegistrar
 
 
 @hookimpl
-def stmod_register_extensions(register) -> None:
+def stmod_register_extensions(register: ComponentRegistrar) -> None:
     register.add("freeu", "stmod.plugins.extensions.freeu:FreeUExtension",
                  options="stmod.plugins.extensions.freeu:FreeUOptions",
                  summary="FreeU through diffusers' enable_freeu (official values b1 1.2, b2 1.5, s1 = s2 = 1)")

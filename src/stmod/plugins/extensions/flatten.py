@@ -34,7 +34,7 @@ from stmod.core.errors import ConfigError
 from stmod.core.io.ownership import atomic_path
 from stmod.core.levels import level_grid, level_of
 from stmod.core.trajectories import TrajectoryKeys, level_trajectories, trajectory_attention
-from stmod.core.types import EditSpec, ExtensionInput, number
+from stmod.core.types import EditSpec, ExtensionInput, as_tuple, number
 
 __all__ = ["FlattenOptions", "FlattenExtension", "estimate_flows"]
 
@@ -58,7 +58,7 @@ class FlattenOptions:
 
     #: UNet levels with trajectory attention (0 = the latent grid, 1 = half of it, …; the official
     #: ``flatten_res`` factor f is level log2 f). Default: the official configs' most common ``[1]``.
-    levels: tuple[int, ...] = number((0,), low=0, high=8, converter=tuple, validator=_distinct)
+    levels: tuple[int, ...] = number((0,), low=0, high=8, converter=as_tuple, validator=_distinct)
     #: optical flow: ``dis`` (OpenCV, no weights) or ``raft`` (torchvision RAFT-Large, the official's)
     flow: Literal["dis", "raft"] = field(default="dis", validator=validators.in_(("dis", "raft")))
     #: RAFT-Large ``state_dict`` file (``flow: raft``; else torchvision's cached weights)
@@ -67,7 +67,7 @@ class FlattenOptions:
     seed: int = number(0, low=0, high=2**32 - 1)
     #: spatial neighbour radius of the official sequences per level (the last repeats below):
     #: the official 2 at level 0, 1 below
-    neighbours: tuple[int, ...] = number((2, 1), low=0, high=8, converter=tuple)
+    neighbours: tuple[int, ...] = number((2, 1), low=0, high=8, converter=as_tuple)
 
     def radius(self, level: int) -> int:
         return self.neighbours[min(level, len(self.neighbours) - 1)] if self.neighbours else 0

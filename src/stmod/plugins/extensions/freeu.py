@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from attrs import frozen
 
-from stmod.core.types import EditSpec, number
+from stmod.core.types import number
 
 __all__ = ["FreeUOptions", "FreeUExtension"]
 
@@ -37,22 +37,14 @@ class FreeUOptions:
 
 
 class FreeUExtension:
-    """FreeU on the UNet for a whole edit (:class:`~stmod.core.protocols.Extension`)."""
+    """FreeU on the UNet for a whole edit (:class:`~stmod.core.protocols.Extension`, no optional ability:
+    nothing to check, prepare or follow step by step)."""
 
     def __init__(self, options: FreeUOptions | None = None) -> None:
         self.options = options or FreeUOptions()
 
-    def check(self, spec: EditSpec) -> None:
-        return None
-
     def inversion_settings(self) -> Mapping[str, object]:
         return {key: getattr(self.options, key) for key in _KEYS}
-
-    def prepare(self, request: object) -> None:
-        return None
-
-    def needs_inversion(self) -> bool:
-        return False
 
     @contextlib.contextmanager
     def install(self, model: torch.nn.Module, *, role: str) -> Iterator[None]:
@@ -72,6 +64,3 @@ class FreeUExtension:
                 for key, value in values.items():
                     if value is not None:  # FreeU the UNet had before (e.g. a pipeline's own)
                         setattr(block, key, value)
-
-    def step(self, *, phase: str, step_index: int, timestep: int, branches: tuple[str, ...]) -> None:
-        return None

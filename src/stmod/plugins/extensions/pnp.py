@@ -105,7 +105,6 @@ class PnPExtension:
         return min(self.options.inject_step, self._steps)
 
     def check(self, spec: EditSpec) -> None:
-        self._steps = spec.steps
         if self.options.inject_step > spec.steps:
             log.info("pnp: inject_step %d is more than the %d steps; every step is injected",
                      self.options.inject_step, spec.steps)
@@ -117,7 +116,8 @@ class PnPExtension:
         return {"records": places, "precision": self.options.precision}
 
     def prepare(self, request: ExtensionInput) -> None:
-        self._request, self._store = request, StepStore(request.store)
+        # the edit's step count comes with its request (check keeps no state: it may see another job)
+        self._request, self._store, self._steps = request, StepStore(request.store), request.spec.steps
         self.recorded, self.injected = [], []
 
     def needs_inversion(self) -> bool:

@@ -192,7 +192,7 @@ class UiApp:
     def _prediction(self, spec: EditSpec) -> str:
         """What ``stmod-run check`` predicts for the job (peak memory by part, seconds per phase), as Markdown
         shown beside the measured figures."""
-        backbone = self.editor.check(spec, check_output=False).backbone
+        backbone = self.editor.build(spec, check_output=False).backbone
         lines = prediction_lines(spec, backbone, spec.video.frames or 1)
         return "\n\n**predicted before the run** (as `stmod-run check` prints it):\n\n```\n" + "\n".join(lines) + "\n```"
 

@@ -21,6 +21,7 @@ from attrs import field, frozen
 from stmod.core.errors import PromptError, UsageError
 from stmod.core.io.visuals import region_colours
 from stmod.core.tokens import find_token_spans
+from stmod.core.types import as_tuple
 
 __all__ = ["MAX_REGIONS", "MODES", "Clip", "Settings", "click", "clear_region", "display_scale", "draw_keyframe", "job_mapping",
            "prompt_flags", "metrics_markdown", "error_line"]
@@ -42,7 +43,7 @@ class Clip:
     every: int
     frames: int
     size: tuple[int, int]
-    indices: tuple[int, ...] = field(converter=tuple)
+    indices: tuple[int, ...] = field(converter=as_tuple)
     images: np.ndarray = field(eq=False, repr=False)  # uint8 (F, H, W, 3) of ``indices`` at the source size
 
 
