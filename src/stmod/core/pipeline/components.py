@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from stmod.core.errors import ConfigError, InputError, NotOwnedError, OutputExistsError
-from stmod.core.io.locks import exclusive_lock, lock_path_for
+from stmod.core.io.locks import exclusive_lock, lock_path_for, lock_problem
 from stmod.core.io.ownership import (clean_stale_temporaries, input_overlap, name_problem, real, require_replaceable,
                                      write_problem)
 from stmod.core.pipeline.cache import cache_root
@@ -167,10 +167,14 @@ def check_output_folder(spec: EditSpec) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not spec.overwrite:
             raise OutputExistsError(str(out))
-        require_replaceable(out)
+        require_replaceable(out, "edit output")
     problem = write_problem(out)
     if problem is not None:
         raise InputError("output", str(out), problem)
+    lock = lock_path_for(real(out))
+    problem = lock_problem(lock)
+    if problem is not None:  # a user's file named like stmod's lock: refused now, before any model loads
+        raise NotOwnedError(str(lock), problem)
 
 
 @contextlib.contextmanager
