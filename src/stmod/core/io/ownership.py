@@ -315,11 +315,19 @@ def input_overlap(output: Path, inputs: Iterable[tuple[str, Path, bool]]) -> str
 
 
 def name_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be a name stmod writes to, or ``None``: a NUL byte, or a part too long for
-    the file system (the last one with room for its temporary sibling's suffix)."""
+    """Why ``path`` cannot be a name stmod writes to, or ``None``: a NUL byte or another control character
+    (a newline), a lone surrogate, or a part too long for the file system (the last one with room for its
+    temporary sibling's suffix)."""
     text = os.fspath(path)
     if "\0" in text:
         return "contains a NUL byte; remove it"
+    control = next((c for c in text if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if control is not None:  # a newline in a folder name breaks every listing and script that meets it
+        return f"contains the control character {control!r}; remove it"
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        return "contains characters the file system cannot encode (a lone surrogate); remove them"
     folder = _existing_ancestor(Path(text))
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")

@@ -53,10 +53,11 @@ def _plan(args: argparse.Namespace, session, manifest, dist: DistInfo) -> int:
 def run(args: argparse.Namespace, session) -> int:
     session.status(f"batch: {args.manifest}: loading the pipeline...")
     from stmod.core.pipeline.editor import Editor
-    from stmod.plugins.batch.manifest import BatchError, BatchState, DistInfo, load_manifest
+    from stmod.plugins.batch.manifest import BatchError, BatchState, DistInfo, load_manifest, require_batch_root
     from stmod.plugins.batch.run import run_batch
 
     manifest = load_manifest(args.manifest)
+    require_batch_root(manifest.output)  # before any job runs: a user's batch.json there is never replaced
     dist = DistInfo.from_env(session.env)
     if args.summary:
         summary = BatchState(manifest.output).merge(manifest, world_size=dist.world_size)
