@@ -6,7 +6,6 @@ overwritten or written through."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -147,4 +146,17 @@ def test_tiny_folder_pointed_at_an_edit_output_is_refused(job_file, tmp_path: Pa
                    modulator="st-layout", output="out2")
     before = _snapshot(tmp_path)
     _refused(run_cli([*TESTING, "check", str(job)], env=ENV), "edit output folder", "not a tiny model")
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("target", ["nowhere", "notes.txt"])
+def test_check_and_edit_agree_on_an_output_link(job_file, tmp_path: Path, target: str) -> None:
+    """`--out` a dangling link (or a link to a file) with --overwrite: `check` said ok, `edit` refused."""
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "link").symlink_to(tmp_path / target)
+    job = job_file()
+    before = _snapshot(tmp_path)
+    for command in ("check", "edit"):
+        _refused(run_cli([*TESTING, command, str(job), "--out", str(tmp_path / "link"), "--overwrite", "--quiet"]
+                         [:None if command == "edit" else -1], env=ENV), "symbolic link")
     assert _snapshot(tmp_path) == before

@@ -162,6 +162,8 @@ def check_output_folder(spec: EditSpec) -> None:
     if problem is not None:
         raise NotOwnedError(str(out), f"the output folder {problem}; writing there could destroy an input, so "
                                       "choose another output (--out)")
+    if out.is_symlink() and not out.is_dir():  # dangling, or to a file: what edit would refuse, check refuses
+        raise NotOwnedError(str(out), "is a symbolic link that stmod did not create; remove it or choose another path")
     if out.exists() and not out.is_dir():
         raise InputError("output", str(out), "exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
