@@ -37,11 +37,13 @@ def guarded_call(function: Callable[..., Any], *, where: str, plugin: str, metho
     """``function`` with its failures (and non-finite tensor results) reported as the plugin's;
     ``passed``: further exception types the caller handles itself."""
 
+    let_through: tuple[type[BaseException], ...] = (*_PASS, *passed)
+
     @functools.wraps(function)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             result = function(*args, **kwargs)
-        except (*_PASS, *passed):
+        except let_through:
             raise
         except BaseException as exc:  # noqa: BLE001 - SystemExit and the like from plugin code included
             if environment_problem(exc) is not None:
@@ -86,7 +88,7 @@ def guard_component(component: Any, *, where: str, plugin: str) -> Any:
         else:
             members[name] = _forward_property(name)
     cls = type(f"Guarded{type(component).__name__}", (_Guarded,), members)
-    wrapper = object.__new__(cls)
+    wrapper: Any = object.__new__(cls)
     object.__setattr__(wrapper, "_stmod_inner", component)
     return wrapper
 
