@@ -130,3 +130,18 @@ def test_guarded_component_keeps_its_protocol_and_class() -> None:
 class _Interrupting:
     def run(self) -> None:
         raise KeyboardInterrupt
+
+
+def test_a_guarded_failure_is_still_the_plugins_exception_type_for_python_callers() -> None:
+    class _Raising:
+        def run(self, kind: type[BaseException]) -> None:
+            raise kind("broken")
+
+    guarded = guard_component(_Raising(), where="w", plugin="p")
+    for kind in (RuntimeError, ValueError, KeyError):
+        with pytest.raises(kind) as caught:
+            guarded.run(kind)
+        assert isinstance(caught.value, PluginComponentError) and "broken" in str(caught.value)
+    for kind in (SystemExit, OSError, GeneratorExit):
+        with pytest.raises(PluginComponentError):
+            guarded.run(kind)

@@ -48,12 +48,27 @@ def guarded_call(function: Callable[..., Any], *, where: str, plugin: str, metho
         except BaseException as exc:  # noqa: BLE001 - SystemExit and the like from plugin code included
             if environment_problem(exc) is not None:
                 raise
-            raise PluginComponentError(where, plugin, method, f"{type(exc).__name__}: {exc}") from exc
+            error = _failure_type(type(exc))(where, plugin, method, f"{type(exc).__name__}: {exc}")
+            raise error from exc
         if _non_finite(result):
             raise PluginComponentError(where, plugin, method, "returned non-finite values (NaN or inf)")
         return result
 
     return call
+
+
+@functools.lru_cache(maxsize=None)
+def _failure_type(raised: type[BaseException]) -> type[PluginComponentError]:
+    """:class:`PluginComponentError` that is also a ``raised`` where the two can be combined, so a
+    Python caller's ``except RuntimeError`` around a plugin's component still catches its failure; the
+    CLI reports it as a ``StmodError`` (one line, exit 2). ``SystemExit``, ``OSError`` and the like do
+    not combine (their C layouts differ) and are not wanted as such: plain ``PluginComponentError``."""
+    if not issubclass(raised, Exception) or issubclass(raised, PluginComponentError):
+        return PluginComponentError
+    try:
+        return type(f"PluginComponentError_{raised.__name__}", (PluginComponentError, raised), {})
+    except TypeError:
+        return PluginComponentError
 
 
 class _Guarded:
