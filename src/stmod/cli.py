@@ -151,7 +151,7 @@ def _run_command(args: argparse.Namespace, session: Session) -> int:
         return int(args._run(args, session) or EXIT_OK)
     except (StmodError, KeyboardInterrupt):
         raise
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit(0) from a plugin's command must not pass for success
         record = session.pm.records.get(args._plugin)
         if record is None or record.builtin:
             raise

@@ -24,7 +24,7 @@ from attrs import field, frozen, validators
 from stmod.backbones.sd15 import SD15Options, StableDiffusionBackbone
 from stmod.backbones.tiny_tokenizer import write_tiny_clip_tokenizer
 from stmod.core.errors import NotOwnedError
-from stmod.core.io.ownership import MARKER, atomic_folder, clean_stale_temporaries, replace_problem
+from stmod.core.io.ownership import atomic_folder, clean_stale_temporaries, replace_problem
 from stmod.core.types import MAX_SEED, EditSpec, number
 
 __all__ = ["TinyOptions", "TinyBackbone", "TINY_UNET", "build_tiny_model", "default_tiny_folder"]
@@ -62,10 +62,10 @@ def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
     folder = Path(folder)
     if (folder / "model_index.json").exists() and (folder / "controlnet" / "config.json").exists():
         return folder
-    if replace_problem(folder) is not None:
-        raise NotOwnedError(str(folder), "is not a complete tiny model and stmod did not create it (no "
-                            f"{MARKER} marker), so stmod will not replace it; give backbone.folder a new or "
-                            "empty folder")
+    problem = replace_problem(folder, "tiny model")
+    if problem is not None:
+        raise NotOwnedError(str(folder), "is not a complete tiny model and stmod may not replace it: "
+                            f"{problem.split(';')[0]}; give backbone.folder a new or empty folder")
     clean_stale_temporaries(folder.parent, name=folder.name)  # a build killed midway
     with tempfile.TemporaryDirectory(prefix="stmod-tiny-") as work_dir, \
             atomic_folder(folder, kind="tiny model") as target:

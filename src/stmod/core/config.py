@@ -22,6 +22,7 @@ import attrs
 import yaml
 
 from stmod.core.errors import ConfigError, InputError, show
+from stmod.core.io.images import regular_file_problem
 from stmod.core.protocols import JobFormat
 from stmod.core.types import RANGE_KEY, ComponentRef, EditSpec, Range, Region
 from stmod.core.yamlfile import load_yaml
@@ -229,6 +230,9 @@ def unstructure(value: Any) -> Any:
 
 def load_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping."""
+    problem = regular_file_problem(path)
+    if problem is not None:  # a FIFO or a device would block the read
+        raise InputError("job", str(path), problem)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:

@@ -24,6 +24,7 @@ __all__ = [
     "PluginConflictError",
     "PluginLoadError",
     "ComponentContractError",
+    "PluginComponentError",
     "InputError",
     "LayoutError",
     "PromptError",
@@ -159,6 +160,21 @@ class ComponentContractError(StmodError):
     def __init__(self, kind: str, name: str, plugin: str, problem: str) -> None:
         self.kind, self.name, self.plugin, self.problem = kind, name, plugin, problem
         super().__init__(f"{kind} {name!r} from plugin {plugin!r} {problem}")
+
+
+class PluginComponentError(StmodError):
+    """A third-party plugin's component raised (or returned non-finite values) while stmod used it:
+    that plugin's bug, reported as such in one line (the traceback with ``-v``).
+
+    :ivar where: the component's place in the job, e.g. ``"blend (soft)"``.
+    :ivar plugin: the plugin that registered it.
+    :ivar method: the method that failed (``"factory"`` for its construction).
+    """
+
+    def __init__(self, where: str, plugin: str, method: str, problem: str) -> None:
+        self.where, self.plugin, self.method = where, plugin, method
+        super().__init__(f"{where} from plugin {plugin!r} failed in {method}(): {problem} (a bug in that plugin, "
+                         "not in stmod; rerun with -v for the traceback, or choose another component)")
 
 
 class InputError(StmodError):

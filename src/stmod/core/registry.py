@@ -16,6 +16,7 @@ from attrs import frozen
 
 from stmod.core import protocols
 from stmod.core.config import structure
+from stmod.core.guard import guard_component, guarded_call
 from stmod.core.errors import ComponentContractError, ConfigError, PluginConflictError, UnknownComponentError
 from stmod.core.types import NAME_PATTERN
 
@@ -264,10 +265,12 @@ class Registry:
     """All components, commands and job formats registered by the loaded plugins."""
 
     def __init__(self, components: Mapping[str, dict[str, ComponentInfo]], commands: dict[str, CommandInfo],
-                 job_formats: Mapping[str, JobFormatInfo] | None = None):
+                 job_formats: Mapping[str, JobFormatInfo] | None = None, *, guarded: Sequence[str] = ()):
         self._components = {kind: dict(components.get(kind, {})) for kind in KINDS}
         self.commands = dict(commands)
         self.job_formats = dict(job_formats or {})
+        #: Plugins whose components run behind :func:`stmod.core.guard.guard_component` (the third-party ones).
+        self.guarded = frozenset(guarded)
 
     def components(self, kind: str) -> dict[str, ComponentInfo]:
         """``{name: info}`` of one kind."""
@@ -301,8 +304,12 @@ class Registry:
         """Build component ``name`` of ``kind`` with ``options``; checks the product against its protocol."""
         info = self.info(kind, name)
         parsed = self.parse_options(kind, name, options or {}, place=place)
+        where = place or f"{kind} {name!r}"
+        factory = info.factory
+        if info.plugin in self.guarded:
+            factory = guarded_call(factory, where=where, plugin=info.plugin, method="factory", passed=(ValueError,))
         try:
-            product = info.factory() if not info.takes_options else info.factory(parsed)
+            product = factory() if not info.takes_options else factory(parsed)
         except ValueError as exc:  # options that fit their class but not each other: the job's error
             where = place or f"{kind} {name!r} options"
             raise ConfigError(f"{where}: {exc} (plugin {info.plugin!r})", place=where) from exc
@@ -312,7 +319,7 @@ class Registry:
             raise ComponentContractError(
                 kind, name, info.plugin, f"built an object that is not {'an' if protocol.__name__[0] in 'AEIOU' else 'a'} {protocol.__name__} (missing: {', '.join(missing)})"
             )
-        return product
+        return guard_component(product, where=where, plugin=info.plugin) if info.plugin in self.guarded else product
 
 
 @attrs.frozen

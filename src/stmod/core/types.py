@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # annotations only: these modules build on the values defined
 __all__ = [
     "as_tuple",
     "NAME_PATTERN",
+    "NAME_RULE",
+    "name_problem",
     "RANGE_KEY",
     "MAX_SEED",
     "MAX_STEPS",
@@ -63,8 +65,28 @@ def as_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
 #: A classifier-free-guidance branch of a model batch.
 Branch = Literal["uncond", "cond"]
 
-#: Region and component names: letters, digits, ``_``, ``-`` and ``.``; they become folder names.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+#: Region, job, output and component names: letters, digits, ``_``, ``-`` and ``.``; they become folder
+#: names. ``\Z``, not ``$``: ``$`` also matches before a final newline, and ``"cat\n"`` is no name.
+NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+#: Longest name: a folder name with room for stmod's temporary suffix on every common file system.
+NAME_MAX_CHARS = 200
+#: The rule in words, for messages.
+NAME_RULE = "use letters, digits, '_', '-' or '.', starting with a letter or digit"
+
+
+def name_problem(value: object, *, reserved: Collection[str] = ()) -> str | None:
+    """Why ``value`` is not a valid region, job, output or component name, or ``None``: the one name rule
+    of stmod (job files, flags, batch manifests and the app all use it). ``reserved``: names the caller
+    keeps for itself (a batch's ``batch.json``)."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not NAME_PATTERN.match(value):
+        return f"{value!r} is not a valid name: {NAME_RULE}"
+    if len(value) > NAME_MAX_CHARS:
+        return f"is {len(value)} characters long, more than the {NAME_MAX_CHARS} a name may have"
+    if value in reserved:
+        return f"{value!r} is reserved by stmod (it uses {', '.join(sorted(reserved))} itself); choose another name"
+    return None
 
 Preset = Literal["videograin", "paper"]
 TemporalFocus = Literal["full", "per-frame", "sparse-causal", "window"]
@@ -72,11 +94,9 @@ MaskDownsample = Literal["nearest", "area"]
 
 
 def _valid_name(_: Any, attribute: attrs.Attribute, value: str) -> None:
-    if not NAME_PATTERN.match(value):
-        raise ValueError(
-            f"{attribute.name} {value!r} is not a valid name: use letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
-        )
+    problem = name_problem(value)
+    if problem is not None:
+        raise ValueError(f"{attribute.name} {problem}")
 
 
 #: Field metadata key of a :class:`Range` (the structurer and the docs read it).

@@ -38,6 +38,7 @@ from PIL import Image
 
 from stmod.core.errors import LayoutError
 from stmod.core.types import EditSpec, LayoutMasks, LayoutRequest, number
+from stmod.core.io.images import mask_plane
 from stmod.core.io.video import IMAGE_ERRORS, ClipPlan, FrameTransform, natural_key, open_image
 from stmod.core.pipeline.compose import empty_layout
 
@@ -225,8 +226,9 @@ class MaskFolderProvider:
             try:
                 with img:
                     # Indexed files keep their ids; binary and WebUI files become grey luminance, as
-                    # cv2.IMREAD_GRAYSCALE does in the official code (palette colours → grey).
-                    raw = np.asarray(img) if source.ids is not None else np.asarray(img.convert("L"))
+                    # cv2.IMREAD_GRAYSCALE does in the official code (palette colours → grey), or their
+                    # alpha when the shape is drawn there (see stmod.core.io.images.mask_plane)
+                    raw = np.asarray(img) if source.ids is not None else mask_plane(img)
             except _IMAGE_ERRORS as exc:
                 raise LayoutError(f"region {region!r}: {source.path} cannot be read as a PNG ({exc})",
                                   region=region) from exc

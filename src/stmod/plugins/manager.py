@@ -146,7 +146,8 @@ class StmodPluginManager(pluggy.PluginManager):
                 self.skip(name, record, str(exc))
                 continue
             components, commands, formats = staged, staged_commands, staged_formats
-        return Registry(components, commands, formats)
+        third_party = [name for name, record in self.records.items() if not record.builtin]
+        return Registry(components, commands, formats, guarded=third_party)
 
     def _call(self, hook_name: str, plugin_name: str, registrar: object) -> None:
         # The call goes through pluggy (a hook caller without the other plugins' implementations), so
@@ -159,9 +160,9 @@ class StmodPluginManager(pluggy.PluginManager):
         log.debug("%s: calling %s", hook_name, plugin_name)
         try:
             caller(register=registrar)
-        except StmodError:
+        except (StmodError, KeyboardInterrupt):
             raise
-        except Exception as exc:  # a plugin bug: name the plugin, keep the traceback for -v
+        except BaseException as exc:  # a plugin bug (SystemExit included): name the plugin, traceback for -v
             raise PluginLoadError(plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}") from exc
 
     def skip(self, name: str, record: PluginRecord, reason: str) -> None:
@@ -283,7 +284,9 @@ def _load_entry_point(pm: StmodPluginManager, ep: md.EntryPoint, *, explicit: bo
         plugin = ep.load()
         pm.add_plugin(plugin, PluginRecord(name=ep.name, module=ep.value, distribution=dist,
                                            version=ep.dist.version if ep.dist else None))
-    except Exception as exc:  # a broken third-party plugin must not take the others down
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a broken third-party plugin (SystemExit included) must not take the others down
         reason = str(exc) if isinstance(exc, StmodError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         if explicit:
             raise PluginLoadError(ep.name, reason) from exc
@@ -301,7 +304,9 @@ def _load_module(pm: StmodPluginManager, name: str, *, available: list[str]) -> 
                 f"-p {name}: no plugin of that name (entry points in group 'stmod': {listing}) and no module {name!r}"
             ) from exc
         raise PluginLoadError(name, f"{type(exc).__name__}: {exc}") from exc
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit and the like from a plugin's import: its failure, named
         raise PluginLoadError(name, f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
     pm.add_plugin(module, PluginRecord(name=name, module=name))
 

@@ -4,9 +4,10 @@
   the demo folder) carries :data:`MARKER`, written before anything else goes in.
 * A folder is replaced or deleted only when it is absent, empty, or carries the marker
   (:func:`replace_problem`); anything else is refused with a :class:`~stmod.core.errors.NotOwnedError`.
-* Temporaries are named ``.NAME.<hex>.tmp`` (and ``.NAME.<hex>.old`` for a folder moved aside while
-  it is replaced); the first 8 hex digits are the writer's pid, so a later run removes those whose
-  writer is gone (:func:`clean_stale_temporaries`) and never anything else.
+* Temporaries are named ``.NAME.<16 hex>.tmp`` (and ``.NAME.<16 hex>.old`` for a folder moved aside
+  while it is replaced); the first 8 hex digits are the writer's pid, so a later run removes those
+  whose writer is gone (:func:`clean_stale_temporaries`): a regular file, or a folder carrying the
+  marker, never a link, an unmarked folder or a name without a pid.
 * An output must not be, contain or lie inside an input (:func:`input_overlap`), compared as real paths.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from stmod.core.errors import NotOwnedError
 
 __all__ = [
-    "MARKER", "write_marker", "is_owned", "replace_problem", "require_replaceable", "remove_owned_tree",
+    "MARKER", "write_marker", "read_marker", "folder_entries", "unknown_entries", "kind_problem", "is_owned", "replace_problem", "require_replaceable", "remove_owned_tree",
     "temp_sibling", "parse_temporary", "pid_alive", "stale_temporaries", "clean_stale_temporaries",
     "atomic_path", "atomic_folder", "real", "input_overlap", "name_problem", "write_problem", "TEMP_NAME_EXTRA",
     "MIN_FREE_BYTES",
@@ -40,9 +41,61 @@ TEMP_NAME_EXTRA = 1 + 1 + 16 + 4
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<token>[0-9a-f]{16}|[0-9a-f]{8})\.(?P<kind>tmp|old)$")
 
 
-def write_marker(folder: Path, kind: str) -> None:
-    """Mark ``folder`` (just created by stmod) as stmod's own ``kind`` of folder."""
-    (Path(folder) / MARKER).write_text(json.dumps({"stmod": kind}) + "\n", encoding="utf-8")
+def write_marker(folder: Path, kind: str, files: Iterable[str] | None = None) -> None:
+    """Mark ``folder`` (just created by stmod) as stmod's own ``kind`` of folder; ``files``: every entry
+    stmod wrote into it (relative paths), recorded once it is complete, so that what others add later
+    is known as theirs (:func:`unknown_entries`)."""
+    record: dict[str, object] = {"stmod": kind}
+    if files is not None:
+        record["files"] = sorted(files)
+    (Path(folder) / MARKER).write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The marker record of ``folder`` (``{"stmod": kind, "files": [...]}``), or ``None`` when unmarked;
+    an unreadable marker reads as ``{}`` (marked, kind unknown)."""
+    if not is_owned(folder):
+        return None
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def folder_entries(folder: Path) -> list[str]:
+    """Every file, folder and link under ``folder`` (relative, ``/``-separated; links not followed),
+    the marker excluded."""
+    found = []
+    for root, dirs, files in os.walk(folder):  # os.walk does not descend into links to folders
+        base = Path(root).relative_to(folder)
+        found += [(base / name).as_posix() for name in [*dirs, *files]]
+    return sorted(entry for entry in found if entry != MARKER)
+
+
+def unknown_entries(folder: Path) -> list[str]:
+    """What lies in the marked ``folder`` that stmod did not write (the top-most of each added tree);
+    ``[]`` for a folder whose marker lists nothing (written before stmod recorded its files)."""
+    marker = read_marker(folder) or {}
+    listed = marker.get("files")
+    if not isinstance(listed, list):
+        return []
+    known = set(map(str, listed))
+    extra = [entry for entry in folder_entries(folder) if entry not in known]
+    return [entry for entry in extra if not any(entry.startswith(other + "/") for other in extra)]
+
+
+#: Marker kinds that may replace each other: the two outputs of stmod's commands.
+_OUTPUT_KINDS = frozenset({"edit output", "layout output"})
+
+
+def kind_problem(found: object, wanted: str | None) -> str | None:
+    """Why a folder marked as ``found`` may not become a ``wanted`` one (a model folder is never an edit
+    output, and the reverse), or ``None``."""
+    if wanted is None or found is None or found == wanted or {found, wanted} <= _OUTPUT_KINDS:
+        return None
+    return (f"is a {found} folder stmod wrote, not a {wanted} folder; stmod will not replace one kind with "
+            "another: choose another path")
 
 
 def is_owned(folder: Path) -> bool:
@@ -51,8 +104,10 @@ def is_owned(folder: Path) -> bool:
     return folder.is_dir() and not folder.is_symlink() and (folder / MARKER).is_file()
 
 
-def replace_problem(path: Path) -> str | None:
-    """Why stmod may not replace ``path``, or ``None`` when it may (absent, an empty folder, or marked)."""
+def replace_problem(path: Path, kind: str | None = None) -> str | None:
+    """Why stmod may not replace ``path`` with a ``kind`` folder (any kind when ``None``), or ``None``
+    when it may: absent, an empty folder, or marked as a folder of that kind holding only what stmod
+    wrote there."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return None
@@ -62,15 +117,25 @@ def replace_problem(path: Path) -> str | None:
         path = real(path)
     if not path.is_dir():
         return "is a file, not a folder stmod wrote; move it away or choose another path"
-    if is_owned(path) or not any(path.iterdir()):
-        return None
-    return (f"holds files stmod did not write (it has no {MARKER} marker), so stmod will not replace it, "
-            "not even with overwrite=True; choose another path or empty it yourself")
+    if not is_owned(path):
+        if not any(path.iterdir()):
+            return None
+        return (f"holds files stmod did not write (it has no {MARKER} marker), so stmod will not replace it, "
+                "not even with overwrite=True; choose another path or empty it yourself")
+    problem = kind_problem((read_marker(path) or {}).get("stmod"), kind)
+    if problem is not None:
+        return problem
+    extra = unknown_entries(path)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        return (f"holds {len(extra)} file(s) stmod did not write ({shown}); stmod replaces only what it wrote, "
+                "not even with overwrite=True: move them away or choose another path")
+    return None
 
 
-def require_replaceable(path: Path) -> None:
-    """Raise :class:`NotOwnedError` unless :func:`replace_problem` allows replacing ``path``."""
-    problem = replace_problem(path)
+def require_replaceable(path: Path, kind: str | None = None) -> None:
+    """Raise :class:`NotOwnedError` unless :func:`replace_problem` allows replacing ``path`` (by a ``kind`` folder)."""
+    problem = replace_problem(path, kind)
     if problem is not None:
         raise NotOwnedError(str(path), problem)
 
@@ -131,10 +196,11 @@ def stale_temporaries(folder: Path, *, name: str | None = None,
     stale = []
     for entry in entries:
         parsed = parse_temporary(entry.name)
-        if parsed is None or (name is not None and parsed[0] != name):
+        if parsed is None or (name is not None and parsed[0] != name) or entry.is_symlink():
             continue
         pid = parsed[1]
-        if pid is None or (pid != os.getpid() and not alive(pid)):
+        # no pid (the older 8-digit form) is no identity: a user's ``.out.deadbeef.tmp`` looks the same
+        if pid is not None and pid != os.getpid() and not alive(pid):
             stale.append(entry)
     return sorted(stale)
 
@@ -168,10 +234,11 @@ def real(path: Path | str) -> Path:
     return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
 
 
-def _swap_in(tmp: Path, target: Path) -> None:
+def _swap_in(tmp: Path, target: Path, kind: str | None = None) -> None:
     """Move the finished ``tmp`` onto ``target``; an older folder there is moved aside, then deleted."""
     if tmp.is_dir() and target.is_dir() and any(target.iterdir()):
-        require_replaceable(target)  # checked again: it may have changed during a long run
+        # checked again: it may have changed during a long run (a user's file added, a run writing inside)
+        require_replaceable(target, kind)
         old = temp_sibling(target, "old")
         os.replace(target, old)
         os.replace(tmp, target)
@@ -181,12 +248,12 @@ def _swap_in(tmp: Path, target: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
+def atomic_path(path: Path | str, *, kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write to; on success move it onto ``path``.
 
     On error the temporary is removed and ``path`` is left as it was. A folder replaces an existing
-    folder only when stmod may replace it (:func:`replace_problem`). A link at ``path`` to a folder
-    stays: its target is what gets written.
+    folder only when stmod may replace it (:func:`replace_problem`, with a ``kind`` folder). A link at
+    ``path`` to a folder stays: its target is what gets written.
     """
     path = Path(path)
     if path.is_symlink() and path.is_dir():
@@ -195,7 +262,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp = temp_sibling(path)
     try:
         yield tmp
-        _swap_in(tmp, path)
+        _swap_in(tmp, path, kind)
     except BaseException:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)  # our own temporary, created just now
@@ -208,12 +275,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 @contextmanager
 def atomic_folder(path: Path | str, *, kind: str) -> Iterator[Path]:
     """:func:`atomic_path` for a folder stmod creates: refused up front when ``path`` may not be replaced;
-    the temporary folder is made and marked (``kind``) before it is yielded."""
-    require_replaceable(Path(path))
-    with atomic_path(path) as tmp:
+    the temporary folder is made and marked (``kind``) before it is yielded; once the block is done the
+    marker records every entry written, so what others add later is never taken for stmod's."""
+    require_replaceable(Path(path), kind)
+    with atomic_path(path, kind=kind) as tmp:
         tmp.mkdir()
         write_marker(tmp, kind)
         yield tmp
+        write_marker(tmp, kind, folder_entries(tmp))
 
 
 @contextmanager
@@ -247,11 +316,19 @@ def input_overlap(output: Path, inputs: Iterable[tuple[str, Path, bool]]) -> str
 
 
 def name_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be a name stmod writes to, or ``None``: a NUL byte, or a part too long for
-    the file system (the last one with room for its temporary sibling's suffix)."""
+    """Why ``path`` cannot be a name stmod writes to, or ``None``: a NUL byte or another control character
+    (a newline), a lone surrogate, or a part too long for the file system (the last one with room for its
+    temporary sibling's suffix)."""
     text = os.fspath(path)
     if "\0" in text:
         return "contains a NUL byte; remove it"
+    control = next((c for c in text if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if control is not None:  # a newline in a folder name breaks every listing and script that meets it
+        return f"contains the control character {control!r}; remove it"
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        return "contains characters the file system cannot encode (a lone surrogate); remove them"
     folder = _existing_ancestor(Path(text))
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")

@@ -33,6 +33,7 @@ from attrs import frozen
 from PIL import Image, ImageSequence
 
 from stmod.core.errors import InputError
+from stmod.core.io.images import image_rgb, regular_file_problem, require_regular_file
 from stmod.core.io.ownership import atomic_folder, atomic_path
 from stmod.core.types import VideoSource
 
@@ -96,6 +97,7 @@ def list_frame_files(folder: Path, *, argument: str = "video.path") -> list[Path
 def open_image(path: Path | str) -> Image.Image:
     """``Image.open`` (header only) that refuses a header declaring more pixels than Pillow's limit
     instead of decoding it (Pillow only warns below twice its limit): raises one of :data:`IMAGE_ERRORS`."""
+    require_regular_file(path)  # a FIFO or device named like an image would block the read
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         return Image.open(path)
@@ -153,6 +155,9 @@ def probe_video(path: Path | str, *, argument: str = "video.path") -> VideoInfo:
     path = Path(path)
     if not path.exists():
         raise InputError(argument, str(path), "no such file or folder")
+    problem = regular_file_problem(path)
+    if problem is not None:  # before any open: reading a FIFO or a device blocks
+        raise InputError(argument, str(path), problem)
     if path.is_dir():
         files = list_frame_files(path, argument=argument)
         height, width = _image_size(files[0], argument)
@@ -184,7 +189,7 @@ def _folder_frames(info: VideoInfo, wanted: set[int], argument: str) -> Iterator
         if i in wanted:
             try:
                 with open_image(file) as img:
-                    yield i, np.array(img.convert("RGB"))
+                    yield i, image_rgb(img)
             except _IMAGE_ERRORS as exc:
                 raise InputError(argument, str(file), f"cannot be read as an image ({_short(exc)})") from exc
 
@@ -193,7 +198,7 @@ def _gif_frames(info: VideoInfo, stop: int, argument: str) -> Iterator[tuple[int
     try:
         with open_image(info.path) as img:
             for i, frame in enumerate(ImageSequence.Iterator(img)):
-                yield i, np.array(frame.convert("RGB"))
+                yield i, image_rgb(frame)
                 if i >= stop:
                     return
     except _IMAGE_ERRORS as exc:

@@ -17,7 +17,7 @@ import attrs
 
 from stmod.core.errors import (CheckpointError, ConfigError, InputError, MissingFilesError, NotOwnedError,
                                OutputExistsError)
-from stmod.core.io.locks import exclusive_lock, lock_path_for
+from stmod.core.io.locks import exclusive_lock, lock_path_for, lock_problem
 from stmod.core.io.ownership import (clean_stale_temporaries, input_overlap, name_problem, real, require_replaceable,
                                      write_problem)
 from stmod.core.pipeline.cache import cache_root
@@ -164,15 +164,21 @@ def check_output_folder(spec: EditSpec) -> None:
     if problem is not None:
         raise NotOwnedError(str(out), f"the output folder {problem}; writing there could destroy an input, so "
                                       "choose another output")
+    if out.is_symlink() and not out.is_dir():  # dangling, or to a file: what edit would refuse, check refuses
+        raise NotOwnedError(str(out), "is a symbolic link that stmod did not create; remove it or choose another path")
     if out.exists() and not out.is_dir():
         raise InputError("output", str(out), "exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not spec.overwrite:
             raise OutputExistsError(str(out))
-        require_replaceable(out)
+        require_replaceable(out, "edit output")
     problem = write_problem(out)
     if problem is not None:
         raise InputError("output", str(out), problem)
+    lock = lock_path_for(real(out))
+    problem = lock_problem(lock)
+    if problem is not None:  # a user's file named like stmod's lock: refused now, before any model loads
+        raise NotOwnedError(str(lock), problem)
 
 
 def output_note(spec: EditSpec) -> str | None:

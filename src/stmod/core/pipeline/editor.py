@@ -446,6 +446,9 @@ def _composite(blender: object, source: np.ndarray, frames: np.ndarray, layout: 
 def _blend_context(session: EditSession, layout: LayoutMasks, x0: torch.Tensor,
                    trajectory: dict[int, torch.Tensor], schedule: NoiseSchedule) -> BlendContext:
     spec, backbone = session.spec, session.backbone
-    mask = downsample_masks(layout.union()[:, None], latent_size(x0), spec.modulation.mask_downsample)
+    if layout.names:
+        mask = downsample_masks(layout.union()[:, None], latent_size(x0), spec.modulation.mask_downsample)
+    else:  # a global edit edits the whole frame: a blend has no source latent to keep
+        mask = torch.ones((len(x0), 1, *x0.shape[-2:]), dtype=torch.bool)
     return BlendContext(mask=mask.to(backbone.device, backbone.dtype), source_latents=x0, trajectory=trajectory,
                         schedule=schedule, generator=torch.Generator(device=backbone.device).manual_seed(spec.seed))

@@ -142,7 +142,8 @@ class EngineState:
 
     def in_window(self, step: StepInfo) -> bool:
         plan = self.plan
-        if plan is None or plan.masks is None or step.phase != "denoise":
+        # a global edit (no regions) has nothing to modulate: stock attention throughout
+        if plan is None or plan.masks is None or not plan.masks.names or step.phase != "denoise":
             return False
         return plan.config.active(step.step_index) if step.in_window is None else step.in_window
 

@@ -98,12 +98,13 @@ def _run_on_ray(args: argparse.Namespace, session: Session, manifest: Any, optio
 def run(args: argparse.Namespace, session: Session) -> int:
     session.status(f"batch: {args.manifest}: loading the pipeline...")
     from stmod.core.pipeline.editor import Editor
-    from stmod.plugins.batch.manifest import BatchError, BatchState, DistInfo, load_manifest
+    from stmod.plugins.batch.manifest import BatchError, BatchState, DistInfo, load_manifest, require_batch_root
     from stmod.plugins.batch.run import run_batch
 
     dist = DistInfo.from_env(session.env)
     ray_options = _ray_options(args, dist)
     manifest = load_manifest(args.manifest)
+    require_batch_root(manifest.output)  # before any job runs: a user's batch.json there is never replaced
     if args.summary:
         summary = BatchState(manifest.output).merge(manifest, world_size=dist.world_size)
         session.echo(f"{manifest.output / 'batch.json'}: {summary['counts']}")

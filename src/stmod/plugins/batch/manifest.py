@@ -47,7 +47,7 @@ import yaml
 
 from stmod.core.config import apply_overrides, dump_job, job_from_mapping, load_mapping, unstructure
 from stmod.core.errors import ConfigError, StmodError
-from stmod.core.types import NAME_PATTERN, EditSpec
+from stmod.core.types import EditSpec, name_problem
 from stmod.core.io.locks import exclusive_lock
 from stmod.core.io.ownership import clean_stale_temporaries
 from stmod.core.io.video import atomic_path
@@ -127,8 +127,9 @@ def _named(value: Any, place: str, source: str) -> dict[str, dict[str, Any]]:
     """``{name: partial job}`` with names checked (``None`` entries are empty variations)."""
     entries = _mapping(value, place, source)
     for name, entry in entries.items():
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise ConfigError(f"{place}: name {name!r} must be letters, digits, '_', '-' or '.'", source=source)
+        problem = name_problem(name)
+        if problem is not None:
+            raise ConfigError(f"{place}: name {problem}", source=source)
         entries[name] = _mapping(entry, f"{place}.{name}", source)
         if "output" in entries[name]:
             raise ConfigError(f"{place}.{name}.output: outputs are set by the batch (output root + job name); "
@@ -217,6 +218,9 @@ def load_manifest(path: Path) -> Manifest:
     jobs: list[BatchJob] = []
     seen: set[str] = set()
     for name, job, axes in variations:
+        problem = name_problem(name, reserved=(SUMMARY, STATE_DIR))  # the job's output folder name
+        if problem is not None:
+            raise ConfigError(f"job name {problem}", key="name", source=source)
         if name in seen:
             raise ConfigError(f"two jobs are named {name!r}; job names (output folders) must be unique", source=source)
         seen.add(name)
@@ -267,6 +271,42 @@ def job_status(job: BatchJob) -> str:
     except (OSError, yaml.YAMLError):
         same = False
     return "done" if same else "stale"
+
+
+def _is_summary(path: Path) -> bool:
+    """Whether ``path`` is a ``batch.json`` stmod wrote (a regular file holding a batch summary)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"manifest", "jobs", "counts", "total"} <= data.keys()
+
+
+def batch_root_problem(root: Path) -> str | None:
+    """Why ``root`` cannot be a batch's output root, or ``None``. The rules of edit outputs: stmod writes
+    only its own files there (the job folders, ``.batch/``, ``batch.json``) and never replaces a
+    user's file that has one of those names."""
+    root = Path(root)
+    if root.is_symlink() and not root.is_dir():
+        return "is a symbolic link to no folder; remove it or choose another output"
+    if root.exists() and not root.is_dir():
+        return "is a file, not a folder; choose another batch output"
+    state, summary = root / STATE_DIR, root / SUMMARY
+    if os.path.lexists(state) and (state.is_symlink() or not state.is_dir()):
+        return f"holds {STATE_DIR}, which is not the batch state folder stmod keeps there; move it away"
+    if os.path.lexists(summary) and not _is_summary(summary):
+        return (f"holds a {SUMMARY} stmod did not write (not a batch summary), where stmod writes its summary; "
+                "move it away or choose another batch output")
+    return None
+
+
+def require_batch_root(root: Path) -> None:
+    """Raise :class:`BatchError` naming ``root`` when :func:`batch_root_problem` finds one."""
+    problem = batch_root_problem(root)
+    if problem is not None:
+        raise BatchError(f"batch output {root}: {problem}")
 
 
 class BatchState:
@@ -372,6 +412,7 @@ class BatchState:
             summary = {"manifest": str(manifest.path), "output": str(manifest.output), "updated": _now(),
                        "world_size": world_size, "total": len(manifest.jobs), "counts": counts,
                        "complete": counts["done"] == len(manifest.jobs), "jobs": jobs}
+            require_batch_root(self.root)  # checked again: a user's file may have arrived during the run
             with atomic_path(self.root / SUMMARY) as tmp:
                 tmp.write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
         return summary

@@ -77,7 +77,7 @@ def run_demo(args: argparse.Namespace, session: Session) -> int:
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
             raise OutputExistsError(str(out))
-        require_replaceable(out)  # --overwrite rewrites only a demo folder stmod made
+        require_replaceable(out, "demo folder")  # --overwrite rewrites only a demo folder stmod made
     out.mkdir(parents=True, exist_ok=True)
     if not is_owned(out):
         write_marker(out, "demo folder")

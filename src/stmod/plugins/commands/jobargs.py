@@ -25,9 +25,10 @@ __all__ = ["add_job_arguments", "job_overrides", "load_job_from_args", "weights_
 
 def _region(text: str) -> tuple[str, str]:
     name, sep, prompt = text.partition("=")
-    if not sep or not name.strip():
+    if not sep or not name.strip(" "):
         raise argparse.ArgumentTypeError(f"expected NAME=\"local prompt\", got {text!r}")
-    return name.strip(), prompt
+    # spaces around "=" are layout; a newline or tab is part of the name, which the name rule then refuses
+    return name.strip(" "), prompt
 
 
 def _size(text: str) -> list[int] | str:
