@@ -23,7 +23,7 @@ from stmod.core.pipeline.cache import cache_root
 from stmod.core.io.video import ClipPlan, plan_clip
 from stmod.core.pipeline.compose import split_regions
 from stmod.core.protocols import (Backbone, Blender, ControlAnnotator, Extension, FeatureRecording, LayoutProvider,
-                                  Modulator)
+                                  Modulator, VideoBackbone)
 from stmod.core.registry import Registry
 from stmod.core.tokens import TokenSpan
 from stmod.core.types import ComponentRef, ControlSpec, EditSpec
@@ -216,5 +216,7 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
                               f"modulator {spec.modulator.name!r} cannot record; use modulator: st-layout",
                               key="modulator")
     components.backbone.check(spec)
+    if isinstance(components.backbone, VideoBackbone):
+        components.backbone.check_clip(clip)
     return components
 

@@ -43,9 +43,9 @@ from stmod.core.pipeline.compose import compose, empty_layout
 from stmod.core.pipeline.inversion import Inversion, cached_inversion
 from stmod.core.pipeline.records import PhaseTimer, versions
 from stmod.core.pipeline.session import EditSession, to_model_frames, to_uint8
-from stmod.core.protocols import Backbone, ConditionsText, RecordsAttention
+from stmod.core.protocols import Backbone, ConditionsText, RecordsAttention, VideoBackbone
 from stmod.core.registry import Registry
-from stmod.core.sampling import NoiseSchedule, denoise
+from stmod.core.sampling import Schedule, denoise
 from stmod.core.st_layout.labels import downsample_masks
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.tokens import find_token_spans
@@ -112,7 +112,7 @@ class _Inverted:
 
     session: EditSession
     x0: torch.Tensor
-    schedule: NoiseSchedule
+    schedule: Schedule
     timesteps: list[int]
     inversion: Inversion
 
@@ -353,18 +353,25 @@ class Editor:
         return latents, recorder
 
 
+def _latent_layout(backbone: Backbone, layout: LayoutMasks) -> LayoutMasks:
+    """The layout per latent frame: the layout itself, or a video backbone's time-compressed masks."""
+    return backbone.latent_masks(layout) if isinstance(backbone, VideoBackbone) else layout
+
+
 def _modulation_input(session: EditSession, layout: LayoutMasks, frames: int,
                       latent_size: tuple[int, int]) -> ModulationInput:
     """What the modulator is told for denoising; token spans come from :meth:`Editor.check` when it had a
     tokenizer, else from the loaded one; a backbone without text tokens gives regions none."""
     spec, backbone, spans = session.spec, session.backbone, session.components.spans
+    layout = _latent_layout(backbone, layout)
     if spans is None:
         spans = ((None,) * len(spec.regions) if backbone.tokenizer is None else
                  tuple(find_token_spans(backbone.tokenizer, spec.prompt, [r.prompt for r in spec.regions],
                                         missing=spec.modulation.missing_local_prompt)))
     return ModulationInput(masks=layout, num_frames=frames, latent_size=latent_size, regions=spec.regions,
                            spans=spans, config=spec.modulation.resolved(spec.steps), prompt=spec.prompt,
-                           negative_prompt=spec.negative_prompt)
+                           negative_prompt=spec.negative_prompt,
+                           **({"text_length": backbone.text_length} if isinstance(backbone, VideoBackbone) else {}))
 
 
 def _texts(modulator: object, request: ModulationInput, backbone: Backbone) -> TextConditioning:
@@ -384,8 +391,9 @@ def _batch_text(text: TextConditioning, frames: int, branches: tuple[Branch, ...
 
 
 def _blend_context(session: EditSession, layout: LayoutMasks, x0: torch.Tensor,
-                   trajectory: dict[int, torch.Tensor], schedule: NoiseSchedule) -> BlendContext:
+                   trajectory: dict[int, torch.Tensor], schedule: Schedule) -> BlendContext:
     spec, backbone = session.spec, session.backbone
+    layout = _latent_layout(backbone, layout)
     mask = downsample_masks(layout.union()[:, None], tuple(x0.shape[-2:]), spec.modulation.mask_downsample)
     return BlendContext(mask=mask.to(backbone.device, backbone.dtype), source_latents=x0, trajectory=trajectory,
                         schedule=schedule, generator=torch.Generator(device=backbone.device).manual_seed(spec.seed))
