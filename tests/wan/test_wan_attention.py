@@ -96,3 +96,30 @@ def test_modulated_attn1_equals_float64_dense_reference(wan_backbone) -> None:
     assert lam.abs().max() > 0.1 and not torch.all(relation == 1)
     # the engine keeps row extrema and λ in float32 by design (kernels.py): agreement to float32 precision
     assert torch.allclose(out, reference, atol=1e-6, rtol=1e-6)
+
+
+def test_modulated_attn2_equals_float64_dense_reference(wan_backbone) -> None:
+    """The Wan processor's modulated cross-attention to the 512 text positions equals the formula, dense, float64."""
+    attn = copy.deepcopy(wan_backbone.transformer.blocks[0].attn2).double()
+    modulator = _prepared(wan_backbone, ModulationConfig(preset="paper"))
+    state: EngineState = modulator._state
+    step = StepInfo(phase="denoise", step_index=0, timestep=900, branches=("cond",))
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(1, 8, attn.to_q.in_features, generator=generator, dtype=torch.float64)
+    text = torch.randn(1, 512, attn.to_k.in_features, generator=generator, dtype=torch.float64)
+    context = CallContext()
+    with context.calling(step, frames=2):
+        out = WanLayoutProcessor(STLayoutProcessor(state), context)(attn, hidden, text)
+
+    with torch.no_grad():
+        q, k, v = attn.norm_q(attn.to_q(hidden)), attn.norm_k(attn.to_k(text)), attn.to_v(text)
+        q, k, v = (x.unflatten(2, (attn.heads, -1))[0].transpose(0, 1) for x in (q, k, v))  # (H, L, d)
+        layout = state.level(4, 2, torch.device("cpu"))
+        relation = layout.cross_relation[layout.pixel_codes.reshape(-1)[:, None], layout.text_codes[None, :]].double()
+        lam = state.token_strengths(step, "cross", layout).reshape(-1, 1).double()
+        s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        mx, mn = s.amax(-1, keepdim=True), s.amin(-1, keepdim=True)
+        s = s + relation * lam * (mx - s) - (1 - relation) * lam * (s - mn)
+        reference = attn.to_out[1](attn.to_out[0]((s.softmax(-1) @ v).transpose(0, 1).reshape(1, 8, -1)))
+    assert lam.abs().max() > 0.1 and relation.sum() > 0
+    assert torch.allclose(out, reference, atol=1e-6, rtol=1e-6)
