@@ -110,6 +110,11 @@ class WanBackbone:
                               "none, remove the job's extensions", key="extensions")
         check_location(self.options.model, what="Wan model", subfolders=_PARTS, base_dir=spec.base_dir)
 
+    def attention_levels(self, base_dir: Path | None = None) -> tuple[int, ...]:
+        """No UNet levels: a layout that clusters UNet features (``kmeans``) is refused by ``check``, before
+        loading (K-Means on Wan's block features is not implemented yet)."""
+        return ()
+
     def check_clip(self, clip: Any) -> None:
         """Refuse a frame count the causal VAE cannot take (``1 + 4k``), naming the nearest valid counts."""
         frames = len(clip.indices)
