@@ -24,6 +24,8 @@ def stmod_register_backbones(register: ComponentRegistrar) -> None:
     register.add("shapes", "stmod.backbones.shapes:ShapesBackbone",
                  options="stmod.backbones.shapes:ShapesOptions",
                  summary="small SD-1.5-layout model trained on the shapes world (colours, shapes, parts; 128 px)")
+    register.add("wan", "stmod.backbones.wan:WanBackbone", options="stmod.backbones.wan:WanOptions",
+                 summary="Wan 2.1 text-to-video transformer (hub id or diffusers folder; flow matching, 1 + 4k frames)")
 
 
 @hookimpl

@@ -27,7 +27,8 @@ from stmod.core.hub import hub_unreachable, in_hf_cache
 from stmod.core.sampling import NoiseSchedule
 from stmod.core.types import Control, EditSpec, number
 
-__all__ = ["SD15Options", "StableDiffusionBackbone", "DEFAULT_MODEL", "DEFAULT_CONTROLNETS", "embed_condition_once"]
+__all__ = ["SD15Options", "StableDiffusionBackbone", "DEFAULT_MODEL", "DEFAULT_CONTROLNETS", "embed_condition_once",
+           "refuse_unrunnable"]
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,7 @@ class StableDiffusionBackbone:
                 scheduler_config = DDIMScheduler.from_pretrained(location, subfolder="scheduler").config
         except OSError as exc:
             raise CheckpointError(self.options.model, f"cannot load the model: {_first_line(exc)}") from exc
+        refuse_unrunnable(self.options.model, scheduler_config, unet.config)
         if self.options.vae_tiling:
             vae.enable_tiling()
         self.vae, self.unet, self.text_encoder = (
@@ -418,6 +420,24 @@ class StableDiffusionBackbone:
         return self.unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid, cross_attention_kwargs=cross_attention_kwargs,
                          return_dict=False)[0]
+
+
+def refuse_unrunnable(location: str, scheduler_config: Any, unet_config: Any) -> None:
+    """Refuse, in one line naming the key and its value, a checkpoint ``sd15`` would run wrongly: a scheduler
+    that does not predict ε (v-prediction: SD 2.x 768) or a UNet that is not SD-1.5-shaped (SDXL's added
+    time/text embedding, latents other than 4 channels). Loading used to succeed and give wrong pictures."""
+    prediction = scheduler_config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise CheckpointError(location, f"scheduler prediction_type: {prediction!r}; sd15 runs ε-prediction models "
+                                        "only (an SD 2.x v-prediction checkpoint needs a backbone that predicts v)")
+    extra = unet_config.get("addition_embed_type")
+    if extra is not None:
+        raise CheckpointError(location, f"unet addition_embed_type: {extra!r}; the UNet is not SD-1.5-shaped "
+                                        "(SDXL and its kin are not supported by sd15)")
+    for key in ("in_channels", "out_channels"):
+        if unet_config.get(key) != 4:
+            raise CheckpointError(location, f"unet {key}: {unet_config.get(key)!r}; sd15 runs UNets on 4-channel "
+                                            "latents (SD-1.5-shaped) only")
 
 
 def embed_condition_once(net: torch.nn.Module) -> torch.nn.Module:

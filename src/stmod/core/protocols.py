@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from stmod.core.budget.job import ModelFootprint
     from stmod.core.features import FeatureRequest, InversionFeatureRecorder
     from stmod.core.io.video import ClipPlan
-    from stmod.core.sampling import NoiseSchedule
+    from stmod.core.sampling import Schedule
     from stmod.core.st_layout.recorders import AttentionRecorder
     from stmod.core.types import (BlendContext, Branch, Control, EditSpec, ExtensionInput, LayoutMasks, LayoutReport,
                                   LayoutRequest, ModulationInput, TextConditioning)
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Backbone",
     "DescribesFootprint",
+    "VideoBackbone",
     "LayoutProvider",
     "LayoutReporting",
     "Modulator",
@@ -334,9 +335,12 @@ class Backbone(Protocol):
       ``decode`` the inverse, returning ``float32`` on the CPU;
     * ``encode_text(prompts)`` → ``(n, 77, D)`` text embeddings; ``tokenizer`` is a CLIP tokenizer;
     * ``predict_noise(latents (B, C, h, w), timestep, text (B, 77, D), *, controls, control_text,
-      cross_attention_kwargs)`` → ε ``(B, C, h, w)``; ``controls`` pairs a ControlNet location
-      (from ``controlnet_location``) with a :class:`~stmod.core.types.Control`;
-    * ``noise_schedule()`` (:class:`~stmod.core.sampling.NoiseSchedule`) defines the DDIM levels; ``attention_models()`` maps roles (``"unet"``, ``"controlnet.<i>"``) to the
+      cross_attention_kwargs)`` → the model's prediction ``(B, C, h, w)`` in the schedule's
+      ``prediction_type`` (ε for SD 1.5, a velocity for a flow model); ``controls`` pairs a ControlNet
+      location (from ``controlnet_location``) with a :class:`~stmod.core.types.Control`;
+    * ``noise_schedule()`` (:class:`~stmod.core.sampling.Schedule`: a DDIM
+      :class:`~stmod.core.sampling.NoiseSchedule` or a :class:`~stmod.core.sampling.FlowSchedule`)
+      defines the levels and the step between two of them, in either direction; ``attention_models()`` maps roles (``"unet"``, ``"controlnet.<i>"``) to the
       modules whose attention processors a modulator may replace;
     * ``control_tensor(images uint8 (F, H, W, 3), repeat)`` → ``(repeat·F, 3, H, W)`` in ``[0, 1]``.
 
@@ -379,10 +383,10 @@ class Backbone(Protocol):
         control_text: torch.Tensor | None = None,
         cross_attention_kwargs: Mapping[str, object] | None = None,
     ) -> torch.Tensor:
-        """ε for one batch (see the class docs for the keyword arguments)."""
+        """The prediction (ε or velocity) for one batch (see the class docs for the keyword arguments)."""
 
-    def noise_schedule(self) -> NoiseSchedule:
-        """ᾱ per timestep and the clean level's ᾱ."""
+    def noise_schedule(self) -> Schedule:
+        """The levels, the prediction type and one step between two levels (ᾱ per timestep for DDIM)."""
 
     def attention_models(self) -> Mapping[str, torch.nn.Module]:
         """Role → module whose attention processors a modulator may swap."""
@@ -408,3 +412,24 @@ class DescribesFootprint(Protocol):
         :returns: ``None`` when nothing can be read (a component that cannot be read is ``None``
             inside the footprint); never loads weights, never downloads.
         """
+
+
+@runtime_checkable
+class VideoBackbone(Protocol):
+    """**Optional ability** of a backbone whose latents are not one per frame (a video VAE that
+    compresses time, e.g. Wan 2.1: ``1 + 4k`` frames → ``1 + k`` latent frames) or whose text is not
+    77 CLIP positions.
+
+    Its latents are still ``(f, C, h, w)`` with ``f`` latent frames; the editor hands the modulator and
+    the blender ``latent_masks(layout)`` (``f`` frames) instead of the pixel layout, and calls
+    ``check_clip`` with the probed clip before any model loads.
+    """
+
+    #: Text positions the denoiser attends to per prompt (:attr:`~stmod.core.types.ModulationInput.text_length`).
+    text_length: int
+
+    def check_clip(self, clip: ClipPlan) -> None:
+        """Refuse a clip the model cannot take (e.g. a frame count that is not ``1 + 4k``), naming the fix."""
+
+    def latent_masks(self, masks: LayoutMasks) -> LayoutMasks:
+        """Pixel masks ``(F, K, H, W)`` → masks per latent frame ``(f, K, H, W)`` (same names)."""

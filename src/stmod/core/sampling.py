@@ -1,7 +1,10 @@
-"""Deterministic DDIM: the schedule, one step, inversion and denoising loops.
+"""Deterministic sampling: the schedules, one step, inversion and denoising loops.
 
-Pure tensor code: the model enters as a callable ``predict(latents, timestep, step_index) -> eps``,
-so the loops are tested without any network and every backbone shares them.
+Pure tensor code: the model enters as a callable ``predict(latents, timestep, step_index) -> prediction``,
+so the loops are tested without any network and every backbone shares them. The loops know no
+prediction type: the backbone's schedule moves latents from one level to another given the model's
+prediction (:meth:`NoiseSchedule.move`: DDIM with ε, SD 1.5; :meth:`FlowSchedule.move`: an Euler step
+of the flow ODE with a velocity, Wan 2.1), in either direction.
 
 Noise levels are keyed by timestep; the clean latent is level ``0`` (its ᾱ is the scheduler's
 "final" ᾱ: ``alphas_cumprod[0]`` for SD 1.5, whose ``set_alpha_to_one`` is false). Denoising with
@@ -12,16 +15,18 @@ and records every level, so the latent blend can look up ``trajectory[level]`` a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import torch
 
 from stmod.core.errors import InputError
 
-__all__ = ["NoiseSchedule", "ddim_timesteps", "ddim_move", "invert", "denoise", "Predict", "Blend", "StepEnd"]
+__all__ = ["NoiseSchedule", "FlowSchedule", "Schedule", "ddim_timesteps", "ddim_move", "flow_sigma", "invert",
+           "denoise", "Predict", "Blend", "StepEnd"]
 
-#: ``predict(latents, timestep, step_index) -> eps`` (same shape as latents).
+#: ``predict(latents, timestep, step_index) -> prediction`` (same shape as latents; ε or velocity, as the
+#: schedule's ``prediction_type`` says).
 Predict = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 #: ``blend(latents, step_index, timestep, next_timestep) -> latents`` after each denoising step.
@@ -39,6 +44,9 @@ class NoiseSchedule:
     alphas_cumprod: torch.Tensor = attrs.field(eq=False)
     clean_alpha: float
     steps_offset: int = 0
+
+    #: What the model predicts for this schedule (diffusers' ``prediction_type``).
+    prediction_type: ClassVar[str] = "epsilon"
 
     @classmethod
     def from_scheduler_config(cls, config: Mapping[str, Any]) -> NoiseSchedule:
@@ -66,6 +74,82 @@ class NoiseSchedule:
         """Forward noising ``√ᾱ·x0 + √(1−ᾱ)·noise`` at ``timestep``."""
         a = self.alpha(timestep)
         return (a**0.5) * x0 + ((1 - a) ** 0.5) * noise
+
+    def move(self, x: torch.Tensor, prediction: torch.Tensor, level_from: int, level_to: int) -> torch.Tensor:
+        """One deterministic DDIM step of ``x`` from ``level_from`` to ``level_to`` given ε (either direction)."""
+        return ddim_move(x, prediction, self.alpha(level_from), self.alpha(level_to))
+
+
+@attrs.frozen(kw_only=True)
+class FlowSchedule:
+    """A rectified-flow (flow-matching) schedule: ``x_σ = (1 − σ)·x0 + σ·noise``, the model predicts the
+    velocity ``v = noise − x0`` (Wan 2.1; diffusers' ``FlowMatchEulerDiscreteScheduler`` and UniPC with
+    ``use_flow_sigmas``).
+
+    Levels are integers ``0 … num_train_timesteps`` with ``σ = level / num_train_timesteps`` (level ``0``
+    is the clean latent), so a level is also the timestep the transformer is given (diffusers passes
+    ``σ·1000``). :meth:`timesteps` spaces σ as diffusers' ``FlowMatchEulerDiscreteScheduler`` does
+    (evenly from 1 to the shifted ``1/T``, then the resolution ``shift``:
+    ``σ' = shift·σ / (1 + (shift − 1)·σ)``) and rounds to a level (σ off by at most ``0.5/T``).
+    """
+
+    shift: float = 1.0
+    num_train_timesteps: int = 1000
+
+    prediction_type: ClassVar[str] = "flow"
+
+    @classmethod
+    def from_scheduler_config(cls, config: Mapping[str, Any]) -> FlowSchedule:
+        """From a diffusers flow scheduler config (``shift`` of FlowMatchEuler, ``flow_shift`` of UniPC)."""
+        shift = config.get("flow_shift") if config.get("use_flow_sigmas") else config.get("shift", 1.0)
+        return cls(shift=float(shift if shift is not None else 1.0),
+                   num_train_timesteps=int(config.get("num_train_timesteps", 1000)))
+
+    def sigma(self, level: int) -> float:
+        """σ at ``level``."""
+        return level / self.num_train_timesteps
+
+    def timesteps(self, steps: int) -> list[int]:
+        """The denoising levels for ``steps`` steps (high to low, distinct, all above the clean level)."""
+        total = self.num_train_timesteps
+        if not 1 <= steps <= total // 2:
+            raise ValueError(f"steps must be between 1 and {total // 2}, got {steps}")
+        # diffusers FlowMatchEulerDiscreteScheduler.set_timesteps: evenly from 1 to the shifted σ_min, then shifted
+        unshifted = torch.linspace(1.0, flow_sigma(1.0 / total, self.shift), steps, dtype=torch.float64)
+        levels = [max(1, round(flow_sigma(float(s), self.shift) * total)) for s in unshifted]
+        if len(set(levels)) != len(levels):
+            raise ValueError(f"{steps} steps with shift {self.shift} put two steps on one of {total} levels; "
+                             "use fewer steps")
+        return levels
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        """Forward noising ``(1 − σ)·x0 + σ·noise`` at ``timestep`` (a level)."""
+        sigma = self.sigma(timestep)
+        return (1 - sigma) * x0 + sigma * noise
+
+    def move(self, x: torch.Tensor, prediction: torch.Tensor, level_from: int, level_to: int) -> torch.Tensor:
+        """One Euler step of the flow ODE ``dx/dσ = v``: ``x + (σ_to − σ_from)·v``; towards noise it is the
+        backward integration that inverts the clip. :func:`invert` asks for the velocity at the latent the
+        step starts from with the timestep it goes to, as DDIM inversion asks for ε (``docs/wan.md``)."""
+        return x + (self.sigma(level_to) - self.sigma(level_from)) * prediction
+
+
+def flow_sigma(sigma: float, shift: float) -> float:
+    """The shifted σ of flow-matching schedulers: ``shift·σ / (1 + (shift − 1)·σ)``."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+class Schedule(Protocol):
+    """What the loops and the blenders ask of a schedule (:class:`NoiseSchedule`, :class:`FlowSchedule`)."""
+
+    @property
+    def prediction_type(self) -> str: ...
+
+    def timesteps(self, steps: int) -> list[int]: ...
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor: ...
+
+    def move(self, x: torch.Tensor, prediction: torch.Tensor, level_from: int, level_to: int) -> torch.Tensor: ...
 
 
 def ddim_timesteps(steps: int, num_train_timesteps: int = 1000, offset: int = 1) -> list[int]:
@@ -97,23 +181,23 @@ StepEnd = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 def invert(
     x0: torch.Tensor,
     predict: Predict,
-    schedule: NoiseSchedule,
+    schedule: Schedule,
     timesteps: Sequence[int],
     *,
     on_step: Callable[[int], None] | None = None,
     on_step_end: StepEnd | None = None,
 ) -> dict[int, torch.Tensor]:
-    """DDIM inversion of clean latents ``x0`` through the levels of ``timesteps`` (given high to low).
+    """Inversion of clean latents ``x0`` through the levels of ``timesteps`` (given high to low).
 
-    Step ``k`` moves from the previous level to timestep ``t_k`` (ascending) with ``ε = predict(x, t_k, k)``.
+    Step ``k`` moves from the previous level to timestep ``t_k`` (ascending) with the prediction
+    ``predict(x, t_k, k)`` (ε for DDIM inversion, a velocity for the flow ODE integrated backwards).
     Returns the trajectory ``{0: x0, t: x_t for every t}``; ``trajectory[timesteps[0]]`` starts denoising.
     ``on_step(k)`` and ``on_step_end(k, t_k, latents)`` run after every step.
     """
     trajectory = {CLEAN: x0}
     x, level = x0, CLEAN
     for k, t in enumerate(reversed(list(timesteps))):
-        eps = predict(x, t, k)
-        x = ddim_move(x, eps, schedule.alpha(level), schedule.alpha(t))
+        x = schedule.move(x, predict(x, t, k), level, t)
         level = t
         if on_step is not None:
             on_step(k)
@@ -126,20 +210,19 @@ def invert(
 def denoise(
     x: torch.Tensor,
     predict: Predict,
-    schedule: NoiseSchedule,
+    schedule: Schedule,
     timesteps: Sequence[int],
     *,
     blend: Blend | None = None,
     on_step: Callable[[int], None] | None = None,
     on_step_end: StepEnd | None = None,
 ) -> torch.Tensor:
-    """DDIM denoising from level ``timesteps[0]`` to clean latents; ``blend``, then ``on_step(i)`` and
+    """Denoising from level ``timesteps[0]`` to clean latents (the schedule's step); ``blend``, then ``on_step(i)`` and
     ``on_step_end(i, t_i, latents)`` run after every step."""
     timesteps = list(timesteps)
     for i, t in enumerate(timesteps):
         nxt = timesteps[i + 1] if i + 1 < len(timesteps) else CLEAN
-        eps = predict(x, t, i)
-        x = ddim_move(x, eps, schedule.alpha(t), schedule.alpha(nxt))
+        x = schedule.move(x, predict(x, t, i), t, nxt)
         if blend is not None:
             x = blend(x, i, t, nxt)
         if on_step is not None:

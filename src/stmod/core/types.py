@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # annotations only: these modules build on the values defined
 
     from stmod.core.features import InversionFeatures
     from stmod.core.io.video import FrameTransform
-    from stmod.core.sampling import NoiseSchedule
+    from stmod.core.sampling import Schedule
     from stmod.core.tokens import TokenSpan
 
 __all__ = [
@@ -494,6 +494,8 @@ class ModulationInput:
     :ivar config: the job's modulation settings (preset, window, strengths, temporal focus, ...), resolved
         for the job's step count (``end_step`` is set, :meth:`ModulationConfig.resolved`).
     :ivar prompt, negative_prompt: the job's global and negative prompts (for text conditioning).
+    :ivar text_length: text positions per prompt the backbone's denoiser attends to (77 for CLIP; 512
+        for Wan's umT5).
     """
 
     masks: LayoutMasks | None
@@ -504,6 +506,7 @@ class ModulationInput:
     config: ModulationConfig = field(factory=ModulationConfig)
     prompt: str = ""
     negative_prompt: str = ""
+    text_length: int = field(default=77, validator=validators.ge(1))
 
 
 @frozen(kw_only=True)
@@ -546,14 +549,15 @@ class BlendContext:
         edit may change the video (the union of the regions, at latent size).
     :ivar source_latents: the clean source latents ``x0``, ``(F, C, h, w)``.
     :ivar trajectory: ``{timestep: latents (F, C, h, w)}`` from DDIM inversion, including ``0: x0``.
-    :ivar schedule: the backbone's noise schedule (``schedule.add_noise(x0, noise, timestep)``).
+    :ivar schedule: the backbone's schedule (``schedule.add_noise(x0, noise, timestep)``; a DDIM
+        :class:`~stmod.core.sampling.NoiseSchedule` or a :class:`~stmod.core.sampling.FlowSchedule`).
     :ivar generator: a ``torch.Generator`` on the backbone's device, seeded with the job's seed.
     """
 
     mask: torch.Tensor = field(eq=False)
     source_latents: torch.Tensor = field(eq=False)
     trajectory: Mapping[int, torch.Tensor] = field(eq=False)
-    schedule: NoiseSchedule = field(eq=False)
+    schedule: Schedule = field(eq=False)
     generator: torch.Generator = field(eq=False)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from stmod.core.pipeline.cache import cache_root
 from stmod.core.io.video import ClipPlan, plan_clip
 from stmod.core.pipeline.compose import split_regions
 from stmod.core.protocols import (Backbone, Blender, ChecksJob, ControlAnnotator, Extension, FeatureRecording,
-                                  LayoutProvider, Modulator)
+                                  LayoutProvider, Modulator, VideoBackbone)
 from stmod.core.registry import Registry
 from stmod.core.tokens import TokenSpan
 from stmod.core.types import ComponentRef, ControlSpec, EditSpec, as_tuple
@@ -243,5 +243,7 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
     except CheckpointError as error:
         missing.append(error)
     MissingFilesError.raise_any(missing)
+    if isinstance(components.backbone, VideoBackbone):
+        components.backbone.check_clip(clip)
     return components
 

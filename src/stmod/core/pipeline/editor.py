@@ -45,9 +45,10 @@ from stmod.core.pipeline.progress import (CALLBACK_TENSOR_INPUTS, ProgressCallba
                                           StepCallback)
 from stmod.core.pipeline.records import PhaseTimer, versions
 from stmod.core.pipeline.session import EditSession, latent_size, to_model_frames, to_uint8
-from stmod.core.protocols import AttentionLevels, Backbone, CompositesFrames, ConditionsText, RecordsAttention
+from stmod.core.protocols import (AttentionLevels, Backbone, CompositesFrames, ConditionsText, RecordsAttention,
+                                  VideoBackbone)
 from stmod.core.registry import Registry
-from stmod.core.sampling import NoiseSchedule, denoise
+from stmod.core.sampling import Schedule, denoise
 from stmod.core.st_layout.labels import downsample_masks
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.tokens import find_token_spans
@@ -128,7 +129,7 @@ class _Inverted:
 
     session: EditSession
     x0: torch.Tensor
-    schedule: NoiseSchedule
+    schedule: Schedule
     timesteps: list[int]
     inversion: Inversion
 
@@ -401,18 +402,25 @@ class Editor:
         return latents, recorder
 
 
+def _latent_layout(backbone: Backbone, layout: LayoutMasks) -> LayoutMasks:
+    """The layout per latent frame: the layout itself, or a video backbone's time-compressed masks."""
+    return backbone.latent_masks(layout) if isinstance(backbone, VideoBackbone) else layout
+
+
 def _modulation_input(session: EditSession, layout: LayoutMasks, frames: int,
                       latent_size: tuple[int, int]) -> ModulationInput:
     """What the modulator is told for denoising; token spans come from :meth:`Editor.check` when it had a
     tokenizer, else from the loaded one; a backbone without text tokens gives regions none."""
     spec, backbone, spans = session.spec, session.backbone, session.components.spans
+    layout = _latent_layout(backbone, layout)
     if spans is None:
         spans = ((None,) * len(spec.regions) if backbone.tokenizer is None else
                  tuple(find_token_spans(backbone.tokenizer, spec.prompt, [r.prompt for r in spec.regions],
                                         missing=spec.modulation.missing_local_prompt)))
     return ModulationInput(masks=layout, num_frames=frames, latent_size=latent_size, regions=spec.regions,
                            spans=spans, config=spec.modulation.resolved(spec.steps), prompt=spec.prompt,
-                           negative_prompt=spec.negative_prompt)
+                           negative_prompt=spec.negative_prompt,
+                           **({"text_length": backbone.text_length} if isinstance(backbone, VideoBackbone) else {}))
 
 
 def _texts(modulator: object, request: ModulationInput, backbone: Backbone) -> TextConditioning:
@@ -444,8 +452,9 @@ def _composite(blender: object, source: np.ndarray, frames: np.ndarray, layout: 
 
 
 def _blend_context(session: EditSession, layout: LayoutMasks, x0: torch.Tensor,
-                   trajectory: dict[int, torch.Tensor], schedule: NoiseSchedule) -> BlendContext:
+                   trajectory: dict[int, torch.Tensor], schedule: Schedule) -> BlendContext:
     spec, backbone = session.spec, session.backbone
+    layout = _latent_layout(backbone, layout)
     if layout.names:
         mask = downsample_masks(layout.union()[:, None], latent_size(x0), spec.modulation.mask_downsample)
     else:  # a global edit edits the whole frame: a blend has no source latent to keep

@@ -20,7 +20,7 @@ from stmod.core.pipeline.cache import InversionCache
 from stmod.core.pipeline.records import PhaseTimer
 from stmod.core.pipeline.session import EditSession, latent_size
 from stmod.core.protocols import FeatureRecording, PreparesFromClip
-from stmod.core.sampling import NoiseSchedule, invert
+from stmod.core.sampling import Schedule, invert
 from stmod.core.types import ExtensionInput, ModulationInput
 
 __all__ = ["Inversion", "cached_inversion"]
@@ -64,7 +64,7 @@ def _features(session: EditSession, state: Mapping[str, Any] | None,
     return InversionFeatures.from_state(state, words=word_positions(session.backbone.tokenizer, prompt), prompt=prompt)
 
 
-def _run(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int],
+def _run(session: EditSession, x0: torch.Tensor, schedule: Schedule, timesteps: list[int],
          recorder: InversionFeatureRecorder | None) -> dict[int, torch.Tensor]:
     """DDIM inversion under the source prompt, the modulator installed without regions."""
     spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
@@ -104,7 +104,7 @@ def _prepare_extensions(session: EditSession, x0: torch.Tensor, cache: Inversion
     return any(extension.needs_inversion() for extension, _ in preparing)
 
 
-def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int], *,
+def cached_inversion(session: EditSession, x0: torch.Tensor, schedule: Schedule, timesteps: list[int], *,
                      cache: InversionCache | None, timer: PhaseTimer,
                      requests: tuple[FeatureRequest, ...]) -> Inversion:
     """The trajectory (from ``cache`` when possible) and, for ``requests``, the attention features."""

@@ -36,7 +36,7 @@ from stmod.core.st_layout.labels import PresetRules, rules_for
 from stmod.core.st_layout.processor import STLayoutProcessor
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.st_layout.state import EngineState, StepInfo
-from stmod.core.tokens import MAX_TOKENS, composite_text_embedding, find_token_spans
+from stmod.core.tokens import composite_text_embedding, find_token_spans
 from stmod.core.types import number
 from stmod.core.types import Branch, LayoutMasks, ModulationConfig, ModulationInput, Region, TextConditioning
 
@@ -66,11 +66,8 @@ class ModulationPlan(ModulationInput):
     :class:`~stmod.core.types.ModulationInput` (see there for the fields); ``masks=None`` is a plan
     without regions (attention is spatio-temporal but never modulated — e.g. inversion before a layout
     exists). Masks without a region (or with an empty prompt) take part only in self-attention.
-
-    :ivar text_length: text tokens per prompt (77 for CLIP).
+    ``text_length`` (from the input): text tokens per prompt (77 for CLIP).
     """
-
-    text_length: int = MAX_TOKENS
 
     def __attrs_post_init__(self) -> None:
         if len(self.spans) != len(self.regions):

@@ -109,6 +109,19 @@ class STLayoutProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo | None, *,
+               cross: bool) -> torch.Tensor:
+        """The attention of this layer on projected heads, for a model whose attention module is not
+        diffusers' ``Attention`` (Wan's ``WanAttention``: its own processor does the projections, norms
+        and rotary embedding, then calls this).
+
+        ``q`` ``(B·F, H, N, d)`` in the batch layout of the module docs (frame rows); ``k``, ``v``
+        ``(B·F, H, M, d)``: the same frames (self-attention) or each row's text (``cross``).
+        """
+        if step is None or not self._engine:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
+        return self._cross_attention(q, k, v, step) if cross else self._self_attention(q, k, v, step)
+
     @staticmethod
     def _frames(rows: int, step: StepInfo) -> int:
         if rows % len(step.branches):

@@ -1,0 +1,65 @@
+"""A 2-region ``wan`` edit end to end through ``stmod-run edit`` on the tiny random Wan model (CPU, 3 steps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from stmod.testing import run_cli
+
+ENV = {"STMOD_LOAD_PLUGINS": ""}
+
+
+def _job(tmp_path: Path, make_clip, tiny_wan: Path, frames: int = 5) -> Path:
+    make_clip(tmp_path / "clip.mp4", frames=frames, size=(64, 64))
+    job = {
+        "video": {"path": "clip.mp4", "frames": frames, "size": [64, 64]},
+        "prompt": "a red cat and a blue dog",
+        "source_prompt": "a cat and a dog",
+        "regions": {"cat": "red cat", "dog": "blue dog"},
+        "layout": {"name": "boxes", "boxes": {"cat": {0: [0, 0, 32, 64]}, "dog": {0: [32, 0, 64, 64]}}},
+        "backbone": {"name": "wan", "model": str(tiny_wan), "device": "cpu"},
+        "steps": 3,
+        "seed": 0,
+        "output": "out",
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def test_two_region_edit_end_to_end(tmp_path: Path, make_clip, tiny_wan: Path) -> None:
+    result = run_cli(["edit", str(_job(tmp_path, make_clip, tiny_wan)), "--quiet"], env=ENV)
+    assert result.exit_code == 0, result.stderr
+    out = tmp_path / "out"
+    run = json.loads((out / "run.json").read_text())
+    assert run["frames"] == 5 and (out / "result.mp4").exists() and (out / "masks.mp4").exists()
+    assert run["modulated_steps"] and "denoise" in run["phases"]
+
+
+def test_frame_count_not_one_plus_four_k_is_refused_by_check(tmp_path: Path, make_clip, tiny_wan: Path) -> None:
+    result = run_cli(["check", str(_job(tmp_path, make_clip, tiny_wan, frames=6))], env=ENV)
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "video.frames=6" in line and "use 5 or 9" in line, line
+
+
+def test_control_entries_are_refused_by_check(tmp_path: Path, make_clip, tiny_wan: Path) -> None:
+    job = _job(tmp_path, make_clip, tiny_wan)
+    data = yaml.safe_load(job.read_text())
+    data["control"] = [{"annotator": "canny"}]
+    job.write_text(yaml.safe_dump(data))
+    result = run_cli(["check", str(job)], env=ENV)
+    assert result.exit_code == 2 and "no ControlNets" in result.stderr, result.stderr
+
+
+def test_kmeans_layout_is_refused_by_check(tmp_path: Path, make_clip, tiny_wan: Path) -> None:
+    """K-Means clusters UNet-level features, which Wan has not: one line in ``check``, before any model loads."""
+    job = _job(tmp_path, make_clip, tiny_wan)
+    data = yaml.safe_load(job.read_text())
+    data["layout"] = {"name": "kmeans", "clusters": 2, "assign": {"cat": 0, "dog": 1}}
+    job.write_text(yaml.safe_dump(data))
+    result = run_cli(["check", str(job)], env=ENV)
+    assert result.exit_code == 2 and "no attention layer in backbone 'wan'" in result.stderr, result.stderr
