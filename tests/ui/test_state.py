@@ -57,7 +57,15 @@ def test_job_mapping_is_a_job_the_cli_accepts(tmp_path: Path) -> None:
     spec = job_from_mapping(yaml.safe_load(yaml.safe_dump(job)), base_dir=tmp_path)
     assert [(r.name, r.prompt) for r in spec.regions] == [("left", "red disc"), ("right", "blue disc")]
     assert spec.layout[0].name == "grabcut" and spec.steps == 10 and spec.modulation.preset == "paper"
-    assert spec.modulation.end_step == 3 and spec.save_attention and spec.overwrite
+    # The job leaves the window to the job loader's default, as the CLI and Python do; and a rerun from a
+    # shell must not replace the saved result without --overwrite.
+    assert spec.modulation.end_step is None and spec.modulation_window == (0, 3) and spec.save_attention
+    assert not spec.overwrite and "overwrite" not in job and "end_step" not in job["modulation"]
+    sd15 = job_mapping(_clip(tmp_path), NAMES, ["red disc", "blue disc", "", ""], notes,
+                       Settings(prompt="a red disc and a blue disc", backbone="sd15", model="/models/sd15"))
+    assert sd15["backbone"] == {"name": "sd15", "model": "/models/sd15"}
+    assert job_mapping(_clip(tmp_path), NAMES, ["", "", "", ""], notes,
+                       Settings(prompt="x", backbone="shapes", model="/models/sd15"))["backbone"] == {"name": "shapes"}
 
 
 def test_job_mapping_errors(tmp_path: Path) -> None:

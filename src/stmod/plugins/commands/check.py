@@ -60,6 +60,11 @@ def run(args: argparse.Namespace, session) -> int:
     regions = ", ".join(f"{r.name}={r.prompt!r}" for r in spec.regions) or "none"
     session.echo(f"ok: {args.job or 'job'} is valid ({spec.video.path.name}; regions: {regions})")
     session.echo(describe_window(spec))
+    from stmod.core.io.video import sound_track_note
+
+    sound = sound_track_note(prepared.clip.info)
+    if sound:
+        session.echo(f"note: {sound}")
     try:  # the job is fine; its output folder is what a run would find, worth saying but not an error here
         check_output_folder(spec)
     except OutputExistsError:
