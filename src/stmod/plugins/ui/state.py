@@ -182,6 +182,9 @@ def _regions(names: Sequence[str], locals_: Sequence[str], annotations: Annotati
             raise UsageError(f"region {slot + 1} has a box or a local prompt but no name; type a name for it")
         if name in used.values():
             raise UsageError(f"two regions are named {name!r}; give each region its own name")
+        if not marked:  # the mask maker needs a box (or clicks) on some keyframe
+            raise UsageError(f"region {slot + 1} ({name}) has a local prompt but no box: pick region {slot + 1}, "
+                             "then click two corners of a box around it on the keyframe")
         used[slot] = name
     if not used:
         raise UsageError("no regions yet: pick a region, then click two corners of a box around it on the keyframe")
