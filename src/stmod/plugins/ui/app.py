@@ -87,6 +87,10 @@ class UiApp:
         self._cancels: dict[str, threading.Event] = {}
         self._last_result: dict[str, Path] = {}
         self._lock = threading.Lock()
+        # Held while models are built, checked or run: the page's events run in threads, and the lazy
+        # modules of diffusers and transformers fail when two threads import them at once (a prompt
+        # check building the first tokenizer while a run loads its model).
+        self._models = threading.RLock()
         self._videos = 0
         # The clip previews (mp4s of the selected frames) live outside <out>: nothing a user keeps.
         self.scratch = Path(tempfile.mkdtemp(prefix="stmod-ui-"))
@@ -178,8 +182,9 @@ class UiApp:
         if clip is None or frame is None:
             return annotations, pending, "load a clip first"
         scale = display_scale(*clip.images.shape[1:3])  # the page shows the keyframe zoomed
-        return click(annotations, pending, slot=slot, frame=int(frame), x=float(xy[0]) / scale,
-                     y=float(xy[1]) / scale, mode=mode)
+        # the source pixel under the pointer (a zoomed pixel is a block of scale x scale screen pixels)
+        return click(annotations, pending, slot=slot, frame=int(frame), x=float(xy[0] // scale),
+                     y=float(xy[1] // scale), mode=mode)
 
     def _backbone(self, backbone: str, model: str) -> Any:
         """The backbone component, checked as the CLI checks it (its weights are found; none load)."""
@@ -192,8 +197,10 @@ class UiApp:
 
     def _tokenizer(self, backbone: str, model: str) -> Any:
         key = (backbone, model.strip() if backbone == "sd15" else "")
-        if key not in self._tokenizers:
-            self._tokenizers[key] = self._backbone(backbone, model).load_tokenizer(self.workdir)
+        if key not in self._tokenizers:  # once per backbone: later prompt checks wait for nothing
+            with self._models:
+                if key not in self._tokenizers:
+                    self._tokenizers[key] = self._backbone(backbone, model).load_tokenizer(self.workdir)
         return self._tokenizers[key]
 
     def backbone_note(self, backbone: str, model: str) -> str:
@@ -202,7 +209,8 @@ class UiApp:
         if backbone != "sd15":
             return note
         try:
-            self._backbone(backbone, model)
+            with self._models:
+                self._backbone(backbone, model)
         except StmodError as exc:
             return f"{note}\n\n{error_line(exc)}"
         return f"{note}\n\n✓ weights found: `{model_location(model.strip()) if model.strip() else 'the default model'}`"
@@ -236,7 +244,8 @@ class UiApp:
         spec = job_from_mapping(job, base_dir=path.parent, source="the page's regions")  # refused: nothing written
         _write_text(path, self._job_text(job, path, "the last mask preview"))
         spec = load_job(path)
-        result = self.editor.layout(spec)
+        with self._models:
+            result = self.editor.layout(spec)
         write_layout_outputs(spec, result)
         overlay = mask_overlay(result.clip.frames, result.layout.masks.numpy(), result.layout.names, with_legend=False)
         picks = np.linspace(0, len(overlay) - 1, min(len(overlay), 12)).round().astype(int)
@@ -274,6 +283,7 @@ class UiApp:
             if progress is not None:
                 progress((done, total), desc=phase)
 
+        self._models.acquire()
         self.editor.on_progress = report
         try:
             spec = load_job(job)
@@ -287,6 +297,7 @@ class UiApp:
         finally:
             self.editor.on_progress = None
             self._cancels.pop(session, None)
+            self._models.release()
         self._last_result[session] = result.output
         attention = result.output / "attention_effect.png"
         note = f"wrote {result.output}; rerun from a shell with: `stmod-run edit {job}`"

@@ -21,8 +21,9 @@ from stmod.plugins.ui.state import BACKBONES, MAX_REGIONS, MODES, Settings, clea
 
 __all__ = ["build"]
 
-#: Picture heights on the page, in CSS pixels: large enough to judge a mask or an edit without zooming.
-KEYFRAME_HEIGHT, PICTURE_HEIGHT = 480, 420
+#: Picture heights on the page, in CSS pixels: large enough to judge a mask or an edit without zooming
+#: (the keyframe comes zoomed to about 512 pixels, state.display_scale; Gradio only ever shrinks it).
+KEYFRAME_HEIGHT, PICTURE_HEIGHT = 520, 420
 
 
 def _session(request: gr.Request | None) -> str:

@@ -107,8 +107,9 @@ def clear_region(annotations: Annotations, slot: int) -> Annotations:
     return {k: copy.deepcopy(v) for k, v in annotations.items() if k != slot}
 
 
-def display_scale(height: int, width: int, target: int = 384) -> int:
-    """The whole-number zoom that shows a small keyframe at about ``target`` pixels (1 for large ones)."""
+def display_scale(height: int, width: int, target: int = 512) -> int:
+    """The whole-number zoom that shows a small keyframe at about ``target`` pixels (1 for large ones): a
+    128-pixel frame at 512, a 256x144 one at 512x288 (the page never enlarges a picture itself)."""
     return max(1, target // max(height, width))
 
 
