@@ -33,8 +33,8 @@ MODES = ("box corners", "object click", "background click")
 
 #: Backbones the page offers, each with the sentence shown beside the choice: what it can edit.
 BACKBONES = {
-    "shapes": "`shapes` edits only its toy world: discs, squares, triangles and rings in eight colours on plain "
-              "or grass backgrounds (trained here, runs on the CPU); real clips need SD 1.5 weights.",
+    "shapes": "`shapes` edits only its toy world: discs, squares, triangles and rings in eight colours on grass, "
+              "sand, sky or snow (trained here, runs on the CPU); real clips need SD 1.5 weights.",
     "sd15": "`sd15` edits real clips with Stable Diffusion 1.5 weights: a diffusers model folder, a .safetensors "
             "file or a hub id (downloaded once); in practice it needs a GPU.",
     "tiny": "`tiny` has random weights: the pipeline runs, but its pictures mean nothing (for tests).",
