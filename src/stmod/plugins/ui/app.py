@@ -283,12 +283,12 @@ class UiApp:
             if progress is not None:
                 progress((done, total), desc=phase)
 
-        self._models.acquire()
-        self.editor.on_progress = report
         try:
-            spec = load_job(job)
-            prediction = self._prediction(spec)
-            result = self.editor.run(spec)
+            with self._models:
+                self.editor.on_progress = report
+                spec = load_job(job)
+                prediction = self._prediction(spec)
+                result = self.editor.run(spec)
         except (StmodError, CoreEditCancelled) as exc:
             _remove_refused(job.parent)
             if isinstance(exc, CoreEditCancelled):
@@ -297,7 +297,6 @@ class UiApp:
         finally:
             self.editor.on_progress = None
             self._cancels.pop(session, None)
-            self._models.release()
         self._last_result[session] = result.output
         attention = result.output / "attention_effect.png"
         note = f"wrote {result.output}; rerun from a shell with: `stmod-run edit {job}`"

@@ -115,9 +115,8 @@ def _edit_section(app: UiApp, ui: dict[str, Any]) -> None:
     ui["metrics"] = gr.Markdown(elem_id="metrics")
 
 
-def _guarded(fn: Any, error_outputs: int, note_index: int, *, cleared: tuple[int, ...] = ()) -> Any:
-    """``fn``, with a user error shown as the CLI's one line in output ``note_index``; outputs ``cleared``
-    are emptied (what the failed action would have replaced), the others unchanged."""
+def _guarded(fn: Any, error_outputs: int, note_index: int) -> Any:
+    """``fn``, with a user error shown as the CLI's one line in output ``note_index`` (others unchanged)."""
 
     @functools.wraps(fn)  # Gradio reads the wrapped signature to inject its request and progress objects
     def wrapper(*args: Any) -> Any:
@@ -125,8 +124,6 @@ def _guarded(fn: Any, error_outputs: int, note_index: int, *, cleared: tuple[int
             return fn(*args)
         except StmodError as exc:
             out = [gr.skip()] * error_outputs
-            for index in cleared:
-                out[index] = None
             out[note_index] = error_line(exc)
             return tuple(out)
 
@@ -149,7 +146,7 @@ def _wire_clip(app: UiApp, ui: dict[str, Any], st: dict[str, Any]) -> None:
                 app.keyframe(clip, frames[0], {}, None, list(names)), note, video, None, None, "")
 
     form = [ui[k] for k in ("upload", "path", "start", "every", "count", "width", "height")] + ui["names"]
-    guarded = _guarded(load, len(shown), 5, cleared=(6,))
+    guarded = _guarded(load, len(shown), 5)  # a clip that fails to load leaves the loaded one as it was
     ui["load"].click(guarded, form, shown)
     ui["path"].submit(guarded, form, shown)
     ui["upload"].upload(guarded, form, shown)  # an upload loads at once
