@@ -36,5 +36,7 @@ def test_wheel_has_only_the_stmod_namespace(tmp_path: Path) -> None:
     shipped = json.loads((ROOT / "src/stmod/backbones/shapes/model/manifest.json").read_text())["files"]
     for name in [*shipped, "manifest.json"]:  # the trained shapes model is package data
         assert f"stmod/backbones/shapes/model/{name}" in names, f"shapes model file {name} is missing from the wheel"
+    for name in ("bigbuckbunny.mp4", "README.md"):  # the page's example clip and its licence note
+        assert f"stmod/plugins/ui/examples/{name}" in names, f"ui example file {name} is missing from the wheel"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "stmod-run = stmod.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

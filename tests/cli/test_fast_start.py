@@ -42,3 +42,22 @@ def test_check_says_what_it_does_first_on_a_terminal(job_file) -> None:
     main(["-p", "stmod.testing", "check", str(job_file())], stdout=io.StringIO(), stderr=piped,
          env={"STMOD_LOAD_PLUGINS": ""})
     assert piped.getvalue() == ""
+
+
+def test_edit_refuses_an_existing_output_before_importing_torch(job_file, tmp_path) -> None:
+    """An existing output folder needs nothing loaded to be seen: ``edit`` refuses it (exit 2) with torch and
+    the pipeline still unimported; with --overwrite it goes on to the editor (which checks the folder again)."""
+    job = job_file(backbone="tiny", modulator="st-layout")  # built-ins: the testing plugin imports torch itself
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("a file stmod did not write")
+    out = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), "edit", str(job)],
+                         capture_output=True, text=True, timeout=120, check=True, env=_env())
+    assert out.stdout.strip().splitlines()[-1] == "2 []", out.stdout + out.stderr
+    assert f"output folder {tmp_path / 'out'} already exists; pass --overwrite" in out.stderr
+    assert (tmp_path / "out" / "mine.txt").read_text() == "a file stmod did not write"
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "STMOD_LOAD_PLUGINS": ""}

@@ -232,10 +232,11 @@ def test_write_frames_replaces_folder(tmp_path: Path) -> None:
 
 
 def test_a_sound_track_is_said_to_be_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A clip with audio: probed as such, and reading it says once that the edit will be silent."""
+    """A clip with audio: probed as such; reading it logs (at INFO) that the edit will be silent, in the
+    line check and edit print once in their summaries."""
     import av
 
-    from stmod.core.io.video import load_video, probe_video
+    from stmod.core.io.video import load_video, probe_video, sound_track_note
     from stmod.core.types import VideoSource
 
     path = tmp_path / "with_sound.mp4"
@@ -254,7 +255,11 @@ def test_a_sound_track_is_said_to_be_dropped(tmp_path: Path, caplog: pytest.LogC
         for packet in video.encode():
             container.mux(packet)
     assert probe_video(path).audio
-    with caplog.at_level("WARNING", logger="stmod"):
+    with caplog.at_level("INFO", logger="stmod"):
         load_video(VideoSource(path=path, frames=2, size=(64, 64)))
-    assert [r.message for r in caplog.records if "sound track" in r.message] == [
-        f"{path} has a sound track; stmod edits the frames only, so the edited videos are silent"]
+    # Not a warning on every read: check's and edit's summaries say it once (sound_track_note).
+    assert [(r.levelname, r.message) for r in caplog.records if "sound track" in r.message] == [
+        ("INFO", f"{path} has a sound track; stmod edits the frames only, so the edited videos are silent")]
+    assert sound_track_note(probe_video(path)) == f"{path} has a sound track; stmod edits the frames only, so the " \
+                                                  "edited videos are silent"
+    assert sound_track_note(probe_video(write_mp4(tmp_path / "silent.mp4", np.zeros((2, 64, 64, 3), np.uint8), 8))) is None

@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from stmod.backbones.shapes import world
-from stmod.backbones.shapes.demo import DEMO_CASE
 from stmod.core.config import job_from_mapping
-from stmod.core.io.video import write_frames, write_mp4
+from stmod.core.io.video import FrameTransform
 from stmod.core.errors import UsageError
 from stmod.plugins.commands import ui as ui_command
-from stmod.plugins.ui.state import (MODES, Clip, Settings, clear_region, click, draw_keyframe, job_mapping,
+from stmod.plugins.ui.state import (MODES, Clip, Settings, clear_region, click, crop_box, draw_keyframe, job_mapping,
                                     metrics_markdown, prompt_flags)
 from stmod.testing import run_cli
 
@@ -57,7 +55,15 @@ def test_job_mapping_is_a_job_the_cli_accepts(tmp_path: Path) -> None:
     spec = job_from_mapping(yaml.safe_load(yaml.safe_dump(job)), base_dir=tmp_path)
     assert [(r.name, r.prompt) for r in spec.regions] == [("left", "red disc"), ("right", "blue disc")]
     assert spec.layout[0].name == "grabcut" and spec.steps == 10 and spec.modulation.preset == "paper"
-    assert spec.modulation.end_step == 3 and spec.save_attention and spec.overwrite
+    # The job leaves the window to the job loader's default, as the CLI and Python do; and a rerun from a
+    # shell must not replace the saved result without --overwrite.
+    assert spec.modulation.end_step is None and spec.modulation_window == (0, 3) and spec.save_attention
+    assert not spec.overwrite and "overwrite" not in job and "end_step" not in job["modulation"]
+    sd15 = job_mapping(_clip(tmp_path), NAMES, ["red disc", "blue disc", "", ""], notes,
+                       Settings(prompt="a red disc and a blue disc", backbone="sd15", model="/models/sd15"))
+    assert sd15["backbone"] == {"name": "sd15", "model": "/models/sd15"}
+    assert job_mapping(_clip(tmp_path), NAMES, ["", "", "", ""], notes,
+                       Settings(prompt="x", backbone="shapes", model="/models/sd15"))["backbone"] == {"name": "shapes"}
 
 
 def test_job_mapping_errors(tmp_path: Path) -> None:
@@ -91,6 +97,34 @@ def test_drawing_and_metrics() -> None:
     assert "| left | 10% | 50% |" in text and "denoise 1.5 s" in text
 
 
+def test_crop_box_is_the_part_the_edit_keeps() -> None:
+    """Reference: the crop's corners map to the edit frame's corners under the reading's own geometry
+    (FrameTransform.point_to_edit, float64), for random source and edit sizes, either side wider."""
+    rng = np.random.default_rng(27)
+    for _ in range(200):
+        sw, sh = (int(v) for v in rng.integers(16, 2000, size=2))
+        w, h = (int(v) for v in rng.integers(1, 9, size=2) * 64)
+        x0, y0, x1, y1 = crop_box(sw, sh, w, h)
+        transform = FrameTransform(source_height=sh, source_width=sw, height=h, width=w)
+        np.testing.assert_allclose(transform.point_to_edit(x0, y0), (0, 0), atol=1e-9)
+        np.testing.assert_allclose(transform.point_to_edit(x1, y1), (w, h), atol=1e-9)
+        assert 0 <= x0 <= x1 <= sw + 1e-9 and 0 <= y0 <= y1 <= sh + 1e-9
+        assert min(x0, y0) < 1e-9 or (x0, y0) == (0, 0)  # one side is kept whole (a cover, not a shrink)
+    # a 16:9 clip edited square loses its sides (the scaled width rounds to whole pixels: 228 of 1280)
+    assert crop_box(1280, 720, 128, 128) == pytest.approx((280.7, 0.0, 999.3, 720.0), abs=0.05)
+    assert crop_box(128, 128, 64, 64) == (0.0, 0.0, 128.0, 128.0)
+
+
+def test_the_keyframe_shows_the_crop() -> None:
+    """What the edit crops away is dimmed and the kept part outlined; a frame kept whole is drawn as is."""
+    image = np.full((72, 128, 3), 200, np.uint8)
+    drawn = draw_keyframe(image, {}, 0, NAMES, scale=2, crop=crop_box(128, 72, 64, 64))  # keeps x 28..100
+    assert drawn.shape == (144, 256, 3)
+    assert (drawn[70, 10] < 100).all() and (drawn[70, 250] < 100).all()  # cropped away: dimmed
+    assert (drawn[70, 128] == 200).all() and (drawn[70, 56] == 255).all()  # kept; its outline at x = 2 * 28
+    assert (draw_keyframe(image, {}, 0, NAMES, crop=crop_box(128, 72, 128, 72)) == image).all()
+
+
 def test_ui_command_without_gradio(monkeypatch) -> None:
     """Without the extra, the command exits 2 with one line saying how to install it."""
     monkeypatch.setattr(ui_command, "gradio_installed", lambda: False)
@@ -98,42 +132,6 @@ def test_ui_command_without_gradio(monkeypatch) -> None:
     assert result.exit_code == 2
     assert result.stderr.strip() == ("stmod-run: error: stmod-run ui needs gradio, which is not installed; run: "
                                      "pip install 'stmod[ui]'")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="needs gradio: pip install -e '.[ui]'")
-def test_app_run_writes_a_rerunnable_job_and_cancel_stops_it(tmp_path: Path) -> None:
-    """UiApp.run writes run-NNN/job.yaml, which the CLI reruns; the cancel button's call stops the next run at
-    its next step, and nothing is written."""
-    from stmod.plugins.ui.app import EditCancelled, UiApp
-    from stmod.testing import fresh_plugin_manager
-
-    clip_frames, bodies, parts = world.render_clip(DEMO_CASE.scene, 2, (128, 128))
-    write_frames(tmp_path / "clip", clip_frames)
-    app = UiApp(fresh_plugin_manager().registry, tmp_path / "runs", cache=False)
-    clip, _, _ = app.load_clip(None, str(tmp_path / "clip"), 0, 1, 2, 64, 64)
-    notes = _two_boxes()
-    settings = Settings(prompt="a red disc and a blue disc", backbone="tiny", steps=2)
-    seen: list[tuple] = []
-    video, attention, metrics, note = app.run(clip, NAMES, ["red disc", "blue disc", "", ""], notes, settings,
-                                              "s1", lambda *a, **k: seen.append((a, k)))
-    job = tmp_path / "runs" / "run-001" / "job.yaml"
-    assert Path(video) == job.parent / "result" / "side_by_side.mp4" and Path(attention).exists()
-    assert f"stmod-run edit {job}" in note and "| left |" in metrics and seen
-    assert "predicted before the run" in metrics and "predicted peak memory (RSS)" in metrics
-    assert run_cli(["check", str(job)], env={"STMOD_LOAD_PLUGINS": ""}).exit_code == 0
-
-    def cancel_at_once(*args, **kwargs) -> None:
-        app.cancel("s2")  # as if the button were pressed during the first step
-
-    with pytest.raises(EditCancelled):
-        app.run(clip, NAMES, ["red disc", "blue disc", "", ""], notes, settings, "s2", cancel_at_once)
-    assert not (tmp_path / "runs" / "run-002" / "result").exists() and app.cancel("s2") == "nothing is running"
-
-    upload = write_mp4(tmp_path / "upload" / "mine.mp4", clip_frames, fps=8)  # as Gradio hands over an upload
-    uploaded, frames, note = app.load_clip(str(upload), "", 0, 1, 2, 64, 64)
-    assert Path(uploaded.path) == tmp_path / "runs" / "clips" / "mine.mp4" and frames == [0, 1]
-    with pytest.raises(UsageError, match="no clip: upload one or type the path"):
-        app.load_clip(None, " ", 0, 1, 2, 64, 64)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="needs gradio: pip install -e '.[ui]'")
@@ -149,3 +147,16 @@ def test_ui_command_on_a_taken_port(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.strip() == (f"stmod-run: error: cannot serve on 127.0.0.1:{port}: the port is taken or the "
                                      "address is not this machine's; pass another --port (0: any free one) or --host")
+    # Gradio's import takes seconds: the command says it is starting before it, not after
+    assert result.stdout.startswith("stmod-run ui: starting (loading Gradio and the pipeline; the address follows)")
+
+
+def test_ui_command_model_flags(tmp_path: Path) -> None:
+    """--model is sd15's: given with another backbone it is one line saying what to do; --backbone offers
+    the page's three."""
+    result = run_cli(["ui", "--port", "0", "--out", str(tmp_path), "--model", "my-model"], env={"STMOD_LOAD_PLUGINS": ""})
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        "stmod-run: error: --model my-model is for --backbone sd15 (the page starts on shapes, which has its own "
+        "weights); add --backbone sd15 or drop --model")
+    result = run_cli(["ui", "--backbone", "sd14"], env={"STMOD_LOAD_PLUGINS": ""})
+    assert result.exit_code == 2 and "invalid choice: 'sd14' (choose from 'shapes', 'sd15', 'tiny')" in result.stderr

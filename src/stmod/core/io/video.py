@@ -40,7 +40,7 @@ from stmod.core.types import VideoSource
 __all__ = [
     "IMAGE_SUFFIXES", "FOLDER_FPS", "VideoInfo", "ClipPlan", "plan_clip", "SourceClip", "FrameTransform", "natural_key",
     "IMAGE_ERRORS", "open_image", "list_frame_files", "probe_video", "read_video", "select_frames", "load_video",
-    "atomic_path", "write_video", "write_mp4", "write_gif", "write_frames", "write_lossless",
+    "sound_track_note",    "atomic_path", "write_video", "write_mp4", "write_gif", "write_frames", "write_lossless",
 ]
 
 log = logging.getLogger(__name__)
@@ -389,6 +389,13 @@ def plan_clip(source: VideoSource) -> ClipPlan:
     return ClipPlan(info=info, indices=tuple(select_frames(source, info.frames)), transform=transform)
 
 
+def sound_track_note(info: VideoInfo) -> str | None:
+    """The line that says a clip's sound track is not edited (``None`` for a clip without one)."""
+    if not info.audio:
+        return None
+    return f"{info.path} has a sound track; stmod edits the frames only, so the edited videos are silent"
+
+
 def load_video(source: VideoSource, plan: ClipPlan | None = None) -> SourceClip:
     """Read and transform the clip of a job (``plan``: its :func:`plan_clip`, probed now if not given).
 
@@ -396,9 +403,8 @@ def load_video(source: VideoSource, plan: ClipPlan | None = None) -> SourceClip:
     """
     plan = plan or plan_clip(source)
     info, indices, transform = plan.info, plan.indices, plan.transform
-    if info.audio:  # said once per read: the edit is of the frames only
-        log.warning("%s has a sound track; stmod edits the frames only, so the edited videos are silent",
-                    source.path)
+    if info.audio:  # check's and edit's summaries say it once (sound_track_note); every read need not
+        log.info(sound_track_note(info))
     frames, fps = read_video(source.path, indices, transform=transform, info=info)
     log.info("read %d frames of %s (%dx%d) -> %dx%d", len(indices), source.path, info.width, info.height,
              transform.width, transform.height)

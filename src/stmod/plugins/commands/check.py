@@ -84,6 +84,11 @@ def run(args: argparse.Namespace, session: Session) -> int:
     session.echo(describe_window(spec))
     for line in overlap_lines(spec, prepared):
         session.echo(line)
+    from stmod.core.io.video import sound_track_note
+
+    sound = sound_track_note(prepared.clip.info)
+    if sound:
+        session.echo(f"note: {sound}")
     try:  # the job is fine; its output folder is what a run would find, worth saying but not an error here
         check_output_folder(spec)
     except OutputExistsError:

@@ -19,6 +19,7 @@ from stmod.plugins.commands.summary import summary_lines
 if TYPE_CHECKING:
     from stmod.cli import Session
     from stmod.core.pipeline.editor import EditResult, Editor
+    from stmod.core.types import EditSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,30 @@ def _editor(session: Session, args: argparse.Namespace) -> Editor:
     return Editor(session.registry, progress=not args.quiet, cache=False if args.no_cache else None)
 
 
+def refuse_existing_output(spec: EditSpec) -> None:
+    """An output folder that exists and is not empty, without ``overwrite``: refused at once, before torch
+    and the pipeline import (seconds) — nothing needs loading to see the folder. The editor checks the
+    output fully again (ownership, overlap with the inputs, room) under the folder's lock."""
+    out = spec.output if spec.output.is_absolute() else spec.output.absolute()
+    if not spec.overwrite and out.is_dir() and any(out.iterdir()):
+        raise OutputExistsError(str(out))
+
+
 def run_edit(args: argparse.Namespace, session: Session) -> int:
     started = time.perf_counter()
     spec = load_job_from_args(args, session.registry)
+    refuse_existing_output(spec)
     start, end = spec.modulation_window
     session.status(f"edit: {spec.video.path.name} -> {spec.output} ({spec.backbone.name} backbone, {spec.steps} "
                    f"steps, modulated {start}-{end - 1}): loading the pipeline...")
     with weights_placed(args, session.registry):
         result = _editor(session, args).run(spec)
     session.echo(f"wrote {result.output} ({len(result.frames)} frames)")
+    from stmod.core.io.video import probe_video, sound_track_note  # imported by the run already
+
+    sound = sound_track_note(probe_video(spec.video.path))
+    if sound:
+        session.echo(f"note: {sound}")
     _report(session, result, started)
     return 0
 

@@ -20,7 +20,7 @@ from stmod.core.errors import CheckpointError, StmodError, UsageError
 from stmod.core.registry import Registry
 from stmod.core.types import EditSpec
 
-__all__ = ["add_job_arguments", "job_overrides", "load_job_from_args", "weights_placed"]
+__all__ = ["add_job_arguments", "job_overrides", "load_job_from_args", "model_location", "weights_placed"]
 
 
 def _region(text: str) -> tuple[str, str]:
@@ -53,7 +53,7 @@ def _control(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"the scale of {text!r} is not a number; e.g. canny=0.8") from None
 
 
-def _location(text: str) -> str:
+def model_location(text: str) -> str:
     """A model given on the command line: an existing path is taken relative to the current directory
     (the job file's folder is what paths inside the file are relative to); anything else is a hub id."""
     path = Path(text).expanduser()
@@ -91,7 +91,7 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, job_required: bool = F
     g.add_argument("--steps", type=int, help="DDIM steps for inversion and denoising (default 50)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
     g.add_argument("--device", help="backbone device: cpu, cuda, cuda:1, auto (default auto: CUDA when available)")
-    g.add_argument("--model", type=_location, metavar="ID|DIR|FILE",
+    g.add_argument("--model", type=model_location, metavar="ID|DIR|FILE",
                    help="backbone weights: hub id, diffusers folder or .safetensors (sd15; default "
                         "stable-diffusion-v1-5/stable-diffusion-v1-5)")
     g.add_argument("--dtype", choices=("auto", "float16", "bfloat16", "float32"),

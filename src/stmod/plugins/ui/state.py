@@ -19,17 +19,27 @@ import numpy as np
 from attrs import field, frozen
 
 from stmod.core.errors import PromptError, UsageError
+from stmod.core.io.video import FrameTransform
 from stmod.core.io.visuals import region_colours
 from stmod.core.tokens import find_token_spans
 from stmod.core.types import as_tuple
 
-__all__ = ["MAX_REGIONS", "MODES", "Clip", "Settings", "click", "clear_region", "display_scale", "draw_keyframe", "job_mapping",
-           "prompt_flags", "metrics_markdown", "error_line"]
+__all__ = ["MAX_REGIONS", "MODES", "BACKBONES", "Clip", "Settings", "click", "clear_region", "crop_box", "display_scale",
+           "draw_keyframe", "job_mapping", "prompt_flags", "metrics_markdown", "error_line"]
 
 #: Region slots on the page (a fixed number keeps the page's layout static).
 MAX_REGIONS = 4
 #: What a click on the keyframe does: a box corner, an object click (label 1), a background click (label 0).
 MODES = ("box corners", "object click", "background click")
+
+#: Backbones the page offers, each with the sentence shown beside the choice: what it can edit.
+BACKBONES = {
+    "shapes": "`shapes` edits only its toy world: discs, squares, triangles and rings in eight colours on grass, "
+              "sand, sky or snow (trained here, runs on the CPU); real clips need SD 1.5 weights.",
+    "sd15": "`sd15` edits real clips with Stable Diffusion 1.5 weights: a diffusers model folder, a .safetensors "
+            "file or a hub id (downloaded once); in practice it needs a GPU.",
+    "tiny": "`tiny` has random weights: the pipeline runs, but its pictures mean nothing (for tests).",
+}
 
 Annotations = dict[int, dict[int, dict[str, Any]]]
 
@@ -54,6 +64,8 @@ class Settings:
     prompt: str
     source_prompt: str = ""
     backbone: str = "shapes"
+    #: ``sd15``'s weights: a hub id or the absolute path of a folder or ``.safetensors`` file ("": its default)
+    model: str = ""
     blend: str = "latent"
     preset: str = "videograin"
     steps: int = 20
@@ -96,21 +108,47 @@ def clear_region(annotations: Annotations, slot: int) -> Annotations:
     return {k: copy.deepcopy(v) for k, v in annotations.items() if k != slot}
 
 
-def display_scale(height: int, width: int, target: int = 384) -> int:
-    """The whole-number zoom that shows a small keyframe at about ``target`` pixels (1 for large ones)."""
+def display_scale(height: int, width: int, target: int = 512) -> int:
+    """The whole-number zoom that shows a small keyframe at about ``target`` pixels (1 for large ones): a
+    128-pixel frame at 512, a 256x144 one at 512x288 (the page never enlarges a picture itself)."""
     return max(1, target // max(height, width))
 
 
+def crop_box(source_width: int, source_height: int, width: int, height: int) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)``: the part of a source frame an edit at ``width x height`` keeps, in source pixels.
+
+    The edit scales the source to cover the edit size and centre-crops it (:class:`FrameTransform`, the
+    geometry the job's reading uses), so a 16:9 clip edited square loses its sides.
+    """
+    transform = FrameTransform(source_height=source_height, source_width=source_width, height=height, width=width)
+    (rh, rw), (top, left) = transform.resized, transform.offset
+    sx, sy = source_width / rw, source_height / rh
+    return left * sx, top * sy, (left + width) * sx, (top + height) * sy
+
+
+def _draw_crop(out: np.ndarray, crop: tuple[float, float, float, float], scale: int, thick: int) -> None:
+    """Dim what the edit crops away and outline what it keeps (in place; ``crop`` in source pixels)."""
+    x0, y0, x1, y1 = (int(round(v * scale)) for v in crop)
+    kept = out[y0:y1, x0:x1].copy()
+    out[:] = (out * 0.4).astype(np.uint8)
+    out[y0:y1, x0:x1] = kept
+    cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (255, 255, 255), thick)
+
+
 def draw_keyframe(image: np.ndarray, annotations: Annotations, frame: int, names: Sequence[str],
-                  pending: list[float] | None = None, *, scale: int = 1) -> np.ndarray:
+                  pending: list[float] | None = None, *, scale: int = 1,
+                  crop: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """``image`` zoomed ``scale`` times, with every region's box and clicks on ``frame`` in the region's colour.
 
     Annotations are in ``image`` pixels; a click on the result at ``(x, y)`` is ``(x / scale, y / scale)``.
+    ``crop`` (:func:`crop_box`): the part the edit keeps is outlined and the rest dimmed.
     """
     out = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) if scale > 1 else image.copy()
     out = np.ascontiguousarray(out)
-    colours = region_colours(MAX_REGIONS)
     thick = max(1, round(max(out.shape[:2]) / 200))
+    if crop is not None and tuple(crop) != (0, 0, image.shape[1], image.shape[0]):
+        _draw_crop(out, crop, scale, thick)
+    colours = region_colours(MAX_REGIONS)
 
     def at(*values: float) -> tuple[int, ...]:
         return tuple(int(round(v * scale)) for v in values)
@@ -146,6 +184,9 @@ def _regions(names: Sequence[str], locals_: Sequence[str], annotations: Annotati
             raise UsageError(f"region {slot + 1} has a box or a local prompt but no name; type a name for it")
         if name in used.values():
             raise UsageError(f"two regions are named {name!r}; give each region its own name")
+        if not marked:  # the mask maker needs a box (or clicks) on some keyframe
+            raise UsageError(f"region {slot + 1} ({name}) has a local prompt but no box: pick region {slot + 1}, "
+                             "then click two corners of a box around it on the keyframe")
         used[slot] = name
     if not used:
         raise UsageError("no regions yet: pick a region, then click two corners of a box around it on the keyframe")
@@ -182,16 +223,19 @@ def job_mapping(clip: Clip, names: Sequence[str], locals_: Sequence[str], annota
         job["source_prompt"] = settings.source_prompt
     job["regions"] = {name: locals_[slot] for slot, name in used.items()}
     job["layout"] = {"name": "grabcut", "prompts": {name: _prompts(annotations, slot) for slot, name in used.items()}}
+    backbone = {"name": settings.backbone}
+    if settings.backbone == "sd15" and settings.model.strip():
+        backbone["model"] = settings.model.strip()
     job.update({
-        "backbone": {"name": settings.backbone},
+        "backbone": backbone,
         "blend": settings.blend,
-        # The published window (15 of 50 steps) scaled to the step count, as the demo does.
-        "modulation": {"preset": settings.preset, "end_step": max(1, (settings.steps * 3) // 10)},
+        # No end_step: the job's default window, so the CLI and Python resolve this job to the same edit.
+        "modulation": {"preset": settings.preset},
         "steps": settings.steps,
         "seed": settings.seed,
         "save_attention": True,
         "output": output,
-        "overwrite": True,  # the folder is this run's own: rerunning the job file replaces its result
+        # No overwrite: rerunning the saved job from a shell must not replace its result without --overwrite.
     })
     return job
 
