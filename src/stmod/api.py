@@ -59,6 +59,8 @@ def pretrained_backbone(registry: Registry, name_or_path: str | Path, backbone: 
     if backbone is None and text in registry.components("backbone"):
         return text, {}
     loaders = sorted(name for name in registry.components("backbone") if _LOCATION_OPTION in _option_names(registry, name))
+    if backbone is None and len(loaders) > 1:
+        backbone = _claimant(registry, loaders, text)
     if backbone is None:
         if len(loaders) != 1:
             raise InputError("backbone", None, f"several backbones load a model location ({', '.join(loaders)}); "
@@ -70,6 +72,18 @@ def pretrained_backbone(registry: Registry, name_or_path: str | Path, backbone: 
         raise InputError("backbone", backbone, f"does not load a model location; choose one of {', '.join(loaders)}")
     path = Path(text).expanduser()
     return backbone, {_LOCATION_OPTION: str(path.resolve()) if path.exists() else text}
+
+
+def _claimant(registry: Registry, loaders: list[str], location: str) -> str | None:
+    """The one backbone that claims ``location`` more surely than the others (a backbone class's optional
+    ``location_claim(location) -> int``: 0 not mine, 1 could be, 2 surely mine), else ``None``."""
+    scores: dict[str, int] = {}
+    for name in loaders:
+        claim = getattr(registry.info("backbone", name).factory, "location_claim", None)
+        scores[name] = int(claim(location)) if callable(claim) else 0
+    best = max(scores.values())
+    winners = [name for name, score in scores.items() if score == best]
+    return winners[0] if best > 0 and len(winners) == 1 else None
 
 
 class Editor(_EditorBase):

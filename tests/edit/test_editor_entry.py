@@ -31,18 +31,28 @@ def test_from_pretrained_resolves_names_through_the_registry() -> None:
     registry = fresh_plugin_manager().registry
     assert pretrained_backbone(registry, "shapes") == ("shapes", {})
     assert pretrained_backbone(registry, "some/model") == ("sd15", {"model": "some/model"})
+    # several loaders (sd15, wan): the one that claims the location most surely
+    assert pretrained_backbone(registry, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers")[0] == "wan"
 
     @attrs.frozen
     class WanOptions:
         model: str = "Wan-AI/Wan2.1"
 
+    class Loader:
+        def __init__(self, options: WanOptions) -> None:
+            self.options = options
+
+        @staticmethod
+        def location_claim(location: str) -> int:
+            return 1  # as unsure of a hub id as sd15 is
+
     class Plugin:
         @stmod.hookimpl
         def stmod_register_backbones(self, register) -> None:
-            register.add("wan-test", lambda options: None, options=WanOptions, summary="another loader")
+            register.add("wan-test", Loader, options=WanOptions, summary="another loader")
 
     registry = fresh_plugin_manager(Plugin()).registry
-    with pytest.raises(InputError, match="several backbones load a model location .*sd15, wan-test.*backbone="):
+    with pytest.raises(InputError, match="several backbones load a model location .*sd15, wan, wan-test.*backbone="):
         pretrained_backbone(registry, "some/model")
     assert pretrained_backbone(registry, "some/model", "wan-test") == ("wan-test", {"model": "some/model"})
     with pytest.raises(InputError, match="does not load a model location"):

@@ -9,6 +9,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from stmod.backbones.tiny import TINY_UNET
+from stmod.core.protocols import PreparesFromClip
 from stmod.plugins.extensions.freeu import FreeUExtension, FreeUOptions
 
 OFFICIAL = {"b1": 1.2, "b2": 1.5, "s1": 1.0, "s2": 1.0}
@@ -48,7 +49,7 @@ def test_equals_diffusers_freeu_and_is_removed_on_exit(options: FreeUOptions) ->
 
 def test_defaults_are_the_official_values_and_key_the_inversion() -> None:
     assert FreeUExtension().inversion_settings() == OFFICIAL
-    assert not FreeUExtension().needs_inversion()
+    assert not isinstance(FreeUExtension(), PreparesFromClip)  # nothing to prepare: a cached inversion is enough
 
 
 def test_keeps_a_freeu_the_unet_had_and_leaves_the_controlnet_alone() -> None:

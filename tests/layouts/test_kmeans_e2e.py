@@ -80,7 +80,7 @@ def test_cache_keeps_features_and_never_skips_recording(demo_job, editor: Editor
     first = editor.layout(with_kmeans(assign={"square": 0, "disc": 1}))
     assert first.run["inversion"]["cached"] is False  # recorded, although the plain trajectory was cached
     second = editor.layout(with_kmeans(clusters=4, assign={"square": 0, "disc": [1, 3]}))
-    assert second.run["inversion"] == {"cached": True, "key": first.run["inversion"]["key"]}
+    assert second.run["inversion"] == {"cached": True, "stored": True, "key": first.run["inversion"]["key"]}
     assert second.components.layouts[0][0].result.clusters == 4
     assert second.components.layouts[0][0].feature_request == FeatureRequest(level=0, reference_frames=3)
     finer = editor.layout(with_kmeans(level=1, assign={"square": 0, "disc": 1}))

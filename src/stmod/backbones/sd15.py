@@ -148,6 +148,18 @@ class StableDiffusionBackbone:
 
     scale_factor = 8
 
+    @staticmethod
+    def location_claim(location: str) -> int:
+        """How surely ``location`` is an SD-1.5-family model (``Editor.from_pretrained`` picks the backbone
+        that claims it most surely): 2 a folder with a ``unet/`` or a single checkpoint file, 1 a hub id
+        (offline, its files cannot be looked at), 0 a folder of another layout."""
+        path = Path(location).expanduser()
+        if path.is_dir():
+            return 2 if (path / "unet").is_dir() else 0
+        if path.suffix in (".safetensors", ".ckpt"):
+            return 2
+        return 1
+
     def __init__(self, options: SD15Options) -> None:
         self.options = options
         self.device = resolve_device(options.device)

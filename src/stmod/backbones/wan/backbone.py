@@ -79,6 +79,15 @@ class WanBackbone:
     normalised with the VAE's ``latents_mean``/``latents_std`` (:class:`~stmod.core.protocols.VideoBackbone`).
     """
 
+    @staticmethod
+    def location_claim(location: str) -> int:
+        """How surely ``location`` is a Wan model (see ``StableDiffusionBackbone.location_claim``): 2 a folder
+        with a ``transformer/`` or a hub id of the ``Wan-AI`` organisation, 0 otherwise."""
+        path = Path(location).expanduser()
+        if path.is_dir():
+            return 2 if (path / "transformer").is_dir() else 0
+        return 2 if location.startswith("Wan-AI/") else 0
+
     text_length = TEXT_LENGTH
 
     def __init__(self, options: WanOptions) -> None:
