@@ -118,7 +118,7 @@ def test_examples_load_as_complete_jobs(app_and_clip, name: str) -> None:
         assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height and names[slot] and locals_[slot]
     job = job_mapping(clip, names, locals_, notes, Settings(prompt=prompt, source_prompt=source))
     spec = job_from_mapping(job, base_dir=app.workdir)
-    app.editor.check(spec, check_output=False)  # the shapes tokenizer knows every word
+    app.editor.check(spec)  # the shapes tokenizer knows every word
 
 def test_sd15_weights_are_checked_as_the_cli_checks_them(tmp_path: Path, tiny_folder: Path) -> None:
     """sd15 with a model folder: found, its tokenizer flags prompts; a missing folder: the CLI's line."""

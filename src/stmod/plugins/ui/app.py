@@ -192,7 +192,8 @@ class UiApp:
         component = self.registry.create("backbone", backbone, options)
         self.workdir.mkdir(parents=True, exist_ok=True)
         # check() makes sure the weights are there (tiny writes its own) before the tokenizer is read
-        component.check(EditSpec(video=VideoSource(path=self.workdir), prompt="-", base_dir=self.workdir))
+        # (the placeholder prompt is a word every backbone knows: shapes refuses words outside its world)
+        component.check(EditSpec(video=VideoSource(path=self.workdir), prompt="a", base_dir=self.workdir))
         return component
 
     def _tokenizer(self, backbone: str, model: str) -> Any:
@@ -252,6 +253,11 @@ class UiApp:
         sheet = tile([overlay[i] for i in picks], titles=[f"frame {result.clip.indices[i]}" for i in picks],
                      columns=min(4, len(picks)))
         Image.fromarray(sheet).save(spec.output / "masks.png")
+        # written by stmod too: the marker lists it, so that the next preview may replace the folder
+        from stmod.core.io.ownership import folder_entries, read_marker, write_marker
+
+        kind = str((read_marker(spec.output) or {}).get("stmod", "layout"))
+        write_marker(spec.output, kind, folder_entries(spec.output))
         return str(spec.output / "masks.mp4"), sheet
 
     # -- 3. the edit -----------------------------------------------------------------------------
