@@ -238,8 +238,8 @@ class UiApp:
         folder is the page's scratch, not a saved run)."""
         if clip is None:
             raise UsageError("no clip loaded: upload a clip, pick an example or type its path, then press Load clip")
-        settings = Settings(prompt=" ".join(n for n in names if n) or "a clip", backbone=settings.backbone,
-                            model=settings.model)
+        # prompts are not needed yet: a placeholder word every backbone knows (shapes refuses words outside its world)
+        settings = Settings(prompt="a", backbone=settings.backbone, model=settings.model)
         job = job_mapping(clip, names, [""] * MAX_REGIONS, annotations, settings) | {"overwrite": True}
         path = self.workdir / "preview" / "job.yaml"
         spec = job_from_mapping(job, base_dir=path.parent, source="the page's regions")  # refused: nothing written
