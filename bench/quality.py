@@ -116,7 +116,7 @@ def run(args: argparse.Namespace, save) -> dict:
         raise SystemExit(f"quality: unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     editor = Editor.from_plugins(progress=False, cache=InversionCache(out / "cache"))
     jobs = {c.name: edits.write_case(out / "cases" / c.name, c, frames=args.frames, steps=args.steps) for c in cases}
-    frames_of = {c.name: getattr(c, "frames", None) or args.frames for c in cases}
+    frames_of = {c.name: c.frames or args.frames for c in cases}
     records = []
     bar = tqdm(total=len(rows) * len(cases), desc="quality", unit="edit")
     for row in rows:

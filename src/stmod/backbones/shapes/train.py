@@ -313,6 +313,17 @@ def _check_one_token_per_word(ids: torch.Tensor, captions: list[str], end_token:
         raise RuntimeError(f"caption {captions[bad]!r} is not one token per word; the grounding targets would slip")
 
 
+def _captions_and_cell_weights(tokenizer, data: WorldFrames, cfg: TrainConfig
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The captions' token ids ``(N, 77)``, the empty caption's (for caption dropout) and each latent cell's
+    loss weight ``(N, 1, h, w)`` (``1 + object_weight · share of the cell showing an object``): what both
+    the UNet and the ControlNet stages train with."""
+    ids = tokenizer(data.captions + [""], padding="max_length", max_length=77, truncation=True,
+                    return_tensors="pt").input_ids
+    cell_weight = 1.0 + cfg.object_weight * torch.from_numpy(latent_shares(data.objects)).unsqueeze(1)
+    return ids[:-1], ids[-1], cell_weight
+
+
 def _diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cell_weight: torch.Tensor,
                     scheduler, cfg: TrainConfig) -> torch.Tensor:
     """ε-MSE, cells weighted by what they show, samples by min-SNR-γ (Hang et al. 2023) as in
@@ -333,11 +344,8 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, data: World
     from diffusers.training_utils import EMAModel
 
     scheduler = noise_scheduler()
-    ids = tokenizer(data.captions + [""], padding="max_length", max_length=77, truncation=True,
-                    return_tensors="pt").input_ids
-    empty, ids = ids[-1], ids[:-1]
+    ids, empty, cell_weight = _captions_and_cell_weights(tokenizer, data, cfg)
     _check_one_token_per_word(ids, data.captions, tokenizer.eos_token_id)
-    cell_weight = 1.0 + cfg.object_weight * torch.from_numpy(latent_shares(data.objects)).unsqueeze(1)
     targets, grounded = data.word_targets()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
@@ -412,10 +420,7 @@ def train_controlnet(controlnet, unet, text_encoder, tokenizer, latents: torch.T
     from diffusers.optimization import get_scheduler
 
     scheduler = noise_scheduler()
-    ids = tokenizer(data.captions + [""], padding="max_length", max_length=77, truncation=True,
-                    return_tensors="pt").input_ids
-    empty, ids = ids[-1], ids[:-1]
-    cell_weight = 1.0 + cfg.object_weight * torch.from_numpy(latent_shares(data.objects)).unsqueeze(1)
+    ids, empty, cell_weight = _captions_and_cell_weights(tokenizer, data, cfg)
     unet.requires_grad_(False), text_encoder.requires_grad_(False)
     unet.eval(), text_encoder.eval()
     params = list(controlnet.parameters())
