@@ -5,9 +5,12 @@ see :mod:`stmod.backbones.shapes.edits`) through the real :class:`Editor` on the
 once per row — no modulation (the global prompt alone), the ``videograin`` composite text without
 modulation, cross only, self only, both (``videograin``), both (``paper``), the temporal focus
 ``per-frame`` / ``sparse-causal`` / ``window``, without the latent blend, and with masks downsampled by
-area instead of the official nearest —
-and scores each result against the world's exact masks (:mod:`stmod.backbones.shapes.metrics`).
-Prints a table and writes ``quality.json``::
+area instead of the official nearest; on request the structure guidance of the official configs
+(``control``, ``pnp``, ``flatten``, ``official``) and the diagnosis rows (``modulate-60``/``-100``: a
+longer modulation window; ``recon-1``/``recon-7.5``: no edit at all, the source prompt denoised at
+guidance 1 or 7.5, scored against the source) — and scores each result against the world's exact masks
+(:mod:`stmod.backbones.shapes.metrics`), sorting every region-frame that failed by its cause. Prints two
+tables and writes ``quality.json``::
 
     .venv/bin/python bench/quality.py                     # 30 cases x 11 rows (~10 min at --frames 4 --steps 12)
     .venv/bin/python bench/quality.py --per-kind 2 --rows none,both
@@ -21,11 +24,13 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 import numpy as np
 import yaml
+from attrs import frozen
 from tqdm.auto import tqdm
 
 from stmod import Editor
@@ -45,61 +50,116 @@ def _pnp(steps: int) -> dict:
     return {"name": "pnp", "inject_step": steps // 2}
 
 
-#: Row name → (description, modulation overrides, blend or None for the job's, job additions).
-#: A job addition is a function of the step count returning keys added to the job file.
-ROWS: dict[str, tuple[str, dict, str | None, object]] = {
-    "none": ("no modulation (global prompt only)",
-             {"preset": "paper", "modulate_cross": False, "modulate_self": False}, None, None),
+def _add(keys) -> Callable[[dict, int], dict]:
+    """A job change that adds the keys ``keys(steps)`` returns."""
+    return lambda job, steps: {**job, **keys(steps)}
+
+
+def _modulate_until(share: float) -> Callable[[dict, int], dict]:
+    """A job change that modulates the first ``share`` of the steps (the cases modulate the first 30 %)."""
+    return lambda job, steps: {**job, "modulation": {**job["modulation"], "end_step": max(1, round(steps * share))}}
+
+
+def _reconstruct(guidance: float) -> Callable[[dict, int], dict]:
+    """A job change that edits nothing: the source prompt as the target, no regions, at ``guidance``.
+    What it loses, no edit can keep."""
+    def change(job: dict, steps: int) -> dict:
+        kept = {k: v for k, v in job.items() if k not in ("regions", "layout", "modulation")}
+        return {**kept, "prompt": job["source_prompt"], "guidance": guidance}
+    return change
+
+
+@frozen
+class Row:
+    """A benchmark row: how it changes each case's job and what it is."""
+
+    description: str
+    #: modulation fields set on the job (after its file is read)
+    modulation: dict = {}
+    #: the blend, or ``None`` for the job's
+    blend: str | None = None
+    #: a change of the job file's data, given the step count
+    job: Callable[[dict, int], dict] | None = None
+    #: scored against the source (the objects' own colours) instead of the regions' targets
+    reconstruction: bool = False
+    #: guidance fixed by the row (``--guidance`` does not change it)
+    guidance: float | None = None
+
+
+ROWS: dict[str, Row] = {
+    "none": Row("no modulation (global prompt only)",
+                {"preset": "paper", "modulate_cross": False, "modulate_self": False}),
     # The videograin preset also changes the text: its conditional branch is the composite embedding
     # of the local prompts. This row has that text and no attention modulation.
-    "text": ("videograin's composite text, no modulation", {"modulate_cross": False, "modulate_self": False}, None,
-             None),
-    "cross": ("cross-attention only", {"modulate_self": False}, None, None),
-    "self": ("self-attention only", {"modulate_cross": False}, None, None),
-    "both": ("cross + self, videograin preset", {}, None, None),
-    "paper": ("cross + self, paper preset", {"preset": "paper"}, None, None),
-    "per-frame": ("both, temporal focus per-frame", {"temporal": "per-frame"}, None, None),
-    "sparse-causal": ("both, temporal focus sparse-causal", {"temporal": "sparse-causal"}, None, None),
-    "window": ("both, temporal focus window (2 frames, overlap 1, 1 anchor)",
-               {"temporal": "window", "window_frames": 2, "window_overlap": 1, "anchor_frames": 1}, None, None),
-    "no-blend": ("both, no latent blend", {}, "none", None),
+    "text": Row("videograin's composite text, no modulation", {"modulate_cross": False, "modulate_self": False}),
+    "cross": Row("cross-attention only", {"modulate_self": False}),
+    "self": Row("self-attention only", {"modulate_cross": False}),
+    "both": Row("cross + self, videograin preset"),
+    "paper": Row("cross + self, paper preset", {"preset": "paper"}),
+    "per-frame": Row("both, temporal focus per-frame", {"temporal": "per-frame"}),
+    "sparse-causal": Row("both, temporal focus sparse-causal", {"temporal": "sparse-causal"}),
+    "window": Row("both, temporal focus window (2 frames, overlap 1, 1 anchor)",
+                  {"temporal": "window", "window_frames": 2, "window_overlap": 1, "anchor_frames": 1}),
+    "no-blend": Row("both, no latent blend", blend="none"),
     # The official nearest downsampling keeps a latent cell when its top-left pixel is inside the mask,
     # shifting masks down-right by half a cell (16 px at 4x4 on 128² frames); area keeps them centred.
-    "area": ("both, masks downsampled by area", {"mask_downsample": "area"}, None, None),
-    "control": ("both + the model's ControlNet on canny edges", {}, None, lambda steps: CONTROL),
-    "pnp": ("both + PnP (inject for half the steps)", {}, None, lambda steps: {"extensions": [_pnp(steps)]}),
-    "flatten": ("both + FLATTEN (level 0)", {}, None, lambda steps: {"extensions": [FLATTEN]}),
-    "official": ("control + PnP + FLATTEN + videograin modulation: the official configs' recipe", {}, None,
-                 lambda steps: {**CONTROL, "extensions": [_pnp(steps), FLATTEN]}),
+    "area": Row("both, masks downsampled by area", {"mask_downsample": "area"}),
+    "control": Row("both + the model's ControlNet on canny edges", job=_add(lambda steps: CONTROL)),
+    "pnp": Row("both + PnP (inject for half the steps)", job=_add(lambda steps: {"extensions": [_pnp(steps)]})),
+    "flatten": Row("both + FLATTEN (level 0)", job=_add(lambda steps: {"extensions": [FLATTEN]})),
+    "official": Row("control + PnP + FLATTEN + videograin modulation: the official configs' recipe",
+                    job=_add(lambda steps: {**CONTROL, "extensions": [_pnp(steps), FLATTEN]})),
+    # When are colours decided? The cases modulate the first 30 % of the steps (videograin's window).
+    "modulate-60": Row("both, modulating the first 60 % of the steps", job=_modulate_until(0.6)),
+    "modulate-100": Row("both, modulating every step", job=_modulate_until(1.0)),
+    # Reconstruction: invert and denoise with the source prompt, no edit; scored against the source.
+    "recon-1": Row("reconstruction: the source prompt, no regions, guidance 1", job=_reconstruct(1.0),
+                   reconstruction=True, guidance=1.0),
+    "recon-7.5": Row("reconstruction: the source prompt, no regions, guidance 7.5", job=_reconstruct(7.5),
+                     reconstruction=True, guidance=7.5),
 }
-#: The rows run by default (the structure-guided rows need a model folder with a ControlNet).
-DEFAULT_ROWS = tuple(r for r in ROWS if r not in ("control", "official"))
+#: The rows run by default (the structure-guided rows need a model folder with a ControlNet; the diagnosis
+#: rows are asked for by name).
+DEFAULT_ROWS = ("none", "text", "cross", "self", "both", "paper", "per-frame", "sparse-causal", "window",
+                "no-blend", "area", "pnp", "flatten")
 
 
-def score(case, source: np.ndarray, result: np.ndarray, frames: int) -> dict:
-    """The metrics of one edited clip (means over its regions)."""
+def score(case, source: np.ndarray, result: np.ndarray, frames: int, *, reconstruction: bool = False) -> dict:
+    """The metrics of one edited clip (means over its regions), and its regions' frames by failure cause.
+    ``reconstruction``: each object of the scene is a region whose target is its own source colour."""
     _, bodies, parts = case.render(frames, (source.shape[2], source.shape[1]))
-    masks = edits.case_masks(case, bodies, parts)
-    colours = {r.name: r.colour for r in case.regions}
-    accuracy = [metrics.attribute_accuracy(result, masks[r.name], r.colour) for r in case.regions]
+    if reconstruction:
+        masks = {f"object{k}": bodies[:, k] for k in range(bodies.shape[1]) if bodies[:, k].any()}
+        colours = {name: metrics.dominant_colour(source, mask) for name, mask in masks.items()}
+    else:
+        masks = edits.case_masks(case, bodies, parts)
+        colours = {r.name: r.colour for r in case.regions}
+    names = list(masks)
+    accuracy = [metrics.attribute_accuracy(result, masks[n], colours[n]) for n in names]
     leak = metrics.leakage(source, result, masks, colours)
+    causes = dict.fromkeys(("right", *metrics.CAUSES), 0)
+    for n in names:
+        same = [masks[o] for o in names if o != n and colours[o] == colours[n]]
+        found = metrics.failure_causes(source, result, masks[n], colours[n],
+                                       exclude=np.any(same, axis=0) if same else None)
+        causes = {k: causes[k] + found[k] for k in causes}
     return {
         "accuracy": float(np.mean(accuracy)),
-        "shape_iou": float(np.mean([metrics.shape_iou(result, masks[r.name], r.colour) for r in case.regions])),
-        "clean": float(np.mean([metrics.clean_frames(result, masks[r.name], r.colour) for r in case.regions])),
+        "shape_iou": float(np.mean([metrics.shape_iou(result, masks[n], colours[n]) for n in names])),
+        "clean": float(np.mean([metrics.clean_frames(result, masks[n], colours[n]) for n in names])),
         "leakage": float(np.mean(list(leak.values()))),
         "background_psnr": metrics.background_psnr(source, result, (bodies | parts).any(axis=1)),
-        "flicker": float(np.mean([metrics.flicker(result, masks[r.name]) for r in case.regions])),
+        "flicker": float(np.mean([metrics.flicker(result, masks[n]) for n in names])),
+        "causes": causes,
     }
 
 
 def _row_job(job: Path, row: str, steps: int) -> Path:
-    """The case's job file with the row's additions (control, extensions), written beside it."""
-    additions = ROWS[row][3]
-    if additions is None:
+    """The case's job file with the row's changes (control, extensions, prompts), written beside it."""
+    change = ROWS[row].job
+    if change is None:
         return job
-    data = yaml.safe_load(job.read_text(encoding="utf-8"))
-    data.update(additions(steps))
+    data = change(yaml.safe_load(job.read_text(encoding="utf-8")), steps)
     path = job.with_name(f"job-{row}.yaml")
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
@@ -120,21 +180,23 @@ def run(args: argparse.Namespace, save) -> dict:
     records = []
     bar = tqdm(total=len(rows) * len(cases), desc="quality", unit="edit")
     for row in rows:
-        _, modulation, blend, _ = ROWS[row]
+        spec_of = ROWS[row]
         for case in cases:
             # the editor's registry already has the plugins' job formats: no plugin manager per case
             spec = load_job(_row_job(jobs[case.name], row, args.steps), formats=editor.registry.job_formats.values())
             if args.model:
                 spec = attrs.evolve(spec, backbone=ComponentRef(name="shapes", options={"folder": str(args.model)}))
-            spec = attrs.evolve(spec, modulation=attrs.evolve(spec.modulation, **modulation),
-                                blend=ComponentRef(name=blend) if blend else spec.blend,
+            guidance = spec_of.guidance if spec_of.guidance is not None else args.guidance
+            spec = attrs.evolve(spec, modulation=attrs.evolve(spec.modulation, **spec_of.modulation),
+                                blend=ComponentRef(name=spec_of.blend) if spec_of.blend else spec.blend,
                                 output=out / "runs" / row / case.name, overwrite=True,
-                                guidance=args.guidance if args.guidance is not None else spec.guidance)
+                                guidance=guidance if guidance is not None else spec.guidance)
             began = time.perf_counter()
             result = editor.run(spec)
             seconds = time.perf_counter() - began
             records.append({"row": row, "case": case.name, "kind": case.kind, "seconds": seconds,
-                            **score(case, result.source, result.frames, frames_of[case.name])})
+                            **score(case, result.source, result.frames, frames_of[case.name],
+                                    reconstruction=spec_of.reconstruction)})
             bar.update()
         done = rows[: rows.index(row) + 1]
         results = {"model": str(args.model or "shipped"), "cases": args.cases, "frames": args.frames,
@@ -157,10 +219,22 @@ def summarise(records: list[dict], rows: list[str]) -> dict:
             of_kind = [r["accuracy"] for r in mine if r["kind"] == kind]
             if of_kind:
                 entry[f"accuracy_{kind}"] = float(np.mean(of_kind))
-        for key in ("shape_iou", "clean", "leakage", "background_psnr", "flicker", "seconds"):
+        for key in ("shape_iou", "clean", "leakage", "flicker", "seconds"):
             entry[key] = float(np.mean([r[key] for r in mine]))
+        entry["background_psnr"] = pooled_psnr([r["background_psnr"] for r in mine])
+        counted = [r["causes"] for r in mine if "causes" in r]
+        if counted:
+            total = max(1, sum(sum(c.values()) for c in counted))
+            entry["causes"] = {k: sum(c[k] for c in counted) / total for k in ("right", *metrics.CAUSES)}
         summary[row] = entry
     return summary
+
+
+def pooled_psnr(psnrs: list[float]) -> float:
+    """The PSNR of the cases' mean squared error: a case whose background came back exact (∞ dB) counts as
+    zero error instead of making the row's mean ∞."""
+    mse = np.mean([255.0**2 * 10 ** (-p / 10) for p in psnrs])
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def table(summary: dict) -> str:
@@ -174,6 +248,17 @@ def table(summary: dict) -> str:
                   f"{100 * s['leakage']:.2f}", f"{s['background_psnr']:.1f}", f"{s['flicker']:.1f}",
                   f"{s['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def causes_table(summary: dict) -> str:
+    """Per row, the share of region-frames that came out right and of those that failed, by cause."""
+    head = ["row", "right", *(f"failed: {c}" for c in metrics.CAUSES)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, s in summary.items():
+        if "causes" in s:
+            lines.append("| " + " | ".join([row] + [f"{s['causes'][k]:.2f}" for k in ("right", *metrics.CAUSES)])
+                         + " |")
     return "\n".join(lines)
 
 
@@ -212,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"shapes world ({args.cases} cases), {len(results['records']) // len(results['rows'])} edits per row, "
           f"{args.frames} frames, {args.steps} steps, guidance {args.guidance if args.guidance is not None else 7.5}")
     for row in results["rows"]:
-        print(f"  {row}: {ROWS[row][0]}")
+        print(f"  {row}: {ROWS[row].description}")
     print(table(results["summary"]))
+    print("\nregion-frames by failure cause (stmod.backbones.shapes.metrics.failure_causes; shares of all):")
+    print(causes_table(results["summary"]))
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from stmod.backbones.shapes import SHIPPED_MODEL
+from stmod.backbones.shapes import SHIPPED_MODEL, edits
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +99,30 @@ def test_a_missing_or_foreign_file_is_refused_in_one_line(compare, tmp_path: Pat
     assert compare.main([str(p) for p in paths]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.fullmatch(message, err.strip()), err
+
+
+def test_a_row_whose_background_is_exact_in_one_case_is_not_infinite(quality) -> None:
+    """The row's background PSNR pools the cases' errors: one exact case must not make it ∞."""
+    assert quality.pooled_psnr([float("inf"), 20.0]) == pytest.approx(20.0 + 10 * np.log10(2))
+    assert quality.pooled_psnr([float("inf")] * 2) == float("inf")
+
+
+def test_the_reconstruction_rows_edit_nothing_and_score_against_the_source(quality, tmp_path: Path) -> None:
+    case = next(c for c in edits.benchmark_cases(1, seed=0) if c.kind == "instance")
+    job = edits.write_case(tmp_path / case.name, case, frames=2, steps=10)
+    for row, guidance in (("recon-1", 1.0), ("recon-7.5", 7.5)):
+        data = yaml.safe_load(quality._row_job(job, row, 10).read_text())
+        assert data["prompt"] == case.source_prompt and data["guidance"] == guidance
+        assert "regions" not in data and "layout" not in data
+    clip, _, _ = case.render(3)
+    kept = quality.score(case, clip, clip, 3, reconstruction=True)
+    assert kept["accuracy"] == 1.0 and kept["causes"]["right"] == sum(kept["causes"].values()) > 0
+    # scored as an edit, the untouched clip is wrong: its objects kept their colours
+    assert quality.score(case, clip, clip, 3)["causes"]["right"] == 0
+
+
+def test_a_longer_modulation_window_is_a_share_of_the_steps(quality, tmp_path: Path) -> None:
+    job = edits.write_case(tmp_path / "c", edits.benchmark_cases(1, seed=0)[0], frames=2, steps=20)
+    assert yaml.safe_load(quality._row_job(job, "modulate-60", 20).read_text())["modulation"]["end_step"] == 12
+    assert yaml.safe_load(quality._row_job(job, "modulate-100", 20).read_text())["modulation"]["end_step"] == 20
+    assert yaml.safe_load(job.read_text())["modulation"]["end_step"] == 6

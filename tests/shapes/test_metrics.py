@@ -49,3 +49,26 @@ def test_frames_where_the_region_does_not_show_are_not_counted() -> None:
     masks[1] = False
     assert metrics.shape_iou(painted, masks, "red") == 1.0 and metrics.clean_frames(painted, masks, "red") == 1.0
     assert metrics.shape_iou(painted, np.zeros_like(masks), "red") == 0.0
+
+
+def test_each_unclean_frame_is_put_down_to_the_first_cause_that_holds() -> None:
+    disc = _disc()
+    source, masks = _frames(disc, np.array(world.COLOURS["white"], np.uint8), frames=5)
+    result = source.copy()
+    result[0][disc] = RED  # right
+    result[1][disc] = BLUE  # the wrong colour
+    square = np.abs(np.mgrid[:64, :64] - 32).max(axis=0) <= 18
+    result[2][square] = RED  # red dominant, spilling out of the outline
+    result[3][disc] = RED
+    result[3][20:29][disc[20:29]] = BLUE  # red dominant, a blue band: patchy
+    result[4][disc] = RED
+    result[4][:, :6] = RED  # a red stripe far from the disc: leakage
+    counts = metrics.failure_causes(source, result, masks, "red")
+    assert counts == {"right": 1, "leak": 1, "colour": 1, "shape": 1, "patchy": 1}
+    # a same-coloured region over the stripe is not leakage: that frame is right
+    other = np.zeros_like(masks)
+    other[:, :, :6] = True
+    assert metrics.failure_causes(source, result, masks, "red", exclude=other)["right"] == 2
+    # frames where the region does not show are not counted
+    masks[1:] = False
+    assert sum(metrics.failure_causes(source, result, masks, "red").values()) == 1

@@ -18,6 +18,12 @@ with :func:`stmod.backbones.shapes.world.colour_classes` (nearest palette colour
   region painted in patches of several colours is not clean even when its dominant colour is right.
 * **flicker** of a region: the standard deviation over frames of the region's mean colour (0…255,
   averaged over RGB).
+* **failure causes** of a region: each frame where the region shows is ``right`` (clean, kept in its
+  outline, no leakage) or failed, put down to the first cause that holds, in this order — ``leak`` (its target colour appears newly outside it, beyond the
+  band, on more than 0.5 % of the pixels there), ``colour`` (the dominant colour inside is not the
+  target), ``shape`` (the target colour spills out of the object's outline: more than a tenth of the
+  region's area painted outside it, within ``reach``), ``patchy`` (the target colour covers only part of
+  the region: it is not clean). :func:`failure_causes` counts them.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from scipy.ndimage import binary_dilation, binary_erosion
 
 from stmod.backbones.shapes.world import COLOURS, colour_classes
 
-__all__ = ["attribute_accuracy", "leakage", "background_psnr", "flicker", "dilate", "shape_iou", "clean_frames"]
+__all__ = ["attribute_accuracy", "leakage", "background_psnr", "flicker", "dilate", "shape_iou", "clean_frames", "CAUSES",
+           "failure_causes", "dominant_colour"]
 
 _NAMES = tuple(COLOURS)
 
@@ -41,6 +48,15 @@ def dilate(mask: np.ndarray, margin: int) -> np.ndarray:
     structure = np.zeros((1, 3, 3), bool)
     structure[0] = True
     return binary_dilation(mask, structure=structure, iterations=margin)
+
+
+def dominant_colour(frames: np.ndarray, mask: np.ndarray) -> str:
+    """The palette colour most of the pixels inside ``mask`` (over all frames) read as."""
+    inside = colour_classes(frames)[mask]
+    inside = inside[inside >= 0]
+    if not inside.size:
+        raise ValueError("no pixel inside the mask reads as a palette colour")
+    return _NAMES[int(np.bincount(inside, minlength=len(_NAMES)).argmax())]
 
 
 def attribute_accuracy(frames: np.ndarray, mask: np.ndarray, colour: str) -> float:
@@ -111,3 +127,42 @@ def clean_frames(frames: np.ndarray, mask: np.ndarray, colour: str, *, clean_sha
         inner = inner if inner.any() else mask[f]
         clean.append(float((classes[f][inner] == target).mean()) >= clean_share)
     return float(np.mean(clean)) if clean else 0.0
+
+
+#: The causes :func:`failure_causes` sorts a region's unclean frames into, in the order they are tested.
+CAUSES: tuple[str, ...] = ("leak", "colour", "shape", "patchy")
+
+
+def failure_causes(source: np.ndarray, result: np.ndarray, mask: np.ndarray, colour: str, *,
+                   exclude: np.ndarray | None = None, reach: int = 8, clean_share: float = 0.9,
+                   leak_share: float = 0.005, spill_share: float = 0.1) -> dict[str, int]:
+    """How many of a region's frames are ``right`` and how many failed, by the first cause that holds
+    (:data:`CAUSES`; see the module's docstring). ``exclude (F, H, W)``: pixels that do not count as
+    leakage (other regions with the same target colour). Paint within ``reach`` pixels of the region is
+    its shape's business (``shape``), paint beyond it is leakage."""
+    src, res = colour_classes(source), colour_classes(result)
+    target = _NAMES.index(colour)
+    near = dilate(mask, reach)
+    outside = ~near
+    if exclude is not None:
+        outside &= ~dilate(exclude, reach)
+    counts = dict.fromkeys(("right", *CAUSES), 0)
+    for f in range(len(result)):
+        if not mask[f].any():
+            continue
+        inner = binary_erosion(mask[f])
+        inner = inner if inner.any() else mask[f]
+        leaked = outside[f] & (res[f] == target) & (src[f] != target)
+        inside = res[f][mask[f]]
+        inside = inside[inside >= 0]
+        if leaked.sum() > leak_share * max(1, outside[f].sum()):
+            counts["leak"] += 1
+        elif not inside.size or np.bincount(inside, minlength=len(_NAMES)).argmax() != target:
+            counts["colour"] += 1
+        elif (near[f] & ~mask[f] & (res[f] == target)).sum() > spill_share * mask[f].sum():
+            counts["shape"] += 1
+        elif float((res[f][inner] == target).mean()) < clean_share:
+            counts["patchy"] += 1
+        else:
+            counts["right"] += 1
+    return counts
