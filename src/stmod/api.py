@@ -29,6 +29,7 @@ from stmod.core.errors import InputError
 from stmod.core.pipeline.cache import InversionCache
 from stmod.core.pipeline.editor import Editor as _EditorBase
 from stmod.core.pipeline.progress import ProgressCallback
+from stmod.core.protocols import ChecksWeights
 from stmod.core.registry import ComponentInfo, Registry
 from stmod.core.types import ComponentRef
 
@@ -128,6 +129,9 @@ class Editor(_EditorBase):
                 ref_options[argument] = value
         ref = ComponentRef(name=name, options={**ref_options, **options})
         registry.parse_options("backbone", ref.name, dict(ref.options), place="Editor.from_pretrained")  # fail now
+        model = registry.create("backbone", ref.name, dict(ref.options), place="Editor.from_pretrained")
+        if isinstance(model, ChecksWeights):  # weights that are not there are refused now, not at the first job
+            model.check_weights(Path.cwd())
         return cls(registry, backbone=ref, progress=progress, cache=cache)
 
     @classmethod

@@ -16,7 +16,7 @@ import stmod
 from stmod import Editor
 from stmod.api import pretrained_backbone
 from stmod.cli import in_cli_terms
-from stmod.core.errors import EditCancelled, InputError, OutputExistsError
+from stmod.core.errors import CheckpointError, EditCancelled, InputError, OutputExistsError
 from stmod.core.pipeline.editor import EditResult
 from stmod.core.pipeline.progress import RunReporter
 from stmod.core.protocols import AttentionLevels, ChecksJob, Extension, FollowsSteps, PreparesFromClip
@@ -57,6 +57,21 @@ def test_from_pretrained_resolves_names_through_the_registry() -> None:
     assert pretrained_backbone(registry, "some/model", "wan-test") == ("wan-test", {"model": "some/model"})
     with pytest.raises(InputError, match="does not load a model location"):
         pretrained_backbone(registry, "some/model", "shapes")
+
+
+def test_weights_that_are_not_there_are_refused_at_construction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                ) -> None:
+    """A hub id neither cached nor downloadable, or a folder that does not exist, fails in from_pretrained
+    (naming the location and how to get it), not when the first job runs."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(CheckpointError, match=r"some/model: SD 1\.5 model is not in the Hugging Face cache.*hf download"):
+        Editor.from_pretrained("some/model")
+    with pytest.raises(CheckpointError, match="not found: no such file or folder"):
+        Editor.from_pretrained(str(tmp_path / "missing-model"))
+    with pytest.raises(CheckpointError, match="Wan model is not in the Hugging Face cache"):
+        Editor.from_pretrained("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    assert Editor.from_pretrained("shapes", progress=False, cache=False).backbone is not None  # nothing to fetch
 
 
 def test_device_and_dtype_problems_surface_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:

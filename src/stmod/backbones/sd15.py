@@ -184,14 +184,23 @@ class StableDiffusionBackbone:
             raise CheckpointError(annotator, f"no default ControlNet for annotator {annotator!r}; set control[].model")
         return DEFAULT_CONTROLNETS[annotator]
 
-    def check(self, spec: EditSpec) -> None:
-        if self.options.device != "auto" and self.device.type == "cuda" and not torch.cuda.is_available():
-            raise CheckpointError(self.options.device, 'device is CUDA but no CUDA device is available; use device="cpu"')
-        problems: list[CheckpointError] = []  # every missing one at once, not one per run
+    def _weight_checks(self) -> list[tuple[str, str, tuple[str, ...], str]]:
+        """(location, what, subfolders, kind) of the model's own weights."""
         checks = [(self.options.model, "SD 1.5 model", ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
                    "model")]
         if self.options.config:
             checks.append((self.options.config, "single-file config", (), "model"))
+        return checks
+
+    def check_weights(self, base_dir: Path | None = None) -> None:
+        for location, what, subfolders, kind in self._weight_checks():
+            check_location(location, what=what, subfolders=subfolders, base_dir=base_dir, kind=kind)
+
+    def check(self, spec: EditSpec) -> None:
+        if self.options.device != "auto" and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise CheckpointError(self.options.device, 'device is CUDA but no CUDA device is available; use device="cpu"')
+        problems: list[CheckpointError] = []  # every missing one at once, not one per run
+        checks = self._weight_checks()
         for control in spec.control:
             checks.append((self.controlnet_location(control.annotator.name, control.model), "ControlNet", (),
                            "controlnet"))

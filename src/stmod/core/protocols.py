@@ -396,6 +396,18 @@ class Backbone(Protocol):
 
 
 @runtime_checkable
+class ChecksWeights(Protocol):
+    """**Optional ability** of a backbone that loads weights from a location (a folder, a file, a hub id):
+    say, without loading anything, whether they can be had, so that ``Editor.from_pretrained`` refuses a
+    model that is not there when the editor is made, not when its first job runs."""
+
+    def check_weights(self, base_dir: Path | None = None) -> None:
+        """Raise :class:`~stmod.core.errors.CheckpointError` naming the location and how to get the weights
+        when they are neither here (a folder, a file, the Hugging Face cache) nor downloadable; never
+        loads or downloads them. ``base_dir``: where a relative location is read from."""
+
+
+@runtime_checkable
 class DescribesFootprint(Protocol):
     """**Optional ability** of a backbone: tell what its models weigh and how they would run, without
     loading weights, for the memory and time estimate of ``stmod-run check`` (``docs/memory.md``).

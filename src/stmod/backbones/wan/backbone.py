@@ -117,7 +117,10 @@ class WanBackbone:
         if spec.extensions:
             raise ConfigError(f"extension {spec.extensions[0].name!r} changes UNet attention; backbone wan takes "
                               "none, remove the job's extensions", key="extensions")
-        check_location(self.options.model, what="Wan model", subfolders=_PARTS, base_dir=spec.base_dir)
+        self.check_weights(spec.base_dir)
+
+    def check_weights(self, base_dir: Path | None = None) -> None:
+        check_location(self.options.model, what="Wan model", subfolders=_PARTS, base_dir=base_dir)
 
     def attention_levels(self, base_dir: Path | None = None) -> tuple[int, ...]:
         """No UNet levels: a layout that clusters UNet features (``kmeans``) is refused by ``check``, before
