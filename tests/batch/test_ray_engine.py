@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from stmod.plugins.batch.manifest import BatchState, load_manifest
-from stmod.plugins.batch.ray_engine import BatchWorker, RayOptions, WorkerSetup, run_batch_on_ray
+from stmod.plugins.batch.ray_engine import BatchWorker, RayOptions, WorkerSetup, job_copy_problem, run_batch_on_ray
 from stmod.testing import run_cli
 
 TESTING = ["-p", "stmod.testing"]
@@ -233,6 +233,28 @@ def test_worker_that_does_not_share_the_output_folder_says_why(manifest, tmp_pat
     (m.output / ".batch").mkdir(parents=True)
     (m.output / ".batch" / "ray-probe").write_text("token-the-driver-wrote")
     assert worker.hello()["problem"] is None
+
+
+def test_an_output_inside_a_ray_jobs_working_dir_copy_is_refused_before_anything_runs(manifest, monkeypatch,
+                                                                                        tmp_path) -> None:
+    """``ray job submit --working-dir .`` runs the entrypoint in a copy Ray deletes with its session: a
+    relative output: would land there and be lost. Refused in one line, exit 2, before Ray starts."""
+    pytest.importorskip("ray", reason=NEEDS_RAY)
+    path = manifest()
+    job_env = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_1.zip"}})}
+    problem = job_copy_problem
+    assert load_manifest(path).output == path.parent / "runs"
+    assert problem(path.parent / "runs", job_env, path.parent) is not None
+    assert problem(path.parent / "runs", job_env, tmp_path / "elsewhere") is None  # an absolute shared output
+    assert problem(path.parent / "runs", {}, path.parent) is None  # not a Ray job
+    no_dir = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"env_vars": {}}})}
+    assert problem(path.parent / "runs", no_dir, path.parent) is None  # a Ray job without a working dir
+    monkeypatch.chdir(path.parent)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", job_env["RAY_JOB_CONFIG_JSON_ENV_VAR"])
+    result = run_cli([*TESTING, "batch", str(path), "--quiet", "--engine", "ray"], env=ENV)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "inside Ray's copy of the job's --working-dir" in result.stderr and "absolute output:" in result.stderr
+    assert not (path.parent / "runs").exists()
 
 
 def test_plan_for_ray_lists_groups_without_ranks_and_needs_no_ray(manifest, monkeypatch) -> None:

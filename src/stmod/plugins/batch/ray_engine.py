@@ -22,7 +22,9 @@ the batch is refused, with that reason, when one cannot.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import secrets
 import socket
 from collections import deque
@@ -399,6 +401,24 @@ def _todo(manifest: Manifest, state: BatchState, retry_failed: bool,
     return groups, skipped
 
 
+def job_copy_problem(output: Path, env: Mapping[str, str], cwd: Path) -> str | None:
+    """Why ``output`` cannot hold a batch's results when this process is a Ray job's entrypoint run in Ray's
+    copy of ``--working-dir`` (``cwd``): that copy is deleted with the Ray session, so results written under
+    it are lost. ``None`` when it is fine (not a Ray job, no working dir, or an output elsewhere)."""
+    try:
+        runtime_env = json.loads(env.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    if not runtime_env.get("working_dir"):
+        return None
+    output, cwd = output.absolute(), cwd.absolute()
+    if output != cwd and cwd not in output.parents:
+        return None
+    return (f"the output folder {output} is inside Ray's copy of the job's --working-dir ({cwd}), which Ray "
+            "deletes with its session: give the manifest an absolute output: on the filesystem every node "
+            "shares")
+
+
 def run_batch_on_ray(
     manifest: Manifest,
     *,
@@ -415,10 +435,13 @@ def run_batch_on_ray(
     this process before Ray is started or joined. When this process has already called ``ray.init``, its
     Ray is used and left running; otherwise Ray is started or joined at ``options.address`` and shut down.
 
-    :raises BatchError: before anything runs for an invalid job, a cluster without the GPUs asked for or a
-        worker that cannot see the output folder; :raises MissingDependencyError: without ``ray``.
+    :raises BatchError: before anything runs for an invalid job, a cluster without the GPUs asked for, a
+        worker that cannot see the output folder, or an output inside a Ray job's copy of its working dir; :raises MissingDependencyError: without ``ray``.
     """
     ray = import_ray()
+    problem = job_copy_problem(manifest.output, os.environ, Path.cwd())
+    if problem is not None:
+        raise BatchError(problem)
     validate_jobs(manifest, validator if validator is not None else setup.editor())
     state = BatchState(manifest.output)
     with state.claim(manifest, rank=0):
