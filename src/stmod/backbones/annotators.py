@@ -11,7 +11,10 @@ and hub ids whose files are in the HF cache (or downloaded when the hub is reach
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,7 +32,7 @@ ANNOTATOR_REPO = "lllyasviel/Annotators"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def _import_aux(component: str):
+def _import_aux(component: str) -> ModuleType:
     try:
         with warnings.catch_warnings():  # timm/controlnet-aux deprecation chatter on import, not ours to fix
             warnings.simplefilter("ignore")
@@ -37,6 +40,14 @@ def _import_aux(component: str):
     except ImportError as exc:
         raise MissingDependencyError(component, ["controlnet-aux", "torchvision"], extra="aux") from exc
     return controlnet_aux
+
+
+def _read_bgr(path: Path) -> np.ndarray:
+    """``cv2.imread`` in colour; an unreadable image is an :class:`InputError` naming it (cv2 returns None)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError("control.dir", str(path), "cannot be read as an image")
+    return image
 
 
 def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -175,7 +186,7 @@ class _WeightsAnnotator:
 
     def __init__(self, options: WeightsOptions) -> None:
         self.options = options
-        self._detector = None
+        self._detector: Callable[..., Any] | None = None  # a controlnet-aux detector, once loaded
 
     def needed_files(self) -> tuple[str, ...]:
         """The weight files this annotator loads with its options."""
@@ -189,7 +200,7 @@ class _WeightsAnnotator:
         _import_aux(f"{self.component} annotator")
         MissingFilesError.raise_any(missing_weights(self.component, self.lookup(spec)))
 
-    def _load(self, paths: dict[str, str]):
+    def _load(self, paths: dict[str, str]) -> Callable[..., Any]:
         """The detector, from a local file per needed file."""
         raise NotImplementedError
 
@@ -202,11 +213,12 @@ class _WeightsAnnotator:
             lookup = self.lookup(request.spec)
             MissingFilesError.raise_any(missing_weights(self.component, lookup))
             self._detector = self._load({name: _local_file(where, name) for name, where in lookup.found.items()})
+        detector = self._detector
         frames = np.asarray(request.frames)
         height, width = frames.shape[1:3]
         return np.stack([
-            _fit(self._detector(frame, detect_resolution=self.options.detect_resolution,
-                                image_resolution=min(height, width), output_type="np", **self._drawing()),
+            _fit(detector(frame, detect_resolution=self.options.detect_resolution,
+                          image_resolution=min(height, width), output_type="np", **self._drawing()),
                  height, width)
             for frame in frames
         ])
@@ -230,7 +242,7 @@ class DepthAnnotator(_WeightsAnnotator):
     def needed_files(self) -> tuple[str, ...]:
         return ("dpt_hybrid-midas-501f0c75.pt",)
 
-    def _load(self, paths: dict[str, str]):
+    def _load(self, paths: dict[str, str]) -> Callable[..., Any]:
         # Adapted from controlnet-aux 0.0.10 midas/__init__.py MidasDetector.from_pretrained (a file, not a folder)
         aux = _import_aux("depth annotator")
         from controlnet_aux.midas.api import MiDaSInference
@@ -261,7 +273,7 @@ class OpenposeAnnotator(_WeightsAnnotator):
     def _drawing(self) -> dict[str, object]:
         return {"include_hand": self.options.hand, "include_face": self.options.face}
 
-    def _load(self, paths: dict[str, str]):
+    def _load(self, paths: dict[str, str]) -> Callable[..., Any]:
         # Adapted from controlnet-aux 0.0.10 open_pose/__init__.py OpenposeDetector.from_pretrained, which
         # loads all three models; the detector calls the hand and face models only when asked to draw them
         aux = _import_aux("openpose annotator")
@@ -310,8 +322,7 @@ class FramesAnnotator:
         if len(files) < need:
             raise InputError("control.dir", str(self._folder(request.spec)),
                              f"has {len(files)} images but the selection needs source frame {need - 1}")
-        images = [cv2.cvtColor(cv2.imread(str(files[i]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                  for i in request.frame_indices]
+        images = [cv2.cvtColor(_read_bgr(files[i]), cv2.COLOR_BGR2RGB) for i in request.frame_indices]
         stack = np.stack(images)
         if stack.shape[1:3] != tuple(request.source_size):
             raise InputError("control.dir", str(files[0]), f"images are {stack.shape[2]}x{stack.shape[1]}, "

@@ -17,14 +17,17 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from stmod.backbones.sd15 import DEFAULT_CONTROLNETS, SD15Options, StableDiffusionBackbone, check_location, \
+from stmod.backbones.sd15 import DEFAULT_CONTROLNETS, DTypeName, SD15Options, StableDiffusionBackbone, check_location, \
     embed_condition_once
 from stmod.core.errors import ConfigError
 from stmod.core.types import EditSpec
+
+if TYPE_CHECKING:
+    from stmod.core.protocols import Tokenizer
 
 __all__ = ["PipelineBackbone", "pipeline_controlnets", "controlnet_annotators"]
 
@@ -105,7 +108,9 @@ class PipelineBackbone(StableDiffusionBackbone):
         offload_device = _take_over_offload(pipe)
         target = device or str(offload_device or pipe.unet.device)
         super().__init__(SD15Options(model=str(getattr(pipe, "name_or_path", None) or "pipeline"), device=target,
-                                     dtype=str(pipe.unet.dtype).replace("torch.", ""), vae_batch=vae_batch,
+                                     # another dtype than those DTypeName lists is refused by SD15Options' validator
+                                     dtype=cast(DTypeName, str(pipe.unet.dtype).replace("torch.", "")),
+                                     vae_batch=vae_batch,
                                      cpu_offload=offload_device is not None))
         self.tokenizer, self.scheduler_config = pipe.tokenizer, pipe.scheduler.config
         self.vae, self.unet, self.text_encoder = (
@@ -136,7 +141,7 @@ class PipelineBackbone(StableDiffusionBackbone):
             if location not in self.controlnets:
                 check_location(location, what="ControlNet", base_dir=spec.base_dir)
 
-    def load_tokenizer(self, base_dir: Path | None = None):
+    def load_tokenizer(self, base_dir: Path | None = None) -> Tokenizer | None:
         return self.tokenizer
 
     def attention_levels(self, base_dir: Path | None = None) -> tuple[int, ...] | None:

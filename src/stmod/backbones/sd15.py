@@ -12,9 +12,9 @@ import logging
 import json
 import os
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
 import numpy as np
@@ -26,6 +26,10 @@ from stmod.core.errors import CheckpointError, MissingFilesError
 from stmod.core.hub import hub_unreachable, in_hf_cache
 from stmod.core.sampling import NoiseSchedule
 from stmod.core.types import Control, EditSpec, number
+
+if TYPE_CHECKING:
+    from stmod.core.budget.job import ModelFootprint
+    from stmod.core.protocols import Tokenizer
 
 __all__ = ["SD15Options", "StableDiffusionBackbone", "DEFAULT_MODEL", "DEFAULT_CONTROLNETS", "embed_condition_once",
            "refuse_unrunnable"]
@@ -47,6 +51,10 @@ _HOW_TO_GET = (
 )
 
 
+#: The ``dtype`` option's values.
+DTypeName = Literal["auto", "float16", "bfloat16", "float32"]
+
+
 @frozen(kw_only=True)
 class SD15Options:
     """Options of the ``sd15`` backbone (job key ``backbone``)."""
@@ -58,7 +66,7 @@ class SD15Options:
     #: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
     device: str = "auto"
     #: ``auto``: float16 on CUDA, float32 on CPU.
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = field(
+    dtype: DTypeName = field(
         default="auto", validator=validators.in_(("auto", "float16", "bfloat16", "float32")))
     #: Frames per VAE call (VAE slicing); lower it to save memory.
     vae_batch: int = number(8, low=1, high=1024)
@@ -137,6 +145,16 @@ def _local_folder(location: str, base_dir: Path | None) -> Path | None:
         return None
 
 
+_T = TypeVar("_T")
+
+
+def _loaded(part: _T | None, what: str) -> _T:
+    """``part`` once the backbone's ``load`` has set it; before that, an error that says so."""
+    if part is None:
+        raise RuntimeError(f"{what} is not loaded; call load() first")
+    return part
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -164,7 +182,12 @@ class StableDiffusionBackbone:
         self.options = options
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
-        self.vae = self.unet = self.text_encoder = self.tokenizer = self.scheduler_config = None
+        self.unet: torch.nn.Module | None = None
+        self.text_encoder: torch.nn.Module | None = None
+        # diffusers' AutoencoderKL: mypy cannot resolve its mixin bases, so its methods are not typed for it
+        self.vae: Any = None
+        self.tokenizer: Any = None  # a transformers CLIPTokenizer (its __call__ is wider than the Tokenizer protocol)
+        self.scheduler_config: Mapping[str, Any] | None = None
         self.controlnets: dict[str, Any] = {}
         self.offload: Any = None  # a ModelOffload while cpu_offload is on (and there is a device to offload to)
         self._offload_warned = False
@@ -186,8 +209,8 @@ class StableDiffusionBackbone:
 
     def _weight_checks(self) -> list[tuple[str, str, tuple[str, ...], str]]:
         """(location, what, subfolders, kind) of the model's own weights."""
-        checks = [(self.options.model, "SD 1.5 model", ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
-                   "model")]
+        own = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+        checks: list[tuple[str, str, tuple[str, ...], str]] = [(self.options.model, "SD 1.5 model", own, "model")]
         if self.options.config:
             checks.append((self.options.config, "single-file config", (), "model"))
         return checks
@@ -211,7 +234,7 @@ class StableDiffusionBackbone:
                 problems.append(error)
         MissingFilesError.raise_any(problems)
 
-    def load_tokenizer(self, base_dir: Path | None = None):
+    def load_tokenizer(self, base_dir: Path | None = None) -> Tokenizer | None:
         """The CLIP tokenizer alone (cheap: no weights), for prompt checks before loading."""
         if self.tokenizer is None:
             from transformers import CLIPTokenizer
@@ -242,7 +265,7 @@ class StableDiffusionBackbone:
             levels.add(len(down) - 1)
         return tuple(sorted(levels))
 
-    def footprint(self, spec: EditSpec, *, device: str | None = None):
+    def footprint(self, spec: EditSpec, *, device: str | None = None) -> ModelFootprint | None:
         """The models' sizes and shapes from their configs and safetensors headers, no weights loaded
         (:class:`~stmod.core.protocols.DescribesFootprint`); a hub id is read from the HF cache only."""
         import importlib.util
@@ -369,11 +392,11 @@ class StableDiffusionBackbone:
     # -- model calls -------------------------------------------------------------------------------
 
     def noise_schedule(self) -> NoiseSchedule:
-        return NoiseSchedule.from_scheduler_config(self.scheduler_config)
+        return NoiseSchedule.from_scheduler_config(_loaded(self.scheduler_config, "the scheduler config"))
 
     def attention_models(self) -> dict[str, torch.nn.Module]:
         """Models whose attention a modulator may replace: ``unet`` and ``controlnet.<i>``."""
-        models = {"unet": self.unet}
+        models = {"unet": _loaded(self.unet, "the UNet")}
         models.update({f"controlnet.{i}": net for i, net in enumerate(self.controlnets.values())})
         return models
 
@@ -382,7 +405,8 @@ class StableDiffusionBackbone:
         """CLIP embeddings ``(len(prompts), 77, D)`` of prompts padded to 77 tokens."""
         tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
-        return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+        encoder = _loaded(self.text_encoder, "the text encoder")
+        return encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
@@ -438,9 +462,10 @@ class StableDiffusionBackbone:
                 cross_attention_kwargs=cross_attention_kwargs, return_dict=False)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
-        return self.unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid, cross_attention_kwargs=cross_attention_kwargs,
-                         return_dict=False)[0]
+        unet = _loaded(self.unet, "the UNet")
+        return unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid, cross_attention_kwargs=cross_attention_kwargs,
+                    return_dict=False)[0]
 
 
 def refuse_unrunnable(location: str, scheduler_config: Any, unet_config: Any) -> None:
@@ -470,7 +495,7 @@ def embed_condition_once(net: torch.nn.Module) -> torch.nn.Module:
     back unmodified (same object, same version counter) without autograd; it is dropped when that
     tensor is freed. ``state_dict`` is unchanged (only ``forward`` of the instance is wrapped).
     """
-    embedding = net.controlnet_cond_embedding
+    embedding = cast(torch.nn.Module, net.controlnet_cond_embedding)  # a ControlNet's conditioning CNN
     inner = embedding.forward
     last: dict[str, Any] = {}
 

@@ -75,7 +75,8 @@ def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**TINY_UNET)
         with torch.no_grad():
-            for name, param in unet.named_parameters():
+            # mypy sees diffusers' mixin classes without their inherited methods: hence this ignore and the next
+            for name, param in unet.named_parameters():  # type: ignore[attr-defined]
                 if name.endswith(("to_q.weight", "to_k.weight")):
                     param.mul_(ATTENTION_GAIN)
         torch.manual_seed(seed + 1)
@@ -94,7 +95,7 @@ def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
-        pipe.save_pretrained(target)
+        pipe.save_pretrained(target)  # type: ignore[attr-defined]
         controlnet.save_pretrained(target / "controlnet")
         (target / "stmod_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
     return folder

@@ -200,7 +200,8 @@ class BoxLayoutProvider:
         if not isinstance(request.features, InversionFeatures):
             raise LayoutError("layout 'boxes' with refine needs attention features recorded during inversion; run it "
                               "through the Editor (stmod-run edit or stmod-run layout)")
-        labels = cluster_self_rows(request.features.get(self.feature_request).self_rows, self.options.refine)
+        assert self.feature_request is not None  # set whenever options.refine is, the only caller's condition
+        labels = cluster_self_rows(request.features.get(self.feature_request).self_rows.numpy(), self.options.refine)
         pixels = upsample_labels(labels, *boxes[0].shape[1:])
         refined = []
         for region, box in zip(regions, boxes):

@@ -123,7 +123,9 @@ def _run_grabcut(image: np.ndarray, labels: np.ndarray, iterations: int) -> np.n
     work = labels.astype(np.uint8).copy()
     cv2.setRNGSeed(0)  # GrabCut seeds its colour models by k-means from OpenCV's RNG: same input, same mask
     try:
-        cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), work, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+        # OpenCV's stubs want a rect; with GC_INIT_WITH_MASK it takes None (the mask seeds the models)
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        cv2.grabCut(bgr, work, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)  # type: ignore[call-overload]
     except cv2.error:  # too few samples for a colour model (tiny or uniform ROI)
         return None
     return np.isin(work, (cv2.GC_FGD, cv2.GC_PR_FGD))
@@ -281,7 +283,8 @@ def track_region(frames: np.ndarray, prompts: Mapping[int, KeyPrompt], *, iterat
         raise ValueError("track_region needs at least one keyframe prompt")
     keys = sorted(prompts)
     grey = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    # OpenCV's stubs list DISOpticalFlow.create but not the module-level alias that exists at run time
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)  # type: ignore[attr-defined]
     dis.setFinestScale(0)  # full resolution: coarser scales blur small objects' edges into the background
     masks = np.zeros(frames.shape[:3], bool)
     for k in keys:
@@ -328,6 +331,7 @@ class GrabcutLayoutProvider:
                     raise LayoutError(f"region {region!r}: prompt frame {frame} is not a frame the job selects "
                                       f"(source frames {shown}); draw on a selected frame", region=region)
                 limit = (1.0, 1.0) if self.options.units == "normalized" else (width, height)
+                assert prompt.box is not None  # _prompt_table refuses a grabcut prompt without a box
                 x0, y0, x1, y1 = prompt.box
                 if min(x0, y0) < 0 or x1 > limit[0] or y1 > limit[1]:
                     raise LayoutError(f"region {region!r} frame {frame}: box {list(prompt.box)} reaches past the "
@@ -347,6 +351,7 @@ class GrabcutLayoutProvider:
         return transform.point_to_edit(*xy, normalized=self.options.units == "normalized")
 
     def _key_prompt(self, region: str, frame: int, prompt: Sam2Prompt, transform: FrameTransform) -> KeyPrompt:
+        assert prompt.box is not None  # _prompt_table refuses a grabcut prompt without a box
         x0, y0 = self._to_edit(prompt.box[:2], transform)
         x1, y1 = self._to_edit(prompt.box[2:], transform)
         box = (max(x0, 0.0), max(y0, 0.0), min(x1, float(transform.width)), min(y1, float(transform.height)))

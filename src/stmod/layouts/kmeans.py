@@ -270,7 +270,7 @@ class KMeansLayoutProvider:
         plan = self._plan(request.spec, regions)
         maps = features.get(self.feature_request)
         opts = self.options
-        labels = cluster_self_rows(maps.self_rows, opts.clusters, pca=opts.pca, n_init=opts.n_init, seed=opts.seed)
+        labels = cluster_self_rows(maps.self_rows.numpy(), opts.clusters, pca=opts.pca, n_init=opts.n_init, seed=opts.seed)
         named = name_clusters(maps.cross.reshape(labels.size, -1).numpy(), labels.reshape(-1), features.words,
                               opts.clusters)
         assigned = self._resolve(plan, named, features)

@@ -285,6 +285,6 @@ class MaskFolderProvider:
             if not per_frame.all():
                 empty = [request.frame_indices[i] for i in np.flatnonzero(~per_frame)]
                 log.info("region %r is empty in %d of %d frames (source frames %s)", region, len(empty),
-                         len(per_frame), empty)
+                         per_frame.size, empty)
             stacks.append(masks)
         return LayoutMasks(masks=torch.from_numpy(np.stack(stacks, axis=1)), names=tuple(regions))

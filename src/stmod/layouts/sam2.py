@@ -63,6 +63,16 @@ def _numbers(value: Any, count: int | None, what: str) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
+def _point(value: Any, what: str) -> tuple[float, float]:
+    x, y = _numbers(value, 2, what)
+    return x, y
+
+
+def _box(value: Any, what: str) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = _numbers(value, 4, what)
+    return x0, y0, x1, y1
+
+
 @frozen(kw_only=True)
 class Sam2Prompt:
     """Clicks and/or a box for one region on one frame (source-frame coordinates)."""
@@ -79,14 +89,14 @@ class Sam2Prompt:
         raw = value.get("points") or []
         if not isinstance(raw, (list, tuple)):
             raise ValueError(f"{where}: points must be a list of [x, y], got {raw!r}")
-        points = tuple(_numbers(p, 2, f"{where}: each point") for p in raw)
+        points = tuple(_point(p, f"{where}: each point") for p in raw)
         labels = value.get("labels")
         labels = tuple(1 for _ in points) if labels is None else labels
         if not isinstance(labels, (list, tuple)) or len(labels) != len(points) or any(v not in (0, 1) for v in labels):
             raise ValueError(f"{where}: labels must be one 1 (object) or 0 (background) per point, got {labels!r}")
         box = value.get("box")
         if box is not None:
-            box = _numbers(box, 4, f"{where}: box")
+            box = _box(box, f"{where}: box")
             if not (box[0] < box[2] and box[1] < box[3]):
                 raise ValueError(f"{where}: box {list(box)} must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
         if not points and box is None:
@@ -174,6 +184,7 @@ class Sam2LayoutProvider:
         if missing:
             raise MissingDependencyError("layout 'sam2'", missing, extra="sam2")
         spec = importlib.util.find_spec("sam2")
+        assert spec is not None  # found just above
         root = Path(next(iter(spec.submodule_search_locations or []), ""))
         if root.is_dir() and not (root / self.options.config).is_file():
             available = sorted(str(p.relative_to(root)) for p in root.rglob("*.yaml"))

@@ -40,8 +40,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing import Pool
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +52,10 @@ from tqdm.auto import tqdm
 
 from stmod.backbones.shapes import grounding, world
 from stmod.backbones.tiny_tokenizer import write_tiny_clip_tokenizer
+
+if TYPE_CHECKING:
+    from diffusers.training_utils import EMAModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 __all__ = ["TrainConfig", "main", "make_dataset", "build_models", "file_checksums"]
 
@@ -66,6 +72,10 @@ CONTROLNET_FOLDER = "controlnet-canny"
 #: prompts are written so ("red square"), and the ``videograin`` preset encodes each one alone and
 #: pastes it into the global prompt, so a colour word right after the start token must be familiar.
 ARTICLE_DROPOUT = 0.5
+
+#: diffusers' models, pipeline and schedulers: mypy cannot resolve their mixin bases and then reports
+#: their methods missing, so they are typed ``Any`` here, by this name.
+Diffusers = Any
 
 
 class TrainConfig:
@@ -140,7 +150,7 @@ def _render_one(args: tuple[int, int]) -> tuple[np.ndarray, str, np.ndarray, np.
         words = [(word, owner) for word, owner in words if word not in ("a", "an")]
     targets = grounding.word_targets(words, frame.bodies, frame.parts, IMAGE_SIZE // LATENT_FACTOR)
     cells = np.round(targets * LATENT_FACTOR**2).astype(np.uint8)
-    return frame.image, " ".join(w for w, _ in words), frame.objects.any(axis=0), cells
+    return frame.image, " ".join(w for w, _ in words), np.asarray(frame.objects.any(axis=0)), cells
 
 
 def make_dataset(count: int, seed: int, *, workers: int = 2) -> WorldFrames:
@@ -167,7 +177,7 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 # -- models -----------------------------------------------------------------------------------------
 
-def build_models(tokenizer_dir: Path, seed: int):
+def build_models(tokenizer_dir: Path, seed: int) -> tuple[Diffusers, Diffusers, CLIPTextModel, CLIPTokenizer]:
     """Fresh ``(vae, unet, text_encoder, tokenizer)`` of the shapes architecture."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -195,7 +205,7 @@ def build_models(tokenizer_dir: Path, seed: int):
     return vae, unet, text_encoder, tokenizer
 
 
-def noise_scheduler():
+def noise_scheduler() -> Diffusers:
     """SD 1.5's training noise schedule."""
     from diffusers import DDPMScheduler
 
@@ -224,8 +234,8 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # -- stage 1: the autoencoder ---------------------------------------------------------------------
 
-def _fit_autoencoder(vae, images: np.ndarray, objects: np.ndarray, cfg: TrainConfig, work: Path, *, stage: str,
-                     steps: int, lr: float) -> float:
+def _fit_autoencoder(vae: Diffusers, images: np.ndarray, objects: np.ndarray, cfg: TrainConfig, work: Path, *,
+                     stage: str, steps: int, lr: float) -> float:
     """Train ``vae`` in place for stage ``vae`` (all of it) or ``decoder`` (the decoder alone, the
     encoder frozen, as SD's fine-tuned ft-MSE VAE: sharper pictures, the same latents); returns the
     seconds this stage has taken in all its runs."""
@@ -262,7 +272,8 @@ def _fit_autoencoder(vae, images: np.ndarray, objects: np.ndarray, cfg: TrainCon
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(), sched.step()
+        opt.step()
+        sched.step()
         bar.set_postfix(loss=f"{rec.item():.4f}")
         if (step + 1) % 20 == 0:
             _log(work, {"stage": stage, "step": step + 1, "loss": rec.item(), "lr": sched.get_last_lr()[0],
@@ -275,7 +286,7 @@ def _fit_autoencoder(vae, images: np.ndarray, objects: np.ndarray, cfg: TrainCon
 
 
 @torch.no_grad()
-def reconstruct(vae, images: np.ndarray) -> torch.Tensor:
+def reconstruct(vae: Diffusers, images: np.ndarray) -> torch.Tensor:
     """``images`` through the autoencoder via the distribution mean, as stmod encodes: float
     ``(N, 3, H, W)`` in the decoder's range (about [-1, 1])."""
     return torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in _to_tensor(images).split(16)])
@@ -295,7 +306,7 @@ def colour_fidelity(images: np.ndarray, reconstructed: np.ndarray, objects: np.n
 
 
 @torch.no_grad()
-def encode_latents(vae, images: np.ndarray) -> torch.Tensor:
+def encode_latents(vae: Diffusers, images: np.ndarray) -> torch.Tensor:
     """Distribution means of ``images`` (unscaled), float32 ``(N, 4, h, w)``."""
     out = [vae.encode(_to_tensor(images[i:i + 64])).latent_dist.mean
            for i in tqdm(range(0, len(images), 64), desc="latents", unit="batch")]
@@ -313,7 +324,7 @@ def _check_one_token_per_word(ids: torch.Tensor, captions: list[str], end_token:
         raise RuntimeError(f"caption {captions[bad]!r} is not one token per word; the grounding targets would slip")
 
 
-def _captions_and_cell_weights(tokenizer, data: WorldFrames, cfg: TrainConfig
+def _captions_and_cell_weights(tokenizer: CLIPTokenizer, data: WorldFrames, cfg: TrainConfig
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The captions' token ids ``(N, 77)``, the empty caption's (for caption dropout) and each latent cell's
     loss weight ``(N, 1, h, w)`` (``1 + object_weight · share of the cell showing an object``): what both
@@ -325,7 +336,7 @@ def _captions_and_cell_weights(tokenizer, data: WorldFrames, cfg: TrainConfig
 
 
 def _diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cell_weight: torch.Tensor,
-                    scheduler, cfg: TrainConfig) -> torch.Tensor:
+                    scheduler: Diffusers, cfg: TrainConfig) -> torch.Tensor:
     """ε-MSE, cells weighted by what they show, samples by min-SNR-γ (Hang et al. 2023) as in
     diffusers' training examples."""
     from diffusers.training_utils import compute_snr
@@ -336,8 +347,8 @@ def _diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, ce
     return (weight * per_sample).mean()
 
 
-def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, data: WorldFrames, cfg: TrainConfig,
-               work: Path):
+def train_unet(unet: Diffusers, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, latents: torch.Tensor,
+               data: WorldFrames, cfg: TrainConfig, work: Path) -> tuple[EMAModel, float]:
     """Train ``unet`` and ``text_encoder`` in place on the scaled latents of ``data``'s frames; returns the
     UNet's EMA and the seconds this stage has taken in all its runs."""
     from diffusers.optimization import get_scheduler
@@ -356,7 +367,8 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, data: World
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
-        opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"]), ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
+        ema.load_state_dict(state["ema"])
         start, seconds = state["step"], state.get("seconds", 0.0)
         gen.set_state(state["gen"])
     unet.train(), text_encoder.train()
@@ -380,7 +392,8 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, data: World
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step(), sched.step()
+            opt.step()
+            sched.step()
             ema.step(unet.parameters())
             bar.set_postfix(loss=f"{diffusion.item():.4f}", cell=f"{cell_loss.item():.3f}")
             if (step + 1) % 20 == 0:
@@ -397,7 +410,7 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, data: World
 
 # -- stage 3: the ControlNet ------------------------------------------------------------------------
 
-def build_controlnet(unet, seed: int):
+def build_controlnet(unet: Diffusers, seed: int) -> Diffusers:
     """A ``ControlNetModel`` whose encoder starts as a copy of ``unet``'s (zero convolutions at zero)."""
     from diffusers import ControlNetModel
 
@@ -413,8 +426,9 @@ def edge_maps(images: np.ndarray) -> np.ndarray:
     return np.concatenate([canny_maps(images[i:i + 512])[..., 0] for i in range(0, len(images), 512)])
 
 
-def train_controlnet(controlnet, unet, text_encoder, tokenizer, latents: torch.Tensor, data: WorldFrames,
-                     edges: np.ndarray, cfg: TrainConfig, work: Path) -> float:
+def train_controlnet(controlnet: Diffusers, unet: Diffusers, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                     latents: torch.Tensor, data: WorldFrames, edges: np.ndarray, cfg: TrainConfig,
+                     work: Path) -> float:
     """Train ``controlnet`` in place (``unet`` and ``text_encoder`` frozen) to denoise ``latents`` (scaled)
     of ``data``'s frames given their ``edges``; returns the seconds this stage has taken in all its runs."""
     from diffusers.optimization import get_scheduler
@@ -453,7 +467,8 @@ def train_controlnet(controlnet, unet, text_encoder, tokenizer, latents: torch.T
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(), sched.step()
+        opt.step()
+        sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % 20 == 0:
             _log(work, {"stage": "controlnet", "step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0],
@@ -476,8 +491,8 @@ def file_checksums(folder: Path) -> dict[str, str]:
     return out
 
 
-def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict, controlnet=None, *,
-           base: Path | None = None) -> None:
+def export(out: Path, vae: Diffusers, unet: Diffusers, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+           info: dict, controlnet: Diffusers | None = None, *, base: Path | None = None) -> None:
     """Write the diffusers folder (with ``controlnet`` in :data:`CONTROLNET_FOLDER`, when given) and its
     manifest to ``out`` (replacing a folder this script wrote). With ``base``, that folder's model files are
     copied as they are (byte for byte: loading and saving again would rewrite the configs) and the models
@@ -486,9 +501,9 @@ def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict, controlnet
 
     ddim = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                          set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=ddim, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe: Diffusers = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                              scheduler=ddim, safety_checker=None, feature_extractor=None,
+                                              requires_safety_checker=False)
     from stmod.core.errors import NotOwnedError
     from stmod.core.io.ownership import atomic_folder, clean_stale_temporaries, is_owned, write_marker
 
@@ -514,7 +529,7 @@ def export(out: Path, vae, unet, text_encoder, tokenizer, info: dict, controlnet
 
 # -- command --------------------------------------------------------------------------------------
 
-def _float_from(low: float, *, inclusive: bool):
+def _float_from(low: float, *, inclusive: bool) -> Callable[[str], float]:
     """An argparse type: a float ≥ ``low`` (``> low`` unless ``inclusive``), else a one-line error."""
     def parse(text: str) -> float:
         value = float(text)

@@ -77,7 +77,8 @@ class Thing:
     def centre(self, t: float) -> tuple[float, float]:
         """The centre at frame ``t``; the path reflects at the borders so the object stays inside."""
         half = self.size / 2
-        return tuple(_bounce(p + t * v, half, 1 - half) for p, v in zip(self.start, self.velocity))
+        (x, y), (vx, vy) = self.start, self.velocity
+        return _bounce(x + t * vx, half, 1 - half), _bounce(y + t * vy, half, 1 - half)
 
 
 @frozen(kw_only=True)

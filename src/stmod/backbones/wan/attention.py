@@ -21,11 +21,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 
 __all__ = ["CallContext", "WanLayoutProcessor", "WanDenoiser", "apply_rotary"]
+
+
+class _ProcessorHost(Protocol):
+    """A diffusers model whose attention processors can be swapped (``WanTransformer3DModel``)."""
+
+    @property
+    def attn_processors(self) -> Mapping[str, Any]: ...
+
+    def set_attn_processor(self, processor: dict[str, Any]) -> None: ...
 
 
 class CallContext:
@@ -86,7 +95,8 @@ class WanLayoutProcessor:
         from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
         cross = encoder_hidden_states is not None
-        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        # diffusers annotates encoder_hidden_states as a Tensor; the function takes None (self-attention) too
+        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)  # type: ignore[arg-type]
         query, key = attn.norm_q(query), attn.norm_k(key)
         query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
         if rotary_emb is not None:
@@ -109,7 +119,8 @@ class WanDenoiser:
     wrapping engine processors (anything with ``attend``) for ``WanAttention``."""
 
     def __init__(self, transformer: torch.nn.Module, context: CallContext) -> None:
-        self.transformer, self.context = transformer, context
+        # mypy sees diffusers' WanTransformer3DModel without its AttentionMixin methods: name what is used here
+        self.transformer, self.context = cast(_ProcessorHost, transformer), context
 
     @property
     def attn_processors(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from attrs import field, frozen, validators
 
-from stmod.backbones.sd15 import _first_line, check_location
+from stmod.backbones.sd15 import _first_line, _loaded, check_location
 from stmod.backbones.wan.attention import CallContext, WanDenoiser
 from stmod.backbones.wan.layout import compress_masks_in_time, latent_frame_count, nearest_valid_frame_counts
 from stmod.backbones.wan.text import StartMarkedTokenizer, umt5_text
@@ -95,7 +95,12 @@ class WanBackbone:
         self.device = resolve_device(options.device)
         self.dtype = getattr(torch, options.dtype) if options.dtype != "auto" else (
             torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.transformer = self.vae = self.text_encoder = self.tokenizer = self.scheduler_config = None
+        self.transformer: torch.nn.Module | None = None
+        self.text_encoder: torch.nn.Module | None = None
+        # diffusers' AutoencoderKLWan: mypy cannot resolve its mixin bases, so its methods are not typed for it
+        self.vae: Any = None
+        self.tokenizer: StartMarkedTokenizer | None = None
+        self.scheduler_config: dict[str, Any] | None = None
         self.offload: Any = None
         self.context = CallContext()
         self.latent_frames = 0  # of the last encoded clip: splits a batch into CFG branches
@@ -186,11 +191,11 @@ class WanBackbone:
     # -- model calls -------------------------------------------------------------------------------
 
     def noise_schedule(self) -> FlowSchedule:
-        return FlowSchedule.from_scheduler_config(self.scheduler_config)
+        return FlowSchedule.from_scheduler_config(_loaded(self.scheduler_config, "the Wan scheduler config"))
 
     def attention_models(self) -> dict[str, Any]:
         """The transformer's attention, as the one denoiser role (``"unet"``: what the modulator modulates)."""
-        return {"unet": WanDenoiser(self.transformer, self.context)}
+        return {"unet": WanDenoiser(_loaded(self.transformer, "the Wan transformer"), self.context)}
 
     def latent_masks(self, masks: LayoutMasks) -> LayoutMasks:
         """Pixel masks per latent frame: each the union of its frame group's (:mod:`.layout`)."""
@@ -201,7 +206,9 @@ class WanBackbone:
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """``(n, 512, D)`` umT5 rows: a zero start row, the prompt's tokens, zero padding (:mod:`.text`)."""
-        return umt5_text(self.tokenizer.inner, self.text_encoder, prompts, length=self.text_length,
+        tokenizer = _loaded(self.tokenizer, "the Wan tokenizer")
+        encoder = _loaded(self.text_encoder, "the Wan text encoder")
+        return umt5_text(tokenizer.inner, encoder, prompts, length=self.text_length,
                          device=self.device, dtype=self.dtype)
 
     def _latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,8 +257,9 @@ class WanBackbone:
         x = latents.to(self.device, self.dtype).view(branches, frames, *latents.shape[1:]).transpose(1, 2)
         t = torch.full((branches,), float(timestep), device=self.device)
         step = (cross_attention_kwargs or {}).get("stmod_step")
+        transformer = _loaded(self.transformer, "the Wan transformer")
         with self.context.calling(step, frames):
-            out = self.transformer(x, t, encoder_hidden_states=text[::frames].to(self.device, self.dtype),
-                                   return_dict=False)[0]
+            out = transformer(x, t, encoder_hidden_states=text[::frames].to(self.device, self.dtype),
+                              return_dict=False)[0]
         return out.transpose(1, 2).reshape(latents.shape)
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 __all__ = ["TINY_WAN_TRANSFORMER", "write_tiny_wan", "WORDS"]
 
@@ -25,7 +29,7 @@ TINY_WAN_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attenti
                             qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
 
 
-def _tokenizer(words: Sequence[str]):
+def _tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -45,12 +49,14 @@ def write_tiny_wan(folder: Path, *, seed: int = 0, words: Sequence[str] = WORDS,
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    WanTransformer3DModel(**TINY_WAN_TRANSFORMER).save_pretrained(folder / "transformer")
+    # mypy sees diffusers' mixin classes without their inherited methods (save_pretrained): hence the ignores
+    WanTransformer3DModel(**TINY_WAN_TRANSFORMER).save_pretrained(folder / "transformer")  # type: ignore[attr-defined]
     AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                     temperal_downsample=[False, True, True]).save_pretrained(folder / "vae")
+                     temperal_downsample=[False, True, True]
+                     ).save_pretrained(folder / "vae")  # type: ignore[attr-defined]
     tokenizer = _tokenizer(words)
     UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=4,
                                 relative_attention_num_buckets=8)).save_pretrained(folder / "text_encoder")
     tokenizer.save_pretrained(folder / "tokenizer")
-    FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(folder / "scheduler")
+    FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(folder / "scheduler")  # type: ignore[attr-defined]
     return folder

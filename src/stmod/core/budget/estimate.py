@@ -19,7 +19,7 @@ from stmod.core.budget.constants import DeviceRates, rates_for
 from stmod.core.budget.formulas import (PER_FRAME, TEXT_TOKENS, Cost, self_attention_elements, self_attention_flops,
                                         skip_elements, tokens, unet_cost, vae_cost)
 from stmod.core.budget.job import JobShape, ModelFootprint
-from stmod.core.budget.sizes import UNetShape, VAEShape, unet_shape, vae_shape
+from stmod.core.budget.sizes import Component, UNetShape, VAEShape, unet_shape, vae_shape
 
 __all__ = ["Part", "PhaseEstimate", "Estimate", "estimate"]
 
@@ -42,8 +42,8 @@ class PhaseEstimate:
 
     @property
     def peak_bytes(self) -> float | None:
-        values = [p.bytes for p in self.parts]
-        return None if any(v is None for v in values) else float(sum(values))
+        known = [p.bytes for p in self.parts if p.bytes is not None]
+        return None if len(known) < len(self.parts) else float(sum(known))
 
 
 @frozen(kw_only=True)
@@ -64,7 +64,7 @@ class Estimate:
     def peak_phase(self) -> PhaseEstimate:
         """The phase with the largest known peak (the first one when none is known)."""
         known = [p for p in self.phases if p.peak_bytes is not None]
-        return max(known, key=lambda p: p.peak_bytes) if known else self.phases[0]
+        return max(known, key=lambda p: p.peak_bytes or 0.0) if known else self.phases[0]  # known: never None
 
     @property
     def peak_bytes(self) -> float | None:
@@ -75,11 +75,11 @@ class Estimate:
 
     @property
     def seconds(self) -> float | None:
-        values = [p.seconds for p in self.phases]
-        return None if any(v is None for v in values) else float(sum(values))
+        known = [p.seconds for p in self.phases if p.seconds is not None]
+        return None if len(known) < len(self.phases) else float(sum(known))
 
 
-def _params_bytes(component, item: int) -> float | None:
+def _params_bytes(component: Component | None, item: int) -> float | None:
     return None if component is None or component.params is None else float(component.params * item)
 
 
@@ -99,7 +99,7 @@ def _resident(models: ModelFootprint, rates: DeviceRates, weights: dict[str, flo
     names = [n for n in weights if not offload or n.split(" ")[0] in running or n in running]
     if offload and names:  # one model on the device at a time: the largest of those that run
         known = [weights[n] for n in names]
-        largest = max(names, key=lambda n: weights[n] or 0.0) if names else None
+        largest = max(names, key=lambda n: weights[n] or 0.0)
         parts = [Part(f"weights: {largest} (offloaded, one at a time)", None if None in known else weights[largest])]
     else:
         parts = [Part(f"weights: {n}", weights[n]) for n in names]
@@ -244,13 +244,14 @@ def _control_parts(job: JobShape, models: ModelFootprint, nets: list[UNetShape |
     the residuals alive during the UNet forward, or their own forward when that is larger."""
     if not nets:
         return [], Cost(0.0, 0.0, 0.0)
-    if None in nets:
+    shapes = [n for n in nets if n is not None]
+    if len(shapes) < len(nets):
         return [Part("ControlNet", None)], Cost(0.0, 0.0, 0.0)
     item = models.dtype_bytes
-    inputs = items * (3 * job.height * job.width + nets[0].channels[0] * latent[0] * latent[1]) * item * len(nets)
-    residual = max(skip_elements(n, *latent) + n.channels[-1] * tokens(*latent, len(n.channels) - 1) for n in nets)
+    inputs = items * (3 * job.height * job.width + shapes[0].channels[0] * latent[0] * latent[1]) * item * len(nets)
+    residual = max(skip_elements(n, *latent) + n.channels[-1] * tokens(*latent, len(n.channels) - 1) for n in shapes)
     residuals = items * residual * item * (1 if len(nets) == 1 else 2)
-    costs = [unet_cost(n, *latent, PER_FRAME, down_only=True) for n in nets]
+    costs = [unet_cost(n, *latent, PER_FRAME, down_only=True) for n in shapes]
     own = max(items * (c.peak + residual) * item for c in costs)
     total = Cost(0.0, sum(c.dense for c in costs), sum(c.attention for c in costs),
                  sum(c.attention_work for c in costs))

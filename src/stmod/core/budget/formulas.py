@@ -161,7 +161,7 @@ def block_cost(block: Block, shape: UNetShape, height: int, width: int, focus: F
     if block.kind in ("down", "up"):  # stride-2 conv, or nearest ×2 then conv, at the block's output grid
         return Cost(float(3 * cout * t), 18.0 * cin * cout * t, 0.0)
     if block.kind == "resnet":
-        peak = cin + 2 * max(cin, cout) + cout + (cin if block.pops_skip else 0)
+        peak: float = cin + 2 * max(cin, cout) + cout + (cin if block.pops_skip else 0)
         dense = 18.0 * (cin * cout + cout * cout) * t + (2.0 * cin * cout * t if cin != cout else 0.0)
         return Cost(float(peak * t), dense, 0.0)
     c = cout

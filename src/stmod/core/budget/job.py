@@ -9,7 +9,7 @@ by :func:`job_shape`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Required, TypedDict, Unpack, cast
 
 import attrs
 from attrs import frozen
@@ -49,7 +49,20 @@ class ModelFootprint:
     kernel: Literal["two-pass", "triton"] = "two-pass"
 
 
-def read_footprint(folder: Path, controlnets: tuple[Path, ...] = (), **how: object) -> ModelFootprint:
+class FootprintSettings(TypedDict, total=False):
+    """The :class:`ModelFootprint` fields that :func:`read_footprint` does not read from the folders."""
+
+    device: Required[Literal["cpu", "cuda"]]
+    dtype_bytes: Required[int]
+    vae_batch: int
+    vae_tiling: bool
+    vae_tile: int
+    cpu_offload: bool
+    kernel: Literal["two-pass", "triton"]
+
+
+def read_footprint(folder: Path, controlnets: tuple[Path, ...] = (), **how: Unpack[FootprintSettings]
+                   ) -> ModelFootprint:
     """The footprint of a diffusers model folder (``unet/``, ``vae/``, ``text_encoder/``) and ControlNet
     folders; ``how`` sets the other :class:`ModelFootprint` fields (device, dtype_bytes, ...)."""
     vae = read_component(folder / "vae")
@@ -110,5 +123,6 @@ def job_shape(spec: EditSpec, frames: int | None = None) -> JobShape:
     budget = spec.modulator.options.get("budget_mb", DEFAULT_BUDGET_MB) if spec.modulator else DEFAULT_BUDGET_MB
     return JobShape(frames=frames, height=height, width=width, steps=spec.steps,
                     branches=1 if spec.guidance == 1.0 else 2, focus=focus_of(config, frames),
-                    modulated_steps=active, codes=len(spec.regions) + 1, budget_bytes=int(float(budget) * 2**20),
-                    prompts=2 + len(spec.regions))
+                    modulated_steps=active, codes=len(spec.regions) + 1,
+                    # budget: a raw job option (object); float() rejects what is not a number
+                    budget_bytes=int(float(cast(float, budget)) * 2**20), prompts=2 + len(spec.regions))

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import av
 import numpy as np
@@ -36,6 +36,9 @@ from stmod.core.errors import InputError
 from stmod.core.io.images import image_rgb, regular_file_problem, require_regular_file
 from stmod.core.io.ownership import atomic_folder, atomic_path
 from stmod.core.types import VideoSource
+
+if TYPE_CHECKING:
+    from av.video.stream import VideoStream
 
 __all__ = [
     "IMAGE_SUFFIXES", "FOLDER_FPS", "VideoInfo", "ClipPlan", "plan_clip", "SourceClip", "FrameTransform", "natural_key",
@@ -165,7 +168,8 @@ def probe_video(path: Path | str, *, argument: str = "video.path") -> VideoInfo:
     if path.suffix.lower() == ".gif":
         try:
             with open_image(path) as img:
-                count, duration = img.n_frames, img.info.get("duration") or 0
+                # Pillow's GIF image (what open() returns for one) has n_frames; its base Image type does not
+                count, duration = img.n_frames, img.info.get("duration") or 0  # type: ignore[attr-defined]
                 return VideoInfo(path=path, kind="gif", frames=count, height=img.height, width=img.width,
                                  fps=1000.0 / duration if duration else FOLDER_FPS)
         except _IMAGE_ERRORS as exc:
@@ -434,14 +438,16 @@ def _encode(path: Path, frames: np.ndarray | Iterable[np.ndarray], fps: float, *
         container = av.open(str(tmp), mode="w", format=fmt)
         container.metadata.update(metadata or {})
         try:
-            stream = None
+            stream: VideoStream | None = None
             for frame in _checked(frames):
-                if stream is None:
-                    stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+                if stream is None:  # codec is a video codec: add_stream makes a VideoStream
+                    rate = Fraction(fps).limit_denominator(1001)
+                    stream = cast("VideoStream", container.add_stream(codec, rate=rate))
                     height, width = frame.shape[:2]
                     stream.height, stream.width = (height + height % 2, width + width % 2) if even else (height, width)
                     stream.pix_fmt = pix_fmt
-                    stream.options = options
+                    # PyAV types Stream.options dict[str, object] (its codec context's: dict[str, str]); str values
+                    stream.options = options  # type: ignore[assignment]
                 pad = ((0, stream.height - frame.shape[0]), (0, stream.width - frame.shape[1]), (0, 0))
                 image = np.pad(frame, pad, mode="edge") if any(p[1] for p in pad) else frame
                 for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):

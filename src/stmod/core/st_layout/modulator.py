@@ -22,8 +22,8 @@ The per-call :class:`~stmod.core.st_layout.state.StepInfo` arrives as the named 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, cast
 
 import attrs
 import torch
@@ -41,6 +41,15 @@ from stmod.core.types import number
 from stmod.core.types import Branch, LayoutMasks, ModulationConfig, ModulationInput, Region, TextConditioning
 
 __all__ = ["Branch", "StepInfo", "EngineOptions", "ModulationPlan", "STLayoutModulator"]
+
+
+class _ProcessorHost(Protocol):
+    """A diffusers model whose attention processors can be swapped (checked with ``hasattr`` before use)."""
+
+    @property
+    def attn_processors(self) -> Mapping[str, Any]: ...
+
+    def set_attn_processor(self, processor: dict[str, Any]) -> None: ...
 
 
 @frozen(kw_only=True)
@@ -213,14 +222,15 @@ class STLayoutModulator:
             raise ValueError(f"role must be 'unet' or 'controlnet', got {role!r}")
         if not hasattr(model, "attn_processors") or not hasattr(model, "set_attn_processor"):
             raise TypeError(f"{type(model).__name__} has no diffusers attention processors to replace")
-        original = dict(model.attn_processors)
+        host = cast(_ProcessorHost, model)  # both attributes checked just above
+        original = dict(host.attn_processors)
         engine = role == "unet" or self.options.modulate_controlnet
-        model.set_attn_processor({name: STLayoutProcessor(self._state, engine=engine, features=role == "unet")
+        host.set_attn_processor({name: STLayoutProcessor(self._state, engine=engine, features=role == "unet")
                                   for name in original})
         try:
             yield
         finally:
-            model.set_attn_processor(dict(original))  # set_attn_processor pops from the dict it gets
+            host.set_attn_processor(dict(original))  # set_attn_processor pops from the dict it gets
 
     def call_kwargs(
         self, *, phase: Phase, step_index: int, timestep: int, branches: Sequence[Branch] = ("uncond", "cond")

@@ -70,7 +70,8 @@ class STLayoutProcessor:
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
         step = stmod_step if self._engine else None
         is_cross = encoder_hidden_states is not None
-        batch_size, sequence_length = (encoder_hidden_states if is_cross else hidden_states).shape[:2]
+        keys_from = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch_size, sequence_length = keys_from.shape[:2]
         if attention_mask is not None:
             if step is not None:
                 raise ValueError("ST-Layout attention does not take attention masks; pass none with stmod_step")
@@ -181,7 +182,8 @@ class STLayoutProcessor:
         rows, heads, n, _ = q.shape
         nb = len(step.branches)
         frames = rows // nb
-        config = state.plan.config if state.temporal == "window" else None
+        plan = state.plan  # temporal is "window" only with a plan
+        config = plan.config if plan is not None and state.temporal == "window" else None
         windows = ([(list(range(frames)), list(range(frames)))] if config is None else
                    temporal_windows(frames, config.window_frames, config.window_overlap, config.anchor_frames))
         five = [x.view(nb, frames, heads, n, -1) for x in (q, k, v)]
@@ -264,13 +266,17 @@ class STLayoutProcessor:
                 def sink(a: int, z: int, plain: torch.Tensor, modulated: torch.Tensor) -> None:
                     plain_map[:, a:z] = plain.mean(1)
                     mod_map[:, a:z] = modulated.mean(1)
-            labels = {"strength": lam, "query_codes": layout.pixel_codes, "key_codes": layout.text_codes[None],
-                      "relation": layout.cross_relation, "budget_bytes": state.budget}
+            key_codes = layout.text_codes[None]
             if record:  # the literal formula hands both probability blocks to the recorder
-                out[part] = modulated_attention_explicit(q[part], k[part], v[part], on_probs=sink, **labels)
+                out[part] = modulated_attention_explicit(
+                    q[part], k[part], v[part], on_probs=sink, strength=lam, query_codes=layout.pixel_codes,
+                    key_codes=key_codes, relation=layout.cross_relation, budget_bytes=state.budget)
             else:
-                out[part] = modulated_attention_few_keys(q[part], k[part], v[part], **labels)
+                out[part] = modulated_attention_few_keys(
+                    q[part], k[part], v[part], strength=lam, query_codes=layout.pixel_codes, key_codes=key_codes,
+                    relation=layout.cross_relation, budget_bytes=state.budget)
             if record:
+                assert recorder is not None  # record is only set with a recorder
                 recorder.add(layout.grid, layout.masks, plain_map, mod_map, applied=modulate)
         return out
 

@@ -138,8 +138,10 @@ def _build() -> Any:
     import triton
     import triton.language as tl
 
+    # Triton reads parameter annotations (tl.constexpr marks compile-time ones); the others stay unannotated
     @triton.jit
-    def kernel(q_ptr, k_ptr, v_ptr, o_ptr, lam_ptr, qc_ptr, kc_ptr, rel_ptr, qi_ptr, single_ptr, single_code_ptr,
+    def kernel(q_ptr, k_ptr, v_ptr, o_ptr, lam_ptr, qc_ptr, kc_ptr, rel_ptr, qi_ptr,  # type: ignore[no-untyped-def]
+               single_ptr, single_code_ptr,
                mixed_ptr, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_l,
                s_lam, s_qc, s_kc, s_qi, heads, lq, lk, dim, dim_v, pk, n_single, n_mixed, scale,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,

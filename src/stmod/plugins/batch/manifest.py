@@ -158,12 +158,13 @@ def _grid(base: dict[str, Any], clips: dict[str, Any], shared_prompts: dict[str,
           seeds: list[int] | None, source: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """``(name, job mapping, axes)`` for every clip × prompt × preset × seed (absent axes count once)."""
     variations = []
+    seed_axis: Sequence[int | None] = seeds or [None]
     for clip_name, clip in (clips.items() if clips else [(None, {})]):
         own = _named(clip.pop("prompts", None), f"clips.{clip_name}.prompts", source) if clip_name else {}
         prompts = own or shared_prompts
         for prompt_name, prompt in (prompts.items() if prompts else [(None, {})]):
             for preset_name, preset in (presets.items() if presets else [(None, {})]):
-                for seed in (seeds or [None]):
+                for seed in seed_axis:
                     job = _merge(_merge(_merge(base, clip), prompt), preset)
                     if seed is not None:
                         job["seed"] = seed
@@ -244,7 +245,8 @@ def shard_groups(groups: Sequence[Sequence[BatchJob]], world_size: int) -> list[
     Depends on ``groups`` alone, so every rank computes the same split.
     """
     order = sorted(range(len(groups)), key=lambda i: (-len(groups[i]), i))
-    load, owned = [0] * world_size, [[] for _ in range(world_size)]
+    load = [0] * world_size
+    owned: list[list[int]] = [[] for _ in range(world_size)]
     for i in order:
         rank = min(range(world_size), key=lambda r: (load[r], r))
         load[rank] += len(groups[i])

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from stmod.core.errors import CheckpointError
 from stmod.core.hub import hub_unreachable, in_hf_cache
 from stmod.plugins.eval.metrics import square_box
 from stmod.plugins.eval.names import DEFAULT_CLIP
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
 
 __all__ = ["DEFAULT_CLIP", "ClipScorer", "region_crops"]
 
@@ -49,7 +53,7 @@ class ClipScorer:
     :param tokenizer: its tokenizer; :param name: where it came from (recorded in ``run.json``).
     """
 
-    def __init__(self, model: torch.nn.Module, processor: object, tokenizer: object, *, name: str,
+    def __init__(self, model: CLIPModel, processor: Callable[..., Any], tokenizer: Callable[..., Any], *, name: str,
                  device: torch.device) -> None:
         self.model, self.processor, self.tokenizer, self.name, self.device = model, processor, tokenizer, name, device
 
@@ -89,7 +93,8 @@ class ClipScorer:
                            "folder (or --metrics warp,background to skip CLIP)")
             raise CheckpointError(location, f"{problem} ({type(exc).__name__})") from exc
         dev = resolve_device(device)
-        model = model.to(dev).eval()
+        # transformers types PreTrainedModel.to through a wrapper whose signature mypy reads wrongly
+        model = model.to(dev).eval()  # type: ignore[arg-type]
         log.info("loaded CLIP %s on %s", location, dev)
         return cls(model, processor, tokenizer, name=location, device=dev)
 
@@ -103,7 +108,9 @@ class ClipScorer:
             features = self.model.get_image_features(pixel_values=pixels.to(self.device, self.model.dtype))
             out.append(_projected(features).float().cpu())
         if not out:
-            return torch.zeros(0, int(self.model.config.projection_dim))
+            dim = self.model.config.projection_dim
+            assert dim is not None  # CLIPConfig's projection_dim defaults to 512; a CLIPModel projects to it
+            return torch.zeros(0, int(dim))
         return torch.cat(out)
 
     @torch.inference_mode()

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace, session: Session) -> int:
     evaluator = Evaluator(eval_options(args))
     todo = set().union(*(evaluator.todo(folder) for folder in dirs)) if args.metrics else set()
     evaluator.prepare(todo)  # a missing CLIP/RAFT checkpoint fails here, before any work
-    records = []
+    records: list[dict[str, Any]] = []
     for folder in tqdm(dirs, desc="eval", unit="run", disable=len(dirs) < 2 or not todo, leave=False):
         metrics = evaluator.evaluate_folder(folder, registry=session.registry) if args.metrics else \
             dict(load_run(folder).get("metrics") or {})

@@ -141,6 +141,7 @@ def load_inputs(folder: Path, *, need_source: bool = True, need_masks: bool = Tr
     if not config.is_file():
         raise InputError("RESULT_DIR", str(folder), "holds no config.yaml; pass the output folder of an edit")
     spec = load_job(config)
+    source: np.ndarray | None
     exact = read_eval_frames(folder)
     if exact is not None:
         source, result = exact
@@ -242,8 +243,10 @@ class Evaluator:
             out["settings"]["clip"] = opts.settings()["clip"]
             frames = self.clip.embed_images(list(result)) if todo & {"clip-t", "clip-f"} else None
             if "clip-t" in todo:
+                assert frames is not None  # embedded just above whenever clip-t or clip-f is wanted
                 out["clip_t"] = clip_text_score(frames, self.clip.embed_texts([spec.prompt])[0])
             if "clip-f" in todo:
+                assert frames is not None
                 out["clip_f"] = clip_frame_consistency(frames, opts.clip_f_mode)
             if "regions" in todo:
                 out["regions"] = self._regions(inputs)

@@ -61,7 +61,8 @@ class DisFlow(FlowEstimator):
         import cv2
 
         self._cv2 = cv2
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        # OpenCV's stubs list DISOpticalFlow.create but not the module-level alias that exists at run time
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
 
     def flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         cv2 = self._cv2

@@ -22,9 +22,9 @@ import io
 import json
 import logging
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from stmod.core.io.ownership import atomic_path
 from stmod.core.levels import level_grid, level_of
 from stmod.core.trajectories import TrajectoryKeys, level_trajectories, trajectory_attention
 from stmod.core.types import EditSpec, ExtensionInput, as_tuple, number
+
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
 
 __all__ = ["FlattenOptions", "FlattenExtension", "estimate_flows"]
 
@@ -52,6 +55,10 @@ def _distinct(instance: object, attribute: object, value: tuple[int, ...]) -> No
         raise ValueError(f"levels must list distinct levels, at least one, got {list(value)}")
 
 
+def _optional_path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
 @frozen(kw_only=True)
 class FlattenOptions:
     """Options of the ``flatten`` extension."""
@@ -62,7 +69,7 @@ class FlattenOptions:
     #: optical flow: ``dis`` (OpenCV, no weights) or ``raft`` (torchvision RAFT-Large, the official's)
     flow: Literal["dis", "raft"] = field(default="dis", validator=validators.in_(("dis", "raft")))
     #: RAFT-Large ``state_dict`` file (``flow: raft``; else torchvision's cached weights)
-    raft_weights: Path | None = field(default=None, converter=lambda p: None if p is None else Path(p))
+    raft_weights: Path | None = field(default=None, converter=_optional_path)
     #: seed of the draws that settle trajectory conflicts (several tokens flowing onto one)
     seed: int = number(0, low=0, high=2**32 - 1)
     #: spatial neighbour radius of the official sequences per level (the last repeats below):
@@ -110,7 +117,7 @@ class FlattenExtension:
                 "neighbours": [o.radius(level) for level in o.levels]}
 
     def prepare(self, request: ExtensionInput) -> None:
-        self._frames, self._latent = request.num_frames, tuple(request.latent_size)
+        self._frames, self._latent = request.num_frames, request.latent_size
         self._on_device.clear()
         meta = json.dumps({**self.inversion_settings(), "frames": request.num_frames,
                            "latent": list(request.latent_size)}, sort_keys=True)
@@ -155,10 +162,10 @@ class FlattenExtension:
         if missing:
             log.warning("flatten: no self-attention layer at level(s) %s ran; they had no effect", missing)
 
-    def _hook(self, attn: torch.nn.Module, seen: set[int]) -> list[torch.utils.hooks.RemovableHandle]:
+    def _hook(self, attn: Attention, seen: set[int]) -> list[torch.utils.hooks.RemovableHandle]:
         captured: dict[str, torch.Tensor] = {}
 
-        def keep(name: str):
+        def keep(name: str) -> Callable[[torch.nn.Module, tuple, torch.Tensor], None]:
             def hook(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
                 if out.ndim == 3 and level_of(out.shape[1], self._latent) in self._levels:
                     captured[name] = out
@@ -172,6 +179,7 @@ class FlattenExtension:
             if query is None or key is None or query.shape[:2] != hidden.shape[:2]:
                 return None
             level = level_of(hidden.shape[1], self._latent)
+            assert level is not None  # hidden has the captured q's tokens, kept only at a level of _levels
             seen.add(level)
             return (self._attend(query, key, hidden, level, attn.heads), *args[1:])
 
@@ -210,7 +218,8 @@ def _save(path: Path, meta: str, levels: Mapping[int, TrajectoryKeys]) -> None:
         arrays[f"keys{level}"], arrays[f"valid{level}"] = tk.keys, tk.valid
         arrays[f"shape{level}"] = np.array([*tk.grid, tk.longest])
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+        # numpy's stub lets a **dict fill allow_pickle (bool) too; these keys are array names only
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
 
 
 def _load(path: Path, meta: str) -> dict[int, TrajectoryKeys] | None:

@@ -13,7 +13,8 @@ diffusers' FreeU instead (``docs/method.md`` lists how the two differ).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol, cast
 
 import torch
 from attrs import frozen
@@ -36,6 +37,16 @@ class FreeUOptions:
     s2: float = number(1.0, low=0.0, high=10.0)
 
 
+class _FreeUHost(Protocol):
+    """What FreeU uses of a diffusers UNet (checked with ``hasattr`` before use)."""
+
+    up_blocks: Sequence[torch.nn.Module]
+
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None: ...
+
+    def disable_freeu(self) -> None: ...
+
+
 class FreeUExtension:
     """FreeU on the UNet for a whole edit (:class:`~stmod.core.protocols.Extension`, no optional ability:
     nothing to check, prepare or follow step by step)."""
@@ -54,13 +65,15 @@ class FreeUExtension:
             return
         if not callable(getattr(model, "enable_freeu", None)) or not hasattr(model, "up_blocks"):
             raise TypeError(f"FreeU needs a diffusers UNet with enable_freeu, got {type(model).__name__}")
-        before = [{key: getattr(block, key, None) for key in _KEYS} for block in model.up_blocks]
-        model.enable_freeu(**self.inversion_settings())
+        unet = cast(_FreeUHost, model)  # both checked just above
+        before = [{key: getattr(block, key, None) for key in _KEYS} for block in unet.up_blocks]
+        opts = self.options  # the factors of inversion_settings(), by name
+        unet.enable_freeu(s1=opts.s1, s2=opts.s2, b1=opts.b1, b2=opts.b2)
         try:
             yield
         finally:
-            model.disable_freeu()
-            for block, values in zip(model.up_blocks, before):
+            unet.disable_freeu()
+            for block, values in zip(unet.up_blocks, before):
                 for key, value in values.items():
                     if value is not None:  # FreeU the UNet had before (e.g. a pipeline's own)
                         setattr(block, key, value)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
 import attrs
@@ -158,7 +158,7 @@ class PnPExtension:
         device = self._request.device if self._request is not None else None
         return _Inject(step_index, {name: t.to(device) for name, t in features.items()}, branches)
 
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[[torch.nn.Module, object, torch.Tensor], torch.Tensor | None]:
         def hook(module: torch.nn.Module, args: object, output: torch.Tensor) -> torch.Tensor | None:
             mode = self._mode
             if isinstance(mode, _Record):
@@ -183,8 +183,7 @@ class PnPExtension:
 
     def _inject(self, mode: _Inject, name: str, output: torch.Tensor) -> torch.Tensor:
         stored = mode.features.get(name)
-        expected = None if stored is None else (mode.branches * stored.shape[0], *stored.shape[1:])
-        if expected is None or tuple(output.shape) != expected:
+        if stored is None or tuple(output.shape) != (mode.branches * stored.shape[0], *stored.shape[1:]):
             have = "nothing" if stored is None else f"{tuple(stored.shape)} per CFG branch"
             raise InputError("extensions.pnp", name, f"the recorded features of denoising step {mode.step} are "
                              f"{have}, the UNet computes {tuple(output.shape)} for {mode.branches} branch(es): "

@@ -19,6 +19,7 @@ attention); for ``shapes`` (four up blocks, two layers each) the official places
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from attrs import frozen
@@ -75,7 +76,9 @@ def place_bytes(unet: torch.nn.Module, places: Sequence[Place], *, latent_size: 
     total = 0
     for place in places:
         h, w = level_grid(latent_size, place.level)
-        channels = place.module.out_channels if isinstance(place.module, torch.nn.Conv2d) else place.module.out_features
+        # not a Conv2d: a to_q / to_k Linear (or a wrapper of one, such as a LoRA layer) with out_features
+        channels = place.module.out_channels if isinstance(place.module, torch.nn.Conv2d) else \
+            cast(int, place.module.out_features)
         total += frames * channels * h * w
     return total * element_size
 

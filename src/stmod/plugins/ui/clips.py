@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,11 @@ def store_frames(frames: np.ndarray, name: str, clips: Path) -> Path:
     return target
 
 
+def _region_dict(regions: Mapping[str, tuple[str, tuple[float, float, float, float]]]
+                 ) -> dict[str, tuple[str, tuple[float, float, float, float]]]:
+    return dict(regions)
+
+
 @frozen(kw_only=True)
 class Example:
     """A clip with everything a first edit needs: the frame selection, prompts and a box per region."""
@@ -66,7 +72,7 @@ class Example:
     prompt: str
     source_prompt: str
     #: region name -> (local prompt, box ``[x0, y0, x1, y1]`` on source frame 0, in source pixels)
-    regions: dict[str, tuple[str, tuple[float, float, float, float]]] = field(converter=dict)
+    regions: dict[str, tuple[str, tuple[float, float, float, float]]] = field(converter=_region_dict)
     frames: int
     size: tuple[int, int]  # (width, height) of the edit
     backbone: str = "shapes"
@@ -85,10 +91,9 @@ def example_boxes(masks: np.ndarray, margin: int = 3) -> list[tuple[float, float
 
 def _shapes_demo(clips: Path) -> tuple[Path, Example]:
     """The demo's clip (two identical white discs on grass), rendered now, with a box around each disc."""
-    from stmod.backbones.shapes import world
     from stmod.backbones.shapes.demo import DEMO_CASE
 
-    frames, bodies, parts = world.render_clip(DEMO_CASE.scene, 8, (128, 128))
+    frames, bodies, parts = DEMO_CASE.render(8, (128, 128))  # its scene is a world.Scene: world.render_clip
     boxes = example_boxes((bodies | parts)[0, :2])
     example = Example(label="the demo: two white discs on grass", prompt=DEMO_CASE.prompt,
                       source_prompt=DEMO_CASE.source_prompt,

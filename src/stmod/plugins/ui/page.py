@@ -10,6 +10,7 @@ indicator, on its note. Import this module only after checking that Gradio is in
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -169,7 +170,7 @@ def _wire_examples(app: UiApp, ui: dict[str, Any], st: dict[str, Any]) -> None:
                 ui["width"], ui["height"], ui["count"], ui["start"], ui["every"], ui["path"]]
                + ui["names"] + ui["locals"])
 
-    def pick(name: str):
+    def pick(name: str) -> Callable[[], tuple[Any, ...]]:
         def load():
             clip, frames, note, video, notes, names, locals_, prompt, source = app.example(name)
             return (clip, notes, None, gr.update(choices=frames, value=frames[0]),
@@ -183,8 +184,11 @@ def _wire_examples(app: UiApp, ui: dict[str, Any], st: dict[str, Any]) -> None:
 
 
 def _wire_regions(app: UiApp, ui: dict[str, Any], st: dict[str, Any]) -> None:
-    # Gradio injects its event objects into leading positional parameters only: they come first.
-    def on_click(evt: gr.SelectData, clip, frame, notes, pending, slot, mode, *names):
+    # Gradio injects its event objects into leading positional parameters only: they come first. It finds them
+    # by the callbacks' annotations (typing.get_type_hints, at run time): annotate with names this module imports
+    # at run time only, so that they resolve; the component values Gradio passes are Any.
+    def on_click(evt: gr.SelectData, clip: Any, frame: Any, notes: Any, pending: Any, slot: Any, mode: Any,
+                 *names: Any) -> tuple[Any, ...]:
         notes, pending, note = app.click(clip, frame, notes, pending, int(slot) - 1, mode, evt.index)
         return notes, pending, app.keyframe(clip, frame, notes, pending, list(names)), note
 
@@ -231,7 +235,7 @@ def _wire_checks(app: UiApp, ui: dict[str, Any]) -> None:
 
 
 def _wire_edit(app: UiApp, ui: dict[str, Any], st: dict[str, Any]) -> None:
-    def run(request: gr.Request, progress=gr.Progress(), *values):
+    def run(request: gr.Request, progress: gr.Progress = gr.Progress(), *values: Any) -> tuple[Any, ...]:
         clip, notes, prompt, source, backbone, model, blend, preset, steps, seed = values[:10]
         names, locals_ = _split(values[10:])
         settings = Settings(prompt=prompt, source_prompt=source, backbone=backbone, model=model, blend=blend,
