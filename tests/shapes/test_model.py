@@ -10,6 +10,7 @@ the three mutation tests check that each of them misses the thresholds.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -162,10 +163,53 @@ def test_a_canny_control_entry_finds_the_controlnet_inside_the_model_folder(tmp_
     assert backbone.controlnet_location("canny", "mine/net") == "mine/net"
     with pytest.raises(CheckpointError, match="ControlNet for canny only"):
         backbone.controlnet_location("depth", None)
+    # a model trained without the ControlNet stage: no controlnet-canny/, and none in its manifest
     copy = shutil.copytree(SHIPPED_MODEL, tmp_path / "m", ignore=shutil.ignore_patterns("controlnet-canny"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("controlnet-canny/")}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     job = edits.write_case(tmp_path / "job", edits.make_case("object", 0), frames=2, steps=2)
     spec = load_job(job)
     spec = attrs.evolve(spec, control=(ControlSpec(annotator=ComponentRef(name="canny")),))
     with pytest.raises(CheckpointError, match=r"controlnet-canny.*no ControlNet for the canny annotator"):
         fresh_plugin_manager().registry.create("backbone", "shapes", {"folder": str(copy)}).check(spec)
 
+
+
+def test_the_shipped_controlnet_denoises_better_from_the_edges_than_without_them() -> None:
+    """The ControlNet inside the model folder conditions on its Canny edges: given a world frame's edges it
+    predicts the noise of that frame's latents far better than the UNet alone, and its zeroed conditioning
+    is worse than no ControlNet. (An untrained ControlNet, zero convolutions at zero, scores as the UNet
+    alone; the one trained for 800 steps did, measured: 0.0274 against 0.0275 at t = 500.)"""
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from stmod.backbones.shapes.train import edge_maps, encode_latents, make_dataset, noise_scheduler
+
+    unet = UNet2DConditionModel.from_pretrained(SHIPPED_MODEL, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(SHIPPED_MODEL, subfolder="vae")
+    text_encoder = CLIPTextModel.from_pretrained(SHIPPED_MODEL, subfolder="text_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(SHIPPED_MODEL, subfolder="tokenizer")
+    controlnet = ControlNetModel.from_pretrained(SHIPPED_MODEL, subfolder="controlnet-canny")
+    frames = make_dataset(16, 20261207, workers=1)  # frames the training never drew (another seed)
+    latents = encode_latents(vae, frames.images) * vae.config.scaling_factor
+    edges = torch.from_numpy(edge_maps(frames.images)).float().div(255).unsqueeze(1).expand(-1, 3, -1, -1)
+    ids = tokenizer(list(frames.captions), padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    t = torch.full((16,), 500)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    noisy = noise_scheduler().add_noise(latents, noise, t)
+    with torch.no_grad():
+        text = text_encoder(ids)[0]
+
+        def error(cond: torch.Tensor | None) -> float:
+            if cond is None:
+                return float(((unet(noisy, t, text).sample - noise) ** 2).mean())
+            down, mid = controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+            pred = unet(noisy, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+            return float(((pred.sample - noise) ** 2).mean())
+
+        alone, with_edges, zeroed = error(None), error(edges), error(torch.zeros_like(edges))
+    assert with_edges < 0.8 * alone, (alone, with_edges)
+    assert zeroed > alone, (alone, zeroed)

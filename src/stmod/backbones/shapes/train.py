@@ -551,7 +551,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-steps", type=int, default=8000)
     p.add_argument("--unet-steps", type=int, default=3200)
     p.add_argument("--unet-lr", type=_float_from(0, inclusive=False), default=1e-3)
-    p.add_argument("--controlnet-steps", type=int, default=800)
+    p.add_argument("--controlnet-steps", type=int, default=4000,
+                   help="ControlNet steps (default: %(default)s; at 800 it had not yet learned to use its edges: "
+                        "the zero convolutions wake up after about 1 000)")
     p.add_argument("--base-model", type=Path, default=None,
                    help="an exported shapes model folder: train only the ControlNet on top of it (its VAE, UNet "
                         "and text encoder are kept) and export it with the ControlNet added")
