@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from stmod.core.io.video import ClipPlan
     from stmod.core.pipeline.editor import EditResult, LayoutResult
     from stmod.core.budget.job import ModelFootprint
-    from stmod.core.protocols import (AttentionLevels, Backbone, Blender, ChecksJob, ConditionsText, ControlAnnotator,
-                                      DescribesFootprint, Extension, FeatureRecording, FollowsSteps, LayoutProvider,
+    from stmod.core.protocols import (AttentionLevels, Backbone, Blender, ChecksJob, ChecksWeights, CompositesFrames,
+                                      ConditionsText, ControlAnnotator, DescribesFootprint, Extension, FeatureRecording, FollowsSteps, LayoutProvider,
                                       LayoutReporting, Modulator, Phase, PreparesFromClip, RecordsAttention,
                                       Tokenizer)
     from stmod.core.types import (BlendContext, EditSpec, ExtensionInput, LayoutMasks, LayoutReport, LayoutRequest,
@@ -57,7 +57,8 @@ _LAZY = {
                     "stmod.core.types"),
     **dict.fromkeys(("Backbone", "LayoutProvider", "Modulator", "Blender", "ControlAnnotator", "Extension", "Phase",
                      "Tokenizer", "LayoutReporting", "ConditionsText", "FeatureRecording", "RecordsAttention",
-                     "DescribesFootprint", "ChecksJob", "PreparesFromClip", "FollowsSteps", "AttentionLevels"),
+                     "DescribesFootprint", "ChecksJob", "PreparesFromClip", "FollowsSteps", "AttentionLevels",
+                     "ChecksWeights", "CompositesFrames"),
                     "stmod.core.protocols"),
     "ModelFootprint": "stmod.core.budget.job",
     **dict.fromkeys(("FeatureRequest", "FeatureMaps", "InversionFeatures"), "stmod.core.features"),
