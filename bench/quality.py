@@ -60,12 +60,12 @@ def _modulate_until(share: float) -> Callable[[dict, int], dict]:
     return lambda job, steps: {**job, "modulation": {**job["modulation"], "end_step": max(1, round(steps * share))}}
 
 
-def _reconstruct(guidance: float) -> Callable[[dict, int], dict]:
-    """A job change that edits nothing: the source prompt as the target, no regions, at ``guidance``.
-    What it loses, no edit can keep."""
+def _reconstruct(guidance: float | None) -> Callable[[dict, int], dict]:
+    """A job change that edits nothing: the source prompt as the target, no regions, at ``guidance`` (``None``:
+    the run's). What it loses, no edit can keep."""
     def change(job: dict, steps: int) -> dict:
         kept = {k: v for k, v in job.items() if k not in ("regions", "layout", "modulation")}
-        return {**kept, "prompt": job["source_prompt"], "guidance": guidance}
+        return {**kept, "prompt": job["source_prompt"], **({} if guidance is None else {"guidance": guidance})}
     return change
 
 
@@ -117,6 +117,7 @@ ROWS: dict[str, Row] = {
                    reconstruction=True, guidance=1.0),
     "recon-7.5": Row("reconstruction: the source prompt, no regions, guidance 7.5", job=_reconstruct(7.5),
                      reconstruction=True, guidance=7.5),
+    "recon": Row("reconstruction at the run's guidance (--guidance)", job=_reconstruct(None), reconstruction=True),
 }
 #: The rows run by default (the structure-guided rows need a model folder with a ControlNet; the diagnosis
 #: rows are asked for by name).

@@ -114,6 +114,9 @@ def test_the_reconstruction_rows_edit_nothing_and_score_against_the_source(quali
         data = yaml.safe_load(quality._row_job(job, row, 10).read_text())
         assert data["prompt"] == case.source_prompt and data["guidance"] == guidance
         assert "regions" not in data and "layout" not in data
+    recon = yaml.safe_load(quality._row_job(job, "recon", 10).read_text())  # the run's guidance (--guidance)
+    assert recon["prompt"] == case.source_prompt and recon["guidance"] == 7.5 and "regions" not in recon
+    assert quality.ROWS["recon"].guidance is None and quality.ROWS["recon"].reconstruction
     clip, _, _ = case.render(3)
     kept = quality.score(case, clip, clip, 3, reconstruction=True)
     assert kept["accuracy"] == 1.0 and kept["causes"]["right"] == sum(kept["causes"].values()) > 0
