@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from stmod.backbones.shapes import edits, metrics, world
 
-__all__ = ["DEMO_CASE", "write_demo_inputs", "demo_scores"]
+__all__ = ["DEMO_CASE", "DEMO_CONTROL", "write_demo_inputs", "demo_scores"]
 
 DEMO_CASE = edits.EditCase(
     name="demo",
@@ -30,9 +31,19 @@ DEMO_CASE = edits.EditCase(
 )
 
 
+#: The demo's structure guidance: the shipped model's ControlNet on the ``canny`` annotator's edges (the
+#: best of the recipes measured on this clip and level with the others over the benchmark: docs/shapes.md).
+DEMO_CONTROL = [{"annotator": "canny", "scale": 1.0}]
+
+
 def write_demo_inputs(folder: Path, *, frames: int = 8, steps: int = 20) -> Path:
-    """Write the demo's frames, masks and job into ``folder``; returns the job path."""
-    return edits.write_case(folder, DEMO_CASE, frames=frames, steps=steps)
+    """Write the demo's frames, masks and job (with :data:`DEMO_CONTROL`) into ``folder``; returns the job path."""
+    job = edits.write_case(folder, DEMO_CASE, frames=frames, steps=steps)
+    header, _, body = job.read_text(encoding="utf-8").partition("\n")
+    data = yaml.safe_load(body)
+    data["control"] = DEMO_CONTROL
+    job.write_text(header + "\n" + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return job
 
 
 def demo_scores(source: np.ndarray, result: np.ndarray) -> dict[str, dict[str, float]]:

@@ -103,7 +103,8 @@ def run_demo(args: argparse.Namespace, session: Session) -> int:
 
         job = write_shapes_inputs(out / "inputs", frames=args.frames, steps=args.steps)
         session.echo(f'demo: "{DEMO_CASE.source_prompt}" -> "{DEMO_CASE.prompt}", '
-                     + ", ".join(f"{r.name} = {r.prompt}" for r in DEMO_CASE.regions) + "; the grass is kept")
+                     + ", ".join(f"{r.name} = {r.prompt}" for r in DEMO_CASE.regions)
+                     + "; the grass is kept; structure from the model's ControlNet on Canny edges")
     else:
         from stmod.plugins.commands.demo import write_demo_inputs
 
