@@ -7,6 +7,11 @@ interval is about ±0.12 wide, so that is the finest difference between two mode
 (docs/shapes.md uses it to compare a model retrained from a clean clone with the shipped one)::
 
     .venv/bin/python bench/quality_compare.py bench-quality/quality.json retrained/quality.json
+
+Or one run's rows against one of its own, case by case — does the modulation beat the unmodulated
+baseline? — on some kinds only::
+
+    .venv/bin/python bench/quality_compare.py bench-quality/quality.json --against none --kinds instance,crossing
 """
 
 from __future__ import annotations
@@ -47,6 +52,27 @@ def paired_accuracy(a: dict, b: dict) -> dict[str, tuple[np.ndarray, np.ndarray]
     return pairs
 
 
+def paired_against(run: dict, baseline: str, kinds: set[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Row → (accuracies of ``baseline``, of the row), case by case, for every other row of ``run``
+    (the cases of ``kinds`` only, when given)."""
+    if baseline not in run.get("rows", []):
+        raise ValueError(f"the run has no row {baseline!r} (it has {', '.join(run.get('rows', []))})")
+    records = [r for r in run["records"] if kinds is None or r["kind"] in kinds]
+    if not records:
+        raise ValueError(f"the run has no case of the kinds {', '.join(sorted(kinds or ()))}")
+    base = {r["case"]: r["accuracy"] for r in records if r["row"] == baseline}
+    pairs = {}
+    for row in run["rows"]:
+        if row == baseline:
+            continue
+        mine = {r["case"]: r["accuracy"] for r in records if r["row"] == row}
+        if mine.keys() != base.keys():
+            raise ValueError(f"row {row}: scored other cases than row {baseline}")
+        cases = sorted(base)
+        pairs[row] = (np.array([base[c] for c in cases]), np.array([mine[c] for c in cases]))
+    return pairs
+
+
 def difference_interval(a: np.ndarray, b: np.ndarray, *, seed: int = 0) -> tuple[float, float]:
     """95 % percentile-bootstrap interval of mean(b − a), resampling the paired cases."""
     diffs = b - a
@@ -74,18 +100,31 @@ def table(pairs: dict[str, tuple[np.ndarray, np.ndarray]], names: tuple[str, str
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("first", type=Path, help="a quality.json (e.g. of the shipped model)")
-    p.add_argument("second", type=Path, help="another quality.json, of the same cases")
+    p.add_argument("second", type=Path, nargs="?", help="another quality.json, of the same cases")
+    p.add_argument("--against", metavar="ROW", help="instead of a second run: every row of the first run against "
+                                                    "its row ROW (e.g. none, the unmodulated baseline)")
+    p.add_argument("--kinds", type=lambda v: set(v.split(",")), default=None,
+                   help="comma-separated case kinds to compare on (default: all)")
     args = p.parse_args(argv)
+    if (args.second is None) == (args.against is None):
+        p.error("give a second quality.json or --against ROW (one of the two)")
     try:
-        runs = [json.loads(path.read_text(encoding="utf-8")) for path in (args.first, args.second)]
-        pairs = paired_accuracy(*runs)
+        runs = [json.loads(path.read_text(encoding="utf-8")) for path in (args.first, args.second) if path]
+        if args.against:
+            pairs = paired_against(runs[0], args.against, args.kinds)
+            names = (args.against, "row")
+        else:
+            if args.kinds:
+                runs = [{**run, "records": [r for r in run["records"] if r["kind"] in args.kinds]} for run in runs]
+            pairs = paired_accuracy(*runs)
+            names = (runs[0]["model"], runs[1]["model"])
     except (OSError, ValueError) as exc:
         print(f"quality_compare: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:  # a record without its fields
         print(f"quality_compare: not a bench/quality.py result: a record has no {exc}", file=sys.stderr)
         return 2
-    text, apart = table(pairs, (runs[0]["model"], runs[1]["model"]))
+    text, apart = table(pairs, names)
     print(text)
     print(f"{apart} of {len(pairs)} rows differ beyond their 95 % interval")
     return 0

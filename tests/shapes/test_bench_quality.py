@@ -129,3 +129,24 @@ def test_a_longer_modulation_window_is_a_share_of_the_steps(quality, tmp_path: P
     assert yaml.safe_load(quality._row_job(job, "modulate-60", 20).read_text())["modulation"]["end_step"] == 12
     assert yaml.safe_load(quality._row_job(job, "modulate-100", 20).read_text())["modulation"]["end_step"] == 20
     assert yaml.safe_load(job.read_text())["modulation"]["end_step"] == 6
+
+
+def test_one_runs_rows_against_its_baseline_on_some_kinds(compare, tmp_path: Path, capsys) -> None:
+    """``--against none --kinds instance``: each row paired case by case with the run's own ``none`` row,
+    on the instance cases only; a gain on those kinds is told apart, an equal row is not."""
+    rng = np.random.default_rng(5)
+    base = rng.uniform(0, 0.6, 20)
+    kinds = ["instance"] * 10 + ["part"] * 10
+    run = _run("shipped", {"none": list(base), "both": list(base + np.r_[rng.uniform(0.2, 0.3, 10), [-0.3] * 10]),
+                           "same": list(base)})
+    for record in run["records"]:
+        record["kind"] = kinds[int(record["case"].split("-")[1])]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    assert compare.main([str(path), "--against", "none", "--kinds", "instance"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\| both \| .* \| yes \|", out) and re.search(r"\| same \| .* \| no \|", out)
+    assert compare.main([str(path), "--against", "none"]) == 0  # all kinds: the part cases' loss cancels the gain
+    assert re.search(r"\| both \| .* \| no \|", capsys.readouterr().out)
+    assert compare.main([str(path), "--against", "nothing"]) == 2
+    assert "has no row 'nothing'" in capsys.readouterr().err
