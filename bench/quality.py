@@ -7,8 +7,8 @@ modulation, cross only, self only, both (``videograin``), both (``paper``), the 
 ``per-frame`` / ``sparse-causal`` / ``window``, without the latent blend, and with masks downsampled by
 area instead of the official nearest; on request the structure guidance of the official configs
 (``control``, ``pnp``, ``flatten``, ``official``) and the diagnosis rows (``modulate-60``/``-100``: a
-longer modulation window; ``recon-1``/``recon-7.5``: no edit at all, the source prompt denoised at
-guidance 1 or 7.5, scored against the source) — and scores each result against the world's exact masks
+longer modulation window; ``recon-1``/``recon-7.5``/``recon``: no edit at all, the source prompt denoised
+at guidance 1, 7.5 or ``--guidance``, scored against the source) — and scores each result against the world's exact masks
 (:mod:`stmod.backbones.shapes.metrics`), sorting every region-frame that failed by its cause. Prints two
 tables and writes ``quality.json``::
 
@@ -75,7 +75,7 @@ class Row:
 
     description: str
     #: modulation fields set on the job (after its file is read)
-    modulation: dict = {}
+    modulation: dict = attrs.field(factory=dict)
     #: the blend, or ``None`` for the job's
     blend: str | None = None
     #: a change of the job file's data, given the step count
