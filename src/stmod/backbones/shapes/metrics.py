@@ -19,8 +19,9 @@ with :func:`stmod.backbones.shapes.world.colour_classes` (nearest palette colour
 * **flicker** of a region: the standard deviation over frames of the region's mean colour (0…255,
   averaged over RGB).
 * **failure causes** of a region: each frame where the region shows is ``right`` (clean, kept in its
-  outline, no leakage) or failed, put down to the first cause that holds, in this order — ``leak`` (its target colour appears newly outside it, beyond the
-  band, on more than 0.5 % of the pixels there), ``colour`` (the dominant colour inside is not the
+  outline, no leakage) or failed, put down to the first cause that holds, in this order — ``leak`` (its
+  target colour appears newly away from it, farther than ``reach`` pixels, on more than 0.5 % of the pixels
+  there), ``colour`` (the dominant colour inside is not the
   target), ``shape`` (the target colour spills out of the object's outline: more than a tenth of the
   region's area painted outside it, within ``reach``), ``patchy`` (the target colour covers only part of
   the region: it is not clean). :func:`failure_causes` counts them.
@@ -35,8 +36,8 @@ from scipy.ndimage import binary_dilation, binary_erosion
 
 from stmod.backbones.shapes.world import COLOURS, colour_classes
 
-__all__ = ["attribute_accuracy", "leakage", "background_psnr", "flicker", "dilate", "shape_iou", "clean_frames", "CAUSES",
-           "failure_causes", "dominant_colour"]
+__all__ = ["attribute_accuracy", "leakage", "background_psnr", "flicker", "dilate", "shape_iou", "clean_frames",
+           "CAUSES", "failure_causes", "dominant_colour"]
 
 _NAMES = tuple(COLOURS)
 
@@ -129,7 +130,7 @@ def clean_frames(frames: np.ndarray, mask: np.ndarray, colour: str, *, clean_sha
     return float(np.mean(clean)) if clean else 0.0
 
 
-#: The causes :func:`failure_causes` sorts a region's unclean frames into, in the order they are tested.
+#: The causes :func:`failure_causes` sorts a region's failed frames into, in the order they are tested.
 CAUSES: tuple[str, ...] = ("leak", "colour", "shape", "patchy")
 
 
