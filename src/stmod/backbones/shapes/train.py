@@ -226,6 +226,15 @@ def _log(work: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def _update(loss: torch.Tensor, params: list, opt: torch.optim.Optimizer, sched: Any) -> None:
+    """One optimiser step of every stage: backward, gradients clipped to norm 1, the step, the lr schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1] (over the 0…255 range)."""
     mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
@@ -269,11 +278,7 @@ def _fit_autoencoder(vae: Diffusers, images: np.ndarray, objects: np.ndarray, cf
         error = recon - batch
         rec = (weight * (error.pow(2) + 0.5 * error.abs())).mean() / weight.mean()
         loss = rec if decoder_only else rec + 1e-6 * dist.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _update(loss, params, opt, sched)
         bar.set_postfix(loss=f"{rec.item():.4f}")
         if (step + 1) % 20 == 0:
             _log(work, {"stage": stage, "step": step + 1, "loss": rec.item(), "lr": sched.get_last_lr()[0],
@@ -389,11 +394,7 @@ def train_unet(unet: Diffusers, text_encoder: CLIPTextModel, tokenizer: CLIPToke
             token_loss, pixel_loss, cell_loss = grounding.grounding_losses(maps.take(), targets[idx].float(),
                                                                            grounded[idx] & ~dropped[:, None])
             loss = diffusion + cfg.grounding_weight * (token_loss + pixel_loss + cell_loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            _update(loss, params, opt, sched)
             ema.step(unet.parameters())
             bar.set_postfix(loss=f"{diffusion.item():.4f}", cell=f"{cell_loss.item():.3f}")
             if (step + 1) % 20 == 0:
@@ -464,11 +465,7 @@ def train_controlnet(controlnet: Diffusers, unet: Diffusers, text_encoder: CLIPT
         down, mid = controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
         pred = unet(noisy, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
         loss = _diffusion_loss(pred, noise, t, cell_weight[idx], scheduler, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _update(loss, params, opt, sched)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % 20 == 0:
             _log(work, {"stage": "controlnet", "step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0],
