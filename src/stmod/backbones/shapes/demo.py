@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from stmod.backbones.shapes import edits, metrics, world
 
@@ -38,12 +37,7 @@ DEMO_CONTROL = [{"annotator": "canny", "scale": 1.0}]
 
 def write_demo_inputs(folder: Path, *, frames: int = 8, steps: int = 20) -> Path:
     """Write the demo's frames, masks and job (with :data:`DEMO_CONTROL`) into ``folder``; returns the job path."""
-    job = edits.write_case(folder, DEMO_CASE, frames=frames, steps=steps)
-    header, _, body = job.read_text(encoding="utf-8").partition("\n")
-    data = yaml.safe_load(body)
-    data["control"] = DEMO_CONTROL
-    job.write_text(header + "\n" + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return job
+    return edits.write_case(folder, DEMO_CASE, frames=frames, steps=steps, extra={"control": DEMO_CONTROL})
 
 
 def demo_scores(source: np.ndarray, result: np.ndarray) -> dict[str, dict[str, float]]:

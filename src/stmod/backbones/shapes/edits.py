@@ -16,8 +16,9 @@ The kinds follow the paper's granularities:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
@@ -154,9 +155,9 @@ def case_masks(case: EditCase, bodies: np.ndarray, parts: np.ndarray) -> dict[st
 
 
 def write_case(folder: Path, case: EditCase, *, frames: int = 8, size: tuple[int, int] = (128, 128),
-               steps: int = 20, blend: str = "latent") -> Path:
+               steps: int = 20, blend: str = "latent", extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``frames/``, ``masks/<region>/`` (PNG) and ``job.yaml`` for ``case`` (``frames`` of them unless the
-    case has its own count); returns the job path."""
+    case has its own count; ``extra``: further job keys, e.g. ``control``); returns the job path."""
     from stmod.core.io.video import write_frames
 
     frames = case.frames or frames
@@ -178,6 +179,7 @@ def write_case(folder: Path, case: EditCase, *, frames: int = 8, size: tuple[int
         "guidance": 7.5,
         "seed": 0,
         "output": "result",
+        **(extra or {}),
     }
     path = folder / "job.yaml"
     path.write_text(f"# {case.kind} edit {case.name} of the shapes world\n" + yaml.safe_dump(job, sort_keys=False),
