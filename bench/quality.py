@@ -44,6 +44,8 @@ from stmod.core.types import ComponentRef
 #: the steps, FLATTEN on the latent grid (level 0, the official ``flatten_res: [1]``).
 CONTROL = {"control": [{"annotator": "canny", "scale": 1.0}]}
 FLATTEN = {"name": "flatten", "levels": [0]}
+#: Negative-prompt inversion: classifier-free guidance away from the source prompt.
+NPI = {"negative_prompt_inversion": True}
 
 
 def _pnp(steps: int) -> dict:
@@ -53,6 +55,11 @@ def _pnp(steps: int) -> dict:
 def _add(keys) -> Callable[[dict, int], dict]:
     """A job change that adds the keys ``keys(steps)`` returns."""
     return lambda job, steps: {**job, **keys(steps)}
+
+
+def _then(first: Callable[[dict, int], dict], second: Callable[[dict, int], dict]) -> Callable[[dict, int], dict]:
+    """Two job changes, ``first`` then ``second``."""
+    return lambda job, steps: second(first(job, steps), steps)
 
 
 def _modulate_until(share: float) -> Callable[[dict, int], dict]:
@@ -118,6 +125,15 @@ ROWS: dict[str, Row] = {
     "recon-7.5": Row("reconstruction: the source prompt, no regions, guidance 7.5", job=_reconstruct(7.5),
                      reconstruction=True, guidance=7.5),
     "recon": Row("reconstruction at the run's guidance (--guidance)", job=_reconstruct(None), reconstruction=True),
+    # Negative-prompt inversion: guidance away from the source prompt instead of the empty one.
+    "recon-npi": Row("reconstruction at guidance 7.5 with negative-prompt inversion",
+                     job=_then(_reconstruct(7.5), _add(lambda steps: NPI)), reconstruction=True, guidance=7.5),
+    "none-npi": Row("no modulation, negative-prompt inversion",
+                    {"preset": "paper", "modulate_cross": False, "modulate_self": False}, job=_add(lambda steps: NPI)),
+    "npi": Row("both, negative-prompt inversion", job=_add(lambda steps: NPI)),
+    "control-npi": Row("control, negative-prompt inversion", job=_add(lambda steps: {**CONTROL, **NPI})),
+    "official-npi": Row("official, negative-prompt inversion",
+                        job=_add(lambda steps: {**CONTROL, "extensions": [_pnp(steps), FLATTEN], **NPI})),
 }
 #: The rows run by default (the structure-guided rows need a model folder with a ControlNet; the diagnosis
 #: rows are asked for by name).

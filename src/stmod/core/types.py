@@ -343,6 +343,10 @@ class EditSpec:
     #: inverted latent anyway (the official ``blending_percentage``, which blends nothing despite its name).
     skip_fraction: float = number(0.0, low=0.0, high=1.0)
     guidance: float = number(7.5, low=0.0, high=100.0)
+    #: Negative-prompt inversion (Miyake et al., 2023): classifier-free guidance subtracts the source
+    #: prompt instead of the empty / negative prompt, so that what the target prompt does not change is
+    #: denoised as it was inverted (at guidance 1) whatever the guidance. Needs ``source_prompt``.
+    negative_prompt_inversion: bool = field(default=False, validator=validators.instance_of(bool))
     output: Path = field(default=Path("stmod-out"), converter=Path)
     overwrite: bool = False
     save_attention: bool = False
@@ -352,6 +356,12 @@ class EditSpec:
     def _check_prompt(self, attribute: attrs.Attribute, value: str) -> None:
         if not value.strip():
             raise ValueError("prompt (the global target prompt) must not be empty")
+
+    @negative_prompt_inversion.validator
+    def _check_inversion_text(self, attribute: attrs.Attribute, value: bool) -> None:
+        if value and not self.source_prompt.strip():
+            raise ValueError("negative_prompt_inversion guides away from the source prompt, and source_prompt is "
+                             "empty; set source_prompt to what the clip shows, or drop negative_prompt_inversion")
 
     @skip_fraction.validator
     def _check_skip(self, attribute: attrs.Attribute, value: float) -> None:

@@ -374,7 +374,10 @@ class Editor:
         request = _modulation_input(session, layout, len(x0), latent_size(x0))
         modulator.prepare(request)
         recorder = modulator.start_recording() if spec.save_attention and isinstance(modulator, RecordsAttention) else None
-        unet_text, control_text = _batch_text(_texts(modulator, request, backbone), len(x0), branches)
+        text = _texts(modulator, request, backbone)
+        if spec.negative_prompt_inversion and "uncond" in branches:
+            text = _source_as_negative(text, backbone.encode_text([spec.source_prompt]))
+        unet_text, control_text = _batch_text(text, len(x0), branches)
         guidance = spec.guidance
 
         def predict(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
@@ -430,6 +433,15 @@ def _texts(modulator: object, request: ModulationInput, backbone: Backbone) -> T
     negative, prompt = backbone.encode_text([request.negative_prompt, request.prompt]).chunk(2)
     by_branch: dict[Branch, torch.Tensor] = {"uncond": negative, "cond": prompt}
     return TextConditioning(unet=by_branch, control=by_branch)
+
+
+def _source_as_negative(text: TextConditioning, source: torch.Tensor) -> TextConditioning:
+    """Negative-prompt inversion: both models' unconditional branch gets the source prompt's embedding.
+
+    The inversion ran with the source prompt at guidance 1, so where the target prompt's embedding does
+    not change a prediction, ``uncond + g·(cond − uncond)`` stays the one the inversion followed; the
+    ControlNet's branch changes too, or its residuals would differ between the halves for no reason."""
+    return TextConditioning(unet={**text.unet, "uncond": source}, control={**text.control, "uncond": source})
 
 
 def _batch_text(text: TextConditioning, frames: int, branches: tuple[Branch, ...]) -> tuple[torch.Tensor, torch.Tensor]:
