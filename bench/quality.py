@@ -45,7 +45,9 @@ from stmod.core.types import ComponentRef
 CONTROL = {"control": [{"annotator": "canny", "scale": 1.0}]}
 FLATTEN = {"name": "flatten", "levels": [0]}
 #: Negative-prompt inversion: classifier-free guidance away from the source prompt.
-NPI = {"negative_prompt_inversion": True}
+NPI = {"inversion": "negative-prompt"}
+#: Direct inversion: each denoising step corrected by the drift of the source prompt's guided step.
+DIRECT = {"inversion": "direct"}
 
 
 def _pnp(steps: int) -> dict:
@@ -132,6 +134,15 @@ ROWS: dict[str, Row] = {
                     {"preset": "paper", "modulate_cross": False, "modulate_self": False}, job=_add(lambda steps: NPI)),
     "npi": Row("both, negative-prompt inversion", job=_add(lambda steps: NPI)),
     "control-npi": Row("control, negative-prompt inversion", job=_add(lambda steps: {**CONTROL, **NPI})),
+    "recon-direct": Row("reconstruction at guidance 7.5 with direct inversion",
+                        job=_then(_reconstruct(7.5), _add(lambda steps: DIRECT)), reconstruction=True, guidance=7.5),
+    "none-direct": Row("no modulation, direct inversion",
+                       {"preset": "paper", "modulate_cross": False, "modulate_self": False},
+                       job=_add(lambda steps: DIRECT)),
+    "direct": Row("both, direct inversion", job=_add(lambda steps: DIRECT)),
+    "control-direct": Row("control, direct inversion", job=_add(lambda steps: {**CONTROL, **DIRECT})),
+    "official-direct": Row("official, direct inversion",
+                           job=_add(lambda steps: {**CONTROL, "extensions": [_pnp(steps), FLATTEN], **DIRECT})),
     "official-npi": Row("official, negative-prompt inversion",
                         job=_add(lambda steps: {**CONTROL, "extensions": [_pnp(steps), FLATTEN], **NPI})),
 }

@@ -23,7 +23,7 @@ import torch
 from stmod.core.errors import InputError
 
 __all__ = ["NoiseSchedule", "FlowSchedule", "Schedule", "ddim_timesteps", "ddim_move", "flow_sigma", "invert",
-           "denoise", "Predict", "Blend", "StepEnd"]
+           "denoise", "drift_corrections", "Predict", "Blend", "StepEnd"]
 
 #: ``predict(latents, timestep, step_index) -> prediction`` (same shape as latents; ε or velocity, as the
 #: schedule's ``prediction_type`` says).
@@ -214,15 +214,21 @@ def denoise(
     timesteps: Sequence[int],
     *,
     blend: Blend | None = None,
+    corrections: Sequence[torch.Tensor] | None = None,
     on_step: Callable[[int], None] | None = None,
     on_step_end: StepEnd | None = None,
 ) -> torch.Tensor:
-    """Denoising from level ``timesteps[0]`` to clean latents (the schedule's step); ``blend``, then ``on_step(i)`` and
+    """Denoising from level ``timesteps[0]`` to clean latents (the schedule's step); ``corrections[i]`` (see
+    :func:`drift_corrections`) is added to step ``i``'s result, then ``blend``, ``on_step(i)`` and
     ``on_step_end(i, t_i, latents)`` run after every step."""
     timesteps = list(timesteps)
+    if corrections is not None and len(corrections) != len(timesteps):
+        raise ValueError(f"{len(corrections)} corrections for {len(timesteps)} denoising steps")
     for i, t in enumerate(timesteps):
         nxt = timesteps[i + 1] if i + 1 < len(timesteps) else CLEAN
         x = schedule.move(x, predict(x, t, i), t, nxt)
+        if corrections is not None:
+            x = x + corrections[i]
         if blend is not None:
             x = blend(x, i, t, nxt)
         if on_step is not None:
@@ -230,6 +236,34 @@ def denoise(
         if on_step_end is not None:
             x = _replaced(on_step_end(i, t, x), x)
     return x
+
+
+def drift_corrections(
+    trajectory: Mapping[int, torch.Tensor],
+    predict: Predict,
+    schedule: Schedule,
+    timesteps: Sequence[int],
+    *,
+    on_step: Callable[[int], None] | None = None,
+) -> list[torch.Tensor]:
+    """Direct inversion (Ju et al., "PnP Inversion", ICLR 2024): per denoising step, how far one step taken
+    from the inversion's own latent lands from the inversion's next level.
+
+    ``corrections[i] = trajectory[t_{i+1}] − move(trajectory[t_i], predict(trajectory[t_i], t_i, i))``, with
+    ``predict`` the guided prediction of the *source* prompt. Added after each step of the edit
+    (:func:`denoise`'s ``corrections``), they cancel the drift that guidance and the inversion's own error
+    put between denoising and inversion: with the source prompt as the target the loop returns the
+    trajectory exactly, whatever the guidance; a target prompt still moves the latents by its difference.
+    """
+    timesteps = list(timesteps)
+    corrections = []
+    for i, t in enumerate(timesteps):
+        nxt = timesteps[i + 1] if i + 1 < len(timesteps) else CLEAN
+        x = trajectory[t]
+        corrections.append(trajectory[nxt] - schedule.move(x, predict(x, t, i), t, nxt))
+        if on_step is not None:
+            on_step(i)
+    return corrections
 
 
 def _replaced(returned: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:

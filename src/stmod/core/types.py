@@ -343,10 +343,15 @@ class EditSpec:
     #: inverted latent anyway (the official ``blending_percentage``, which blends nothing despite its name).
     skip_fraction: float = number(0.0, low=0.0, high=1.0)
     guidance: float = number(7.5, low=0.0, high=100.0)
-    #: Negative-prompt inversion (Miyake et al., 2023): classifier-free guidance subtracts the source
-    #: prompt instead of the empty / negative prompt, so that what the target prompt does not change is
-    #: denoised as it was inverted (at guidance 1) whatever the guidance. Needs ``source_prompt``.
-    negative_prompt_inversion: bool = field(default=False, validator=validators.instance_of(bool))
+    #: How denoising keeps to the inversion: ``plain`` (the official code: DDIM inversion at guidance 1, then
+    #: guided denoising, which drifts from it); ``direct`` (Ju et al., "PnP Inversion", ICLR 2024: each step
+    #: is corrected by the drift that the same guided step makes from the inversion's own latent with the
+    #: source prompt, so what the target prompt does not change stays as inverted; one more pass over the
+    #: steps); ``negative-prompt`` (Miyake et al., 2023: guidance away from the source prompt instead of the
+    #: empty one; keeps the clip exactly, yet edits only as far as the two prompts' difference moves the
+    #: model). ``direct`` and ``negative-prompt`` need ``source_prompt``.
+    inversion: Literal["plain", "direct", "negative-prompt"] = field(
+        default="plain", validator=validators.in_(("plain", "direct", "negative-prompt")))
     output: Path = field(default=Path("stmod-out"), converter=Path)
     overwrite: bool = False
     save_attention: bool = False
@@ -357,11 +362,11 @@ class EditSpec:
         if not value.strip():
             raise ValueError("prompt (the global target prompt) must not be empty")
 
-    @negative_prompt_inversion.validator
-    def _check_inversion_text(self, attribute: attrs.Attribute, value: bool) -> None:
-        if value and not self.source_prompt.strip():
-            raise ValueError("negative_prompt_inversion guides away from the source prompt, and source_prompt is "
-                             "empty; set source_prompt to what the clip shows, or drop negative_prompt_inversion")
+    @inversion.validator
+    def _check_inversion_text(self, attribute: attrs.Attribute, value: str) -> None:
+        if value != "plain" and not self.source_prompt.strip():
+            raise ValueError(f"inversion {value!r} needs the source prompt, and source_prompt is empty; set "
+                             "source_prompt to what the clip shows, or use inversion: plain")
 
     @skip_fraction.validator
     def _check_skip(self, attribute: attrs.Attribute, value: float) -> None:

@@ -48,7 +48,7 @@ from stmod.core.pipeline.session import EditSession, latent_size, to_model_frame
 from stmod.core.protocols import (AttentionLevels, Backbone, CompositesFrames, ConditionsText, RecordsAttention,
                                   VideoBackbone)
 from stmod.core.registry import Registry
-from stmod.core.sampling import Schedule, denoise
+from stmod.core.sampling import Predict, Schedule, denoise, drift_corrections
 from stmod.core.st_layout.labels import downsample_masks
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.tokens import find_token_spans
@@ -371,38 +371,65 @@ class Editor:
         session, x0, schedule, timesteps = inverted.session, inverted.x0, inverted.schedule, inverted.timesteps
         spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
         branches: tuple[Branch, ...] = ("uncond", "cond") if spec.guidance != 1.0 else ("cond",)
+        trajectory = inverted.inversion.trajectory
+        # skip_fraction (the official blending_percentage): the first steps are skipped, yet the rest starts
+        # from the fully inverted latent, as the official loop does; step indices count the steps run
+        run = timesteps[spec.skipped_steps:]
+        corrections = _direct_corrections(session, trajectory, schedule, run, branches) \
+            if spec.inversion == "direct" else None
         request = _modulation_input(session, layout, len(x0), latent_size(x0))
         modulator.prepare(request)
         recorder = modulator.start_recording() if spec.save_attention and isinstance(modulator, RecordsAttention) else None
         text = _texts(modulator, request, backbone)
-        if spec.negative_prompt_inversion and "uncond" in branches:
+        if spec.inversion == "negative-prompt" and "uncond" in branches:
             text = _source_as_negative(text, backbone.encode_text([spec.source_prompt]))
-        unet_text, control_text = _batch_text(text, len(x0), branches)
-        guidance = spec.guidance
-
-        def predict(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-            kwargs = modulator.call_kwargs(phase="denoise", step_index=i, timestep=t, branches=branches)
-            session.step(phase="denoise", step_index=i, timestep=t, branches=branches)
-            eps = backbone.predict_noise(torch.cat([x] * len(branches)), t, unet_text,
-                                         controls=session.controls(len(branches)), control_text=control_text,
-                                         cross_attention_kwargs=kwargs)
-            if len(branches) == 1:
-                return eps
-            uncond, cond = eps.chunk(2)
-            return uncond + guidance * (cond - uncond)
-
-        context = _blend_context(session, layout, x0, inverted.inversion.trajectory, schedule)
+        predict = _guided(session, text, branches, len(x0))
+        context = _blend_context(session, layout, x0, trajectory, schedule)
 
         def blend(x: torch.Tensor, i: int, t: int, nxt: int) -> torch.Tensor:
             return session.components.blender.blend(x, step_index=i, timestep=t, next_timestep=nxt, context=context)
 
-        # skip_fraction (the official blending_percentage): the first steps are skipped, yet the rest starts
-        # from the fully inverted latent, as the official loop does; step indices count the steps run
-        run = timesteps[spec.skipped_steps:]
         with session.reporter.phase(len(run), "denoising") as bar, session.installed():
-            latents = denoise(inverted.inversion.trajectory[timesteps[0]], predict, schedule, run, blend=blend,
+            latents = denoise(trajectory[timesteps[0]], predict, schedule, run, blend=blend, corrections=corrections,
                               on_step_end=bar.step_end)
         return latents, recorder
+
+
+def _guided(session: EditSession, text: TextConditioning, branches: tuple[Branch, ...], frames: int) -> Predict:
+    """The denoising prediction with classifier-free guidance over ``branches``, the modulator's call
+    arguments and the extensions' step for each call."""
+    backbone, modulator, guidance = session.backbone, session.components.modulator, session.spec.guidance
+    unet_text, control_text = _batch_text(text, frames, branches)
+
+    def predict(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+        kwargs = modulator.call_kwargs(phase="denoise", step_index=i, timestep=t, branches=branches)
+        session.step(phase="denoise", step_index=i, timestep=t, branches=branches)
+        eps = backbone.predict_noise(torch.cat([x] * len(branches)), t, unet_text,
+                                     controls=session.controls(len(branches)), control_text=control_text,
+                                     cross_attention_kwargs=kwargs)
+        if len(branches) == 1:
+            return eps
+        uncond, cond = eps.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    return predict
+
+
+def _direct_corrections(session: EditSession, trajectory: Mapping[int, torch.Tensor], schedule: Schedule,
+                        run: list[int], branches: tuple[Branch, ...]) -> list[torch.Tensor]:
+    """Direct inversion's per-step corrections (:func:`~stmod.core.sampling.drift_corrections`): the source
+    prompt denoised from the inversion's own latents with the edit's guidance, ControlNets and extensions,
+    the modulator installed without regions, as in the inversion."""
+    spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
+    x0 = trajectory[0]
+    video: dict[str, Any] = {"text_length": backbone.text_length} if isinstance(backbone, VideoBackbone) else {}
+    source = ModulationInput(masks=None, num_frames=len(x0), latent_size=latent_size(x0),
+                             config=spec.modulation.resolved(spec.steps), prompt=spec.source_prompt,
+                             negative_prompt=spec.negative_prompt, **video)
+    modulator.prepare(source)
+    predict = _guided(session, _texts(modulator, source, backbone), branches, len(x0))
+    with session.reporter.phase(len(run), "direct inversion") as bar, session.installed():
+        return drift_corrections(trajectory, predict, schedule, run, on_step=lambda i: bar.update())
 
 
 def _latent_layout(backbone: Backbone, layout: LayoutMasks) -> LayoutMasks:
