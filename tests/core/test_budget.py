@@ -198,3 +198,17 @@ def test_modulated_steps_follow_the_window(end_step, steps, modulated) -> None:
     spec = EditSpec(video=VideoSource(path=Path("clip.mp4"), frames=4), prompt="a cat", steps=steps,
                     modulation=ModulationConfig(end_step=end_step))
     assert job_shape(spec).modulated_steps == modulated
+
+
+def test_direct_inversion_adds_one_guided_pass_without_modulation() -> None:
+    """``inversion: direct`` runs the steps once more, guided, unmodulated: a phase between inversion and
+    denoising that costs what denoising costs without its modulated kernel, and the same peak."""
+    plain = estimate(sd15_job(), sd15_models())
+    direct = estimate(attrs.evolve(sd15_job(), direct_inversion=True), sd15_models())
+    names = [p.name for p in direct.phases]
+    assert names == ["load", "encode", "inversion", "direct inversion", "denoising", "decoding"]
+    assert [p.name for p in plain.phases] == [n for n in names if n != "direct inversion"]
+    extra, unmodulated = direct.phases[3], estimate(attrs.evolve(sd15_job(), modulated_steps=0), sd15_models())
+    assert extra.seconds == pytest.approx(unmodulated.phases[3].seconds)
+    assert extra.peak_bytes == pytest.approx(unmodulated.phases[3].peak_bytes)
+    assert direct.seconds == pytest.approx(plain.seconds + extra.seconds)

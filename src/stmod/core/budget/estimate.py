@@ -187,6 +187,8 @@ def estimate(job: JobShape, models: ModelFootprint, rates: DeviceRates | None = 
         _vae_phase("encode", job, models, rates, vae, _resident(models, rates, weights, ("vae",)), data,
                    decoder=False),
         _unet_phase("inversion", job, models, rates, unet, latent, _resident(models, rates, weights, step), data),
+        *([_unet_phase("direct inversion", job, models, rates, unet, latent, _resident(models, rates, weights, step),
+                       data)] if job.direct_inversion else []),
         _unet_phase("denoising", job, models, rates, unet, latent, _resident(models, rates, weights, step), data),
         _vae_phase("decoding", job, models, rates, vae, _resident(models, rates, weights, ("vae",)), data,
                    decoder=True),
@@ -218,7 +220,7 @@ def _unet_phase(name: str, job: JobShape, models: ModelFootprint, rates: DeviceR
                 latent: tuple[int, int], resident: list[Part], data: float) -> PhaseEstimate:
     """One UNet (+ ControlNet) forward per step: ``F`` items (inversion) or ``branches × F`` (denoising)."""
     denoising = name == "denoising"
-    items = job.frames * (job.branches if denoising else 1)
+    items = job.frames * (job.branches if name != "inversion" else 1)  # direct inversion's pass is guided
     if unet is None:
         return PhaseEstimate(name, (*resident, Part("UNet activations", None)), None)
     item, factor = models.dtype_bytes, rates.activation_factor

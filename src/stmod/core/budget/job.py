@@ -90,6 +90,8 @@ class JobShape:
     budget_bytes: int = int(DEFAULT_BUDGET_MB * 2**20)
     #: Text prompts encoded (negative, global, one per local prompt).
     prompts: int = 2
+    #: Direct inversion: one more guided pass over the steps (the source prompt, no modulation).
+    direct_inversion: bool = False
 
     def with_frames(self, frames: int, modulation: ModulationConfig) -> JobShape:
         return attrs.evolve(self, frames=frames, focus=focus_of(modulation, frames))
@@ -125,4 +127,5 @@ def job_shape(spec: EditSpec, frames: int | None = None) -> JobShape:
                     branches=1 if spec.guidance == 1.0 else 2, focus=focus_of(config, frames),
                     modulated_steps=active, codes=len(spec.regions) + 1,
                     # budget: a raw job option (object); float() rejects what is not a number
-                    budget_bytes=int(float(cast(float, budget)) * 2**20), prompts=2 + len(spec.regions))
+                    budget_bytes=int(float(cast(float, budget)) * 2**20), prompts=2 + len(spec.regions),
+                    direct_inversion=spec.inversion == "direct")
