@@ -129,3 +129,36 @@ def test_inversion_modes_are_checked(tmp_path) -> None:
             job_from_mapping({**job, "inversion": mode}, base_dir=tmp_path)
     with pytest.raises(ConfigError, match="inversion"):
         job_from_mapping({**job, "source_prompt": "a dog", "inversion": "null-text"}, base_dir=tmp_path)
+
+
+def _first_prediction(monkeypatch: pytest.MonkeyPatch, job: object) -> torch.Tensor:
+    """The guided prediction of the first denoising step of ``job``."""
+    seen: list[torch.Tensor] = []
+    real_denoise = editor_module.denoise
+
+    def spy_denoise(x, predict, *args, **kwargs):
+        def recording(latents, t, i):
+            out = predict(latents, t, i)
+            seen.append(out.detach().clone())
+            return out
+        return real_denoise(x, recording, *args, **kwargs)
+
+    monkeypatch.setattr(editor_module, "denoise", spy_denoise)
+    Editor(fresh_plugin_manager().registry, progress=False, cache=False).run(job)
+    return seen[0]
+
+
+def test_guidance_rescale_gives_the_guided_prediction_the_conditional_spread(demo_job, tmp_path, monkeypatch) -> None:
+    """``guidance_rescale: 1`` rescales each frame's guided prediction to the spread of the conditional one
+    (the prediction at guidance 1 from the same latent); 0 leaves guidance as it was."""
+    def job(name: str, **changes) -> object:
+        return load_job(demo_job(output=str(tmp_path / name), **changes))
+
+    rescaled = _first_prediction(monkeypatch, job("rescaled", guidance_rescale=1.0))
+    conditional = _first_prediction(monkeypatch, job("conditional", guidance=1.0))
+    plain = _first_prediction(monkeypatch, job("plain"))
+    spread = lambda eps: eps.flatten(1).std(dim=1)  # noqa: E731
+    torch.testing.assert_close(spread(rescaled), spread(conditional), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(spread(plain), spread(conditional), rtol=1e-2)
+    torch.testing.assert_close(_first_prediction(monkeypatch, job("zero", guidance_rescale=0.0)), plain,
+                               rtol=0, atol=0)

@@ -343,6 +343,9 @@ class EditSpec:
     #: inverted latent anyway (the official ``blending_percentage``, which blends nothing despite its name).
     skip_fraction: float = number(0.0, low=0.0, high=1.0)
     guidance: float = number(7.5, low=0.0, high=100.0)
+    #: diffusers' ``guidance_rescale`` (Lin et al., 2023, §3.4): the guided prediction rescaled towards the
+    #: conditional one's spread per frame, by this share (0: off; 0.7 in the paper), against over-exposure.
+    guidance_rescale: float = number(0.0, low=0.0, high=1.0)
     #: How denoising keeps to the inversion: ``plain`` (the official code: DDIM inversion at guidance 1, then
     #: guided denoising, which drifts from it); ``direct`` (Ju et al., "PnP Inversion", ICLR 2024: each step
     #: is corrected by the drift that the same guided step makes from the inversion's own latent with the

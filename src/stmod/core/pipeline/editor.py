@@ -399,6 +399,10 @@ def _guided(session: EditSession, text: TextConditioning, branches: tuple[Branch
     """The denoising prediction with classifier-free guidance over ``branches``, the modulator's call
     arguments and the extensions' step for each call."""
     backbone, modulator, guidance = session.backbone, session.components.modulator, session.spec.guidance
+    rescale = session.spec.guidance_rescale
+    if rescale:
+        # diffusers' own, as its pipelines apply ``guidance_rescale``; imported here: the core imports no diffusers
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
     unet_text, control_text = _batch_text(text, frames, branches)
 
     def predict(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
@@ -410,7 +414,8 @@ def _guided(session: EditSession, text: TextConditioning, branches: tuple[Branch
         if len(branches) == 1:
             return eps
         uncond, cond = eps.chunk(2)
-        return uncond + guidance * (cond - uncond)
+        guided = uncond + guidance * (cond - uncond)
+        return rescale_noise_cfg(guided, cond, guidance_rescale=rescale) if rescale else guided
 
     return predict
 
