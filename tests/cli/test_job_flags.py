@@ -85,3 +85,10 @@ def test_check_with_an_existing_output_says_valid_and_what_edit_needs(job_file, 
     assert lines[0].startswith("ok: ") and lines[1].startswith("modulation: ")
     assert lines[2] == (f"note: the output folder {tmp_path / 'out'} exists: edit needs "
                         "--overwrite to replace it, or --out DIR")
+
+
+def test_inversion_flag(job_file) -> None:
+    """--inversion sets the job's inversion; without a source prompt check says which key is missing, one line."""
+    assert _printed([str(job_file()), "--inversion", "direct", "--source-prompt", "a man"])["inversion"] == "direct"
+    result = run_cli([*TESTING, "check", str(job_file()), "--inversion", "negative-prompt"], env=ENV)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "source_prompt" in result.stderr

@@ -90,6 +90,9 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, job_required: bool = F
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--steps", type=int, help="DDIM steps for inversion and denoising (default 50)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--inversion", choices=("plain", "direct", "negative-prompt"),
+                   help="how denoising keeps to the inversion: plain (official), direct (per-step drift corrections), "
+                        "negative-prompt; the last two need --source-prompt (default plain; docs/guide.md)")
     g.add_argument("--device", help="backbone device: cpu, cuda, cuda:1, auto (default auto: CUDA when available)")
     g.add_argument("--model", type=model_location, metavar="ID|DIR|FILE",
                    help="backbone weights: hub id, diffusers folder or .safetensors (sd15; default "
@@ -129,7 +132,7 @@ def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if video:
         out["video"] = video
     for key, attr in (("prompt", "prompt"), ("source_prompt", "source_prompt"), ("negative_prompt", "negative_prompt"),
-                      ("seed", "seed"), ("steps", "steps"), ("guidance", "guidance"), ("output", "out"),
+                      ("seed", "seed"), ("steps", "steps"), ("guidance", "guidance"), ("inversion", "inversion"), ("output", "out"),
                       ("overwrite", "overwrite"), ("save_attention", "save_attention")):
         if getattr(args, attr) is not None:
             out[key] = getattr(args, attr)
