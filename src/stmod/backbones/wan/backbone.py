@@ -9,6 +9,7 @@ the CPU); the VAE always in float32, as diffusers' Wan examples load it. See ``d
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -128,9 +129,22 @@ class WanBackbone:
         check_location(self.options.model, what="Wan model", subfolders=_PARTS, base_dir=base_dir)
 
     def attention_levels(self, base_dir: Path | None = None) -> tuple[int, ...]:
-        """No UNet levels: a layout that clusters UNet features (``kmeans``) is refused by ``check``, before
-        loading (K-Means on Wan's block features is not implemented yet)."""
-        return ()
+        """Every block attends at one grid, level 1 in the core's terms (:mod:`stmod.core.levels`): the
+        1×2×2 patch halves the latent grid as a UNet's first down-sampling does, so a K-Means layout's
+        default ``level: 1`` is Wan's token grid and any other level is refused by ``check``."""
+        return (1,)
+
+    def attention_blocks(self, base_dir: Path | None = None) -> int | None:
+        """The transformer's block count (``num_layers``) from ``transformer/config.json`` of a local folder or
+        the HF cache, no weights read (:class:`~stmod.core.protocols.AttentionBlocks`); ``None`` when absent."""
+        if self.transformer is not None:
+            return len(self.transformer.blocks)  # type: ignore[arg-type]  # an nn.ModuleList
+        try:
+            location = Path(check_location(self.options.model, what="Wan model", base_dir=base_dir))
+            config = json.loads((location / "transformer" / "config.json").read_text(encoding="utf-8"))
+            return int(config["num_layers"])
+        except (OSError, ValueError, KeyError, TypeError, CheckpointError):
+            return None
 
     def check_clip(self, clip: Any) -> None:
         """Refuse a frame count the causal VAE cannot take (``1 + 4k``), naming the nearest valid counts."""
