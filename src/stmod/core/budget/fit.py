@@ -59,11 +59,11 @@ def _window(job: JobShape, models: ModelFootprint, modulation: ModulationConfig,
             rates: DeviceRates | None) -> Suggestion | None:
     if modulation.temporal in ("per-frame", "sparse-causal"):
         return None
-    for length in (w for w in WINDOWS if w < job.frames):
+    for length in (w for w in WINDOWS if w < job.latent_frames):  # windows count latent frames
         config = attrs.evolve(modulation, temporal="window", window_frames=length,
                               window_overlap=min(modulation.window_overlap, length // 4),
                               anchor_frames=min(modulation.anchor_frames, length // 2))
-        found = estimate(attrs.evolve(job, focus=focus_of(config, job.frames)), models, rates)
+        found = estimate(attrs.evolve(job, focus=focus_of(config, job.latent_frames)), models, rates)
         if fits(found, free):
             return Suggestion(f"modulation: {{temporal: window, window_frames: {length}, window_overlap: "
                               f"{config.window_overlap}, anchor_frames: {config.anchor_frames}}}", found)
