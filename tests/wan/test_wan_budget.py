@@ -156,3 +156,14 @@ def _spec(tmp_path: Path, make_clip, tiny_wan: Path):
 
 def test_cuda_rates_are_still_assumptions() -> None:
     assert not CUDA.measured  # until bench/gpu.sh's wan row has run on a GPU
+
+
+def test_fewer_frames_suggested_for_wan_are_counts_its_vae_takes() -> None:
+    """On a GPU too small for 81 frames of the 14B, the suggested frame count is 1 + 4k (check would refuse others)."""
+    from stmod.core.budget.fit import suggestions
+
+    found = suggestions(_job(), _footprint(WAN_14B), ModulationConfig(), 50 * GIB)
+    frames = [s for s in found if s.change.startswith("video.frames")]
+    assert frames, [s.change for s in found]
+    count = int(frames[0].change.split(":")[1].split("(")[0])
+    assert (count - 1) % 4 == 0 and count < 81

@@ -151,3 +151,16 @@ def test_transformer_block_matching() -> None:
     assert second.takes(TransformerBlock(2, 30)) and not second.takes(TransformerBlock(15, 30))
     assert default.takes(None) and not second.takes(None)
     assert FeatureRequest.from_list(second.as_list()) == second and default.as_list() == [1, 3, 16]
+
+
+def test_boxes_refined_by_clusters_on_wan(tmp_path: Path, make_clip, tiny_wan: Path) -> None:
+    """``boxes`` with ``refine`` clusters Wan's features too: one mask per clip frame, inside its box."""
+    layout = {"name": "boxes", "boxes": {"cat": {0: [0, 0, 32, 64]}, "dog": {0: [32, 0, 64, 64]}}, "refine": 2}
+    job = _job(tmp_path, make_clip, tiny_wan)
+    data = yaml.safe_load(job.read_text())
+    data["layout"] = layout
+    job.write_text(yaml.safe_dump(data))
+    editor = Editor(fresh_plugin_manager().registry, progress=False, cache=False)
+    masks = editor.layout(load_job(job)).layout.masks.numpy()
+    assert masks.shape == (9, 2, 64, 64) and masks[:, 0].any() and masks[:, 1].any()
+    assert not masks[:, 0, :, 32:].any() and not masks[:, 1, :, :32].any()

@@ -41,13 +41,15 @@ def fits(found: Estimate, free_bytes: float) -> bool:
 
 def _fewest_frames(job: JobShape, models: ModelFootprint, modulation: ModulationConfig, free: float,
                    rates: DeviceRates | None) -> Suggestion | None:
-    """The largest frame count below the job's that fits (the peak grows with frames: bisection)."""
-    low, high, best = 1, job.frames - 1, None
+    """The largest frame count below the job's that fits (the peak grows with frames: bisection); with a
+    causal video VAE only counts it takes (``1 + r·k``)."""
+    counts = [f for f in range(1, job.frames) if (f - 1) % job.time_ratio == 0]
+    low, high, best = 0, len(counts) - 1, None
     while low <= high:
         middle = (low + high) // 2
-        found = estimate(job.with_frames(middle, modulation), models, rates)
+        found = estimate(job.with_frames(counts[middle], modulation), models, rates)
         if fits(found, free):
-            low, best = middle + 1, (middle, found)
+            low, best = middle + 1, (counts[middle], found)
         else:
             high = middle - 1
     if best is None:
