@@ -79,7 +79,8 @@ def predict(backbone: Any, frames: int, height: int, width: int, steps: int) -> 
     models = ModelFootprint(device="cuda" if cuda else "cpu", dtype_bytes=backbone.dtype.itemsize,
                             unet=component(backbone.transformer), vae=component(backbone.vae),
                             text_encoder=Component(params=0, file_bytes=0, config={}), denoiser="transformer",
-                            time_ratio=4, vae_dtype_bytes=4, kernel="triton" if _triton(backbone.device) else "two-pass")
+                            time_ratio=4, vae_dtype_bytes=4,
+                            kernel="triton" if _triton(backbone.device) else "two-pass")
     job = JobShape(frames=frames, height=height, width=width, steps=steps, modulated_steps=steps, codes=3, time_ratio=4)
     return estimate(attrs.evolve(job, focus=focus_of(ModulationConfig(), job.latent_frames)), models)
 

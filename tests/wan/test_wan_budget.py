@@ -55,7 +55,7 @@ def test_the_named_sizes() -> None:
 
 
 def test_tokens_through_the_causal_vae_and_the_patch() -> None:
-    """81 frames → 21 latent frames of 30 × 52 tokens at 480×832: 32 760 tokens; 6 frames round up like the VAE's."""
+    """81 frames → 21 latent frames of 30 × 52 tokens at 480×832: 32 760 tokens."""
     shape = dit_shape(WAN_1_3B)
     assert latent_frames(81, 4) == 21 and latent_frames(1, 4) == 1 and latent_frames(17, 4) == 5
     assert dit_tokens(480, 832, shape) == 30 * 52
@@ -105,7 +105,7 @@ def test_81_frames_480p_are_predicted_sensibly(config: dict, low: float, high: f
     assert resident == 2 * dit_params(dit_shape(config)) + 4 * VAE_PARAMS + 2 * UMT5_XXL_PARAMS, parts
     assert low < found.peak_bytes / GIB < high, found.peak_bytes / GIB
     denoise = next(p for p in found.phases if p.name == "denoising")
-    activations = next(b for name, b in ((p.name, p.bytes) for p in denoise.parts) if name.startswith("transformer act"))
+    activations = next(p.bytes for p in denoise.parts if p.name.startswith("transformer act"))
     shape = dit_shape(config)
     dense_map = 2 * shape.heads * 32760**2 * 2  # what never exists: one layer's scores, both branches
     assert 1 * GIB < activations < dense_map / 10

@@ -84,7 +84,7 @@ def test_features_are_one_blocks_attention_on_the_token_grid(wan_backbone, block
 
 
 def test_clip_frames_take_their_latent_frames_features(wan_backbone) -> None:
-    """Clip frame i is described by latent frame ⌈i/4⌉ (the VAE's groups); a one-latent-per-frame backbone: same frames."""
+    """Clip frame i is described by latent frame ⌈i/4⌉ (the VAE's groups); one latent per frame: the same frames."""
     assert clip_frame_rows(wan_backbone, 9) == (0, 1, 1, 1, 1, 2, 2, 2, 2)
     assert clip_frame_rows(IdentityBackbone(), 4) == ()
     request = FeatureRequest(level=1, reference_frames=1)

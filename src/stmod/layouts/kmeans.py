@@ -37,7 +37,8 @@ Features are per latent frame; each clip frame takes its latent frame's labels (
 then groups of four), so a cluster's mask changes every four frames there.
 
 **Cache:** the features are stored with the inversion in the inversion cache (key includes
-``level`` and ``reference_frames``), so trying another ``clusters`` count does not invert again.
+``level``, ``reference_frames`` and a ``block`` that is set), so trying another ``clusters`` count does
+not invert again.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class KMeansOptions:
     assign: Mapping[str, tuple[Pick, ...]] = field(factory=dict, converter=_assign_table)
     #: A region that takes every cluster no other region of this entry takes.
     rest: str | None = None
-    #: UNet level of the features: 0 = latent grid (64² at 512²), 1 = half (32², the official choice).
+    #: UNet level of the features: 0 = latent grid (64² at 512²), 1 = half (32², the official choice; on wan
+    #: the only level: its token grid).
     level: int = number(1, low=0, high=MAX_LEVEL)
     #: Transformer backbones (``wan``): the block whose attention is recorded (``None``: the middle block).
     block: int | None = number(None, low=0, high=1000)

@@ -29,7 +29,8 @@ TINY_WAN_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attenti
                             qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
 
 #: The tiny ``AutoencoderKLWan``: Wan's compression (4× in time, 8× in space, 16 latent channels), 3 base channels.
-TINY_WAN_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+TINY_WAN_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                    temperal_downsample=[False, True, True])
 
 
 def tiny_tokenizer(words: Sequence[str] = WORDS) -> PreTrainedTokenizerFast:

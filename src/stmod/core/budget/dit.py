@@ -103,7 +103,8 @@ def dit_shape(config: Mapping[str, Any]) -> DiTShape | None:
         return DiTShape(layers=int(config["num_layers"]), heads=int(config["num_attention_heads"]),
                         head_dim=int(config["attention_head_dim"]), ffn=int(config["ffn_dim"]),
                         text_dim=int(config.get("text_dim", 4096)), freq_dim=int(config.get("freq_dim", 256)),
-                        in_channels=int(config.get("in_channels", 16)), out_channels=int(config.get("out_channels", 16)),
+                        in_channels=int(config.get("in_channels", 16)),
+                        out_channels=int(config.get("out_channels", 16)),
                         patch=(patch[0], patch[1], patch[2]), cross_norm=bool(config.get("cross_attn_norm", True)),
                         qk_norm=config.get("qk_norm", "rms_norm_across_heads") is not None)
     except (KeyError, TypeError, ValueError, IndexError):

@@ -1,5 +1,6 @@
-"""The estimate of one edit on a video diffusion transformer (``wan``): the phases of :mod:`.estimate` (shared parts: :mod:`.phases`)
-with the transformer and Wan's causal video VAE in place of the UNet and the image VAE.
+"""The estimate of one edit on a video diffusion transformer (``wan``): the phases of :mod:`.estimate`
+(shared parts: :mod:`.phases`) with the transformer and Wan's causal video VAE in place of the UNet and
+the image VAE.
 
 What differs from the UNet's estimate, and why:
 

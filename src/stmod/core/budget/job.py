@@ -139,6 +139,6 @@ def job_shape(spec: EditSpec, frames: int | None = None, *, time_ratio: int = 1)
     budget = spec.modulator.options.get("budget_mb", DEFAULT_BUDGET_MB) if spec.modulator else DEFAULT_BUDGET_MB
     shape = JobShape(frames=frames, height=height, width=width, steps=spec.steps, time_ratio=time_ratio)
     return attrs.evolve(shape, branches=1 if spec.guidance == 1.0 else 2, focus=focus_of(config, shape.latent_frames),
-                    modulated_steps=active, codes=len(spec.regions) + 1,
-                    # budget: a raw job option (object); float() rejects what is not a number
-                    budget_bytes=int(float(cast(float, budget)) * 2**20), prompts=2 + len(spec.regions))
+                        modulated_steps=active, codes=len(spec.regions) + 1,
+                        # budget: a raw job option (object); float() rejects what is not a number
+                        budget_bytes=int(float(cast(float, budget)) * 2**20), prompts=2 + len(spec.regions))
