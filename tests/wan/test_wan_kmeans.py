@@ -164,3 +164,15 @@ def test_boxes_refined_by_clusters_on_wan(tmp_path: Path, make_clip, tiny_wan: P
     masks = editor.layout(load_job(job)).layout.masks.numpy()
     assert masks.shape == (9, 2, 64, 64) and masks[:, 0].any() and masks[:, 1].any()
     assert not masks[:, 0, :, 32:].any() and not masks[:, 1, :, :32].any()
+
+
+def test_word_positions_are_the_text_rows_the_features_are_over(wan_backbone) -> None:
+    """Clusters are named by the source prompt's words through ``cross`` rows over Wan's 512 text positions: a
+    word's positions are its token's row of the condition (position 0 the start row umT5 lacks, zero)."""
+    from stmod.core.features import word_positions
+
+    words = word_positions(wan_backbone.tokenizer, PROMPT)
+    assert words == {"a": (1, 4), "cat": (2,), "and": (3,), "dog": (5,)}
+    text = wan_backbone.encode_text([PROMPT])[0]
+    assert torch.count_nonzero(text[0]) == 0 and torch.count_nonzero(text[2]) > 0
+    assert text.shape[0] == 512 and torch.count_nonzero(text[7:]) == 0  # 5 words and </s>: rows 1-6
