@@ -7,7 +7,10 @@
 #      time per phase and peak GPU memory (bench/edit.py --full-sd15);
 #   3. predicted (stmod-run check's estimate) against measured peak GPU memory and seconds per phase of
 #      the same model at 16 and 32 frames 512x512, 10 + 10 steps (the peak does not depend on the steps;
-#      the seconds per step do not either): bench/memory.py --cuda, reusing step 2's model folder.
+#      the seconds per step do not either): bench/memory.py --cuda, reusing step 2's model folder;
+#   4. wan: Wan 2.1's 1.3B transformer (bf16) and VAE (fp32) with random weights at 17 and 33 frames 480x832,
+#      predicted against measured peak GPU memory and seconds per phase / step (2 inversion and 2 modulated
+#      denoising steps after a warm-up): bench/wan.py; a row is printed as soon as it is measured.
 # Without a GPU it says so in one line and exits 0. Usage: bash bench/gpu.sh  (PYTHON=... to pick the interpreter)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +27,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 "$PY" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not installed (the Triton rows fail)"
 echo "== attention kernels (fp16) =="
 WORK=$(mktemp -d -t stmod-gpu-XXXXXX)
-timeout 100 "$PY" bench/attention.py --cuda-kernels --repeats 5 || { echo "attention kernels failed or timed out"; status=1; }
+timeout 90 "$PY" bench/attention.py --cuda-kernels --repeats 5 || { echo "attention kernels failed or timed out"; status=1; }
 echo "== full-size SD 1.5 + ControlNet edit, random weights, 16 frames 512x512, 50+50 steps =="
-timeout 220 "$PY" bench/edit.py --full-sd15 --frames 16 --steps 50 --size 512 --work "$WORK" || { echo "edit failed or timed out"; status=1; }
+timeout 180 "$PY" bench/edit.py --full-sd15 --frames 16 --steps 50 --size 512 --work "$WORK" || { echo "edit failed or timed out"; status=1; }
 echo "== predicted vs measured GPU memory and phase seconds, SD 1.5 + ControlNet, 16 and 32 frames 512x512, 10+10 steps =="
-timeout 160 "$PY" bench/memory.py --cuda --backbone sd15 --frames 16 32 --size 512 --steps 10 --work "$WORK" || { echo "memory bench failed or timed out"; status=1; }
+timeout 120 "$PY" bench/memory.py --cuda --backbone sd15 --frames 16 32 --size 512 --steps 10 --work "$WORK" || { echo "memory bench failed or timed out"; status=1; }
+echo "== wan: Wan 2.1 1.3B config, random weights, 17 and 33 frames 480x832, predicted vs measured =="
+timeout 90 "$PY" bench/wan.py --frames 17 33 --height 480 --width 832 --steps 2 --json "$WORK/wan.json" || { echo "wan bench failed or timed out"; status=1; }
 exit $status

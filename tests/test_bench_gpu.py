@@ -39,6 +39,20 @@ def test_gpu_script_fits_its_budget_and_predicts_a_32_frame_edit() -> None:
     assert done.returncode == 0 and "--cuda" in done.stdout
 
 
+def test_wan_row_runs_on_the_cpu_with_the_tiny_config() -> None:
+    """The wan step of bench/gpu.sh (1.3B config on CUDA) runs end to end with ``--tiny`` on the CPU and prints a
+    predicted-vs-measured row for every phase."""
+    text = (ROOT / "bench" / "gpu.sh").read_text()
+    line = next(line for line in text.splitlines() if '"$PY" bench/wan.py' in line)
+    assert line.startswith("timeout ") and "--frames 17 33" in line and "--height 480 --width 832" in line
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "wan.py"), "--tiny", "--frames", "5", "--height", "64",
+                           "--width", "64", "--steps", "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| tiny | 5 |")]
+    assert [row.split("|")[3].strip() for row in rows] == ["encode", "inversion", "denoising", "decoding"]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_attention_kernel_variants_of_the_gpu_table_agree_in_the_interpreter() -> None:
     """The variants bench/gpu.sh times (two-pass, Triton as the tokens come, Triton sorted) run and agree

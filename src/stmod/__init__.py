@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from stmod.core.io.video import ClipPlan
     from stmod.core.pipeline.editor import EditResult, LayoutResult
     from stmod.core.budget.job import ModelFootprint
-    from stmod.core.protocols import (AttentionLevels, Backbone, Blender, ChecksJob, ChecksWeights, CompositesFrames,
+    from stmod.core.protocols import (AttentionBlocks, AttentionLevels, Backbone, Blender, ChecksJob, ChecksWeights, CompositesFrames,
                                       ConditionsText, ControlAnnotator, DescribesFootprint, Extension, FeatureRecording, FollowsSteps, LayoutProvider,
                                       LayoutReporting, Modulator, Phase, PreparesFromClip, RecordsAttention,
                                       Tokenizer)
@@ -57,7 +57,7 @@ _LAZY = {
                     "stmod.core.types"),
     **dict.fromkeys(("Backbone", "LayoutProvider", "Modulator", "Blender", "ControlAnnotator", "Extension", "Phase",
                      "Tokenizer", "LayoutReporting", "ConditionsText", "FeatureRecording", "RecordsAttention",
-                     "DescribesFootprint", "ChecksJob", "PreparesFromClip", "FollowsSteps", "AttentionLevels",
+                     "DescribesFootprint", "ChecksJob", "PreparesFromClip", "FollowsSteps", "AttentionLevels", "AttentionBlocks",
                      "ChecksWeights", "CompositesFrames"),
                     "stmod.core.protocols"),
     "ModelFootprint": "stmod.core.budget.job",

@@ -85,3 +85,12 @@ def test_cache_keeps_features_and_never_skips_recording(demo_job, editor: Editor
     assert second.components.layouts[0][0].feature_request == FeatureRequest(level=0, reference_frames=3)
     finer = editor.layout(with_kmeans(level=1, assign={"square": 0, "disc": 1}))
     assert finer.run["inversion"]["cached"] is False  # the key covers the feature request
+
+
+def test_a_transformer_block_is_refused_on_a_unet_backbone(demo_job, editor: Editor) -> None:
+    """``block`` picks a DiT block (wan); on sd15 it is one line naming the option, the value and the fix."""
+    from stmod.core.errors import LayoutError
+
+    job = demo_job(layout={**KMEANS, "assign": {"square": 0, "disc": 1}, "block": 3})
+    with pytest.raises(LayoutError, match=r"block: 3 picks a transformer block, and backbone 'sd15' has UNet levels"):
+        editor.check(load_job(job))

@@ -53,13 +53,3 @@ def test_control_entries_are_refused_by_check(tmp_path: Path, make_clip, tiny_wa
     job.write_text(yaml.safe_dump(data))
     result = run_cli(["check", str(job)], env=ENV)
     assert result.exit_code == 2 and "no ControlNets" in result.stderr, result.stderr
-
-
-def test_kmeans_layout_is_refused_by_check(tmp_path: Path, make_clip, tiny_wan: Path) -> None:
-    """K-Means clusters UNet-level features, which Wan has not: one line in ``check``, before any model loads."""
-    job = _job(tmp_path, make_clip, tiny_wan)
-    data = yaml.safe_load(job.read_text())
-    data["layout"] = {"name": "kmeans", "clusters": 2, "assign": {"cat": 0, "dog": 1}}
-    job.write_text(yaml.safe_dump(data))
-    result = run_cli(["check", str(job)], env=ENV)
-    assert result.exit_code == 2 and "no attention layer in backbone 'wan'" in result.stderr, result.stderr

@@ -5,7 +5,12 @@ editor run the inversion *before* the layout, with an :class:`InversionFeatureRe
 result to the provider as ``LayoutRequest.features`` (:class:`InversionFeatures`).
 
 **What is recorded, per token of one UNet level** (``level`` 0 is the latent grid, 1 is half of it —
-32×32 at 512², the resolution the official code clusters — and so on):
+32×32 at 512², the resolution the official code clusters — and so on). On a transformer whose layers are
+all at one grid (Wan 2.1: level 1, the 2×2 patch), the layers are its blocks and a request picks **one
+block** (:attr:`FeatureRequest.block`; by default the middle one) instead of averaging them: a DiT's
+blocks are not several layers of one role at one resolution as a UNet level's are, and which depth
+carries object-level features is a property of the model (studies of DiT features find mid-depth blocks
+best), so the block is a knob, not an average:
 
 ``self_rows``
     The token's self-attention *row over the keys of a few reference frames* (``reference_frames``,
@@ -35,6 +40,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from attrs import field, frozen, validators
@@ -49,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FeatureRequest",
+    "TransformerBlock",
     "FeatureMaps",
     "InversionFeatures",
     "InversionFeatureRecorder",
@@ -74,18 +81,43 @@ class FeatureRequest:
         (32×32, the official choice), ...
     :ivar reference_frames: how many evenly spaced frames the self-attention rows are taken over.
     :ivar key_grid: reference keys are mean-pooled to at most ``key_grid × key_grid`` cells.
+    :ivar block: on a transformer backbone (layers named by :class:`TransformerBlock`), the block whose
+        attention is recorded; ``None``: the middle block there, and every layer of ``level`` on a UNet.
     """
 
     level: int = field(default=1, validator=validators.ge(0))
     reference_frames: int = field(default=3, validator=validators.ge(1))
     key_grid: int = field(default=16, validator=validators.ge(1))
+    block: int | None = field(default=None, validator=validators.optional(validators.ge(0)))
 
     def grid(self, latent_size: Sequence[int]) -> tuple[int, int]:
         """``(h, w)`` of this level for latents of ``latent_size`` (each level halves, rounding up)."""
         return level_grid(latent_size, self.level)
 
     def as_list(self) -> list[int]:
-        return [self.level, self.reference_frames, self.key_grid]
+        # no block: the three numbers cache keys always had, so UNet entries stored before stay valid
+        head = [self.level, self.reference_frames, self.key_grid]
+        return head if self.block is None else [*head, self.block]
+
+    @classmethod
+    def from_list(cls, values: Sequence[int]) -> FeatureRequest:
+        """The inverse of :meth:`as_list`."""
+        level, refs, key_grid, *block = (int(v) for v in values)
+        return cls(level=level, reference_frames=refs, key_grid=key_grid, block=block[0] if block else None)
+
+    def takes(self, block: TransformerBlock | None) -> bool:
+        """Whether a layer call of ``block`` (``None``: a UNet layer) is recorded for this request."""
+        if block is None:
+            return self.block is None
+        return block.index == (block.count // 2 if self.block is None else self.block)
+
+
+@frozen
+class TransformerBlock:
+    """Where a transformer backbone's attention call comes from: block ``index`` of ``count`` blocks."""
+
+    index: int
+    count: int
 
 
 def reference_positions(frames: int, count: int) -> tuple[int, ...]:
@@ -135,41 +167,55 @@ class InversionFeatures:
         occurrence; position 0 is the start token), for naming clusters by words.
     :ivar prompt: the source prompt.
     :ivar levels: the UNet levels at which self-attention was seen (for error messages).
+    :ivar blocks: how many transformer blocks the model has (0: a UNet), for error messages.
+    :ivar frame_rows: per clip frame, the feature frame that describes it — ``()`` when they are the same
+        frames (one latent per frame); on Wan, clip frame ``i`` is latent frame ``⌈i/4⌉``
+        (:meth:`per_clip_frame`).
     """
 
     maps: tuple[FeatureMaps, ...] = field(converter=as_tuple)
     words: Mapping[str, tuple[int, ...]] = field(factory=dict)
     prompt: str = ""
     levels: tuple[int, ...] = field(default=(), converter=as_tuple)
+    blocks: int = 0
+    frame_rows: tuple[int, ...] = field(default=(), converter=as_tuple)
 
     def get(self, request: FeatureRequest) -> FeatureMaps:
-        """The maps of ``request``; a :class:`LayoutError` when that level had no attention layer."""
+        """The maps of ``request``; a :class:`LayoutError` when that level (block) had no attention layer."""
         for maps in self.maps:
             if maps.request == request and maps.self_calls and maps.cross_calls:
                 return maps
+        if request.block is not None and self.blocks:
+            raise LayoutError(f"layout option block: {request.block} is not a block of the transformer (blocks "
+                              f"0-{self.blocks - 1}); choose one of those")
         seen = ", ".join(map(str, self.levels)) or "none"
         raise LayoutError(f"no attention layer at UNet level {request.level} was recorded during inversion "
                           f"(levels with attention: {seen}); choose one of those with the option level")
 
+    def per_clip_frame(self, labels: np.ndarray) -> np.ndarray:
+        """Per-feature-frame ``labels`` ``(f, …)`` → one entry per clip frame ``(F, …)`` (:attr:`frame_rows`)."""
+        return labels[list(self.frame_rows)] if self.frame_rows else labels
+
     def to_state(self) -> dict[str, Any]:
-        """Plain data (lists, ints, CPU tensors) for the inversion cache; ``words`` are not kept."""
-        return {"levels": list(self.levels), "maps": [
+        """Plain data (lists, ints, CPU tensors) for the inversion cache; ``words`` and ``frame_rows`` (the
+        backbone's, recomputed on load) are not kept."""
+        return {"levels": list(self.levels), "blocks": self.blocks, "maps": [
             {"request": m.request.as_list(), "grid": list(m.grid), "reference": list(m.reference),
              "self": m.self_rows.cpu(), "cross": m.cross.cpu(), "calls": [m.self_calls, m.cross_calls]}
             for m in self.maps]}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], *, words: Mapping[str, tuple[int, ...]] | None = None,
-                   prompt: str = "") -> InversionFeatures:
-        """The inverse of :meth:`to_state`, with the source prompt's ``words`` added."""
+                   prompt: str = "", frame_rows: Sequence[int] = ()) -> InversionFeatures:
+        """The inverse of :meth:`to_state`, with the source prompt's ``words`` and the clip's ``frame_rows``."""
         maps = []
         for m in state["maps"]:
-            level, refs, key_grid = (int(v) for v in m["request"])
             maps.append(FeatureMaps(
-                request=FeatureRequest(level=level, reference_frames=refs, key_grid=key_grid),
+                request=FeatureRequest.from_list(m["request"]),
                 grid=tuple(int(v) for v in m["grid"]), reference=tuple(int(v) for v in m["reference"]),
                 self_rows=m["self"], cross=m["cross"], self_calls=int(m["calls"][0]), cross_calls=int(m["calls"][1])))
-        return cls(maps=maps, words=dict(words or {}), prompt=prompt, levels=tuple(int(v) for v in state["levels"]))
+        return cls(maps=maps, words=dict(words or {}), prompt=prompt, levels=tuple(int(v) for v in state["levels"]),
+                   blocks=int(state.get("blocks", 0)), frame_rows=tuple(frame_rows))
 
 
 def word_positions(tokenizer: Tokenizer | None, prompt: str) -> dict[str, tuple[int, ...]]:
@@ -226,25 +272,33 @@ class InversionFeatureRecorder:
         self._sums = [_Sums(r, r.grid(self.latent_size), reference_positions(self.num_frames, r.reference_frames))
                       for r in requests]
         self._levels: set[int] = set()
+        self._blocks = 0
 
-    def wants(self, tokens: int) -> bool:
-        """Whether a layer with ``tokens`` tokens per frame is recorded (noting the level either way)."""
+    def wants(self, tokens: int, block: TransformerBlock | None = None) -> bool:
+        """Whether a layer with ``tokens`` tokens per frame (of transformer ``block``; ``None``: a UNet layer)
+        is recorded (noting the level and the block count either way)."""
         level = level_of(tokens, self.latent_size)
         if level is not None:
             self._levels.add(level)
-        return any(s.grid[0] * s.grid[1] == tokens for s in self._sums)
+        if block is not None:
+            self._blocks = max(self._blocks, block.count)
+        return any(self._records(s, tokens, block) for s in self._sums)
+
+    @staticmethod
+    def _records(sums: _Sums, tokens: int, block: TransformerBlock | None) -> bool:
+        return sums.grid[0] * sums.grid[1] == tokens and sums.request.takes(block)
 
     def _check(self, q: torch.Tensor) -> None:
         if q.ndim != 4 or q.shape[0] != self.num_frames:
             raise ValueError(f"expected (F={self.num_frames}, heads, tokens, dim) queries, got {tuple(q.shape)}")
 
     @torch.no_grad()
-    def add_self(self, q: torch.Tensor, k: torch.Tensor) -> None:
+    def add_self(self, q: torch.Tensor, k: torch.Tensor, block: TransformerBlock | None = None) -> None:
         """One self-attention call: ``q, k`` ``(F, heads, N, d)`` of one video (any float dtype)."""
         self._check(q)
         frames, heads, n, d = q.shape
         for sums in self._sums:
-            if sums.grid[0] * sums.grid[1] != n:
+            if not self._records(sums, n, block):
                 continue
             kh, kw = sums.key_grid
             cells = kh * kw
@@ -261,12 +315,12 @@ class InversionFeatureRecorder:
             sums.self_calls += 1
 
     @torch.no_grad()
-    def add_cross(self, q: torch.Tensor, k: torch.Tensor) -> None:
+    def add_cross(self, q: torch.Tensor, k: torch.Tensor, block: TransformerBlock | None = None) -> None:
         """One cross-attention call: ``q`` ``(F, heads, N, d)``, text keys ``k`` ``(F, heads, T, d)``."""
         self._check(q)
         frames, heads, n, d = q.shape
         for sums in self._sums:
-            if sums.grid[0] * sums.grid[1] != n:
+            if not self._records(sums, n, block):
                 continue
             probs = torch.softmax((q.float() * d**-0.5) @ k.float().transpose(-1, -2), dim=-1).mean(1)
             if sums.cross is None:
@@ -274,7 +328,8 @@ class InversionFeatureRecorder:
             sums.cross += probs.reshape(frames * n, -1)
             sums.cross_calls += 1
 
-    def result(self, *, words: Mapping[str, tuple[int, ...]] | None = None, prompt: str = "") -> InversionFeatures:
+    def result(self, *, words: Mapping[str, tuple[int, ...]] | None = None, prompt: str = "",
+               frame_rows: Sequence[int] = ()) -> InversionFeatures:
         """The averaged features so far (CPU float32 tensors)."""
         maps = []
         for s in self._sums:
@@ -286,4 +341,5 @@ class InversionFeatureRecorder:
                 self_rows=(rows / max(1, s.self_calls)).cpu().reshape(self.num_frames, h, w, -1),
                 cross=(cross / max(1, s.cross_calls)).cpu().reshape(self.num_frames, h, w, -1),
                 self_calls=s.self_calls, cross_calls=s.cross_calls))
-        return InversionFeatures(maps=maps, words=dict(words or {}), prompt=prompt, levels=tuple(sorted(self._levels)))
+        return InversionFeatures(maps=maps, words=dict(words or {}), prompt=prompt, levels=tuple(sorted(self._levels)),
+                                 blocks=self._blocks, frame_rows=tuple(frame_rows))

@@ -47,6 +47,7 @@ __all__ = [
     "PreparesFromClip",
     "FollowsSteps",
     "AttentionLevels",
+    "AttentionBlocks",
     "ControlAnnotator",
     "JobFormat",
     "Phase",
@@ -230,6 +231,16 @@ class AttentionLevels(Protocol):
 
     def attention_levels(self, base_dir: Path | None = None) -> tuple[int, ...] | None:
         """The levels with attention layers, read from the model's config (``None``: cannot tell yet)."""
+
+
+@runtime_checkable
+class AttentionBlocks(Protocol):
+    """**Optional ability** of a transformer backbone whose attention layers are blocks at one grid (Wan):
+    say how many, so a layout's ``block`` (K-Means features, :attr:`FeatureRequest.block`) is checked with
+    the job; a backbone without it takes no ``block``."""
+
+    def attention_blocks(self, base_dir: Path | None = None) -> int | None:
+        """How many transformer blocks the model has, from its config (``None``: cannot tell yet)."""
 
 
 @runtime_checkable

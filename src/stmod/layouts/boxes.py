@@ -202,6 +202,7 @@ class BoxLayoutProvider:
                               "through the Editor (stmod-run edit or stmod-run layout)")
         assert self.feature_request is not None  # set whenever options.refine is, the only caller's condition
         labels = cluster_self_rows(request.features.get(self.feature_request).self_rows.numpy(), self.options.refine)
+        labels = request.features.per_clip_frame(labels)  # per latent frame → per clip frame (wan)
         pixels = upsample_labels(labels, *boxes[0].shape[1:])
         refined = []
         for region, box in zip(regions, boxes):

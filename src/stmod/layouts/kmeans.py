@@ -30,8 +30,15 @@ Example job entries::
 A cluster belongs to at most one region of an entry: two regions that end up with the same cluster
 (e.g. two words naming one cluster) are an error that names both and suggests cluster ids.
 
+**On a transformer backbone** (``wan``): every block attends at one grid, Wan's token grid (the 2×2
+patch: 16-pixel cells, ``level: 1``, the default and the only level there); ``block`` picks the block
+whose attention is recorded (default: the middle one, block 15 of the 1.3B's 30, 20 of the 14B's 40).
+Features are per latent frame; each clip frame takes its latent frame's labels (Wan: frame 0 alone,
+then groups of four), so a cluster's mask changes every four frames there.
+
 **Cache:** the features are stored with the inversion in the inversion cache (key includes
-``level`` and ``reference_frames``), so trying another ``clusters`` count does not invert again.
+``level``, ``reference_frames`` and a ``block`` that is set), so trying another ``clusters`` count does
+not invert again.
 """
 
 from __future__ import annotations
@@ -99,8 +106,11 @@ class KMeansOptions:
     assign: Mapping[str, tuple[Pick, ...]] = field(factory=dict, converter=_assign_table)
     #: A region that takes every cluster no other region of this entry takes.
     rest: str | None = None
-    #: UNet level of the features: 0 = latent grid (64² at 512²), 1 = half (32², the official choice).
+    #: UNet level of the features: 0 = latent grid (64² at 512²), 1 = half (32², the official choice; on wan
+    #: the only level: its token grid).
     level: int = number(1, low=0, high=MAX_LEVEL)
+    #: Transformer backbones (``wan``): the block whose attention is recorded (``None``: the middle block).
+    block: int | None = number(None, low=0, high=1000)
     #: Frames (evenly spaced) whose keys the self-attention rows are taken over.
     reference_frames: int = number(3, low=1, high=64)
     #: Principal components kept before K-Means (0: none).
@@ -170,7 +180,8 @@ class KMeansLayoutProvider:
 
     def __init__(self, options: KMeansOptions) -> None:
         self.options = options
-        self.feature_request = FeatureRequest(level=options.level, reference_frames=options.reference_frames)
+        self.feature_request = FeatureRequest(level=options.level, reference_frames=options.reference_frames,
+                                              block=options.block)
         #: What the last :meth:`layout` call found (``None`` before).
         self.result: ClusterResult | None = None
 
@@ -274,6 +285,7 @@ class KMeansLayoutProvider:
         named = name_clusters(maps.cross.reshape(labels.size, -1).numpy(), labels.reshape(-1), features.words,
                               opts.clusters)
         assigned = self._resolve(plan, named, features)
+        labels = features.per_clip_frame(labels)  # per latent frame → per clip frame (after naming: rows align)
         self.result = ClusterResult(labels=labels, words=tuple(map(tuple, cluster_words(named, opts.clusters))),
                                     regions=assigned)
         for line in self.result.summary():

@@ -20,12 +20,15 @@ per-backbone :class:`CallContext` that :meth:`WanBackbone.predict_noise` sets fo
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, cast
 
 import torch
 
-__all__ = ["CallContext", "WanLayoutProcessor", "WanDenoiser", "apply_rotary"]
+from stmod.core.features import TransformerBlock
+
+__all__ = ["CallContext", "WanLayoutProcessor", "WanDenoiser", "apply_rotary", "block_of"]
 
 
 class _ProcessorHost(Protocol):
@@ -74,13 +77,14 @@ def _frame_rows(x: torch.Tensor, frames: int) -> torch.Tensor:
 class WanLayoutProcessor:
     """A ``WanAttention`` processor that runs ``engine.attend`` (an ST-Layout engine processor).
 
-    Outside a modulated call (no step in the context) it is diffusers' ``WanAttnProcessor``.
+    Outside a modulated call (no step in the context) it is diffusers' ``WanAttnProcessor``. ``block``
+    says which transformer block it serves, so K-Means features are recorded at one block.
     """
 
-    def __init__(self, engine: Any, context: CallContext) -> None:
+    def __init__(self, engine: Any, context: CallContext, block: TransformerBlock | None = None) -> None:
         from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-        self.engine, self.context, self.stock = engine, context, WanAttnProcessor()
+        self.engine, self.context, self.stock, self.block = engine, context, WanAttnProcessor(), block
 
     # Adapted from diffusers models/transformers/transformer_wan.py WanAttnProcessor.__call__ (text-to-video:
     # no image keys): the same projections, norms, rotary embedding and output; only the attention differs.
@@ -108,7 +112,7 @@ class WanLayoutProcessor:
                 batch * frames, heads, x.shape[1], dim) for x in (key, value))
         else:
             k, v = _frame_rows(key, frames), _frame_rows(value, frames)
-        out = self.engine.attend(q, k, v, step, cross=cross)
+        out = self.engine.attend(q, k, v, step, cross=cross, block=self.block)
         out = out.view(batch, frames, heads, length // frames, dim).permute(0, 1, 3, 2, 4).reshape(
             batch, length, heads * dim).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
@@ -127,6 +131,16 @@ class WanDenoiser:
         return dict(self.transformer.attn_processors)
 
     def set_attn_processor(self, processors: Mapping[str, Any]) -> None:
+        count = len(cast(Any, self.transformer).blocks)
         self.transformer.set_attn_processor({
-            name: WanLayoutProcessor(p, self.context) if hasattr(p, "attend") else p
+            name: WanLayoutProcessor(p, self.context, block_of(name, count)) if hasattr(p, "attend") else p
             for name, p in processors.items()})
+
+
+_BLOCK_NAME = re.compile(r"\Ablocks\.(\d+)\.")
+
+
+def block_of(processor_name: str, count: int) -> TransformerBlock | None:
+    """The block of a processor named as diffusers names Wan's (``blocks.3.attn1.processor``), else ``None``."""
+    match = _BLOCK_NAME.match(processor_name)
+    return TransformerBlock(int(match.group(1)), count) if match else None

@@ -9,16 +9,18 @@ the CPU); the VAE always in float32, as diffusers' Wan examples load it. See ``d
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from attrs import field, frozen, validators
 
-from stmod.backbones.sd15 import _first_line, _loaded, check_location
+from stmod.backbones.sd15 import _first_line, _loaded, _local_folder, check_location
 from stmod.backbones.wan.attention import CallContext, WanDenoiser
 from stmod.backbones.wan.layout import compress_masks_in_time, latent_frame_count, nearest_valid_frame_counts
 from stmod.backbones.wan.text import StartMarkedTokenizer, umt5_text
@@ -26,6 +28,9 @@ from stmod.core.devices import resolve_device
 from stmod.core.errors import CheckpointError, ConfigError, InputError
 from stmod.core.sampling import FlowSchedule
 from stmod.core.types import Control, EditSpec, LayoutMasks
+
+if TYPE_CHECKING:
+    from stmod.core.budget.job import ModelFootprint
 
 __all__ = ["WanOptions", "WanBackbone", "DEFAULT_WAN_MODEL", "TEXT_LENGTH"]
 
@@ -128,9 +133,22 @@ class WanBackbone:
         check_location(self.options.model, what="Wan model", subfolders=_PARTS, base_dir=base_dir)
 
     def attention_levels(self, base_dir: Path | None = None) -> tuple[int, ...]:
-        """No UNet levels: a layout that clusters UNet features (``kmeans``) is refused by ``check``, before
-        loading (K-Means on Wan's block features is not implemented yet)."""
-        return ()
+        """Every block attends at one grid, level 1 in the core's terms (:mod:`stmod.core.levels`): the
+        1×2×2 patch halves the latent grid as a UNet's first down-sampling does, so a K-Means layout's
+        default ``level: 1`` is Wan's token grid and any other level is refused by ``check``."""
+        return (1,)
+
+    def attention_blocks(self, base_dir: Path | None = None) -> int | None:
+        """The transformer's block count (``num_layers``) from ``transformer/config.json`` of a local folder or
+        the HF cache, no weights read (:class:`~stmod.core.protocols.AttentionBlocks`); ``None`` when absent."""
+        if self.transformer is not None:
+            return len(self.transformer.blocks)  # type: ignore[arg-type]  # an nn.ModuleList
+        try:
+            location = Path(check_location(self.options.model, what="Wan model", base_dir=base_dir))
+            config = json.loads((location / "transformer" / "config.json").read_text(encoding="utf-8"))
+            return int(config["num_layers"])
+        except (OSError, ValueError, KeyError, TypeError, CheckpointError):
+            return None
 
     def check_clip(self, clip: Any) -> None:
         """Refuse a frame count the causal VAE cannot take (``1 + 4k``), naming the nearest valid counts."""
@@ -138,6 +156,35 @@ class WanBackbone:
         if latent_frame_count(frames) is None:
             counts = " or ".join(map(str, nearest_valid_frame_counts(frames)))
             raise InputError("video.frames", frames, f"wan's video VAE takes 1 + 4k frames; use {counts}")
+
+    def footprint(self, spec: EditSpec, *, device: str | None = None) -> ModelFootprint | None:
+        """The models' sizes and shapes from their configs and safetensors headers, no weights loaded
+        (:class:`~stmod.core.protocols.DescribesFootprint`; a hub id is read from the HF cache only). The
+        transformer's parameters come from its config when its weights are not here (exact for diffusers'
+        ``WanTransformer3DModel``); the estimate is :mod:`stmod.core.budget.dit_estimate`."""
+        import attrs
+
+        from stmod.core.budget.dit import dit_params, dit_shape
+        from stmod.core.budget.job import ModelFootprint
+        from stmod.core.budget.sizes import read_component
+
+        folder = _local_folder(self.options.model, spec.base_dir)
+        if folder is None:
+            return None
+        target = torch.device(device) if device else self.device
+        dtype = getattr(torch, self.options.dtype) if self.options.dtype != "auto" else (
+            torch.bfloat16 if target.type == "cuda" else torch.float32)
+        transformer = read_component(folder / "transformer")
+        shape = dit_shape(transformer.config) if transformer is not None else None
+        if transformer is not None and transformer.params is None and shape is not None:
+            transformer = attrs.evolve(transformer, params=dit_params(shape))
+        triton = target.type == "cuda" and importlib.util.find_spec("triton") is not None
+        return ModelFootprint(device="cpu" if target.type == "cpu" else "cuda", dtype_bytes=dtype.itemsize,
+                              unet=transformer, vae=read_component(folder / "vae"),
+                              text_encoder=read_component(folder / "text_encoder"), vae_tiling=self.options.vae_tiling,
+                              vae_tile=256, cpu_offload=self.options.cpu_offload,
+                              kernel="triton" if triton else "two-pass", denoiser="transformer",
+                              time_ratio=self._time_ratio(), vae_dtype_bytes=4)
 
     def load_tokenizer(self, base_dir: Path | None = None) -> StartMarkedTokenizer:
         if self.tokenizer is None:

@@ -18,7 +18,7 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["TINY_WAN_TRANSFORMER", "write_tiny_wan", "WORDS"]
+__all__ = ["TINY_WAN_TRANSFORMER", "TINY_WAN_VAE", "write_tiny_wan", "tiny_tokenizer", "WORDS"]
 
 #: Words of the tiny tokenizer (one token each; anything else is ``<unk>``).
 WORDS: tuple[str, ...] = ("a", "an", "and", "the", "in", "on", "with", "red", "blue", "green", "cat", "dog", "man",
@@ -28,8 +28,13 @@ TINY_WAN_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attenti
                             out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
                             qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
 
+#: The tiny ``AutoencoderKLWan``: Wan's compression (4× in time, 8× in space, 16 latent channels), 3 base channels.
+TINY_WAN_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                    temperal_downsample=[False, True, True])
 
-def _tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
+
+def tiny_tokenizer(words: Sequence[str] = WORDS) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer of ``words`` with T5's end token ``</s>`` (anything else is ``<unk>``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -51,10 +56,8 @@ def write_tiny_wan(folder: Path, *, seed: int = 0, words: Sequence[str] = WORDS,
     torch.manual_seed(seed)
     # mypy sees diffusers' mixin classes without their inherited methods (save_pretrained): hence the ignores
     WanTransformer3DModel(**TINY_WAN_TRANSFORMER).save_pretrained(folder / "transformer")  # type: ignore[attr-defined]
-    AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                     temperal_downsample=[False, True, True]
-                     ).save_pretrained(folder / "vae")  # type: ignore[attr-defined]
-    tokenizer = _tokenizer(words)
+    AutoencoderKLWan(**TINY_WAN_VAE).save_pretrained(folder / "vae")  # type: ignore[attr-defined]
+    tokenizer = tiny_tokenizer(words)
     UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=4,
                                 relative_attention_num_buckets=8)).save_pretrained(folder / "text_encoder")
     tokenizer.save_pretrained(folder / "tokenizer")

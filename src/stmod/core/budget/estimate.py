@@ -12,100 +12,17 @@ from __future__ import annotations
 
 import math
 
-from attrs import frozen
-
 from stmod.core.budget.attention import modulated_extra
 from stmod.core.budget.constants import DeviceRates, rates_for
+from stmod.core.budget.dit_estimate import estimate_dit
 from stmod.core.budget.formulas import (PER_FRAME, TEXT_TOKENS, Cost, self_attention_elements, self_attention_flops,
                                         skip_elements, tokens, unet_cost, vae_cost)
 from stmod.core.budget.job import JobShape, ModelFootprint
-from stmod.core.budget.sizes import Component, UNetShape, VAEShape, unet_shape, vae_shape
+from stmod.core.budget.phases import (Estimate, Part, PhaseEstimate, load_phase, resident_parts, transfer_seconds,
+                                      weights_of)
+from stmod.core.budget.sizes import UNetShape, VAEShape, unet_shape, vae_shape
 
 __all__ = ["Part", "PhaseEstimate", "Estimate", "estimate"]
-
-
-@frozen
-class Part:
-    """A named share of a peak, in bytes (``None``: the backbone could not tell)."""
-
-    name: str
-    bytes: float | None
-
-
-@frozen
-class PhaseEstimate:
-    """One phase: its peak (bytes), what it is made of, and its seconds (``None``: unknown)."""
-
-    name: str
-    parts: tuple[Part, ...]
-    seconds: float | None
-
-    @property
-    def peak_bytes(self) -> float | None:
-        known = [p.bytes for p in self.parts if p.bytes is not None]
-        return None if len(known) < len(self.parts) else float(sum(known))
-
-
-@frozen(kw_only=True)
-class Estimate:
-    """Predicted peak memory (by part, of the largest phase) and seconds per phase of one edit.
-
-    :ivar attention: ``(level, bytes)`` of the denoising self-attention working set per UNet level
-        (one level at a time; the largest is inside the peak when attention is what peaks).
-    """
-
-    device: str
-    dtype_bytes: int
-    phases: tuple[PhaseEstimate, ...]
-    attention: tuple[tuple[int, float], ...]
-    measured_rates: bool
-
-    @property
-    def peak_phase(self) -> PhaseEstimate:
-        """The phase with the largest known peak (the first one when none is known)."""
-        known = [p for p in self.phases if p.peak_bytes is not None]
-        return max(known, key=lambda p: p.peak_bytes or 0.0) if known else self.phases[0]  # known: never None
-
-    @property
-    def peak_bytes(self) -> float | None:
-        """The edit's peak, ``None`` when a part of any phase is unknown."""
-        if any(p.peak_bytes is None for p in self.phases):
-            return None
-        return self.peak_phase.peak_bytes
-
-    @property
-    def seconds(self) -> float | None:
-        known = [p.seconds for p in self.phases if p.seconds is not None]
-        return None if len(known) < len(self.phases) else float(sum(known))
-
-
-def _params_bytes(component: Component | None, item: int) -> float | None:
-    return None if component is None or component.params is None else float(component.params * item)
-
-
-def _weights(models: ModelFootprint) -> dict[str, float | None]:
-    item = models.dtype_bytes
-    found = {"unet": _params_bytes(models.unet, item), "vae": _params_bytes(models.vae, item),
-             "text encoder": _params_bytes(models.text_encoder, item)}
-    for i, net in enumerate(models.controlnets):
-        found[f"controlnet {i}" if len(models.controlnets) > 1 else "controlnet"] = _params_bytes(net, item)
-    return found
-
-
-def _resident(models: ModelFootprint, rates: DeviceRates, weights: dict[str, float | None],
-              running: tuple[str, ...]) -> list[Part]:
-    """Weights on the device during a phase (``cpu_offload`` on a GPU: only the ``running`` models)."""
-    offload = models.cpu_offload and models.device != "cpu"
-    names = [n for n in weights if not offload or n.split(" ")[0] in running or n in running]
-    if offload and names:  # one model on the device at a time: the largest of those that run
-        known = [weights[n] for n in names]
-        largest = max(names, key=lambda n: weights[n] or 0.0)
-        parts = [Part(f"weights: {largest} (offloaded, one at a time)", None if None in known else weights[largest])]
-    else:
-        parts = [Part(f"weights: {n}", weights[n]) for n in names]
-    if rates.runtime_bytes:
-        parts.append(Part("runtime (libraries)", rates.runtime_bytes))
-    return parts
 
 
 def _data_bytes(job: JobShape, models: ModelFootprint, latent: tuple[int, int], channels: int) -> float:
@@ -130,52 +47,18 @@ def _vae_phase(name: str, job: JobShape, models: ModelFootprint, rates: DeviceRa
     working = chunk * cost.peak * models.dtype_bytes * rates.vae_factor
     full = vae_cost(vae, job.height, job.width, decoder=decoder)
     seconds = job.frames * (full.dense / rates.vae_flops + full.attention_work / rates.attention_flops)
-    seconds += _transfer(models, rates, ("vae",))
+    seconds += transfer_seconds(models, rates, ("vae",))
     label = "VAE decoder" if decoder else "VAE encoder"
     return PhaseEstimate(name, (*resident, Part("frames and latents", data),
                                 Part(f"{label} activations ({chunk} frames)", working)), seconds)
 
 
-def _load_phase(models: ModelFootprint, rates: DeviceRates, weights: dict[str, float | None]) -> PhaseEstimate:
-    """Loading, in the backbone's order: each component's file is read into memory whole and converted
-    to the run's dtype, so the moment after the largest file is read, with what is loaded before it,
-    peaks (on the CPU; on a GPU the weights are moved there once converted: weights only)."""
-    components = [("vae", models.vae), ("unet", models.unet), ("text encoder", models.text_encoder)]
-    components += [(name, net) for name, net in zip([n for n in weights if n.startswith("controlnet")],
-                                                      models.controlnets)]
-    files = sum(c.file_bytes for _, c in components if c is not None)
-    seconds = files / rates.load_bytes
-    if models.device != "cpu" or not rates.load_copy:
-        offloaded = models.cpu_offload and models.device != "cpu"  # loaded into host memory, not the GPU
-        resident = [] if offloaded else _resident(models, rates, weights, tuple(weights))
-        return PhaseEstimate("load", tuple(resident), seconds)
-    loaded, best, reading = 0.0, -1.0, ("", 0.0, 0.0)
-    for name, component in components:
-        size = (component.file_bytes if component is not None else 0) * rates.load_copy
-        if loaded + size + (weights[name] or 0.0) > best:
-            best, reading = loaded + size + (weights[name] or 0.0), (name, loaded, size)
-        loaded += weights[name] or 0.0
-    name, before, size = reading
-    parts = [Part("weights loaded before it", None if None in weights.values() else before),
-             Part(f"weights: {name}", weights[name]), Part(f"reading {name} (its file, while converted)", size)]
-    if rates.runtime_bytes:
-        parts.append(Part("runtime (libraries)", rates.runtime_bytes))
-    return PhaseEstimate("load", tuple(parts), seconds)
-
-
-def _transfer(models: ModelFootprint, rates: DeviceRates, running: tuple[str, ...]) -> float:
-    """Seconds moving ``running`` models to the device and back once (``cpu_offload`` on a GPU)."""
-    if not models.cpu_offload or models.device == "cpu" or not rates.transfer_bytes:
-        return 0.0
-    weights = _weights(models)
-    moved = sum(v or 0.0 for n, v in weights.items() if n.split(" ")[0] in running)
-    return 2.0 * moved / rates.transfer_bytes
-
-
 def estimate(job: JobShape, models: ModelFootprint, rates: DeviceRates | None = None) -> Estimate:
     """Peak memory and seconds per phase of ``job`` run with ``models`` (see the module docs)."""
     rates = rates or rates_for(models.device)
-    weights = _weights(models)
+    if models.denoiser != "unet":  # a video transformer (wan)
+        return estimate_dit(job, models, rates)
+    weights = weights_of(models)
     unet = unet_shape(models.unet.config) if models.unet is not None else None
     vae = vae_shape(models.vae.config) if models.vae is not None else None
     scale = vae.scale_factor if vae is not None else 8
@@ -183,14 +66,14 @@ def estimate(job: JobShape, models: ModelFootprint, rates: DeviceRates | None = 
     data = _data_bytes(job, models, latent, unet.in_channels if unet else 4)
     step = ("unet", "controlnet")
     phases = (
-        _load_phase(models, rates, weights),
-        _vae_phase("encode", job, models, rates, vae, _resident(models, rates, weights, ("vae",)), data,
+        load_phase(models, rates, weights),
+        _vae_phase("encode", job, models, rates, vae, resident_parts(models, rates, weights, ("vae",)), data,
                    decoder=False),
-        _unet_phase("inversion", job, models, rates, unet, latent, _resident(models, rates, weights, step), data),
-        *([_unet_phase("direct inversion", job, models, rates, unet, latent, _resident(models, rates, weights, step),
-                       data)] if job.direct_inversion else []),
-        _unet_phase("denoising", job, models, rates, unet, latent, _resident(models, rates, weights, step), data),
-        _vae_phase("decoding", job, models, rates, vae, _resident(models, rates, weights, ("vae",)), data,
+        _unet_phase("inversion", job, models, rates, unet, latent, resident_parts(models, rates, weights, step), data),
+        *([_unet_phase("direct inversion", job, models, rates, unet, latent,
+                       resident_parts(models, rates, weights, step), data)] if job.direct_inversion else []),
+        _unet_phase("denoising", job, models, rates, unet, latent, resident_parts(models, rates, weights, step), data),
+        _vae_phase("decoding", job, models, rates, vae, resident_parts(models, rates, weights, ("vae",)), data,
                    decoder=True),
     )
     attention = _attention_levels(job, models, unet, latent) if unet is not None else ()
@@ -233,7 +116,7 @@ def _unet_phase(name: str, job: JobShape, models: ModelFootprint, rates: DeviceR
     seconds = None if None in nets else job.steps * (
         items * ((cost.dense + control_cost.dense) / rates.dense_flops
                  + (cost.attention_work + control_cost.attention_work) / rates.attention_flops)
-        + (1 + len(nets)) * rates.call_seconds + _transfer(models, rates, ("unet", "controlnet")))
+        + (1 + len(nets)) * rates.call_seconds + transfer_seconds(models, rates, ("unet", "controlnet")))
     if seconds is not None and denoising and job.modulated_steps:
         flops = job.frames * self_attention_flops(unet, *latent, job.focus)
         seconds += job.modulated_steps * flops * (rates.modulation_cost - 1) / rates.attention_flops

@@ -41,13 +41,15 @@ def fits(found: Estimate, free_bytes: float) -> bool:
 
 def _fewest_frames(job: JobShape, models: ModelFootprint, modulation: ModulationConfig, free: float,
                    rates: DeviceRates | None) -> Suggestion | None:
-    """The largest frame count below the job's that fits (the peak grows with frames: bisection)."""
-    low, high, best = 1, job.frames - 1, None
+    """The largest frame count below the job's that fits (the peak grows with frames: bisection); with a
+    causal video VAE only counts it takes (``1 + r·k``)."""
+    counts = [f for f in range(1, job.frames) if (f - 1) % job.time_ratio == 0]
+    low, high, best = 0, len(counts) - 1, None
     while low <= high:
         middle = (low + high) // 2
-        found = estimate(job.with_frames(middle, modulation), models, rates)
+        found = estimate(job.with_frames(counts[middle], modulation), models, rates)
         if fits(found, free):
-            low, best = middle + 1, (middle, found)
+            low, best = middle + 1, (counts[middle], found)
         else:
             high = middle - 1
     if best is None:
@@ -59,11 +61,11 @@ def _window(job: JobShape, models: ModelFootprint, modulation: ModulationConfig,
             rates: DeviceRates | None) -> Suggestion | None:
     if modulation.temporal in ("per-frame", "sparse-causal"):
         return None
-    for length in (w for w in WINDOWS if w < job.frames):
+    for length in (w for w in WINDOWS if w < job.latent_frames):  # windows count latent frames
         config = attrs.evolve(modulation, temporal="window", window_frames=length,
                               window_overlap=min(modulation.window_overlap, length // 4),
                               anchor_frames=min(modulation.anchor_frames, length // 2))
-        found = estimate(attrs.evolve(job, focus=focus_of(config, job.frames)), models, rates)
+        found = estimate(attrs.evolve(job, focus=focus_of(config, job.latent_frames)), models, rates)
         if fits(found, free):
             return Suggestion(f"modulation: {{temporal: window, window_frames: {length}, window_overlap: "
                               f"{config.window_overlap}, anchor_frames: {config.anchor_frames}}}", found)

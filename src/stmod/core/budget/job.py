@@ -47,6 +47,12 @@ class ModelFootprint:
     vae_tile: int = 512
     cpu_offload: bool = False
     kernel: Literal["two-pass", "triton"] = "two-pass"
+    #: What the denoiser is called in the estimate's parts (``"unet"``; a DiT backbone: ``"transformer"``).
+    denoiser: str = "unet"
+    #: Clip frames per latent frame after the first (a causal video VAE: Wan's 4; 1: one latent per frame).
+    time_ratio: int = 1
+    #: Bytes per VAE weight when the VAE runs in its own dtype (Wan's runs in float32); ``None``: ``dtype_bytes``.
+    vae_dtype_bytes: int | None = None
 
 
 class FootprintSettings(TypedDict, total=False):
@@ -92,9 +98,18 @@ class JobShape:
     prompts: int = 2
     #: Direct inversion: one more guided pass over the steps (the source prompt, no modulation).
     direct_inversion: bool = False
+    #: Clip frames per latent frame after the first (:attr:`ModelFootprint.time_ratio`); ``focus`` is over
+    #: latent frames, the frames the model attends across.
+    time_ratio: int = 1
+
+    @property
+    def latent_frames(self) -> int:
+        """``1 + (F − 1)/r`` latent frames (``F`` when one latent per frame)."""
+        return self.frames if self.time_ratio == 1 else 1 + -(-max(0, self.frames - 1) // self.time_ratio)
 
     def with_frames(self, frames: int, modulation: ModulationConfig) -> JobShape:
-        return attrs.evolve(self, frames=frames, focus=focus_of(modulation, frames))
+        changed = attrs.evolve(self, frames=frames)
+        return attrs.evolve(changed, focus=focus_of(modulation, changed.latent_frames))
 
 
 def focus_of(modulation: ModulationConfig, frames: int) -> Focus:
@@ -115,17 +130,18 @@ def focus_of(modulation: ModulationConfig, frames: int) -> Focus:
                  key_share=len(largest[1]) / frames)
 
 
-def job_shape(spec: EditSpec, frames: int | None = None) -> JobShape:
-    """The :class:`JobShape` of ``spec``; ``frames``: the count the clip gives (default ``video.frames``, else 1)."""
+def job_shape(spec: EditSpec, frames: int | None = None, *, time_ratio: int = 1) -> JobShape:
+    """The :class:`JobShape` of ``spec``; ``frames``: the count the clip gives (default ``video.frames``, else 1);
+    ``time_ratio``: the backbone's (:attr:`ModelFootprint.time_ratio`)."""
     width, height = spec.video.size
     frames = int(frames or spec.video.frames or 1)
     config = spec.modulation
     start, end = config.window(spec.steps)  # an unset end_step follows the step count
     active = max(0, end - start) if config.modulate_self else 0
     budget = spec.modulator.options.get("budget_mb", DEFAULT_BUDGET_MB) if spec.modulator else DEFAULT_BUDGET_MB
-    return JobShape(frames=frames, height=height, width=width, steps=spec.steps,
-                    branches=1 if spec.guidance == 1.0 else 2, focus=focus_of(config, frames),
-                    modulated_steps=active, codes=len(spec.regions) + 1,
-                    # budget: a raw job option (object); float() rejects what is not a number
-                    budget_bytes=int(float(cast(float, budget)) * 2**20), prompts=2 + len(spec.regions),
-                    direct_inversion=spec.inversion == "direct")
+    shape = JobShape(frames=frames, height=height, width=width, steps=spec.steps, time_ratio=time_ratio)
+    return attrs.evolve(shape, branches=1 if spec.guidance == 1.0 else 2, focus=focus_of(config, shape.latent_frames),
+                        modulated_steps=active, codes=len(spec.regions) + 1,
+                        # budget: a raw job option (object); float() rejects what is not a number
+                        budget_bytes=int(float(cast(float, budget)) * 2**20), prompts=2 + len(spec.regions),
+                        direct_inversion=spec.inversion == "direct")

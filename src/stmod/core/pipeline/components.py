@@ -15,16 +15,17 @@ from typing import Any
 
 import attrs
 
-from stmod.core.errors import (CheckpointError, ConfigError, InputError, MissingFilesError, NotOwnedError,
-                               OutputExistsError)
+from stmod.core.errors import (CheckpointError, ConfigError, InputError, LayoutError, MissingFilesError,
+                               NotOwnedError, OutputExistsError)
 from stmod.core.io.locks import exclusive_lock, lock_path_for, lock_problem
 from stmod.core.io.ownership import (clean_stale_temporaries, input_overlap, name_problem, real, require_replaceable,
                                      write_problem)
 from stmod.core.pipeline.cache import cache_root
 from stmod.core.io.video import ClipPlan, plan_clip
 from stmod.core.pipeline.compose import split_regions
-from stmod.core.protocols import (Backbone, Blender, ChecksJob, ControlAnnotator, Extension, FeatureRecording,
-                                  LayoutProvider, Modulator, VideoBackbone)
+from stmod.core.features import feature_requests
+from stmod.core.protocols import (AttentionBlocks, Backbone, Blender, ChecksJob, ControlAnnotator, Extension,
+                                  FeatureRecording, LayoutProvider, Modulator, VideoBackbone)
 from stmod.core.registry import Registry
 from stmod.core.tokens import TokenSpan
 from stmod.core.types import ComponentRef, ControlSpec, EditSpec, as_tuple
@@ -216,6 +217,23 @@ def _check_nul_bytes(spec: EditSpec) -> None:
             raise InputError(place, os.fspath(value), "contains a NUL byte, which no file name can hold; remove it")
 
 
+def _check_feature_blocks(spec: EditSpec, components: Components) -> None:
+    """A layout's transformer ``block`` (K-Means features) must be a block of the backbone: refused on a UNet
+    backbone, and past the last block when the backbone can tell its count before loading."""
+    backbone, name = components.backbone, spec.backbone.name
+    for request in feature_requests(provider for provider, _ in components.layouts):
+        if request.block is None:
+            continue
+        if not isinstance(backbone, AttentionBlocks):
+            raise LayoutError(f"layout option block: {request.block} picks a transformer block, and backbone "
+                              f"{name!r} has UNet levels, not blocks; remove block (level picks the UNet level)")
+        count = backbone.attention_blocks(spec.base_dir)
+        if count is not None and request.block >= count:
+            raise LayoutError(f"layout option block: {request.block} is not a block of backbone {name!r} (its "
+                              f"blocks are 0-{count - 1}: diffusers' transformer.blocks.0 to blocks.{count - 1}); "
+                              "choose one of those")
+
+
 def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) -> Components:
     """Validate ``spec`` and its files without loading a model; returns the built components."""
     _check_nul_bytes(spec)
@@ -238,6 +256,7 @@ def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) 
             raise ConfigError(f"{assignment.place} needs attention features recorded during inversion, which "
                               f"modulator {spec.modulator.name!r} cannot record; use modulator: st-layout",
                               key="modulator")
+    _check_feature_blocks(spec, components)
     try:
         components.backbone.check(spec)
     except CheckpointError as error:

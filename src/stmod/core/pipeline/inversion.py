@@ -19,9 +19,9 @@ from stmod.core.features import FeatureRequest, InversionFeatureRecorder, Invers
 from stmod.core.pipeline.cache import InversionCache
 from stmod.core.pipeline.records import PhaseTimer
 from stmod.core.pipeline.session import EditSession, latent_size
-from stmod.core.protocols import FeatureRecording, PreparesFromClip
+from stmod.core.protocols import Backbone, FeatureRecording, PreparesFromClip, VideoBackbone
 from stmod.core.sampling import Schedule, invert
-from stmod.core.types import ExtensionInput, ModulationInput
+from stmod.core.types import ExtensionInput, LayoutMasks, ModulationInput
 
 __all__ = ["Inversion", "cached_inversion"]
 
@@ -56,12 +56,28 @@ def _key(session: EditSession, timesteps: list[int], requests: tuple[FeatureRequ
     return InversionCache.key(frames_digest=InversionCache.digest(session.clip.frames), settings=settings)
 
 
+def clip_frame_rows(backbone: Backbone, frames: int) -> tuple[int, ...]:
+    """Per clip frame, the latent frame that encodes it (``()``: one latent per frame, the same frames).
+
+    Read off the backbone's own mask compression (:meth:`VideoBackbone.latent_masks` of one mask per clip
+    frame), so features are spread back over the clip exactly as region masks are gathered into latent
+    frames: on Wan, clip frame ``i`` is latent frame ``⌈i/4⌉``.
+    """
+    if not isinstance(backbone, VideoBackbone):
+        return ()
+    one_per_frame = torch.eye(frames, dtype=torch.bool).view(frames, frames, 1, 1)
+    latent = backbone.latent_masks(LayoutMasks(masks=one_per_frame, names=[f"frame{i}" for i in range(frames)]))
+    covers = latent.masks[:, :, 0, 0]  # (f, F): latent frame j covers clip frame i
+    return tuple(int(covers[:, i].nonzero()[0, 0]) for i in range(frames))
+
+
 def _features(session: EditSession, state: Mapping[str, Any] | None,
               requests: tuple[FeatureRequest, ...]) -> InversionFeatures | None:
     if not requests or state is None:
         return None
     prompt = session.spec.source_prompt
-    return InversionFeatures.from_state(state, words=word_positions(session.backbone.tokenizer, prompt), prompt=prompt)
+    return InversionFeatures.from_state(state, words=word_positions(session.backbone.tokenizer, prompt), prompt=prompt,
+                                        frame_rows=clip_frame_rows(session.backbone, len(session.clip.frames)))
 
 
 def _run(session: EditSession, x0: torch.Tensor, schedule: Schedule, timesteps: list[int],

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from stmod.core.features import TransformerBlock
 from stmod.core.st_layout.kernels import (
     modulated_attention,
     modulated_attention_explicit,
@@ -111,17 +112,20 @@ class STLayoutProcessor:
         return hidden_states / attn.rescale_output_factor
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo | None, *,
-               cross: bool) -> torch.Tensor:
+               cross: bool, block: TransformerBlock | None = None) -> torch.Tensor:
         """The attention of this layer on projected heads, for a model whose attention module is not
         diffusers' ``Attention`` (Wan's ``WanAttention``: its own processor does the projections, norms
         and rotary embedding, then calls this).
 
         ``q`` ``(B·F, H, N, d)`` in the batch layout of the module docs (frame rows); ``k``, ``v``
-        ``(B·F, H, M, d)``: the same frames (self-attention) or each row's text (``cross``).
+        ``(B·F, H, M, d)``: the same frames (self-attention) or each row's text (``cross``). ``block``: the
+        transformer block calling (K-Means features are recorded at one block, :mod:`stmod.core.features`).
         """
         if step is None or not self._engine:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
-        return self._cross_attention(q, k, v, step) if cross else self._self_attention(q, k, v, step)
+        if cross:
+            return self._cross_attention(q, k, v, step, block)
+        return self._self_attention(q, k, v, step, block)
 
     @staticmethod
     def _frames(rows: int, step: StepInfo) -> int:
@@ -130,23 +134,24 @@ class STLayoutProcessor:
         return rows // len(step.branches)
 
     def _record_features(self, step: StepInfo, q: torch.Tensor, k: torch.Tensor,
-                         kind: Literal["self", "cross"]) -> None:
-        """Feed the inversion feature recorder (UNet, inversion, conditional branch, wanted level only)."""
+                         kind: Literal["self", "cross"], block: TransformerBlock | None = None) -> None:
+        """Feed the inversion feature recorder (UNet, inversion, conditional branch, wanted level / block only)."""
         recorder = self._state.features
         if recorder is None or not self._features or step.phase != "invert" or "cond" not in step.branches:
             return
-        if recorder.wants(q.shape[2]):
+        if recorder.wants(q.shape[2], block):
             frames = self._frames(q.shape[0], step)
             part = slice(step.branches.index("cond") * frames, (step.branches.index("cond") + 1) * frames)
-            (recorder.add_self if kind == "self" else recorder.add_cross)(q[part], k[part])
+            (recorder.add_self if kind == "self" else recorder.add_cross)(q[part], k[part], block)
 
-    def _self_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo) -> torch.Tensor:
+    def _self_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo,
+                        block: TransformerBlock | None = None) -> torch.Tensor:
         """``(B·F, H, N, d)`` → same; all frames of a branch attend jointly (or per the temporal mode)."""
         state, temporal = self._state, self._state.temporal
         rows, heads, n, d = q.shape
         nb = len(step.branches)
         frames = self._frames(rows, step)
-        self._record_features(step, q, k, "self")
+        self._record_features(step, q, k, "self", block)
         strength = state.strength(step, "self", n)
         target = state.rules.self_branch if strength is not None else None
         if temporal in ("full", "window"):
@@ -228,12 +233,13 @@ class STLayoutProcessor:
             out[rest] = _stock_sdpa(qs[rest], ks[rest], vs[rest])
         return out
 
-    def _cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo) -> torch.Tensor:
+    def _cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: StepInfo,
+                         block: TransformerBlock | None = None) -> torch.Tensor:
         """``(B·F, H, N, d)`` queries against ``(B·F, H, T, d)`` text keys, per frame."""
         state = self._state
         rows, heads, n, _ = q.shape
         frames = self._frames(rows, step)
-        self._record_features(step, q, k, "cross")
+        self._record_features(step, q, k, "cross", block)
         strength = state.strength(step, "cross", n)
         recorder = state.recorder if state.in_window(step) else None
         jobs = []  # (branch index, modulate it, record it)

@@ -34,7 +34,7 @@ def predict(spec: EditSpec, backbone: object, frames: int, *,
     models = backbone.footprint(spec, device=device)
     if models is None:
         return None
-    job = job_shape(spec, frames)
+    job = job_shape(spec, frames, time_ratio=models.time_ratio)
     return job, models, estimate(job, models)
 
 
