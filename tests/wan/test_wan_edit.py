@@ -53,3 +53,35 @@ def test_control_entries_are_refused_by_check(tmp_path: Path, make_clip, tiny_wa
     job.write_text(yaml.safe_dump(data))
     result = run_cli(["check", str(job)], env=ENV)
     assert result.exit_code == 2 and "no ControlNets" in result.stderr, result.stderr
+
+
+def test_direct_inversion_reconstructs_on_the_flow_schedule(tmp_path: Path, make_clip, tiny_wan: Path,
+                                                           monkeypatch) -> None:
+    """Direct inversion is the schedule's, not SD 1.5's: on Wan (flow matching, velocity), the source prompt
+    as the target at guidance 5 comes back as the inverted clip's clean latents; plain guidance drifts."""
+    import torch
+
+    import stmod.core.pipeline.editor as editor_module
+    from stmod.core.config import load_job
+    from stmod.core.pipeline.editor import Editor
+    from stmod.testing import fresh_plugin_manager
+
+    path = _job(tmp_path, make_clip, tiny_wan)
+    base = yaml.safe_load(path.read_text())
+    finals = {}
+    real_denoise, real_inversion = editor_module.denoise, editor_module.cached_inversion
+    for mode in ("direct", "plain"):
+        job = {**base, "prompt": base["source_prompt"], "regions": {}, "layout": [], "guidance": 5.0,
+               "inversion": mode, "output": str(tmp_path / mode)}
+        path.write_text(yaml.safe_dump(job))
+        seen: dict = {}
+        monkeypatch.setattr(editor_module, "denoise",
+                            lambda *a, **k: seen.setdefault("out", real_denoise(*a, **k)))
+        monkeypatch.setattr(editor_module, "cached_inversion",
+                            lambda *a, **k: seen.setdefault("inversion", real_inversion(*a, **k)))
+        Editor(fresh_plugin_manager().registry, progress=False, cache=False).run(load_job(path))
+        finals[mode] = (seen["out"], seen["inversion"].trajectory[0])
+    direct, x0 = finals["direct"]
+    torch.testing.assert_close(direct, x0, rtol=0, atol=1e-4)
+    plain, _ = finals["plain"]
+    assert (plain - x0).abs().max() > 100 * (direct - x0).abs().max()
