@@ -9,9 +9,11 @@ interval is about ±0.12 wide, so that is the finest difference between two mode
     .venv/bin/python bench/quality_compare.py bench-quality/quality.json retrained/quality.json
 
 Or one run's rows against one of its own, case by case — does the modulation beat the unmodulated
-baseline? — on some kinds only::
+baseline? — on some kinds only; several runs of the same cases (other rows of the same model, run apart)
+are pooled into one first::
 
     .venv/bin/python bench/quality_compare.py bench-quality/quality.json --against none --kinds instance,crossing
+    .venv/bin/python bench/quality_compare.py base/quality.json area/quality.json --against control
 """
 
 from __future__ import annotations
@@ -50,6 +52,21 @@ def paired_accuracy(a: dict, b: dict) -> dict[str, tuple[np.ndarray, np.ndarray]
         cases = sorted(mine)
         pairs[row] = (np.array([mine[c] for c in cases]), np.array([theirs[c] for c in cases]))
     return pairs
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Several runs of the same cases and model as one run with all their rows (a row run twice is refused)."""
+    first = runs[0]
+    for run in runs[1:]:
+        differ = [k for k in (*SETTINGS, "model") if run.get(k) != first.get(k)]
+        if differ:
+            raise ValueError("the runs edited different cases: " + ", ".join(
+                f"{k} {first.get(k)} against {run.get(k)}" for k in differ) + "; pool only runs of the same settings")
+    rows = [row for run in runs for row in run["rows"]]
+    twice = sorted({row for row in rows if rows.count(row) > 1})
+    if twice:
+        raise ValueError(f"row {', '.join(twice)} is in more than one run; pool runs of different rows")
+    return {**first, "rows": rows, "records": [r for run in runs for r in run["records"]]}
 
 
 def paired_against(run: dict, baseline: str, kinds: set[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -99,19 +116,22 @@ def table(pairs: dict[str, tuple[np.ndarray, np.ndarray]], names: tuple[str, str
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("first", type=Path, help="a quality.json (e.g. of the shipped model)")
-    p.add_argument("second", type=Path, nargs="?", help="another quality.json, of the same cases")
+    p.add_argument("runs", type=Path, nargs="+", metavar="quality.json",
+                   help="two runs of the same cases (e.g. the shipped and a retrained model); with --against, "
+                        "one run or several of the same model and cases, pooled")
     p.add_argument("--against", metavar="ROW", help="instead of a second run: every row of the first run against "
                                                     "its row ROW (e.g. none, the unmodulated baseline)")
     p.add_argument("--kinds", type=lambda v: set(v.split(",")), default=None,
                    help="comma-separated case kinds to compare on (default: all)")
     args = p.parse_args(argv)
-    if (args.second is None) == (args.against is None):
-        p.error("give a second quality.json or --against ROW (one of the two)")
+    if args.against is None and len(args.runs) != 2:
+        p.error("give two quality.json files, or --against ROW")
     try:
-        runs = [json.loads(path.read_text(encoding="utf-8")) for path in (args.first, args.second) if path]
+        runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.runs]
         if args.against:
-            pairs = paired_against(runs[0], args.against, args.kinds)
+            for run in runs:
+                paired_accuracy(run, run)  # each is a bench/quality.py result
+            pairs = paired_against(pooled(runs), args.against, args.kinds)
             names = (args.against, "row")
         else:
             if args.kinds:

@@ -150,3 +150,22 @@ def test_one_runs_rows_against_its_baseline_on_some_kinds(compare, tmp_path: Pat
     assert re.search(r"\| both \| .* \| no \|", capsys.readouterr().out)
     assert compare.main([str(path), "--against", "nothing"]) == 2
     assert "has no row 'nothing'" in capsys.readouterr().err
+
+
+def test_runs_of_other_rows_are_pooled_against_a_baseline(compare, tmp_path: Path, capsys) -> None:
+    """Rows run apart on the same cases are compared with a baseline row of another run; runs of other
+    settings, or the same row twice, are refused in one line."""
+    rng = np.random.default_rng(9)
+    base = rng.uniform(0, 0.6, 20)
+    paths = [tmp_path / "base.json", tmp_path / "new.json", tmp_path / "other.json"]
+    paths[0].write_text(json.dumps(_run("shipped", {"control": list(base)})))
+    paths[1].write_text(json.dumps(_run("shipped", {"area": list(base + rng.uniform(0.2, 0.3, 20))})))
+    paths[2].write_text(json.dumps(_run("shipped", {"control": list(base)}, steps=20)))
+    assert compare.main([str(paths[0]), str(paths[1]), "--against", "control"]) == 0
+    out = capsys.readouterr().out
+    assert "| area | " in out and out.splitlines()[-2].endswith("| yes |")
+    assert compare.main([str(paths[0]), str(paths[2]), "--against", "control"]) == 2
+    assert capsys.readouterr().err.strip() == ("quality_compare: the runs edited different cases: steps 12 against "
+                                               "20; pool only runs of the same settings")
+    assert compare.main([str(paths[0]), str(paths[0]), "--against", "control"]) == 2
+    assert "row control is in more than one run" in capsys.readouterr().err
