@@ -155,9 +155,11 @@ def case_masks(case: EditCase, bodies: np.ndarray, parts: np.ndarray) -> dict[st
 
 
 def write_case(folder: Path, case: EditCase, *, frames: int = 8, size: tuple[int, int] = (128, 128),
-               steps: int = 20, blend: str = "latent", extra: Mapping[str, Any] | None = None) -> Path:
+               steps: int = 20, blend: str = "latent", modulation: Mapping[str, Any] | None = None,
+               extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``frames/``, ``masks/<region>/`` (PNG) and ``job.yaml`` for ``case`` (``frames`` of them unless the
-    case has its own count; ``extra``: further job keys, e.g. ``control``); returns the job path."""
+    case has its own count; ``modulation``: keys added to the job's modulation; ``extra``: further job keys,
+    e.g. ``control``); returns the job path."""
     from stmod.core.io.video import write_frames
 
     frames = case.frames or frames
@@ -174,7 +176,7 @@ def write_case(folder: Path, case: EditCase, *, frames: int = 8, size: tuple[int
         "layout": {"name": "masks", "dir": "masks"},
         "backbone": {"name": "shapes"},
         "blend": blend,
-        "modulation": {"preset": "videograin", "end_step": max(1, (steps * 3) // 10)},
+        "modulation": {"preset": "videograin", "end_step": max(1, (steps * 3) // 10), **(modulation or {})},
         "steps": steps,
         "guidance": 7.5,
         "seed": 0,
