@@ -38,7 +38,7 @@ from stmod.backbones.shapes import grounding, world
 from stmod.backbones.shapes.train import (
     CAPTION_DROPOUT, _float_from, _log, _psnr, _save_atomic, _update, colour_fidelity, file_checksums,
 )
-from stmod.backbones.shapes_wan.data import WorldClips, make_clips
+from stmod.backbones.shapes_wan.data import CLIP_FRAMES, WorldClips, make_clips
 from stmod.backbones.shapes_wan.grounding import WanCrossAttentionMaps
 from stmod.backbones.shapes_wan.models import SHIFT, Diffusers, build_models, text_rows, tokenize
 
@@ -163,7 +163,8 @@ def train_transformer(transformer: Diffusers, text_encoder: Any, tokenizer: Any,
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         transformer.load_state_dict(state["transformer"]), text_encoder.load_state_dict(state["text"])
-        opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"]), ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
+        ema.load_state_dict(state["ema"])
         start, seconds = state["step"], state["seconds"]
         gen.set_state(state["gen"])
     transformer.train(), text_encoder.train()
@@ -253,7 +254,8 @@ def export(out: Path, vae: Diffusers, transformer: Diffusers, text_encoder: Any,
             vae.save_pretrained(tmp / "vae", safe_serialization=True)
             text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
             tokenizer.save_pretrained(tmp / "tokenizer")
-            FlowMatchEulerDiscreteScheduler(shift=SHIFT).save_pretrained(tmp / "scheduler")
+            scheduler: Diffusers = FlowMatchEulerDiscreteScheduler(shift=SHIFT)
+            scheduler.save_pretrained(tmp / "scheduler")
             info = dict(info, files=file_checksums(tmp))
             (tmp / "manifest.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     except NotOwnedError as exc:
@@ -269,6 +271,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="where the model folder goes (default: WORK/model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clips", type=int, default=1200, help="training clips (default: %(default)s)")
+    p.add_argument("--frames", type=int, default=CLIP_FRAMES, choices=(5, 9, 13, 17),
+                   help="frames of a training clip, 1 + 4k (default: %(default)s)")
     p.add_argument("--held-out", type=int, default=32, help="clips kept out for the figures (default: %(default)s)")
     p.add_argument("--vae-steps", type=int, default=1200)
     p.add_argument("--vae-batch", type=int, default=2)
@@ -288,12 +292,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load_clips(work: Path, args: argparse.Namespace) -> WorldClips:
     """The captioned clips, rendered once and cached in ``work``."""
-    path = work / f"clips-{args.seed}-{args.clips + args.held_out}.npz"
+    path = work / f"clips-{args.seed}-{args.clips + args.held_out}{'' if args.frames == CLIP_FRAMES else f'-{args.frames}'}.npz"
     if path.exists():
         with np.load(path) as data:
             return WorldClips(images=data["images"], captions=list(data["captions"]), pixels=data["pixels"],
                               objects=data["objects"], word_cells=data["word_cells"])
-    clips = make_clips(args.clips + args.held_out, args.seed, workers=args.threads)
+    clips = make_clips(args.clips + args.held_out, args.seed, frames=args.frames, workers=args.threads)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, images=clips.images, captions=np.array(clips.captions), pixels=clips.pixels,
              objects=clips.objects, word_cells=clips.word_cells)
@@ -311,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {"render": time.time() - began}
     vae, transformer, text_encoder, tokenizer = build_models(args.seed)
     seconds["vae"] = fit_vae(vae, train, args, work)
-    raw, seconds["latents"] = _latents(vae, train, work, f"{args.seed}-{args.clips}-{args.vae_steps}")
+    frames = "" if args.frames == CLIP_FRAMES else f"-{args.frames}"
+    raw, seconds["latents"] = _latents(vae, train, work, f"{args.seed}-{args.clips}{frames}-{args.vae_steps}")
     mean, std = raw.mean(dim=(0, 2, 3, 4)), raw.std(dim=(0, 2, 3, 4))
     vae.register_to_config(latents_mean=[round(float(v), 5) for v in mean],
                            latents_std=[round(float(v), 5) for v in std])
