@@ -13,7 +13,7 @@ from stmod.backbones.shapes_wan import data, train
 from stmod.testing import fresh_plugin_manager
 
 #: Tiny: 5-frame clips (2 latent frames), 32-pixel autoencoder crops, a checkpoint every step.
-ARGV = ["--clips", "3", "--held-out", "1", "--frames", "5", "--vae-steps", "2", "--vae-batch", "1", "--vae-crop", "32",
+ARGV = ["--clips", "3", "--held-out", "1", "--frames", "5", "--vae-steps", "2", "--decoder-steps", "2", "--vae-batch", "1", "--vae-crop", "32",
         "--steps", "3", "--batch", "2", "--checkpoint-every", "1", "--threads", "1"]
 
 
@@ -47,7 +47,7 @@ def test_the_command_trains_exports_resumes_and_reproduces(tmp_path: Path, monke
             "text_encoder/model.safetensors", "scheduler/scheduler_config.json"} <= set(files)
     assert not [name for name in files if name.endswith((".bin", ".pt", ".ckpt"))]
     assert manifest["seed"] == 0 and manifest["threads"] == 1 and "--steps 3" in manifest["command"]
-    assert set(manifest["stage_minutes"]) == {"render", "vae", "latents", "transformer"}
+    assert set(manifest["stage_minutes"]) == {"render", "vae", "latents", "transformer", "decoder"}
     assert manifest["vae_psnr_db"] > 0 and manifest["flow_loss"] > 0 and "flow_loss_no_caption" in manifest
 
     backbone = fresh_plugin_manager().registry.create("backbone", "shapes-wan", {"folder": str(work / "model")})

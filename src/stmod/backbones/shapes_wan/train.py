@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,16 +58,19 @@ def _clip_tensor(images: np.ndarray) -> torch.Tensor:
 
 # -- stage 1: the autoencoder ---------------------------------------------------------------------
 
-def fit_vae(vae: Diffusers, clips: WorldClips, args: argparse.Namespace, work: Path) -> float:
-    """Train ``vae`` in place; returns the seconds the stage has taken in all its runs."""
+def fit_vae(vae: Diffusers, clips: WorldClips, args: argparse.Namespace, work: Path, *, stage: str = "vae") -> float:
+    """Train ``vae`` in place for stage ``vae`` (all of it) or ``decoder`` (the decoder alone, the encoder
+    frozen, so the transformer's latents do not change); returns the seconds the stage has taken in all its
+    runs."""
     from diffusers.optimization import get_scheduler
 
-    params = list(vae.parameters())
-    opt = torch.optim.AdamW(params, lr=args.vae_lr, weight_decay=0.0)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=min(100, args.vae_steps // 10),
-                          num_training_steps=args.vae_steps)
-    rng = np.random.default_rng(args.seed + 10)
-    start, seconds, ckpt = 0, 0.0, work / "vae.ckpt"
+    decoder_only = stage == "decoder"
+    steps, lr = (args.decoder_steps, args.decoder_lr) if decoder_only else (args.vae_steps, args.vae_lr)
+    params = [p for n, p in vae.named_parameters() if not decoder_only or n.startswith(("decoder.", "post_quant"))]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=min(100, steps // 10), num_training_steps=steps)
+    rng = np.random.default_rng(args.seed + (11 if decoder_only else 10))
+    start, seconds, ckpt = 0, 0.0, work / f"{stage}.ckpt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
@@ -74,7 +78,7 @@ def fit_vae(vae: Diffusers, clips: WorldClips, args: argparse.Namespace, work: P
     vae.train()
     began, crop, frames = time.time() - seconds, args.vae_crop, clips.images.shape[1]
     size = clips.images.shape[2]
-    for step in range(start, args.vae_steps):
+    for step in range(start, steps):
         idx = rng.integers(0, len(clips.images), args.vae_batch)
         first = rng.integers(0, frames - VAE_FRAMES + 1, args.vae_batch)
         ys, xs = rng.integers(0, size - crop + 1, (2, args.vae_batch))
@@ -83,18 +87,19 @@ def fit_vae(vae: Diffusers, clips: WorldClips, args: argparse.Namespace, work: P
         batch = _clip_tensor(np.stack([clips.images[i, t, y, x] for i, t, y, x in window]))
         on_object = torch.from_numpy(np.stack([clips.pixel_objects(int(i))[t, y, x] for i, t, y, x in window]))
         weight = 1.0 + args.object_weight * on_object.unsqueeze(1).float()
-        dist = vae.encode(batch).latent_dist
+        with torch.set_grad_enabled(not decoder_only):
+            dist = vae.encode(batch).latent_dist
         error = vae.decode(dist.mode()).sample - batch
         rec = (weight * (error.pow(2) + 0.5 * error.abs())).mean() / weight.mean()
-        _update(rec + 1e-6 * dist.kl().mean(), params, opt, sched)
+        _update(rec if decoder_only else rec + 1e-6 * dist.kl().mean(), params, opt, sched)
         if (step + 1) % 20 == 0:
-            _log(work, {"stage": "vae", "step": step + 1, "loss": rec.item(), "lr": sched.get_last_lr()[0],
+            _log(work, {"stage": stage, "step": step + 1, "loss": rec.item(), "lr": sched.get_last_lr()[0],
                         "time": time.time()})
-        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.vae_steps:
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
             _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                           "step": step + 1, "rng": rng.bit_generator.state, "seconds": time.time() - began}, ckpt)
     vae.eval()
-    return time.time() - began if start < args.vae_steps else seconds
+    return time.time() - began if start < steps else seconds
 
 
 @torch.no_grad()
@@ -278,6 +283,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-batch", type=int, default=2)
     p.add_argument("--vae-crop", type=int, default=64, help="side of the autoencoder's training crops")
     p.add_argument("--vae-lr", type=_float_from(0, inclusive=False), default=1.5e-3)
+    p.add_argument("--decoder-steps", type=int, default=2000,
+                   help="then the decoder alone, the encoder frozen (default: %(default)s)")
+    p.add_argument("--decoder-lr", type=_float_from(0, inclusive=False), default=1e-3)
+    p.add_argument("--only-decoder", action="store_true",
+                   help="run the autoencoder stages alone (what a run with 2+ threads starts beside the transformer)")
     p.add_argument("--steps", type=int, default=3000, help="transformer steps (default: %(default)s)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=_float_from(0, inclusive=False), default=6e-4)
@@ -305,6 +315,23 @@ def _load_clips(work: Path, args: argparse.Namespace) -> WorldClips:
     return clips
 
 
+def _decoder_beside(args: argparse.Namespace, work: Path) -> subprocess.Popen | None:
+    """With two or more threads, the decoder stage in a child process on one thread beside the transformer
+    stage (the two are independent: the encoder, and so the latents, stay as they are); else ``None``."""
+    state = work / "decoder.ckpt"
+    if args.threads < 2 or args.decoder_steps == 0 or \
+            (state.exists() and torch.load(state, weights_only=False)["step"] >= args.decoder_steps):
+        return None
+    argv = [sys.executable, "-m", "stmod.backbones.shapes_wan.train", "--work", str(work), "--only-decoder",
+            "--threads", "1"]
+    for name in ("seed", "clips", "held_out", "frames", "vae_steps", "vae_batch", "vae_crop", "vae_lr",
+                 "decoder_steps", "decoder_lr", "object_weight", "checkpoint_every"):
+        argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    print(f"train: the decoder stage runs beside the transformer stage; see {work / 'decoder.log'}", file=sys.stderr)
+    with open(work / "decoder.log", "ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -315,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {"render": time.time() - began}
     vae, transformer, text_encoder, tokenizer = build_models(args.seed)
     seconds["vae"] = fit_vae(vae, train, args, work)
+    if args.only_decoder:
+        fit_vae(vae, train, args, work, stage="decoder")
+        return 0
     frames = "" if args.frames == CLIP_FRAMES else f"-{args.frames}"
     raw, seconds["latents"] = _latents(vae, train, work, f"{args.seed}-{args.clips}{frames}-{args.vae_steps}")
     mean, std = raw.mean(dim=(0, 2, 3, 4)), raw.std(dim=(0, 2, 3, 4))
@@ -322,8 +352,17 @@ def main(argv: list[str] | None = None) -> int:
                            latents_std=[round(float(v), 5) for v in std])
     shape = (1, -1, 1, 1, 1)
     mean, std = torch.tensor(vae.config.latents_mean).view(shape), torch.tensor(vae.config.latents_std).view(shape)
-    ema, seconds["transformer"] = train_transformer(transformer, text_encoder, tokenizer, (raw - mean) / std, train,
-                                                    args, work)
+    child = _decoder_beside(args, work)
+    try:
+        torch.set_num_threads(max(1, args.threads - (child is not None)))
+        ema, seconds["transformer"] = train_transformer(transformer, text_encoder, tokenizer, (raw - mean) / std,
+                                                        train, args, work)
+        if child is not None and child.wait() != 0:
+            raise SystemExit(f"train: the decoder stage failed (exit {child.returncode}); see {work / 'decoder.log'}")
+    finally:
+        if child is not None and child.poll() is None:
+            child.terminate()
+    seconds["decoder"] = fit_vae(vae, train, args, work, stage="decoder")
     ema.copy_to(transformer.parameters())
     figures = vae_figures(vae, held_out)
     figures.update(held_out_flow_loss(transformer, text_encoder, tokenizer, (encode_clips(vae, held_out.images) - mean)
