@@ -283,12 +283,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-batch", type=int, default=2)
     p.add_argument("--vae-crop", type=int, default=64, help="side of the autoencoder's training crops")
     p.add_argument("--vae-lr", type=_float_from(0, inclusive=False), default=1.5e-3)
-    p.add_argument("--decoder-steps", type=int, default=2000,
+    p.add_argument("--decoder-steps", type=int, default=0,
                    help="then the decoder alone, the encoder frozen (default: %(default)s)")
     p.add_argument("--decoder-lr", type=_float_from(0, inclusive=False), default=1e-3)
     p.add_argument("--only-decoder", action="store_true",
                    help="run the autoencoder stages alone (what a run with 2+ threads starts beside the transformer)")
-    p.add_argument("--steps", type=int, default=3000, help="transformer steps (default: %(default)s)")
+    p.add_argument("--latent-clips", type=int, default=600,
+                   help="the transformer trains on the first this many training clips (encoding a clip takes "
+                        "about as long as 1.5 transformer steps; default: %(default)s)")
+    p.add_argument("--steps", type=int, default=1600, help="transformer steps (default: %(default)s)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=_float_from(0, inclusive=False), default=6e-4)
     p.add_argument("--object-weight", type=_float_from(0, inclusive=True), default=4.0,
@@ -346,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         fit_vae(vae, train, args, work, stage="decoder")
         return 0
     frames = "" if args.frames == CLIP_FRAMES else f"-{args.frames}"
-    raw, seconds["latents"] = _latents(vae, train, work, f"{args.seed}-{args.clips}{frames}-{args.vae_steps}")
+    train = train.split(len(train.images) - min(args.latent_clips, len(train.images)))[0] \
+        if args.latent_clips < len(train.images) else train
+    raw, seconds["latents"] = _latents(vae, train, work, f"{args.seed}-{len(train.images)}{frames}-{args.vae_steps}")
     mean, std = raw.mean(dim=(0, 2, 3, 4)), raw.std(dim=(0, 2, 3, 4))
     vae.register_to_config(latents_mean=[round(float(v), 5) for v in mean],
                            latents_std=[round(float(v), 5) for v in std])
