@@ -349,9 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         fit_vae(vae, train, args, work, stage="decoder")
         return 0
     frames = "" if args.frames == CLIP_FRAMES else f"-{args.frames}"
-    train = train.split(len(train.images) - min(args.latent_clips, len(train.images)))[0] \
-        if args.latent_clips < len(train.images) else train
-    raw, seconds["latents"] = _latents(vae, train, work, f"{args.seed}-{len(train.images)}{frames}-{args.vae_steps}")
+    # the autoencoder stages train on every clip, the transformer on the first --latent-clips
+    clips = train.split(len(train.images) - args.latent_clips)[0] if args.latent_clips < len(train.images) else train
+    raw, seconds["latents"] = _latents(vae, clips, work, f"{args.seed}-{len(clips.images)}{frames}-{args.vae_steps}")
     mean, std = raw.mean(dim=(0, 2, 3, 4)), raw.std(dim=(0, 2, 3, 4))
     vae.register_to_config(latents_mean=[round(float(v), 5) for v in mean],
                            latents_std=[round(float(v), 5) for v in std])
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         torch.set_num_threads(max(1, args.threads - (child is not None)))
         ema, seconds["transformer"] = train_transformer(transformer, text_encoder, tokenizer, (raw - mean) / std,
-                                                        train, args, work)
+                                                        clips, args, work)
         if child is not None and child.wait() != 0:
             raise SystemExit(f"train: the decoder stage failed (exit {child.returncode}); see {work / 'decoder.log'}")
     finally:
