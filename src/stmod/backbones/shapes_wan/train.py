@@ -58,6 +58,22 @@ def _clip_tensor(images: np.ndarray) -> torch.Tensor:
 
 # -- stage 1: the autoencoder ---------------------------------------------------------------------
 
+def decode_unclamped(vae: Diffusers, z: torch.Tensor) -> torch.Tensor:
+    """``vae.decode(z).sample`` without its final clamp to [-1, 1], for training: a clamped pixel has no
+    gradient, and a decoder that starts out of range stays there (measured: a clamped run reached 14.6 dB
+    held-out PSNR after 1 200 steps, its sand frames flat blue)."""
+    # Adapted from diffusers models/autoencoders/autoencoder_kl_wan.py AutoencoderKLWan._decode (no tiling)
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for i in range(z.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  **({"first_chunk": True} if i == 0 else {})))
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
 def fit_vae(vae: Diffusers, clips: WorldClips, args: argparse.Namespace, work: Path, *, stage: str = "vae") -> float:
     """Train ``vae`` in place for stage ``vae`` (all of it) or ``decoder`` (the decoder alone, the encoder
     frozen, so the transformer's latents do not change); returns the seconds the stage has taken in all its
@@ -89,7 +105,7 @@ def fit_vae(vae: Diffusers, clips: WorldClips, args: argparse.Namespace, work: P
         weight = 1.0 + args.object_weight * on_object.unsqueeze(1).float()
         with torch.set_grad_enabled(not decoder_only):
             dist = vae.encode(batch).latent_dist
-        error = vae.decode(dist.mode()).sample - batch
+        error = decode_unclamped(vae, dist.mode()) - batch
         rec = (weight * (error.pow(2) + 0.5 * error.abs())).mean() / weight.mean()
         _update(rec if decoder_only else rec + 1e-6 * dist.kl().mean(), params, opt, sched)
         if (step + 1) % 20 == 0:
@@ -279,19 +295,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=CLIP_FRAMES, choices=(5, 9, 13, 17),
                    help="frames of a training clip, 1 + 4k (default: %(default)s)")
     p.add_argument("--held-out", type=int, default=32, help="clips kept out for the figures (default: %(default)s)")
-    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-steps", type=int, default=1600)
     p.add_argument("--vae-batch", type=int, default=2)
     p.add_argument("--vae-crop", type=int, default=64, help="side of the autoencoder's training crops")
-    p.add_argument("--vae-lr", type=_float_from(0, inclusive=False), default=1.5e-3)
+    p.add_argument("--vae-lr", type=_float_from(0, inclusive=False), default=5e-4)
     p.add_argument("--decoder-steps", type=int, default=0,
                    help="then the decoder alone, the encoder frozen (default: %(default)s)")
     p.add_argument("--decoder-lr", type=_float_from(0, inclusive=False), default=1e-3)
     p.add_argument("--only-decoder", action="store_true",
                    help="run the autoencoder stages alone (what a run with 2+ threads starts beside the transformer)")
-    p.add_argument("--latent-clips", type=int, default=600,
+    p.add_argument("--latent-clips", type=int, default=500,
                    help="the transformer trains on the first this many training clips (encoding a clip takes "
                         "about as long as 1.5 transformer steps; default: %(default)s)")
-    p.add_argument("--steps", type=int, default=1600, help="transformer steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=1500, help="transformer steps (default: %(default)s)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=_float_from(0, inclusive=False), default=6e-4)
     p.add_argument("--object-weight", type=_float_from(0, inclusive=True), default=4.0,
