@@ -299,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-batch", type=int, default=2)
     p.add_argument("--vae-crop", type=int, default=64, help="side of the autoencoder's training crops")
     p.add_argument("--vae-lr", type=_float_from(0, inclusive=False), default=5e-4)
-    p.add_argument("--decoder-steps", type=int, default=0,
+    p.add_argument("--decoder-steps", type=int, default=1500,
                    help="then the decoder alone, the encoder frozen (default: %(default)s)")
     p.add_argument("--decoder-lr", type=_float_from(0, inclusive=False), default=1e-3)
     p.add_argument("--only-decoder", action="store_true",
