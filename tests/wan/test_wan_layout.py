@@ -31,6 +31,11 @@ def test_time_compression_equals_float64_reference() -> None:
     assert torch.equal(out.double(), reference)
 
 
+def test_time_compression_of_no_regions_keeps_the_frame_count() -> None:
+    """A job without regions (a reconstruction) has ``(F, 0, H, W)`` masks: no reshape ambiguity."""
+    assert compress_masks_in_time(torch.zeros(9, 0, 16, 16, dtype=torch.bool)).shape == (3, 0, 16, 16)
+
+
 def _codes(pixel: torch.Tensor) -> torch.Tensor:
     """Self-attention codes per latent token ``(f, N)`` of masks ``(F, 2, H, W)`` at Wan's token grid."""
     latent = LayoutMasks(masks=compress_masks_in_time(pixel), names=("a", "b"))

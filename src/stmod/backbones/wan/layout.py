@@ -42,5 +42,6 @@ def compress_masks_in_time(masks: torch.Tensor, ratio: int = 4) -> torch.Tensor:
     frames = masks.shape[0]
     if latent_frame_count(frames, ratio) is None:
         raise ValueError(f"masks have {frames} frames; a Wan clip has 1 + {ratio}·k")
-    rest = masks[1:].reshape(-1, ratio, *masks.shape[1:]).any(dim=1)
+    # the group count spelled out: with no regions (K = 0) a -1 would be ambiguous
+    rest = masks[1:].reshape((frames - 1) // ratio, ratio, *masks.shape[1:]).any(dim=1)
     return torch.cat([masks[:1].bool(), rest])
