@@ -81,3 +81,11 @@ def test_a_bad_setting_is_one_line_before_anything_is_written(tmp_path: Path, ca
         train.main(["--work", str(tmp_path / "work"), "--frames", "8"])
     assert exit_.value.code == 2 and not (tmp_path / "work").exists()
     assert "--frames" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_two_threads_run_the_decoder_stage_beside_the_transformer(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    assert train.main(["--work", str(work), *ARGV[:-1], "2"]) == 0
+    assert (work / "decoder.log").is_file()
+    assert torch.load(work / "decoder.ckpt", weights_only=False)["step"] == 2
+    assert verify_model(work / "model", what="shapes-wan model")["threads"] == 2
