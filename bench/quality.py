@@ -216,8 +216,9 @@ def run(args: argparse.Namespace, save) -> dict:
         for case in cases:
             # the editor's registry already has the plugins' job formats: no plugin manager per case
             spec = load_job(_row_job(jobs[case.name], row, args.steps), formats=editor.registry.job_formats.values())
-            if args.model:
-                spec = attrs.evolve(spec, backbone=ComponentRef(name="shapes", options={"folder": str(args.model)}))
+            if args.model or args.backbone != "shapes":
+                spec = attrs.evolve(spec, backbone=ComponentRef(
+                    name=args.backbone, options={"folder": str(args.model)} if args.model else {}))
             guidance = spec_of.guidance if spec_of.guidance is not None else args.guidance
             spec = attrs.evolve(spec, modulation=attrs.evolve(spec.modulation, **spec_of.modulation),
                                 blend=ComponentRef(name=spec_of.blend) if spec_of.blend else spec.blend,
@@ -231,7 +232,8 @@ def run(args: argparse.Namespace, save) -> dict:
                                     reconstruction=spec_of.reconstruction)})
             bar.update()
         done = rows[: rows.index(row) + 1]
-        results = {"model": str(args.model or "shipped"), "cases": args.cases, "frames": args.frames,
+        results = {"backbone": args.backbone, "model": str(args.model or "shipped"), "cases": args.cases,
+                   "frames": args.frames,
                    "steps": args.steps,
                    "guidance": args.guidance,
                    "per_kind": args.per_kind, "seed": args.seed,
@@ -307,15 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", choices=("benchmark", "independent"), default="benchmark",
                    help="benchmark: the world generator's cases; independent: clips drawn by another renderer "
                         "(other textures, sizes, positions and frame counts; stmod.backbones.shapes.independent)")
-    p.add_argument("--model", type=Path, default=None, help="a shapes model folder (default: the shipped one)")
+    p.add_argument("--backbone", choices=("shapes", "shapes-wan"), default="shapes",
+                   help="shapes: the SD-1.5-layout UNet model; shapes-wan: the Wan-layout model (frames must be "
+                        "1 + 4k; it takes no ControlNet or extension rows) (default: %(default)s)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a model folder of the --backbone (default: the shipped one)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"), help="work folder (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="where the results go (default: OUT/quality.json)")
     args = p.parse_args(argv)
     if args.model is not None:
         # absolute: a relative folder would be read against each case's job folder, not the shell's
         args.model = args.model.absolute()
-        if not (args.model / "model_index.json").is_file():
-            raise SystemExit(f"quality: --model {args.model} is not a diffusers model folder (no model_index.json);"
+        part = "transformer" if args.backbone == "shapes-wan" else "model_index.json"
+        if not (args.model / part).exists():
+            raise SystemExit(f"quality: --model {args.model} is not a diffusers model folder (no {part});"
                              " give the model/ folder that the training command wrote")
     path = args.json or args.out / "quality.json"
 
@@ -326,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(path)
 
     results = run(args, save)
-    print(f"shapes world ({args.cases} cases), {len(results['records']) // len(results['rows'])} edits per row, "
+    print(f"{args.backbone} on the shapes world ({args.cases} cases), {len(results['records']) // len(results['rows'])} edits per row, "
           f"{args.frames} frames, {args.steps} steps, guidance {args.guidance if args.guidance is not None else 7.5}")
     for row in results["rows"]:
         print(f"  {row}: {ROWS[row].description}")

@@ -29,7 +29,11 @@ def test_time_compression_equals_float64_reference() -> None:
     out = compress_masks_in_time(masks)
     assert out.dtype == torch.bool and out.shape == (4, 3, 8, 10)
     assert torch.equal(out.double(), reference)
-    assert compress_masks_in_time(torch.zeros(9, 0, 8, 10, dtype=torch.bool)).shape == (3, 0, 8, 10)  # no regions
+
+
+def test_time_compression_of_no_regions_keeps_the_frame_count() -> None:
+    """A job without regions (a reconstruction) has ``(F, 0, H, W)`` masks: no reshape ambiguity."""
+    assert compress_masks_in_time(torch.zeros(9, 0, 16, 16, dtype=torch.bool)).shape == (3, 0, 16, 16)
 
 
 def _codes(pixel: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Built-in plugin: the ``sd15``, ``tiny`` and ``shapes`` backbones and the ControlNet annotators."""
+"""Built-in plugin: the ``sd15``, ``tiny``, ``shapes``, ``wan`` and ``shapes-wan`` backbones and the ControlNet annotators."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def stmod_register_backbones(register: ComponentRegistrar) -> None:
                  summary="small SD-1.5-layout model trained on the shapes world (colours, shapes, parts; 128 px)")
     register.add("wan", "stmod.backbones.wan:WanBackbone", options="stmod.backbones.wan:WanOptions",
                  summary="Wan 2.1 text-to-video transformer (hub id or diffusers folder; flow matching, 1 + 4k frames)")
+    register.add("shapes-wan", "stmod.backbones.shapes_wan:ShapesWanBackbone",
+                 options="stmod.backbones.shapes_wan:ShapesWanOptions",
+                 summary="tiny Wan-2.1-layout model trained on the shapes world (flow matching, 1 + 4k frames; 128 px)")
 
 
 @hookimpl

@@ -30,22 +30,23 @@ CONTROLNET_FOLDERS = {"canny": "controlnet-canny"}
 SHIPPED_MODEL = Path(__file__).resolve().parent / "model"
 
 
-def verify_model(folder: Path) -> dict:
+def verify_model(folder: Path, *, what: str = "shapes model", trainer: str = "stmod.backbones.shapes.train") -> dict:
     """Check every file of a shapes model folder against its ``manifest.json``; returns the manifest.
+    ``what`` and ``trainer`` name the model and its training module in the errors.
 
     :raises CheckpointError: naming the first missing or altered file.
     """
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
-        raise CheckpointError(str(folder), "shapes model folder has no manifest.json (train one with "
-                                           "python -m stmod.backbones.shapes.train)")
+        raise CheckpointError(str(folder), f"{what} folder has no manifest.json (train one with "
+                                           f"python -m {trainer})")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     for name, digest in manifest["files"].items():
         path = folder / name
         if not path.is_file():
-            raise CheckpointError(str(path), "shapes model file is missing; reinstall stmod or retrain")
+            raise CheckpointError(str(path), f"{what} file is missing; reinstall stmod or retrain")
         if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            raise CheckpointError(str(path), "shapes model file does not match its checksum in manifest.json; "
+            raise CheckpointError(str(path), f"{what} file does not match its checksum in manifest.json; "
                                              "reinstall stmod or retrain")
     return manifest
 
