@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from stmod.backbones.shapes import world
-from stmod.backbones.wan.tiny import _tokenizer
+from stmod.backbones.wan.tiny import tiny_tokenizer as _tokenizer
 
 __all__ = ["Z_DIM", "TEXT_DIM", "TEXT_LENGTH", "SHIFT", "build_models", "text_rows", "Diffusers"]
 
