@@ -114,6 +114,8 @@ ROWS: dict[str, Row] = {
     # shifting masks down-right by half a cell (16 px at 4x4 on 128² frames); area keeps them centred.
     "area": Row("both, masks downsampled by area", {"mask_downsample": "area"}),
     "control": Row("both + the model's ControlNet on canny edges", job=_add(lambda steps: CONTROL)),
+    "official-area": Row("official, masks downsampled by area", {"mask_downsample": "area"},
+                         job=_add(lambda steps: {**CONTROL, "extensions": [_pnp(steps), FLATTEN]})),
     "none-control": Row("no modulation (global prompt only) + the ControlNet",
                         {"preset": "paper", "modulate_cross": False, "modulate_self": False},
                         job=_add(lambda steps: CONTROL)),
