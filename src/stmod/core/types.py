@@ -347,12 +347,13 @@ class EditSpec:
     #: conditional one's spread per frame, by this share (0: off; 0.7 in the paper), against over-exposure.
     guidance_rescale: float = number(0.0, low=0.0, high=1.0)
     #: How denoising keeps to the inversion: ``plain`` (the official code: DDIM inversion at guidance 1, then
-    #: guided denoising, which drifts from it); ``direct`` (Ju et al., "PnP Inversion", ICLR 2024: each step
-    #: is corrected by the drift that the same guided step makes from the inversion's own latent with the
-    #: source prompt, so what the target prompt does not change stays as inverted; one more pass over the
-    #: steps); ``negative-prompt`` (Miyake et al., 2023: guidance away from the source prompt instead of the
-    #: empty one; keeps the clip exactly, yet edits only as far as the two prompts' difference moves the
-    #: model). ``direct`` and ``negative-prompt`` need ``source_prompt``.
+    #: guided denoising, which drifts from it); ``direct`` (Ju et al., "PnP Inversion", ICLR 2024, in its
+    #: variant that corrects the edit itself: each step is corrected by the drift that the same guided step
+    #: makes from the inversion's own latent with the source prompt, so the source prompt as the target
+    #: returns the clip exactly; one more pass over the steps); ``negative-prompt`` (Miyake et al., 2023:
+    #: guidance away from the source prompt instead of the empty one; keeps the clip exactly, yet edits only
+    #: as far as the two prompts' difference moves the model). On the shapes model both edit worse than
+    #: ``plain`` (docs/shapes.md). ``direct`` and ``negative-prompt`` need ``source_prompt``.
     inversion: Literal["plain", "direct", "negative-prompt"] = field(
         default="plain", validator=validators.in_(("plain", "direct", "negative-prompt")))
     output: Path = field(default=Path("stmod-out"), converter=Path)
