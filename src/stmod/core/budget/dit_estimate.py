@@ -23,8 +23,7 @@ from stmod.core.budget.attention import modulated_call_bytes
 from stmod.core.budget.constants import DeviceRates
 from stmod.core.budget.dit import (DiTShape, WanVAEShape, dit_cost, dit_shape, dit_tokens, latent_frames,
                                    wan_vae_cost, wan_vae_shape)
-from stmod.core.budget.phases import (Estimate, Part, PhaseEstimate, load_phase, resident_parts, transfer_seconds,
-                                      weights_of)
+from stmod.core.budget.phases import Estimate, Part, PhaseEstimate, edit_phases, transfer_seconds, weights_of
 from stmod.core.budget.job import JobShape, ModelFootprint
 
 __all__ = ["estimate_dit", "modulated_bytes", "VAE_FP32_SLOWDOWN"]
@@ -43,18 +42,11 @@ def estimate_dit(job: JobShape, models: ModelFootprint, rates: DeviceRates) -> E
     scale = vae.scale_factor if vae is not None else 8
     frames = latent_frames(job.frames, models.time_ratio)
     data = _data_bytes(job, models, frames, scale, vae.z_dim if vae is not None else 16)
-    step = (models.denoiser,)
-    phases = (
-        load_phase(models, rates, weights),
-        _vae_phase("encode", job, models, rates, vae, resident_parts(models, rates, weights, ("vae",)), data,
-                   decoder=False),
-        _dit_phase("inversion", job, models, rates, shape, frames, resident_parts(models, rates, weights, step), data),
-        *([_dit_phase("direct inversion", job, models, rates, shape, frames,
-                      resident_parts(models, rates, weights, step), data)] if job.direct_inversion else []),
-        _dit_phase("denoising", job, models, rates, shape, frames, resident_parts(models, rates, weights, step), data),
-        _vae_phase("decoding", job, models, rates, vae, resident_parts(models, rates, weights, ("vae",)), data,
-                   decoder=True),
-    )
+    phases = edit_phases(
+        job, models, rates, weights, denoiser=(models.denoiser,),
+        vae_phase=lambda name, resident, decoder: _vae_phase(name, job, models, rates, vae, resident, data,
+                                                             decoder=decoder),
+        denoiser_phase=lambda name, resident: _dit_phase(name, job, models, rates, shape, frames, resident, data))
     return Estimate(device=models.device, dtype_bytes=models.dtype_bytes, phases=phases, attention=(),
                     measured_rates=rates.measured)
 

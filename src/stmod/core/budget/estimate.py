@@ -18,8 +18,7 @@ from stmod.core.budget.dit_estimate import estimate_dit
 from stmod.core.budget.formulas import (PER_FRAME, TEXT_TOKENS, Cost, self_attention_elements, self_attention_flops,
                                         skip_elements, tokens, unet_cost, vae_cost)
 from stmod.core.budget.job import JobShape, ModelFootprint
-from stmod.core.budget.phases import (Estimate, Part, PhaseEstimate, load_phase, resident_parts, transfer_seconds,
-                                      weights_of)
+from stmod.core.budget.phases import Estimate, Part, PhaseEstimate, edit_phases, transfer_seconds, weights_of
 from stmod.core.budget.sizes import UNetShape, VAEShape, unet_shape, vae_shape
 
 __all__ = ["Part", "PhaseEstimate", "Estimate", "estimate"]
@@ -64,18 +63,11 @@ def estimate(job: JobShape, models: ModelFootprint, rates: DeviceRates | None = 
     scale = vae.scale_factor if vae is not None else 8
     latent = (math.ceil(job.height / scale), math.ceil(job.width / scale))
     data = _data_bytes(job, models, latent, unet.in_channels if unet else 4)
-    step = ("unet", "controlnet")
-    phases = (
-        load_phase(models, rates, weights),
-        _vae_phase("encode", job, models, rates, vae, resident_parts(models, rates, weights, ("vae",)), data,
-                   decoder=False),
-        _unet_phase("inversion", job, models, rates, unet, latent, resident_parts(models, rates, weights, step), data),
-        *([_unet_phase("direct inversion", job, models, rates, unet, latent,
-                       resident_parts(models, rates, weights, step), data)] if job.direct_inversion else []),
-        _unet_phase("denoising", job, models, rates, unet, latent, resident_parts(models, rates, weights, step), data),
-        _vae_phase("decoding", job, models, rates, vae, resident_parts(models, rates, weights, ("vae",)), data,
-                   decoder=True),
-    )
+    phases = edit_phases(
+        job, models, rates, weights, denoiser=("unet", "controlnet"),
+        vae_phase=lambda name, resident, decoder: _vae_phase(name, job, models, rates, vae, resident, data,
+                                                             decoder=decoder),
+        denoiser_phase=lambda name, resident: _unet_phase(name, job, models, rates, unet, latent, resident, data))
     attention = _attention_levels(job, models, unet, latent) if unet is not None else ()
     return Estimate(device=models.device, dtype_bytes=models.dtype_bytes, phases=phases, attention=attention,
                     measured_rates=rates.measured)

@@ -4,13 +4,16 @@ and the weights, the load phase and the offload transfers (:mod:`.estimate` for 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from attrs import frozen
 
 from stmod.core.budget.constants import DeviceRates
-from stmod.core.budget.job import ModelFootprint
+from stmod.core.budget.job import JobShape, ModelFootprint
 from stmod.core.budget.sizes import Component
 
-__all__ = ["Part", "PhaseEstimate", "Estimate", "weights_of", "resident_parts", "load_phase", "transfer_seconds"]
+__all__ = ["Part", "PhaseEstimate", "Estimate", "weights_of", "resident_parts", "load_phase", "transfer_seconds",
+           "edit_phases"]
 
 
 @frozen
@@ -132,3 +135,16 @@ def transfer_seconds(models: ModelFootprint, rates: DeviceRates, running: tuple[
     weights = weights_of(models)
     moved = sum(v or 0.0 for n, v in weights.items() if n.split(" ")[0] in running)
     return 2.0 * moved / rates.transfer_bytes
+
+
+def edit_phases(job: JobShape, models: ModelFootprint, rates: DeviceRates, weights: dict[str, float | None], *,
+                denoiser: tuple[str, ...], vae_phase: Callable[[str, list[Part], bool], PhaseEstimate],
+                denoiser_phase: Callable[[str, list[Part]], PhaseEstimate]) -> tuple[PhaseEstimate, ...]:
+    """The phases of one edit in the order they run — load, encode, inversion, direct inversion (when the
+    job asks for it), denoising, decoding — whatever the denoising network: ``vae_phase(name, resident,
+    decoder)`` and ``denoiser_phase(name, resident)`` estimate one phase given the parts resident then."""
+    on_vae = resident_parts(models, rates, weights, ("vae",))
+    on_denoiser = resident_parts(models, rates, weights, denoiser)
+    steps = ("inversion", *(("direct inversion",) if job.direct_inversion else ()), "denoising")
+    return (load_phase(models, rates, weights), vae_phase("encode", on_vae, False),
+            *(denoiser_phase(name, on_denoiser) for name in steps), vae_phase("decoding", on_vae, True))
