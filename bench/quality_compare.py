@@ -30,12 +30,17 @@ from scipy import stats
 SETTINGS = ("frames", "steps", "guidance", "per_kind", "seed")
 
 
+def check_result(run: dict) -> None:
+    """Refuse what is not a ``bench/quality.py`` result, naming the keys it lacks."""
+    missing = [k for k in ("model", "rows", "records", *SETTINGS) if k not in run]
+    if missing:
+        raise ValueError(f"not a bench/quality.py result: it has no {', '.join(map(repr, missing))}")
+
+
 def paired_accuracy(a: dict, b: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Row → (accuracies of ``a``, of ``b``), case by case in the same order, for the rows both ran."""
     for run in (a, b):
-        missing = [k for k in ("model", "rows", "records", *SETTINGS) if k not in run]
-        if missing:
-            raise ValueError(f"not a bench/quality.py result: it has no {', '.join(map(repr, missing))}")
+        check_result(run)
     differ = [k for k in SETTINGS if a.get(k) != b.get(k)]
     if differ:
         raise ValueError("the two runs edited different cases: " + ", ".join(
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.runs]
         if args.against:
             for run in runs:
-                paired_accuracy(run, run)  # each is a bench/quality.py result
+                check_result(run)
             pairs = paired_against(pooled(runs), args.against, args.kinds)
             names = (args.against, "row")
         else:
