@@ -235,6 +235,11 @@ def _update(loss: torch.Tensor, params: list, opt: torch.optim.Optimizer, sched:
     sched.step()
 
 
+def _reconstruction_loss(error: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The autoencoders' loss: squared plus half the absolute error, weighted (objects more), as a weighted mean."""
+    return (weight * (error.pow(2) + 0.5 * error.abs())).mean() / weight.mean()
+
+
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1] (over the 0…255 range)."""
     mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
@@ -276,7 +281,7 @@ def _fit_autoencoder(vae: Diffusers, images: np.ndarray, objects: np.ndarray, cf
         # the latents' scale in check.
         recon = vae.decode(dist.mode()).sample
         error = recon - batch
-        rec = (weight * (error.pow(2) + 0.5 * error.abs())).mean() / weight.mean()
+        rec = _reconstruction_loss(error, weight)
         loss = rec if decoder_only else rec + 1e-6 * dist.kl().mean()
         _update(loss, params, opt, sched)
         bar.set_postfix(loss=f"{rec.item():.4f}")

@@ -39,7 +39,8 @@ import torch
 
 from stmod.backbones.shapes import grounding, world
 from stmod.backbones.shapes.train import (
-    CAPTION_DROPOUT, _float_from, _log, _psnr, _save_atomic, _update, colour_fidelity, file_checksums,
+    CAPTION_DROPOUT, _float_from, _log, _psnr, _reconstruction_loss, _save_atomic, _update, colour_fidelity,
+    file_checksums,
 )
 from stmod.backbones.shapes_wan.data import CLIP_FRAMES, WorldClips, make_clips
 from stmod.backbones.shapes_wan.grounding import WanCrossAttentionMaps
@@ -109,7 +110,7 @@ def fit_vae(vae: Diffusers, clips: WorldClips, args: argparse.Namespace, work: P
         with torch.set_grad_enabled(not decoder_only):
             dist = vae.encode(batch).latent_dist
         error = decode_unclamped(vae, dist.mode()) - batch
-        rec = (weight * (error.pow(2) + 0.5 * error.abs())).mean() / weight.mean()
+        rec = _reconstruction_loss(error, weight)
         _update(rec if decoder_only else rec + 1e-6 * dist.kl().mean(), params, opt, sched)
         if (step + 1) % 20 == 0:
             _log(work, {"stage": stage, "step": step + 1, "loss": rec.item(), "lr": sched.get_last_lr()[0],
