@@ -1,5 +1,5 @@
 """``temporal: window`` on Wan (windows of latent frames) against full attention and a float64 reference, and the
-``grabcut`` layout feeding a ``wan`` edit end to end on the tiny random model."""
+``grabcut`` and ``sam2`` layouts feeding a ``wan`` edit end to end on the tiny random model."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from PIL import Image
 
 from stmod.backbones.shapes import world
 from stmod.backbones.wan.attention import CallContext, WanLayoutProcessor, apply_rotary
@@ -167,3 +168,58 @@ def test_grabcut_layout_feeds_a_wan_edit(tmp_path: Path, tiny_wan: Path) -> None
         ious = [float((m & t).sum() / max(1, (m | t).sum())) for m, t in zip(masks[:, k], truth[:, k])]
         assert min(ious) > 0.8, (k, np.round(ious, 2))
     assert result.frames.shape == (FRAMES, 128, 128, 3) and result.run["modulated_steps"]
+
+
+class _TrackedBoxes:
+    """SAM 2's video-predictor API without a model: each object's mask is its prompt box, moved in every frame
+    by ``shift`` pixels per frame to the right; records the frames it was handed (so the test sees that SAM 2
+    got the edit's frames, not the source's)."""
+
+    def __init__(self, shift: int) -> None:
+        self.shift, self.size, self.frames = shift, (0, 0), 0
+
+    def init_state(self, video_path: str) -> dict:
+        files = sorted(Path(video_path).glob("*.jpg"))
+        self.frames = len(files)
+        with Image.open(files[0]) as first:
+            self.size = first.size[::-1]
+        return {"boxes": {}}
+
+    def add_new_points_or_box(self, state, frame_idx, obj_id, points=None, labels=None, box=None):
+        state["boxes"][obj_id] = box
+
+    def propagate_in_video(self, state, start_frame_idx=None, max_frame_num_to_track=None, reverse=False):
+        height, width = self.size
+        rows, cols = np.mgrid[0:height, 0:width] + 0.5
+        ids = sorted(state["boxes"])
+        for frame in range(self.frames):
+            logits = []
+            for obj in ids:
+                x0, y0, x1, y1 = np.asarray(state["boxes"][obj], dtype=float) + [self.shift * frame, 0] * 2
+                logits.append(np.where((cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1), 10.0, -10.0))
+            yield frame, ids, torch.tensor(np.stack(logits)[:, None], dtype=torch.bfloat16)
+
+
+def test_sam2_layout_feeds_a_wan_edit(tmp_path: Path, tiny_wan: Path, monkeypatch) -> None:
+    """The ``sam2`` layout (its predictor stood in: no SAM 2 weights here) gives a ``wan`` edit one tracked mask
+    per region over all 9 frames (the tracked boxes, moving), and the edit runs modulated on them; how masks go
+    down the VAE's time compression is tested in ``test_wan_layout``."""
+    import stmod.layouts.sam2 as sam2_layout
+
+    _scene_clip(tmp_path, 64)
+    (tmp_path / "sam2.pt").write_bytes(b"not read by the stand-in")
+    tracker = _TrackedBoxes(shift=2)
+    monkeypatch.setattr(sam2_layout, "build_sam2_predictor", lambda config, ckpt, device, overrides=(): tracker)
+    monkeypatch.setattr(sam2_layout.Sam2LayoutProvider, "_check_package", lambda self: None)
+    layout = {"name": "sam2", "checkpoint": "sam2.pt",
+              "prompts": {"cat": {0: {"box": [0, 16, 16, 48]}}, "dog": {0: {"box": [32, 16, 48, 48]}}}}
+    job = _write_job(tmp_path, tiny_wan, layout=layout)
+    editor = Editor(fresh_plugin_manager().registry, progress=False, cache=False)
+    result = editor.run(load_job(job))
+    masks = result.layout.masks.numpy()
+    assert tracker.frames == FRAMES and masks.shape == (FRAMES, 2, 64, 64)
+    for frame in range(FRAMES):
+        cols = np.flatnonzero(masks[frame, 0].any(axis=0))
+        assert (cols[0], cols[-1] + 1) == (2 * frame, 16 + 2 * frame)  # the tracked box, moved with the frame
+    assert not (masks[:, 0] & masks[:, 1]).any()
+    assert result.frames.shape == (FRAMES, 64, 64, 3) and result.run["modulated_steps"]
