@@ -64,6 +64,17 @@ def test_size_keep_and_the_upscale_warning(job_file, make_clip, tmp_path: Path) 
     assert "upscales" not in run_cli([*TESTING, "check", str(job), "--size", "keep"], env=ENV).stderr
 
 
+def test_a_size_the_backbone_cannot_take_is_one_line_naming_the_nearest(job_file) -> None:
+    """The core takes multiples of 16; a backbone without a finer rule (SD 1.5's, this test's ``identity``) needs
+    64, and ``check`` names the sizes around the one asked for."""
+    result = run_cli([*TESTING, "check", str(job_file()), "--size", "80x64"], env=ENV)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "video.size=[80, 64]: backbone 'identity' needs sides in multiples of 64; use 64x64 or 128x64" \
+        in result.stderr
+    result = run_cli([*TESTING, "check", str(job_file()), "--size", "72x64"], env=ENV)
+    assert result.exit_code == 2 and "multiple of 16" in result.stderr  # the core's own rule, for every backbone
+
+
 def test_every_command_help_shows_defaults_and_two_examples() -> None:
     parser = build_parser(fresh_plugin_manager())
     commands = next(a for a in parser._actions if a.dest == "command").choices

@@ -58,7 +58,7 @@ def test_unknown_key_without_close_match_lists_valid_keys() -> None:
         ({"guidance": True}, "guidance must be a number"),
         ({"modulation": {"preset": "videogran"}}, "did you mean 'videograin'"),
         ({"modulation": {"start_step": 10, "end_step": 5}}, "end_step 5 must not be smaller than start_step 10"),
-        ({"video": {"path": "a.mp4", "size": [500, 512]}}, "multiple of 64"),
+        ({"video": {"path": "a.mp4", "size": [500, 512]}}, "multiple of 16"),
         ({"video": {"path": "a.mp4", "every": 0}}, "every"),
         ({"regions": {"bad name!": "x"}}, "not a valid name"),
         ({"prompt": "  "}, "must not be empty"),

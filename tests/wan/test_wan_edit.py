@@ -39,6 +39,20 @@ def test_two_region_edit_end_to_end(tmp_path: Path, make_clip, tiny_wan: Path) -
     assert run["modulated_steps"] and "denoise" in run["phases"]
 
 
+def test_sizes_in_sixteens_edit_and_size_keep_rounds_to_them(tmp_path: Path, make_clip, tiny_wan: Path) -> None:
+    """Wan takes any multiple of 16 (an 8× VAE, 2×2 patches; SD 1.5 needs 64): an 80×64 edit runs end to end
+    (5×4 tokens, the masks taken to that grid), and ``--size keep`` on a 200×100 clip rounds to 192×96."""
+    job = _job(tmp_path, make_clip, tiny_wan)
+    result = run_cli(["edit", str(job), "--size", "80x64", "--quiet"], env=ENV)
+    assert result.exit_code == 0, result.stderr
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["modulated_steps"] and (tmp_path / "out" / "result.mp4").exists()
+    make_clip(tmp_path / "wide.mp4", frames=5, size=(100, 200))  # (height, width)
+    result = run_cli(["check", str(job), "--video", str(tmp_path / "wide.mp4"), "--size", "keep", "--print"], env=ENV)
+    assert result.exit_code == 0, result.stderr
+    assert yaml.safe_load(result.stdout.rpartition("\nok:")[0])["video"]["size"] == [192, 96]
+
+
 def test_frame_count_not_one_plus_four_k_is_refused_by_check(tmp_path: Path, make_clip, tiny_wan: Path) -> None:
     result = run_cli(["check", str(_job(tmp_path, make_clip, tiny_wan, frames=6))], env=ENV)
     assert result.exit_code == 2

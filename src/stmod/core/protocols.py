@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = [
     "Backbone",
     "DescribesFootprint",
+    "SizeRule",
+    "DEFAULT_SIZE_MULTIPLE",
+    "size_multiple",
     "VideoBackbone",
     "LayoutProvider",
     "LayoutReporting",
@@ -416,6 +419,26 @@ class ChecksWeights(Protocol):
         """Raise :class:`~stmod.core.errors.CheckpointError` naming the location and how to get the weights
         when they are neither here (a folder, a file, the Hugging Face cache) nor downloadable; never
         loads or downloads them. ``base_dir``: where a relative location is read from."""
+
+
+#: The pixel multiple an edit's sides must keep for a backbone without :class:`SizeRule`: SD 1.5's 8× VAE
+#: and a UNet that halves its latents three times (a 512-pixel side: 64 → 32 → 16 → 8 cells).
+DEFAULT_SIZE_MULTIPLE = 64
+
+
+@runtime_checkable
+class SizeRule(Protocol):
+    """**Optional ability** of a backbone whose edit size may be finer than :data:`DEFAULT_SIZE_MULTIPLE`
+    (e.g. Wan 2.1: an 8× VAE and 2×2 patches take any multiple of 16, so 832×480 — its 480p). ``check``
+    refuses a ``video.size`` whose sides are not multiples of it, and ``--size keep`` rounds down to it."""
+
+    #: Pixels; each side of ``video.size`` must be a multiple of it (itself a multiple of 16, the core's rule).
+    size_multiple: int
+
+
+def size_multiple(backbone: object) -> int:
+    """The pixel multiple ``backbone`` needs: its :class:`SizeRule`, else :data:`DEFAULT_SIZE_MULTIPLE`."""
+    return backbone.size_multiple if isinstance(backbone, SizeRule) else DEFAULT_SIZE_MULTIPLE
 
 
 @runtime_checkable

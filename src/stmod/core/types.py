@@ -33,6 +33,7 @@ __all__ = [
     "RANGE_KEY",
     "MAX_SEED",
     "MAX_STEPS",
+    "SIZE_MULTIPLE",
     "MAX_LEVEL",
     "Range",
     "number",
@@ -107,6 +108,9 @@ MAX_SEED = 2**32 - 1
 MAX_LEVEL = 8
 #: Most DDIM steps: the diffusion models' training timesteps (a schedule cannot have more levels).
 MAX_STEPS = 1000
+#: Pixels: every side of an edit is a multiple of it — an 8× VAE's latents in 2×2 patches (Wan 2.1). A
+#: backbone may need more (:class:`~stmod.core.protocols.SizeRule`; SD 1.5 needs 64).
+SIZE_MULTIPLE = 16
 
 
 @frozen
@@ -176,7 +180,9 @@ class VideoSource:
 
     Frame ``i`` of the edit is source frame ``start + i * every`` for ``i < frames`` (all remaining
     frames when ``frames`` is ``None``). ``size`` is ``(width, height)`` in pixels, each a multiple of
-    64; frames are scaled to cover it and centre-cropped, and masks get the same transform.
+    :data:`SIZE_MULTIPLE` (a backbone may need more, which ``check`` enforces: SD 1.5 needs 64, see
+    :class:`~stmod.core.protocols.SizeRule`); frames are scaled to cover it and centre-cropped, and masks get
+    the same transform.
     """
 
     path: Path = field(converter=Path)
@@ -187,8 +193,9 @@ class VideoSource:
 
     @size.validator
     def _check_size(self, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
-        if len(value) != 2 or any((not isinstance(v, int)) or v < 64 or v % 64 for v in value):
-            raise ValueError(f"size {value!r} must be (width, height), each a positive multiple of 64")
+        if len(value) != 2 or any((not isinstance(v, int)) or v < 64 or v % SIZE_MULTIPLE for v in value):
+            raise ValueError(f"size {value!r} must be (width, height), each a multiple of {SIZE_MULTIPLE} "
+                             "and at least 64 (SD 1.5 backbones need multiples of 64)")
 
     def indices(self, available: int) -> list[int]:
         """Source frame indices selected from a clip of ``available`` frames."""

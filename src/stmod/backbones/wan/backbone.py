@@ -84,6 +84,10 @@ class WanBackbone:
     normalised with the VAE's ``latents_mean``/``latents_std`` (:class:`~stmod.core.protocols.VideoBackbone`).
     """
 
+    #: An 8× VAE and 1×2×2 patches: any multiple of 16 pixels, so Wan's own 480p (832×480) can be edited
+    #: (:class:`~stmod.core.protocols.SizeRule`).
+    size_multiple = 16
+
     @staticmethod
     def location_claim(location: str) -> int:
         """How surely ``location`` is a Wan model (see ``StableDiffusionBackbone.location_claim``): 2 a folder

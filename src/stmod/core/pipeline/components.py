@@ -25,7 +25,7 @@ from stmod.core.io.video import ClipPlan, plan_clip
 from stmod.core.pipeline.compose import split_regions
 from stmod.core.features import feature_requests
 from stmod.core.protocols import (AttentionBlocks, Backbone, Blender, ChecksJob, ControlAnnotator, Extension,
-                                  FeatureRecording, LayoutProvider, Modulator, VideoBackbone)
+                                  FeatureRecording, LayoutProvider, Modulator, VideoBackbone, size_multiple)
 from stmod.core.registry import Registry
 from stmod.core.tokens import TokenSpan
 from stmod.core.types import ComponentRef, ControlSpec, EditSpec, as_tuple
@@ -234,13 +234,28 @@ def _check_feature_blocks(spec: EditSpec, components: Components) -> None:
                               "choose one of those")
 
 
+def _check_size(spec: EditSpec, backbone: Backbone) -> None:
+    """Each side of ``video.size`` a multiple of what the backbone needs (:class:`~stmod.core.protocols.SizeRule`),
+    else the nearest sizes that are."""
+    multiple = size_multiple(backbone)
+    width, height = spec.video.size
+    if width % multiple or height % multiple:
+        def near(v: int) -> list[int]:
+            return sorted({max(64, v // multiple * multiple), -(-v // multiple) * multiple})
+        choices = [f"{w}x{h}" for w in near(width) for h in near(height)]
+        raise InputError("video.size", [width, height], f"backbone {spec.backbone.name!r} needs sides in multiples of "
+                         f"{multiple}; use {' or '.join(choices)} (--size keep rounds the clip's own size down)")
+
+
 def check_job(spec: EditSpec, registry: Registry, *, check_output: bool = True) -> Components:
     """Validate ``spec`` and its files without loading a model; returns the built components."""
     _check_nul_bytes(spec)
+    components = build_components(spec, registry)
+    _check_size(spec, components.backbone)  # before the clip's probe, which warns of a size that upscales
     clip = plan_clip(spec.video)  # the one probe of the clip: providers and the reader share it
     if check_output:
         check_output_folder(spec)
-    components = attrs.evolve(build_components(spec, registry), clip=clip)
+    components = attrs.evolve(components, clip=clip)
     missing: list[CheckpointError] = []  # weights: all reported at once, after the other checks
     for annotator, _ in components.annotators:
         try:

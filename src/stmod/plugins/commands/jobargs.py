@@ -17,6 +17,7 @@ import attrs
 
 from stmod.core.config import job_from_mapping, load_job, load_mapping
 from stmod.core.errors import CheckpointError, StmodError, UsageError
+from stmod.core.protocols import size_multiple
 from stmod.core.registry import Registry
 from stmod.core.types import EditSpec
 
@@ -85,8 +86,8 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, job_required: bool = F
     g.add_argument("--every", type=int, help="take every N-th frame (default 1)")
     g.add_argument("--frames", type=int, help="number of frames to edit (default: all from --start)")
     g.add_argument("--size", type=_size, metavar="WxH|keep",
-                   help="edit size in pixels, multiples of 64 (job default 512x512); keep: the clip's own size, "
-                        "rounded down to multiples of 64")
+                   help="edit size in pixels, multiples of 64 for SD 1.5 backbones, 16 for wan (job default "
+                        "512x512); keep: the clip's own size, rounded down to those multiples")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--steps", type=int, help="DDIM steps for inversion and denoising (default 50)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
@@ -176,7 +177,7 @@ def load_job_from_args(args: argparse.Namespace, registry: Registry) -> EditSpec
         spec = job_from_mapping(overrides, base_dir=Path.cwd(), source="command line")
     if getattr(args, "annotator_weights", None):
         spec = _with_annotator_weights(spec, args.annotator_weights, registry)
-    return _keep_size(spec) if getattr(args, "size", None) == "keep" else spec
+    return _keep_size(spec, registry) if getattr(args, "size", None) == "keep" else spec
 
 
 def _with_annotator_weights(spec: EditSpec, folder: str, registry: Registry) -> EditSpec:
@@ -202,12 +203,16 @@ def _with_annotator_weights(spec: EditSpec, folder: str, registry: Registry) -> 
     return attrs.evolve(spec, control=tuple(controls))
 
 
-def _keep_size(spec: EditSpec) -> EditSpec:
-    """``--size keep``: the clip's own size, rounded down to multiples of 64 (no upscaling, a thin crop)."""
+def _keep_size(spec: EditSpec, registry: Registry) -> EditSpec:
+    """``--size keep``: the clip's own size, rounded down to the multiples the job's backbone takes (64 for
+    SD 1.5, 16 for Wan: :func:`~stmod.core.protocols.size_multiple`): no upscaling, a thin crop."""
     from stmod.core.io.video import probe_video  # reads the clip's header only
 
     info = probe_video(spec.video.path)
-    size = (max(64, info.width // 64 * 64), max(64, info.height // 64 * 64))
+    backbone = registry.create("backbone", spec.backbone.name, spec.backbone.options,
+                               place=f"backbone ({spec.backbone.name})")  # its options only: no weights load
+    step = size_multiple(backbone)
+    size = (max(64, info.width // step * step), max(64, info.height // step * step))
     return attrs.evolve(spec, video=attrs.evolve(spec.video, size=size))
 
 
