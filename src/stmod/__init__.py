@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from stmod.core.protocols import (AttentionBlocks, AttentionLevels, Backbone, Blender, ChecksJob, ChecksWeights, CompositesFrames,
                                       ConditionsText, ControlAnnotator, DescribesFootprint, Extension, FeatureRecording, FollowsSteps, LayoutProvider,
                                       LayoutReporting, Modulator, Phase, PreparesFromClip, RecordsAttention,
-                                      Tokenizer)
+                                      SizeRule, Tokenizer)
     from stmod.core.types import (BlendContext, EditSpec, ExtensionInput, LayoutMasks, LayoutReport, LayoutRequest,
                                   ModulationConfig, ModulationInput, Range, Region, TextConditioning, number)
 
@@ -58,7 +58,7 @@ _LAZY = {
     **dict.fromkeys(("Backbone", "LayoutProvider", "Modulator", "Blender", "ControlAnnotator", "Extension", "Phase",
                      "Tokenizer", "LayoutReporting", "ConditionsText", "FeatureRecording", "RecordsAttention",
                      "DescribesFootprint", "ChecksJob", "PreparesFromClip", "FollowsSteps", "AttentionLevels", "AttentionBlocks",
-                     "ChecksWeights", "CompositesFrames"),
+                     "ChecksWeights", "CompositesFrames", "SizeRule"),
                     "stmod.core.protocols"),
     "ModelFootprint": "stmod.core.budget.job",
     **dict.fromkeys(("FeatureRequest", "FeatureMaps", "InversionFeatures"), "stmod.core.features"),
