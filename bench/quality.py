@@ -172,11 +172,18 @@ def score(case, source: np.ndarray, result: np.ndarray, frames: int, *, reconstr
     accuracy = [metrics.attribute_accuracy(result, masks[n], colours[n]) for n in names]
     leak = metrics.leakage(source, result, masks, colours)
     causes = dict.fromkeys(("right", *metrics.CAUSES), 0)
+    wrong = dict.fromkeys(metrics.WRONG_COLOURS, 0)
+    objects = bodies | parts
     for n in names:
         same = [masks[o] for o in names if o != n and colours[o] == colours[n]]
-        found = metrics.failure_causes(source, result, masks[n], colours[n],
-                                       exclude=np.any(same, axis=0) if same else None)
+        exclude = np.any(same, axis=0) if same else None
+        found = metrics.failure_causes(source, result, masks[n], colours[n], exclude=exclude)
         causes = {k: causes[k] + found[k] for k in causes}
+        things = [k for k in range(objects.shape[1]) if (objects[:, k] & masks[n]).any()]
+        rest = objects[:, things].any(axis=1) & ~masks[n]  # the rest of the objects the region is part of
+        shown = metrics.wrong_colours(source, result, masks[n], colours[n], exclude=exclude, rest=rest,
+                                      others=[colours[o] for o in names if o != n])
+        wrong = {k: wrong[k] + shown[k] for k in wrong}
     return {
         "accuracy": float(np.mean(accuracy)),
         "shape_iou": float(np.mean([metrics.shape_iou(result, masks[n], colours[n]) for n in names])),
@@ -185,6 +192,7 @@ def score(case, source: np.ndarray, result: np.ndarray, frames: int, *, reconstr
         "background_psnr": metrics.background_psnr(source, result, (bodies | parts).any(axis=1)),
         "flicker": float(np.mean([metrics.flicker(result, masks[n]) for n in names])),
         "causes": causes,
+        "wrong_colours": wrong,
     }
 
 
@@ -262,6 +270,9 @@ def summarise(records: list[dict], rows: list[str]) -> dict:
         if counted:
             total = max(1, sum(sum(c.values()) for c in counted))
             entry["causes"] = {k: sum(c[k] for c in counted) / total for k in ("right", *metrics.CAUSES)}
+        shown = [r["wrong_colours"] for r in mine if "wrong_colours" in r]
+        if counted and shown:  # shares of all region-frames, as the causes: they split the causes' colour share
+            entry["wrong_colours"] = {k: sum(c[k] for c in shown) / total for k in metrics.WRONG_COLOURS}
         summary[row] = entry
     return summary
 
@@ -295,6 +306,17 @@ def causes_table(summary: dict) -> str:
         if "causes" in s:
             lines.append("| " + " | ".join([row] + [f"{s['causes'][k]:.2f}" for k in ("right", *metrics.CAUSES)])
                          + " |")
+    return "\n".join(lines)
+
+
+def wrong_colours_table(summary: dict) -> str:
+    """Per row, the region-frames failed for colour (shares of all), by the colour shown instead."""
+    head = ["row", "failed: colour", *(f"of which {k}" for k in metrics.WRONG_COLOURS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, s in summary.items():
+        if "wrong_colours" in s:
+            lines.append("| " + " | ".join([row, f"{s['causes']['colour']:.2f}"]
+                                           + [f"{s['wrong_colours'][k]:.2f}" for k in metrics.WRONG_COLOURS]) + " |")
     return "\n".join(lines)
 
 
@@ -342,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results["summary"]))
     print("\nregion-frames by failure cause (stmod.backbones.shapes.metrics.failure_causes; shares of all):")
     print(causes_table(results["summary"]))
+    print("\nregion-frames failed for colour, by the colour shown instead (metrics.wrong_colours; shares of all):")
+    print(wrong_colours_table(results["summary"]))
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

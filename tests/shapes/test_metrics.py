@@ -72,3 +72,27 @@ def test_each_unclean_frame_is_put_down_to_the_first_cause_that_holds() -> None:
     # frames where the region does not show are not counted
     masks[1:] = False
     assert sum(metrics.failure_causes(source, result, masks, "red").values()) == 1
+
+
+def test_a_wrong_colour_is_told_apart_by_where_it_comes_from() -> None:
+    """A part (the disc's top cap) edited to red in 6 frames: right; its own source colour (white: unedited); the
+    other region's target (blue: swapped); the body's colour (yellow: the object's); purple (other); and one frame
+    leaking red far away, which is a leak, not a colour failure, so it is not counted here."""
+    disc = _disc()
+    cap = disc & (np.mgrid[:64, :64][0] < 24)
+    body = disc & ~cap
+    colours = {name: np.array(world.COLOURS[name], np.uint8) for name in ("white", "yellow", "purple")}
+    source, masks = _frames(body, colours["yellow"], frames=6)
+    source[:, cap] = colours["white"]
+    result = source.copy()
+    for f, shown in enumerate((RED, colours["white"], BLUE, colours["yellow"], colours["purple"], colours["white"])):
+        result[f][cap] = shown
+    result[5][:, :6] = RED  # far from the cap: leakage, the first cause
+    caps = np.broadcast_to(cap, masks.shape)
+    found = metrics.wrong_colours(source, result, caps, "red", others=["blue"], rest=np.broadcast_to(body, masks.shape))
+    assert found == {"unedited": 1, "swapped": 1, "object's": 1, "other": 1}
+    assert metrics.failure_causes(source, result, caps, "red") == {"right": 1, "leak": 1, "colour": 4, "shape": 0,
+                                                                   "patchy": 0}
+    # without the rest of its object or the other region's colour, those frames are "other"
+    assert metrics.wrong_colours(source, result, caps, "red") == {"unedited": 1, "swapped": 0, "object's": 0,
+                                                                  "other": 3}

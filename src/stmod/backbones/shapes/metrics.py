@@ -25,11 +25,15 @@ with :func:`stmod.backbones.shapes.world.colour_classes` (nearest palette colour
   target), ``shape`` (the target colour spills out of the object's outline: more than a tenth of the
   region's area painted outside it, within ``reach``), ``patchy`` (the target colour covers only part of
   the region: it is not clean). :func:`failure_causes` counts them.
+* **wrong colours**: the frames failed for ``colour``, by the colour shown instead — the region's own source
+  colour (``unedited``), another region's target (``swapped``), the colour of the rest of its object
+  (``object's``) or another (:func:`wrong_colours`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import binary_dilation, binary_erosion
@@ -37,7 +41,7 @@ from scipy.ndimage import binary_dilation, binary_erosion
 from stmod.backbones.shapes.world import COLOURS, colour_classes
 
 __all__ = ["attribute_accuracy", "leakage", "background_psnr", "flicker", "dilate", "shape_iou", "clean_frames",
-           "CAUSES", "failure_causes", "dominant_colour"]
+           "CAUSES", "frame_causes", "failure_causes", "WRONG_COLOURS", "wrong_colours", "dominant_colour"]
 
 _NAMES = tuple(COLOURS)
 
@@ -134,22 +138,23 @@ def clean_frames(frames: np.ndarray, mask: np.ndarray, colour: str, *, clean_sha
 CAUSES: tuple[str, ...] = ("leak", "colour", "shape", "patchy")
 
 
-def failure_causes(source: np.ndarray, result: np.ndarray, mask: np.ndarray, colour: str, *,
-                   exclude: np.ndarray | None = None, reach: int = 8, clean_share: float = 0.9,
-                   leak_share: float = 0.005, spill_share: float = 0.1) -> dict[str, int]:
-    """How many of a region's frames are ``right`` and how many failed, by the first cause that holds
-    (:data:`CAUSES`; see the module's docstring). ``exclude (F, H, W)``: pixels that do not count as
-    leakage (other regions with the same target colour). Paint within ``reach`` pixels of the region is
-    its shape's business (``shape``), paint beyond it is leakage."""
+def frame_causes(source: np.ndarray, result: np.ndarray, mask: np.ndarray, colour: str, *,
+                 exclude: np.ndarray | None = None, reach: int = 8, clean_share: float = 0.9,
+                 leak_share: float = 0.005, spill_share: float = 0.1) -> list[str | None]:
+    """Per frame, ``right`` or the first of :data:`CAUSES` that holds (see the module's docstring); ``None`` where
+    the region does not show. ``exclude (F, H, W)``: pixels that do not count as leakage (other regions with the
+    same target colour). Paint within ``reach`` pixels of the region is its shape's business (``shape``), paint
+    beyond it is leakage."""
     src, res = colour_classes(source), colour_classes(result)
     target = _NAMES.index(colour)
     near = dilate(mask, reach)
     outside = ~near
     if exclude is not None:
         outside &= ~dilate(exclude, reach)
-    counts = dict.fromkeys(("right", *CAUSES), 0)
+    causes: list[str | None] = []
     for f in range(len(result)):
         if not mask[f].any():
+            causes.append(None)
             continue
         inner = binary_erosion(mask[f])
         inner = inner if inner.any() else mask[f]
@@ -157,13 +162,59 @@ def failure_causes(source: np.ndarray, result: np.ndarray, mask: np.ndarray, col
         inside = res[f][mask[f]]
         inside = inside[inside >= 0]
         if leaked.sum() > leak_share * max(1, outside[f].sum()):
-            counts["leak"] += 1
+            causes.append("leak")
         elif not inside.size or np.bincount(inside, minlength=len(_NAMES)).argmax() != target:
-            counts["colour"] += 1
+            causes.append("colour")
         elif (near[f] & ~mask[f] & (res[f] == target)).sum() > spill_share * mask[f].sum():
-            counts["shape"] += 1
+            causes.append("shape")
         elif float((res[f][inner] == target).mean()) < clean_share:
-            counts["patchy"] += 1
+            causes.append("patchy")
         else:
-            counts["right"] += 1
+            causes.append("right")
+    return causes
+
+
+def failure_causes(source: np.ndarray, result: np.ndarray, mask: np.ndarray, colour: str, **options: Any
+                   ) -> dict[str, int]:
+    """How many of a region's frames are ``right`` and how many failed, by the first cause that holds
+    (:func:`frame_causes`, which takes the same ``options``)."""
+    counts = dict.fromkeys(("right", *CAUSES), 0)
+    for cause in frame_causes(source, result, mask, colour, **options):
+        if cause is not None:
+            counts[cause] += 1
+    return counts
+
+
+#: Which colour a region shows in the frames failed for ``colour`` (:func:`wrong_colours`), in the order tested.
+WRONG_COLOURS: tuple[str, ...] = ("unedited", "swapped", "object's", "other")
+
+
+def wrong_colours(source: np.ndarray, result: np.ndarray, mask: np.ndarray, colour: str, *,
+                  others: Collection[str] = (), rest: np.ndarray | None = None, **options: Any) -> dict[str, int]:
+    """The frames :func:`frame_causes` fails for ``colour`` (the dominant colour inside is not the target), by
+    which colour it is instead — what tells the causes apart: ``unedited`` the region's own source colour (the
+    edit did not take), ``swapped`` another region's target (``others``: the words were bound to the wrong
+    object), ``object's`` the source colour of the rest of its object (``rest (F, H, W)``: a part painted as its
+    body, a body as its part — too few latent cells to tell them apart), ``other`` any other colour or none."""
+    src, res = colour_classes(source), colour_classes(result)
+    counts = dict.fromkeys(WRONG_COLOURS, 0)
+
+    def dominant(classes: np.ndarray, where: np.ndarray) -> int | None:
+        found = classes[where]
+        found = found[found >= 0]
+        return int(np.bincount(found, minlength=len(_NAMES)).argmax()) if found.size else None
+
+    swapped = {_NAMES.index(c) for c in others if c != colour}
+    for f, cause in enumerate(frame_causes(source, result, mask, colour, **options)):
+        if cause != "colour":
+            continue
+        shown = dominant(res[f], mask[f])
+        if shown is not None and shown == dominant(src[f], mask[f]):
+            counts["unedited"] += 1
+        elif shown is not None and shown in swapped:
+            counts["swapped"] += 1
+        elif shown is not None and rest is not None and rest[f].any() and shown == dominant(src[f], rest[f]):
+            counts["object's"] += 1
+        else:
+            counts["other"] += 1
     return counts
