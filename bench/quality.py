@@ -165,9 +165,11 @@ def score(case, source: np.ndarray, result: np.ndarray, frames: int, *, reconstr
     if reconstruction:
         masks = {f"object{k}": bodies[:, k] for k in range(bodies.shape[1]) if bodies[:, k].any()}
         colours = {name: metrics.dominant_colour(source, mask) for name, mask in masks.items()}
+        things = {f"object{k}": [k] for k in range(bodies.shape[1])}
     else:
         masks = edits.case_masks(case, bodies, parts)
         colours = {r.name: r.colour for r in case.regions}
+        things = {r.name: list(r.things) for r in case.regions}
     names = list(masks)
     accuracy = [metrics.attribute_accuracy(result, masks[n], colours[n]) for n in names]
     leak = metrics.leakage(source, result, masks, colours)
@@ -179,8 +181,7 @@ def score(case, source: np.ndarray, result: np.ndarray, frames: int, *, reconstr
         exclude = np.any(same, axis=0) if same else None
         found = metrics.failure_causes(source, result, masks[n], colours[n], exclude=exclude)
         causes = {k: causes[k] + found[k] for k in causes}
-        things = [k for k in range(objects.shape[1]) if (objects[:, k] & masks[n]).any()]
-        rest = objects[:, things].any(axis=1) & ~masks[n]  # the rest of the objects the region is part of
+        rest = objects[:, things[n]].any(axis=1) & ~masks[n]  # the rest of the region's objects: a part's body
         shown = metrics.wrong_colours(source, result, masks[n], colours[n], exclude=exclude, rest=rest,
                                       others=[colours[o] for o in names if o != n])
         wrong = {k: wrong[k] + shown[k] for k in wrong}
