@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = train.TrainConfig(train._parser().parse_args([
         "--work", str(args.work), "--unet-steps", str(args.steps), "--unet-lr", str(args.lr),
         "--grounding-weight", str(args.grounding_weight), "--images", str(args.images)]))
-    cfg.seed = 1  # the cycle draws batches and noise from a stream the first cycle did not use
     args.work.mkdir(parents=True, exist_ok=True)
-    data, _ = train._load_world(args.work, cfg, max(1, args.threads)).split(64)
+    data, _ = train._load_world(args.work, cfg, max(1, args.threads)).split(64)  # the shipped training's frames
+    cfg.seed = 1  # then the cycle draws batches and noise from a stream the first cycle did not use
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
