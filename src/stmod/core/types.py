@@ -353,6 +353,11 @@ class EditSpec:
     #: diffusers' ``guidance_rescale`` (Lin et al., 2023, §3.4): the guided prediction rescaled towards the
     #: conditional one's spread per frame, by this share (0: off; 0.7 in the paper), against over-exposure.
     guidance_rescale: float = number(0.0, low=0.0, high=1.0)
+    #: Classifier-free guidance only in this part of the denoising steps run, as shares ``(start, end)`` of
+    #: them (Kynkäänniemi et al., 2024, "Applying guidance in a limited interval"); the steps outside it take
+    #: the conditional prediction alone (guidance 1), one branch, as the inversion did. ``(0, 1)``: every
+    #: step, as the official code.
+    guidance_interval: tuple[float, float] = number((0.0, 1.0), low=0.0, high=1.0, converter=as_tuple)
     #: How denoising keeps to the inversion: ``plain`` (the official code: DDIM inversion at guidance 1, then
     #: guided denoising, which drifts from it); ``direct`` (Ju et al., "PnP Inversion", ICLR 2024, in its
     #: variant that corrects the edit itself: each step is corrected by the drift that the same guided step
@@ -396,6 +401,20 @@ class EditSpec:
             raise ValueError(f"modulation.start_step {start} lies after the default end_step "
                              f"{default_end_step(value)} ({MODULATED_FRACTION:.0%} of {value} steps); "
                              "set modulation.end_step")
+
+    @guidance_interval.validator
+    def _check_guidance_interval(self, attribute: attrs.Attribute, value: tuple[float, ...]) -> None:
+        if len(value) != 2 or not value[0] < value[1]:
+            raise ValueError(f"guidance_interval {list(value)!r} must be [start, end] with start < end, shares of "
+                             "the denoising steps (for example [0, 0.5]: guidance in the first half)")
+
+    def guided_steps(self, steps: int) -> range:
+        """Of ``steps`` denoising steps run, those ``i`` that take classifier-free guidance
+        (:attr:`guidance_interval`; none when :attr:`guidance` is 1)."""
+        if self.guidance == 1.0:
+            return range(0)
+        start, end = self.guidance_interval
+        return range(round(start * steps), round(end * steps))
 
     @property
     def modulation_window(self) -> tuple[int, int]:

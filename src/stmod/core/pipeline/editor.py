@@ -370,20 +370,18 @@ class Editor:
     def _denoise(self, inverted: _Inverted, layout: LayoutMasks) -> tuple[torch.Tensor, AttentionRecorder | None]:
         session, x0, schedule, timesteps = inverted.session, inverted.x0, inverted.schedule, inverted.timesteps
         spec, backbone, modulator = session.spec, session.backbone, session.components.modulator
-        branches: tuple[Branch, ...] = ("uncond", "cond") if spec.guidance != 1.0 else ("cond",)
         trajectory = inverted.inversion.trajectory
         # skip_fraction (the official blending_percentage): the first steps are skipped, yet the rest starts
         # from the fully inverted latent, as the official loop does; step indices count the steps run
         run = timesteps[spec.skipped_steps:]
-        corrections = _direct_corrections(session, trajectory, schedule, run, branches) \
-            if spec.inversion == "direct" else None
+        corrections = _direct_corrections(session, trajectory, schedule, run) if spec.inversion == "direct" else None
         request = _modulation_input(session, layout, len(x0), latent_size(x0))
         modulator.prepare(request)
         recorder = modulator.start_recording() if spec.save_attention and isinstance(modulator, RecordsAttention) else None
         text = _texts(modulator, request, backbone)
-        if spec.inversion == "negative-prompt" and "uncond" in branches:
+        if spec.inversion == "negative-prompt" and spec.guided_steps(len(run)):
             text = _source_as_negative(text, backbone.encode_text([spec.source_prompt]))
-        predict = _guided(session, text, branches, len(x0))
+        predict = _guided(session, text, len(x0), spec.guided_steps(len(run)))
         context = _blend_context(session, layout, x0, trajectory, schedule)
 
         def blend(x: torch.Tensor, i: int, t: int, nxt: int) -> torch.Tensor:
@@ -395,17 +393,21 @@ class Editor:
         return latents, recorder
 
 
-def _guided(session: EditSession, text: TextConditioning, branches: tuple[Branch, ...], frames: int) -> Predict:
-    """The denoising prediction with classifier-free guidance over ``branches``, the modulator's call
-    arguments and the extensions' step for each call."""
+def _guided(session: EditSession, text: TextConditioning, frames: int, guided: range) -> Predict:
+    """The denoising prediction: classifier-free guidance at the step indices in ``guided`` (both branches in
+    one batch), the conditional branch alone at the others; the modulator's call arguments and the extensions'
+    step for each call are told which branches run."""
     backbone, modulator, guidance = session.backbone, session.components.modulator, session.spec.guidance
     rescale = session.spec.guidance_rescale
     if rescale:
         # diffusers' own, as its pipelines apply ``guidance_rescale``; imported here: the core imports no diffusers
         from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
-    unet_text, control_text = _batch_text(text, frames, branches)
+    both: tuple[Branch, ...] = ("uncond", "cond")
+    texts = {branches: _batch_text(text, frames, branches) for branches in ((both,) if guided else ()) + (("cond",),)}
 
     def predict(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+        branches: tuple[Branch, ...] = both if i in guided else ("cond",)
+        unet_text, control_text = texts[branches]
         kwargs = modulator.call_kwargs(phase="denoise", step_index=i, timestep=t, branches=branches)
         session.step(phase="denoise", step_index=i, timestep=t, branches=branches)
         eps = backbone.predict_noise(torch.cat([x] * len(branches)), t, unet_text,
@@ -414,14 +416,14 @@ def _guided(session: EditSession, text: TextConditioning, branches: tuple[Branch
         if len(branches) == 1:
             return eps
         uncond, cond = eps.chunk(2)
-        guided = uncond + guidance * (cond - uncond)
-        return rescale_noise_cfg(guided, cond, guidance_rescale=rescale) if rescale else guided
+        out = uncond + guidance * (cond - uncond)
+        return rescale_noise_cfg(out, cond, guidance_rescale=rescale) if rescale else out
 
     return predict
 
 
 def _direct_corrections(session: EditSession, trajectory: Mapping[int, torch.Tensor], schedule: Schedule,
-                        run: list[int], branches: tuple[Branch, ...]) -> list[torch.Tensor]:
+                        run: list[int]) -> list[torch.Tensor]:
     """Direct inversion's per-step corrections (:func:`~stmod.core.sampling.drift_corrections`): the source
     prompt denoised from the inversion's own latents with the edit's guidance, ControlNets and extensions,
     the modulator installed without regions, as in the inversion."""
@@ -432,7 +434,7 @@ def _direct_corrections(session: EditSession, trajectory: Mapping[int, torch.Ten
                              config=spec.modulation.resolved(spec.steps), prompt=spec.source_prompt,
                              negative_prompt=spec.negative_prompt, **video)
     modulator.prepare(source)
-    predict = _guided(session, _texts(modulator, source, backbone), branches, len(x0))
+    predict = _guided(session, _texts(modulator, source, backbone), len(x0), spec.guided_steps(len(run)))
     with session.reporter.phase(len(run), "direct inversion") as bar, session.installed():
         return drift_corrections(trajectory, predict, schedule, run, on_step=lambda i: bar.update())
 
