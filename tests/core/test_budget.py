@@ -212,3 +212,22 @@ def test_direct_inversion_adds_one_guided_pass_without_modulation() -> None:
     assert extra.seconds == pytest.approx(unmodulated.phases[3].seconds)
     assert extra.peak_bytes == pytest.approx(unmodulated.phases[3].peak_bytes)
     assert direct.seconds == pytest.approx(plain.seconds + extra.seconds)
+
+
+def test_guidance_interval_shortens_the_predicted_denoising_not_its_peak() -> None:
+    """Steps outside ``guidance_interval`` run one branch: denoising is predicted to take the guided steps'
+    time plus half of it for the rest (the peak stays the two-branch one); guidance 1 runs one branch always."""
+    from stmod.core.budget.job import job_shape
+    from stmod.core.types import EditSpec, VideoSource
+
+    spec = EditSpec(video=VideoSource(path=Path("clip.mp4"), frames=4), prompt="a cat", steps=20)
+    shape = job_shape(attrs.evolve(spec, guidance_interval=(0.0, 0.5)))
+    assert (shape.branches, shape.guided_steps, shape.mean_branches) == (2, 10, 1.5)
+    assert job_shape(spec).mean_branches == 2.0
+    assert job_shape(attrs.evolve(spec, guidance=1.0)).branches == 1
+    full, half = (estimate(attrs.evolve(sd15_job(), modulated_steps=0, guided_steps=g), sd15_models())
+                  for g in (None, 25))
+    one = estimate(attrs.evolve(sd15_job(), modulated_steps=0, branches=1), sd15_models())
+    d = lambda e: e.phases[3]  # noqa: E731 (denoising)
+    assert d(full).peak_bytes == d(half).peak_bytes > d(one).peak_bytes
+    assert d(one).seconds < d(half).seconds < d(full).seconds

@@ -88,7 +88,8 @@ def _dit_phase(name: str, job: JobShape, models: ModelFootprint, rates: DeviceRa
     activations = items * cost.peak * item * rates.activation_factor
     parts = [*resident, Part("frames, latents and the trajectory", data),
              Part(f"transformer activations ({items} × {length} tokens, largest stage)", activations)]
-    seconds = job.steps * (items * (plain.dense / rates.dense_flops + plain.attention_work / rates.attention_flops)
+    per_step = job.mean_branches if name != "inversion" else 1  # outside guidance_interval: one branch
+    seconds = job.steps * (per_step * (plain.dense / rates.dense_flops + plain.attention_work / rates.attention_flops)
                            + rates.call_seconds + transfer_seconds(models, rates, (models.denoiser,)))
     if denoising and job.modulated_steps:
         self_work = shape.layers * 4.0 * length * job.focus.key_frames * per_frame * shape.dim

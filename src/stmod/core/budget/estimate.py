@@ -105,8 +105,9 @@ def _unet_phase(name: str, job: JobShape, models: ModelFootprint, rates: DeviceR
     control, control_cost = _control_parts(job, models, nets, latent, items, cost.peak * items * item * factor)
     parts = [*resident, Part("frames and latents", data),
              Part("UNet activations (skips + largest block)", items * cost.peak * item * factor), *control]
+    per_step = job.frames * (job.mean_branches if name != "inversion" else 1)  # outside guidance_interval: one
     seconds = None if None in nets else job.steps * (
-        items * ((cost.dense + control_cost.dense) / rates.dense_flops
+        per_step * ((cost.dense + control_cost.dense) / rates.dense_flops
                  + (cost.attention_work + control_cost.attention_work) / rates.attention_flops)
         + (1 + len(nets)) * rates.call_seconds + transfer_seconds(models, rates, ("unet", "controlnet")))
     if seconds is not None and denoising and job.modulated_steps:

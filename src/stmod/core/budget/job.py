@@ -88,6 +88,9 @@ class JobShape:
     width: int
     steps: int
     branches: int = 2
+    #: Denoising steps that run every branch (``guidance_interval``); the others run the conditional one alone.
+    #: ``None``: every step.
+    guided_steps: int | None = None
     focus: Focus = Focus(key_frames=1.0)
     #: Denoising steps with modulated self-attention (the cond branch uses the modulated kernel).
     modulated_steps: int = 0
@@ -101,6 +104,14 @@ class JobShape:
     #: Clip frames per latent frame after the first (:attr:`ModelFootprint.time_ratio`); ``focus`` is over
     #: latent frames, the frames the model attends across.
     time_ratio: int = 1
+
+    @property
+    def mean_branches(self) -> float:
+        """The branches a denoising step runs, on average over the steps (the time; memory takes the peak,
+        :attr:`branches`)."""
+        if self.guided_steps is None or self.branches == 1 or not self.steps:
+            return float(self.branches)
+        return (self.guided_steps * self.branches + (self.steps - self.guided_steps)) / self.steps
 
     @property
     def latent_frames(self) -> int:
@@ -140,7 +151,8 @@ def job_shape(spec: EditSpec, frames: int | None = None, *, time_ratio: int = 1)
     active = max(0, end - start) if config.modulate_self else 0
     budget = spec.modulator.options.get("budget_mb", DEFAULT_BUDGET_MB) if spec.modulator else DEFAULT_BUDGET_MB
     shape = JobShape(frames=frames, height=height, width=width, steps=spec.steps, time_ratio=time_ratio)
-    return attrs.evolve(shape, branches=1 if spec.guidance == 1.0 else 2, focus=focus_of(config, shape.latent_frames),
+    guided = len(spec.guided_steps(spec.steps - spec.skipped_steps))
+    return attrs.evolve(shape, branches=2 if guided else 1, guided_steps=guided, focus=focus_of(config, shape.latent_frames),
                         modulated_steps=active, codes=len(spec.regions) + 1,
                         # budget: a raw job option (object); float() rejects what is not a number
                         budget_bytes=int(float(cast(float, budget)) * 2**20), prompts=2 + len(spec.regions),
