@@ -116,6 +116,11 @@ def test_component_options_out_of_range_are_refused(kind: str, name: str, key: s
         registry.parse_options(kind, name, options, place="layout[0]")
 
 
+#: The job's pairs of numbers (``video.size``, ``guidance_interval``) by path, with their defaults: a bad value
+#: is tried as the first item, the rest kept valid.
+PAIRS: dict[str, tuple[Any, ...]] = {}
+
+
 def _job_cases() -> list[tuple[str, Any]]:
     spec_cases = []
     for path, cls in (("", EditSpec), ("video.", None), ("modulation.", None)):
@@ -124,6 +129,8 @@ def _job_cases() -> list[tuple[str, Any]]:
         for f in attrs.fields(cls):
             rng = f.metadata.get(RANGE_KEY)
             if rng is not None:
+                if typing.get_origin(hints[f.name]) is tuple:
+                    PAIRS[path + f.name] = f.default
                 is_int = _is_int(hints[f.name])
                 spec_cases += [(path + f.name, v) for v in _bad_values(rng, is_int)]
     return spec_cases
@@ -141,8 +148,8 @@ def _nest(path: str, value: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("path, value", _job_cases())
 def test_job_numbers_out_of_range_are_refused(path: str, value: Any) -> None:
-    data = _nest(path, [value, 64] if path == "video.size" else value)
-    target = f"{path}[0]" if path == "video.size" else path
+    data = _nest(path, [value, *PAIRS[path][1:]] if path in PAIRS else value)
+    target = f"{path}[0]" if path in PAIRS else path
     with pytest.raises(ConfigError, match=rf"job.yaml: {re.escape(target)} must be (an integer|a number|a finite number)"):
         job_from_mapping(data, base_dir=Path("."), source="job.yaml")
 
