@@ -132,6 +132,10 @@ ROWS: dict[str, Row] = {
     "recon-guided-50": Row("reconstruction at guidance 7.5 in the first 50 % of the steps",
                            job=_then(_reconstruct(7.5), _add(lambda steps: {"guidance_interval": [0, 0.5]})),
                            reconstruction=True, guidance=7.5),
+    # Does one object's colour reach the other through self-attention? λ of self-attention at the cross one's
+    # scale (1.0 instead of the paper's 0.3): keys of the other region all but cut off in the first steps.
+    "strong-self": Row("control-area, self-attention modulated at strength 1.0", {"mask_downsample": "area",
+                       "self_strength": 1.0}, job=_add(lambda steps: CONTROL)),
     "pnp": Row("both + PnP (inject for half the steps)", job=_add(lambda steps: {"extensions": [_pnp(steps)]})),
     "flatten": Row("both + FLATTEN (level 0)", job=_add(lambda steps: {"extensions": [FLATTEN]})),
     "official": Row("control + PnP + FLATTEN + videograin modulation: the official configs' recipe",
@@ -225,6 +229,11 @@ def run(args: argparse.Namespace, save) -> dict:
     out: Path = args.out.absolute()
     cases = (edits.benchmark_cases(args.per_kind, seed=args.seed) if args.cases == "benchmark" else
              independent.independent_cases(args.per_kind, seed=args.seed))
+    if args.kinds:
+        unknown = sorted(args.kinds - set(edits.KINDS))
+        if unknown:
+            raise SystemExit(f"quality: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(edits.KINDS)}")
+        cases = [c for c in cases if c.kind in args.kinds]
     rows = [r.strip() for r in args.rows.split(",")]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
@@ -259,7 +268,7 @@ def run(args: argparse.Namespace, save) -> dict:
                    "frames": args.frames,
                    "steps": args.steps,
                    "guidance": args.guidance,
-                   "per_kind": args.per_kind, "seed": args.seed,
+                   "per_kind": args.per_kind, "seed": args.seed, "kinds": sorted(args.kinds or edits.KINDS),
                    "rows": done, "records": records, "summary": summarise(records, done)}
         save(results)
     bar.close()
@@ -336,6 +345,8 @@ def wrong_colours_table(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--per-kind", type=int, default=6, help="cases of each kind (default: %(default)s; 5 kinds)")
+    p.add_argument("--kinds", type=lambda v: set(v.split(",")), default=None,
+                   help="only these kinds of case, comma-separated (default: all five)")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="first case seed")

@@ -169,3 +169,20 @@ def test_runs_of_other_rows_are_pooled_against_a_baseline(compare, tmp_path: Pat
                                                "20; pool only runs of the same settings")
     assert compare.main([str(paths[0]), str(paths[0]), "--against", "control"]) == 2
     assert "row control is in more than one run" in capsys.readouterr().err
+
+
+def test_kinds_picks_the_cases_and_an_unknown_kind_is_refused(quality, tmp_path: Path) -> None:
+    assert quality.main(["--kinds", "instance,crossing", "--per-kind", "1", "--rows", "none", "--frames", "2",
+                         "--steps", "2", "--out", str(tmp_path / "bench")]) == 0
+    results = json.loads((tmp_path / "bench" / "quality.json").read_text())
+    assert sorted(r["kind"] for r in results["records"]) == ["crossing", "instance"]
+    assert results["kinds"] == ["crossing", "instance"]
+    with pytest.raises(SystemExit, match="unknown kind.*instances; choose from class, instance"):
+        quality.main(["--kinds", "instances", "--out", str(tmp_path / "other")])
+
+
+def test_the_guided_rows_guide_the_first_steps_only(quality, tmp_path: Path) -> None:
+    job = edits.write_case(tmp_path / "c", edits.benchmark_cases(1, seed=0)[0], frames=2, steps=20)
+    for row, end in (("guided-30", 0.3), ("guided-50", 0.5), ("none-guided-50", 0.5)):
+        data = yaml.safe_load(quality._row_job(job, row, 20).read_text())
+        assert data["guidance_interval"] == [0, end] and data["control"] == quality.CONTROL["control"]
