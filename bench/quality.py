@@ -14,6 +14,7 @@ tables and writes ``quality.json``::
 
     .venv/bin/python bench/quality.py                     # 30 cases x 11 rows (~10 min at --frames 4 --steps 12)
     .venv/bin/python bench/quality.py --per-kind 2 --rows none,both
+    .venv/bin/python bench/quality.py --out bench-quality --rescore   # a finished run, scored again
 
 Inversions are cached per clip (in ``OUT/cache``), so rows that share one reuse it.
 """
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from stmod import Editor
 from stmod.backbones.shapes import edits, independent, metrics
 from stmod.core.config import load_job
+from stmod.core.io.evaldata import read_eval_frames
 from stmod.core.pipeline.cache import InversionCache
 from stmod.core.types import ComponentRef
 
@@ -191,6 +193,7 @@ def score(case, source: np.ndarray, result: np.ndarray, frames: int, *, reconstr
     leak = metrics.leakage(source, result, masks, colours)
     causes = dict.fromkeys(("right", *metrics.CAUSES), 0)
     wrong = dict.fromkeys(metrics.WRONG_COLOURS, 0)
+    swaps = dict.fromkeys(metrics.SWAP_KINDS, 0)
     objects = bodies | parts
     for n in names:
         same = [masks[o] for o in names if o != n and colours[o] == colours[n]]
@@ -201,6 +204,10 @@ def score(case, source: np.ndarray, result: np.ndarray, frames: int, *, reconstr
         shown = metrics.wrong_colours(source, result, masks[n], colours[n], exclude=exclude, rest=rest,
                                       others=[colours[o] for o in names if o != n])
         wrong = {k: wrong[k] + shown[k] for k in wrong}
+        by_target = {c: np.any([masks[o] for o in names if colours[o] == c], axis=0)
+                     for c in {colours[o] for o in names if o != n and colours[o] != colours[n]}}
+        split = metrics.swap_kinds(source, result, masks[n], colours[n], exclude=exclude, rest=rest, others=by_target)
+        swaps = {k: swaps[k] + split[k] for k in swaps}
     return {
         "accuracy": float(np.mean(accuracy)),
         "shape_iou": float(np.mean([metrics.shape_iou(result, masks[n], colours[n]) for n in names])),
@@ -210,6 +217,7 @@ def score(case, source: np.ndarray, result: np.ndarray, frames: int, *, reconstr
         "flicker": float(np.mean([metrics.flicker(result, masks[n]) for n in names])),
         "causes": causes,
         "wrong_colours": wrong,
+        "swaps": swaps,
     }
 
 
@@ -275,6 +283,24 @@ def run(args: argparse.Namespace, save) -> dict:
     return results
 
 
+def rescore(results: dict, out: Path) -> dict:
+    """``results`` (a finished run's ``quality.json``) scored again, with the metrics as they are now, from the
+    frames each edit saved under ``OUT/runs/ROW/CASE/eval/`` (lossless): nothing is edited again."""
+    maker = edits.benchmark_cases if results.get("cases", "benchmark") == "benchmark" else independent.independent_cases
+    cases = {c.name: c for c in maker(results["per_kind"], seed=results["seed"])}
+    records = []
+    for record in results["records"]:
+        saved = read_eval_frames(out / "runs" / record["row"] / record["case"])
+        if saved is None:
+            raise SystemExit(f"quality: --rescore: {out / 'runs' / record['row'] / record['case']} has no eval/ frames; "
+                             "run the rows again")
+        source, result = saved
+        case = cases[record["case"]]
+        records.append({**{k: record[k] for k in ("row", "case", "kind", "seconds")},
+                        **score(case, source, result, len(result), reconstruction=ROWS[record["row"]].reconstruction)})
+    return {**results, "records": records, "summary": summarise(records, results["rows"])}
+
+
 def summarise(records: list[dict], rows: list[str]) -> dict:
     """Per row: accuracy overall and per kind, mean leakage, background PSNR, flicker, seconds per edit."""
     summary = {}
@@ -295,6 +321,9 @@ def summarise(records: list[dict], rows: list[str]) -> dict:
         shown = [r["wrong_colours"] for r in mine if "wrong_colours" in r]
         if counted and shown:  # shares of all region-frames, as the causes: they split the causes' colour share
             entry["wrong_colours"] = {k: sum(c[k] for c in shown) / total for k in metrics.WRONG_COLOURS}
+        split = [r["swaps"] for r in mine if "swaps" in r]
+        if counted and split:
+            entry["swaps"] = {k: sum(c[k] for c in split) / total for k in metrics.SWAP_KINDS}
         summary[row] = entry
     return summary
 
@@ -333,12 +362,15 @@ def causes_table(summary: dict) -> str:
 
 def wrong_colours_table(summary: dict) -> str:
     """Per row, the region-frames failed for colour (shares of all), by the colour shown instead."""
-    head = ["row", "failed: colour", *(f"of which {k}" for k in metrics.WRONG_COLOURS)]
+    head = ["row", "failed: colour", *(f"of which {k}" for k in metrics.WRONG_COLOURS),
+            *(f"swapped: {k}" for k in metrics.SWAP_KINDS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, s in summary.items():
         if "wrong_colours" in s:
+            split = [f"{s['swaps'][k]:.2f}" if "swaps" in s else "" for k in metrics.SWAP_KINDS]
             lines.append("| " + " | ".join([row, f"{s['causes']['colour']:.2f}"]
-                                           + [f"{s['wrong_colours'][k]:.2f}" for k in metrics.WRONG_COLOURS]) + " |")
+                                           + [f"{s['wrong_colours'][k]:.2f}" for k in metrics.WRONG_COLOURS] + split)
+                         + " |")
     return "\n".join(lines)
 
 
@@ -364,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a model folder of the --backbone (default: the shipped one)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"), help="work folder (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="where the results go (default: OUT/quality.json)")
+    p.add_argument("--rescore", action="store_true",
+                   help="edit nothing: score OUT's finished run again from its saved frames with the current metrics "
+                        "(rewrites its quality.json; the other options are the run's own)")
     args = p.parse_args(argv)
     if args.model is not None:
         # absolute: a relative folder would be read against each case's job folder, not the shell's
@@ -380,7 +415,15 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         tmp.replace(path)
 
-    results = run(args, save)
+    if args.rescore:
+        if not path.is_file():
+            raise SystemExit(f"quality: --rescore: no {path}; give the --out of a finished run")
+        results = rescore(json.loads(path.read_text(encoding="utf-8")), args.out.absolute())
+        save(results)
+        args.backbone, args.cases, args.frames, args.steps, args.guidance = (
+            results["backbone"], results["cases"], results["frames"], results["steps"], results["guidance"])
+    else:
+        results = run(args, save)
     print(f"{args.backbone} on the shapes world ({args.cases} cases), {len(results['records']) // len(results['rows'])} edits per row, "
           f"{args.frames} frames, {args.steps} steps, guidance {args.guidance if args.guidance is not None else 7.5}")
     for row in results["rows"]:

@@ -186,3 +186,18 @@ def test_the_guided_rows_guide_the_first_steps_only(quality, tmp_path: Path) -> 
     for row, end in (("guided-30", 0.3), ("guided-50", 0.5), ("none-guided-50", 0.5)):
         data = yaml.safe_load(quality._row_job(job, row, 20).read_text())
         assert data["guidance_interval"] == [0, end] and data["control"] == quality.CONTROL["control"]
+
+
+def test_rescore_scores_a_finished_run_again_from_its_saved_frames(quality, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    assert quality.main(["--kinds", "instance", "--per-kind", "1", "--rows", "none", "--frames", "2", "--steps", "2",
+                         "--out", str(out)]) == 0
+    path = out / "quality.json"
+    first = json.loads(path.read_text())
+    spoiled = {**first, "records": [{**r, "accuracy": -1.0, "causes": {}} for r in first["records"]]}
+    path.write_text(json.dumps(spoiled))
+    assert quality.main(["--out", str(out), "--rescore"]) == 0
+    again = json.loads(path.read_text())
+    assert again["records"] == first["records"] and again["summary"] == first["summary"]
+    with pytest.raises(SystemExit, match="--rescore: no .*quality.json"):
+        quality.main(["--out", str(tmp_path / "none"), "--rescore"])

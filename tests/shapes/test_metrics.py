@@ -96,3 +96,22 @@ def test_a_wrong_colour_is_told_apart_by_where_it_comes_from() -> None:
     # without the rest of its object or the other region's colour, those frames are "other"
     assert metrics.wrong_colours(source, result, caps, "red") == {"unedited": 1, "swapped": 0, "object's": 0,
                                                                   "other": 3}
+
+
+def test_a_swapped_colour_is_shared_when_the_other_object_shows_it_too() -> None:
+    """Two discs, left → red, right → blue, in four frames: the left disc blue while the right one is blue too
+    (shared: one prompt's colour on both objects); the left blue while the right is green (moved); the two
+    colours traded (the left's red far from it: a leak, not counted); both right."""
+    left, right = _disc(), np.roll(_disc(), 30, axis=1)
+    assert not (left & right).any()
+    white = np.array(world.COLOURS["white"], np.uint8)
+    source, _ = _frames(left | right, white, frames=4)
+    result = source.copy()
+    for f, (shown_left, shown_right) in enumerate(((BLUE, BLUE), (BLUE, GREEN), (BLUE, RED), (RED, BLUE))):
+        result[f][left], result[f][right] = shown_left, shown_right
+    lefts, rights = (np.broadcast_to(m, (4, *m.shape)) for m in (left, right))
+    assert metrics.swap_kinds(source, result, lefts, "red", others={"blue": rights}) == {"shared": 1, "moved": 1}
+    assert metrics.swap_kinds(source, result, rights, "blue", others={"red": lefts}) == {"shared": 0, "moved": 0}
+    # the split covers exactly the swapped frames; the traded frame is the left region's leak
+    assert metrics.wrong_colours(source, result, lefts, "red", others=["blue"])["swapped"] == 2
+    assert metrics.failure_causes(source, result, lefts, "red")["leak"] == 1

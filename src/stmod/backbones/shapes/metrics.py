@@ -27,7 +27,8 @@ with :func:`stmod.backbones.shapes.world.colour_classes` (nearest palette colour
   the region: it is not clean). :func:`failure_causes` counts them.
 * **wrong colours**: the frames failed for ``colour``, by the colour shown instead — the region's own source
   colour (``unedited``), another region's target (``swapped``), the colour of the rest of its object
-  (``object's``) or another (:func:`wrong_colours`).
+  (``object's``) or another (:func:`wrong_colours`); the swapped ones split into ``shared`` (the other
+  region shows that colour too: one colour on both objects) and ``moved`` (it shows another) (:func:`swap_kinds`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from scipy.ndimage import binary_dilation, binary_erosion
 from stmod.backbones.shapes.world import COLOURS, colour_classes
 
 __all__ = ["attribute_accuracy", "leakage", "background_psnr", "flicker", "dilate", "shape_iou", "clean_frames",
-           "CAUSES", "frame_causes", "failure_causes", "WRONG_COLOURS", "wrong_colours", "dominant_colour"]
+           "CAUSES", "frame_causes", "failure_causes", "WRONG_COLOURS", "wrong_colours", "SWAP_KINDS", "swap_kinds",
+           "dominant_colour"]
 
 _NAMES = tuple(COLOURS)
 
@@ -189,32 +191,65 @@ def failure_causes(source: np.ndarray, result: np.ndarray, mask: np.ndarray, col
 WRONG_COLOURS: tuple[str, ...] = ("unedited", "swapped", "object's", "other")
 
 
+def _dominant(classes: np.ndarray, where: np.ndarray) -> int | None:
+    found = classes[where]
+    found = found[found >= 0]
+    return int(np.bincount(found, minlength=len(_NAMES)).argmax()) if found.size else None
+
+
+def _wrong_colour_frames(source: np.ndarray, result: np.ndarray, mask: np.ndarray, colour: str, *,
+                         others: Collection[str], rest: np.ndarray | None, **options: Any) -> list[tuple[int, str, int | None]]:
+    """``(frame, kind, colour shown)`` for each frame :func:`frame_causes` fails for ``colour``."""
+    src, res = colour_classes(source), colour_classes(result)
+    swapped = {_NAMES.index(c) for c in others if c != colour}
+    found: list[tuple[int, str, int | None]] = []
+    for f, cause in enumerate(frame_causes(source, result, mask, colour, **options)):
+        if cause != "colour":
+            continue
+        shown = _dominant(res[f], mask[f])
+        if shown is not None and shown == _dominant(src[f], mask[f]):
+            kind = "unedited"
+        elif shown is not None and shown in swapped:
+            kind = "swapped"
+        elif shown is not None and rest is not None and rest[f].any() and shown == _dominant(src[f], rest[f]):
+            kind = "object's"
+        else:
+            kind = "other"
+        found.append((f, kind, shown))
+    return found
+
+
 def wrong_colours(source: np.ndarray, result: np.ndarray, mask: np.ndarray, colour: str, *,
                   others: Collection[str] = (), rest: np.ndarray | None = None, **options: Any) -> dict[str, int]:
     """The frames :func:`frame_causes` fails for ``colour`` (the dominant colour inside is not the target), by
     which colour it is instead — what tells the causes apart: ``unedited`` the region's own source colour (the
-    edit did not take), ``swapped`` another region's target (``others``: the words were bound to the wrong
-    object), ``object's`` the source colour of the rest of its object (``rest (F, H, W)``: a part painted as its
-    body, a body as its part — too few latent cells to tell them apart), ``other`` any other colour or none."""
-    src, res = colour_classes(source), colour_classes(result)
+    edit did not take), ``swapped`` another region's target (``others``: the words reached the wrong object;
+    :func:`swap_kinds` tells whether one colour took both objects), ``object's`` the
+    source colour of the rest of its object (``rest (F, H, W)``: a part painted as its body, a body as its
+    part — too few latent cells to tell them apart), ``other`` any other colour or none."""
     counts = dict.fromkeys(WRONG_COLOURS, 0)
+    for _, kind, _ in _wrong_colour_frames(source, result, mask, colour, others=others, rest=rest, **options):
+        counts[kind] += 1
+    return counts
 
-    def dominant(classes: np.ndarray, where: np.ndarray) -> int | None:
-        found = classes[where]
-        found = found[found >= 0]
-        return int(np.bincount(found, minlength=len(_NAMES)).argmax()) if found.size else None
 
-    swapped = {_NAMES.index(c) for c in others if c != colour}
-    for f, cause in enumerate(frame_causes(source, result, mask, colour, **options)):
-        if cause != "colour":
+#: How the ``swapped`` frames of :func:`wrong_colours` split (:func:`swap_kinds`).
+SWAP_KINDS: tuple[str, ...] = ("shared", "moved")
+
+
+def swap_kinds(source: np.ndarray, result: np.ndarray, mask: np.ndarray, colour: str, *,
+               others: Mapping[str, np.ndarray], rest: np.ndarray | None = None, **options: Any) -> dict[str, int]:
+    """The frames :func:`wrong_colours` counts as ``swapped``, split by what the region whose target was shown
+    shows in that frame (``others``: each other region's mask ``(F, H, W)`` by its target colour): ``shared``
+    when it shows that colour too — one local prompt's colour painted on both objects, the other prompt lost —
+    and ``moved`` when it shows another colour (the colour left its object for this one). Colours that traded
+    places entirely are not here: this region's target shown far from it is leakage, the first cause."""
+    res = colour_classes(result)
+    counts = dict.fromkeys(SWAP_KINDS, 0)
+    for f, kind, shown in _wrong_colour_frames(source, result, mask, colour, others=list(others), rest=rest,
+                                               **options):
+        if kind != "swapped" or shown is None:
             continue
-        shown = dominant(res[f], mask[f])
-        if shown is not None and shown == dominant(src[f], mask[f]):
-            counts["unedited"] += 1
-        elif shown is not None and shown in swapped:
-            counts["swapped"] += 1
-        elif shown is not None and rest is not None and rest[f].any() and shown == dominant(src[f], rest[f]):
-            counts["object's"] += 1
-        else:
-            counts["other"] += 1
+        owner = others[_NAMES[shown]]
+        counts["shared" if _dominant(res[f], owner[f]) == shown else "moved"] += 1
     return counts
