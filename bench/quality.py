@@ -138,6 +138,21 @@ ROWS: dict[str, Row] = {
     # scale (1.0 instead of the paper's 0.3): keys of the other region all but cut off in the first steps.
     "strong-self": Row("control-area, self-attention modulated at strength 1.0", {"mask_downsample": "area",
                        "self_strength": 1.0}, job=_add(lambda steps: CONTROL)),
+    # The videograin preset leaves the finest layers stock (the official code's xformers path); at the shapes
+    # model's 16×16 latents those are the layers that paint each object's colour.
+    "finest": Row("control-area, the finest layers modulated too", {"mask_downsample": "area", "modulate_finest": True},
+                  job=_add(lambda steps: CONTROL)),
+    # The paper preset modulates self-attention in the conditional branch (videograin: the unconditional one, as
+    # the official code), the finest layers too, and conditions on the global prompt (no composite text).
+    "paper-area": Row("control-area with the paper preset", {"preset": "paper", "mask_downsample": "area"},
+                      job=_add(lambda steps: CONTROL)),
+    # The official code modulates self-attention in the unconditional branch, which guidance g weighs by 1 − g:
+    # these rows modulate the conditional branch's instead (as the paper preset and DenseDiffusion do).
+    "cond-self": Row("control-area, self-attention modulated in the conditional branch",
+                     {"mask_downsample": "area", "self_branch": "cond"}, job=_add(lambda steps: CONTROL)),
+    "cond-self-finest": Row("cond-self with the finest layers modulated too",
+                            {"mask_downsample": "area", "self_branch": "cond", "modulate_finest": True},
+                            job=_add(lambda steps: CONTROL)),
     "pnp": Row("both + PnP (inject for half the steps)", job=_add(lambda steps: {"extensions": [_pnp(steps)]})),
     "flatten": Row("both + FLATTEN (level 0)", job=_add(lambda steps: {"extensions": [FLATTEN]})),
     "official": Row("control + PnP + FLATTEN + videograin modulation: the official configs' recipe",

@@ -169,14 +169,17 @@ def test_inversion_is_spatiotemporal_but_unmodulated(make_masks) -> None:
 
 
 @pytest.mark.parametrize(
-    ("preset", "self_half", "cross_half"), [("videograin", 0, 1), ("paper", 1, 1)]
+    ("preset", "self_branch", "self_half", "cross_half"),
+    [("videograin", None, 0, 1), ("paper", None, 1, 1), ("videograin", "cond", 1, 1), ("paper", "uncond", 0, 1)],
 )
-def test_preset_modulates_the_right_cfg_half(make_masks, preset: str, self_half: int, cross_half: int) -> None:
-    """videograin: self on the uncond half, cross on the cond half; paper: both on the cond half."""
+def test_preset_modulates_the_right_cfg_half(make_masks, preset: str, self_branch: str | None, self_half: int,
+                                             cross_half: int) -> None:
+    """videograin: self on the uncond half, cross on the cond half; paper: both on the cond half;
+    ``self_branch`` moves self-attention's modulation to the branch it names, leaving cross-attention's."""
     frames = 2
     masks = make_masks(frames, (64, 64))
-    on = plan_for(masks, (8, 8), ModulationConfig(preset=preset))
-    off = plan_for(masks, (8, 8), ModulationConfig(preset=preset, end_step=0))
+    on = plan_for(masks, (8, 8), ModulationConfig(preset=preset, self_branch=self_branch))
+    off = plan_for(masks, (8, 8), ModulationConfig(preset=preset, self_branch=self_branch, end_step=0))
     for cross, half in ((False, self_half), (True, cross_half)):
         attn = layer(cross)
         hidden, text = inputs(2 * frames, 16, cross)
@@ -209,6 +212,13 @@ def test_finest_layers_unmodulated_in_videograin_only(make_masks) -> None:
     paper, _ = run_engine(attn, hidden, text, plan_for(masks, (8, 12), ModulationConfig(preset="paper")), **STEP)
     torch.testing.assert_close(grain, stock, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(paper, stock, atol=1e-4)
+    # modulate_finest overrides the preset both ways: videograin's finest layers modulated, paper's left stock
+    finest, _ = run_engine(attn, hidden, text, plan_for(masks, (8, 12), ModulationConfig(modulate_finest=True)),
+                           **STEP)
+    assert not torch.allclose(finest, stock, atol=1e-4)
+    kept, _ = run_engine(attn, hidden, text,
+                         plan_for(masks, (8, 12), ModulationConfig(preset="paper", modulate_finest=False)), **STEP)
+    torch.testing.assert_close(kept, stock, rtol=1e-5, atol=1e-6)
 
 
 def test_switches_disable_each_attention_type(make_masks) -> None:

@@ -252,6 +252,17 @@ class ModulationConfig:
     #: the ``videograin`` preset matches the official attention to float32 precision. ``None``: the
     #: preset decides (on for ``videograin``, off for ``paper``, whose size terms are not the official ones).
     exact_lambda: bool | None = field(default=None, validator=validators.optional(validators.instance_of(bool)))
+    #: Modulate the finest layers too: those with more than ``(h/2)·(w/2)`` tokens per frame (64×64 at 512²).
+    #: ``None``: the preset decides — ``videograin`` leaves them stock, as the official code, which sends them to
+    #: xformers without a modulation hook; ``paper`` modulates them. On a model with few latent cells (the
+    #: shapes model's 16×16) the finest layers are where an object's colour is painted (docs/shapes.md).
+    modulate_finest: bool | None = field(default=None, validator=validators.optional(validators.instance_of(bool)))
+    #: The CFG branch whose self-attention is modulated. ``None``: the preset decides — ``videograin`` the
+    #: unconditional one, as the official code (whose sliced self-attention calls its controller for the first
+    #: half of the batch only; under guidance g the unconditional prediction enters with weight 1 − g, so the
+    #: modulation acts on the edit reversed); ``paper`` (and DenseDiffusion) the conditional one.
+    self_branch: Literal["uncond", "cond"] | None = field(
+        default=None, validator=validators.optional(validators.in_(("uncond", "cond"))))
     #: A local prompt whose tokens are not in the global prompt: ``error`` (say so and stop) or ``drop``
     #: (its region gets no text tokens, said in one line: what the official code does, silently).
     missing_local_prompt: Literal["error", "drop"] = field(default="error", validator=validators.in_(("error", "drop")))

@@ -25,11 +25,13 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import attrs
 import torch
 import torch.nn.functional as F
 from attrs import field, frozen
 
 from stmod.core.levels import level_grid, level_of
+from stmod.core.types import ModulationConfig
 
 __all__ = [
     "AREA_THRESHOLD",
@@ -48,6 +50,7 @@ __all__ = [
     "token_strength",
     "LevelLayout",
     "level_layout",
+    "rules_of",
 ]
 
 #: ``area`` down-sampling: a token belongs to a region when at least this fraction of its pixels do.
@@ -106,6 +109,17 @@ _RULES = {
 def rules_for(preset: str) -> PresetRules:
     """The rules of preset ``"videograin"`` (the official code) or ``"paper"`` (the equations)."""
     return _RULES[preset]
+
+
+def rules_of(config: ModulationConfig) -> PresetRules:
+    """The rules of ``config.preset`` with the choices ``config`` makes itself (``modulate_finest``,
+    ``self_branch``; ``None`` keeps the preset's)."""
+    rules = rules_for(config.preset)
+    if config.modulate_finest is not None:
+        rules = attrs.evolve(rules, skip_finest=not config.modulate_finest)
+    if config.self_branch is not None:
+        rules = attrs.evolve(rules, self_branch=config.self_branch)
+    return rules
 
 
 def time_weight(timestep: float, exponent: float = 5.0) -> float:

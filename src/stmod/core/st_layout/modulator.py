@@ -32,7 +32,7 @@ from attrs import field, frozen, validators
 from stmod.core.errors import LayoutError
 from stmod.core.features import InversionFeatureRecorder
 from stmod.core.protocols import Phase
-from stmod.core.st_layout.labels import PresetRules, rules_for
+from stmod.core.st_layout.labels import PresetRules, rules_of
 from stmod.core.st_layout.processor import STLayoutProcessor
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.st_layout.state import EngineState, StepInfo
@@ -123,7 +123,7 @@ class ModulationPlan(ModulationInput):
     @property
     def rules(self) -> PresetRules:
         """The preset's concrete rules (e.g. ``rules.composite_text``: use the composite text embedding)."""
-        return rules_for(self.config.preset)
+        return rules_of(self.config)
 
     def mask_spans(self) -> list[tuple[int, int] | None]:
         """Per mask (in ``masks.names`` order), the ``(start, stop)`` of its region's span or ``None``."""
@@ -175,7 +175,7 @@ class STLayoutModulator:
         prompt reaches only the ControlNet. ``paper``: the negative prompt and the plain global prompt
         for both models.
         """
-        rules = rules_for(request.config.preset)
+        rules = rules_of(request.config)
         wanted = [request.negative_prompt, request.prompt, *([""] if rules.uncond_text == "empty" else []),
                   *(r.prompt for r, span in zip(request.regions, request.spans) if rules.composite_text and span is not None)]
         texts = list(dict.fromkeys(wanted))  # one encoder call for every text of the edit, each text once

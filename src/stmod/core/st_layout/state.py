@@ -15,7 +15,7 @@ from attrs import field, frozen, validators
 
 from stmod.core.levels import level_grid
 from stmod.core.protocols import Phase
-from stmod.core.st_layout.labels import (LevelLayout, layer_grid, level_layout, rules_for, time_weight,
+from stmod.core.st_layout.labels import (LevelLayout, layer_grid, level_layout, rules_for, rules_of, time_weight,
                                          time_weight_tensor, token_strength)
 from stmod.core.st_layout.recorders import AttentionRecorder
 from stmod.core.st_layout.triton_kernel import TokenOrder, token_order
@@ -76,7 +76,7 @@ class EngineState:
 
     def prepare(self, plan: ModulationPlan, record: bool) -> None:
         self.plan, self._levels, self._orders = plan, {}, {}
-        self.rules = rules_for(plan.config.preset)
+        self.rules = rules_of(plan.config)
         self.recorder = None
         if record and plan.masks is not None:
             self.recorder = AttentionRecorder(plan.masks.names, plan.mask_spans())
