@@ -37,8 +37,22 @@ def check_result(run: dict) -> None:
         raise ValueError(f"not a bench/quality.py result: it has no {', '.join(map(repr, missing))}")
 
 
-def paired_accuracy(a: dict, b: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Row → (accuracies of ``a``, of ``b``), case by case in the same order, for the rows both ran."""
+#: What a comparison can pair, per case: a record's own figure, or ``right`` — the share of the case's
+#: region-frames that came out right (clean, in shape, no leakage; ``metrics.failure_causes``).
+METRICS = ("accuracy", "clean", "shape_iou", "right")
+
+
+def value(record: dict, metric: str = "accuracy") -> float:
+    """One case's ``metric`` (:data:`METRICS`)."""
+    if metric == "right":
+        causes = record["causes"]
+        return causes["right"] / max(1, sum(causes.values()))
+    return float(record[metric])
+
+
+def paired_accuracy(a: dict, b: dict, metric: str = "accuracy") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Row → (``metric`` of ``a``, of ``b``; accuracy by default), case by case in the same order, for the rows
+    both ran."""
     for run in (a, b):
         check_result(run)
     differ = [k for k in SETTINGS if a.get(k) != b.get(k)]
@@ -50,8 +64,8 @@ def paired_accuracy(a: dict, b: dict) -> dict[str, tuple[np.ndarray, np.ndarray]
         raise ValueError(f"the two runs share no row ({', '.join(a['rows'])} against {', '.join(b['rows'])})")
     pairs = {}
     for row in rows:
-        mine = {r["case"]: r["accuracy"] for r in a["records"] if r["row"] == row}
-        theirs = {r["case"]: r["accuracy"] for r in b["records"] if r["row"] == row}
+        mine = {r["case"]: value(r, metric) for r in a["records"] if r["row"] == row}
+        theirs = {r["case"]: value(r, metric) for r in b["records"] if r["row"] == row}
         if mine.keys() != theirs.keys():
             raise ValueError(f"row {row}: the two runs scored different cases")
         cases = sorted(mine)
@@ -74,20 +88,21 @@ def pooled(runs: list[dict]) -> dict:
     return {**first, "rows": rows, "records": [r for run in runs for r in run["records"]]}
 
 
-def paired_against(run: dict, baseline: str, kinds: set[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Row → (accuracies of ``baseline``, of the row), case by case, for every other row of ``run``
-    (the cases of ``kinds`` only, when given)."""
+def paired_against(run: dict, baseline: str, kinds: set[str] | None = None,
+                   metric: str = "accuracy") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Row → (``metric`` of ``baseline``, of the row; accuracy by default), case by case, for every other row of
+    ``run`` (the cases of ``kinds`` only, when given)."""
     if baseline not in run.get("rows", []):
         raise ValueError(f"the run has no row {baseline!r} (it has {', '.join(run.get('rows', []))})")
     records = [r for r in run["records"] if kinds is None or r["kind"] in kinds]
     if not records:
         raise ValueError(f"the run has no case of the kinds {', '.join(sorted(kinds or ()))}")
-    base = {r["case"]: r["accuracy"] for r in records if r["row"] == baseline}
+    base = {r["case"]: value(r, metric) for r in records if r["row"] == baseline}
     pairs = {}
     for row in run["rows"]:
         if row == baseline:
             continue
-        mine = {r["case"]: r["accuracy"] for r in records if r["row"] == row}
+        mine = {r["case"]: value(r, metric) for r in records if r["row"] == row}
         if mine.keys() != base.keys():
             raise ValueError(f"row {row}: scored other cases than row {baseline}")
         cases = sorted(base)
@@ -105,9 +120,11 @@ def difference_interval(a: np.ndarray, b: np.ndarray, *, seed: int = 0) -> tuple
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def table(pairs: dict[str, tuple[np.ndarray, np.ndarray]], names: tuple[str, str]) -> tuple[str, int]:
+def table(pairs: dict[str, tuple[np.ndarray, np.ndarray]], names: tuple[str, str],
+          metric: str = "accuracy") -> tuple[str, int]:
     """The Markdown table, and how many rows differ beyond their interval."""
-    lines = [f"| row | acc {names[0]} | acc {names[1]} | difference | 95 % interval | told apart |",
+    short = "acc" if metric == "accuracy" else metric
+    lines = [f"| row | {short} {names[0]} | {short} {names[1]} | difference | 95 % interval | told apart |",
              "|---|---|---|---|---|---|"]
     apart = 0
     for row, (a, b) in pairs.items():
@@ -128,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     "its row ROW (e.g. none, the unmodulated baseline)")
     p.add_argument("--kinds", type=lambda v: set(v.split(",")), default=None,
                    help="comma-separated case kinds to compare on (default: all)")
+    p.add_argument("--metric", choices=METRICS, default="accuracy",
+                   help="the per-case figure compared: accuracy, clean (share of clean region-frames), shape_iou, or "
+                        "right (share of region-frames right: clean, in shape, no leakage) (default: %(default)s)")
     args = p.parse_args(argv)
     if args.against is None and len(args.runs) != 2:
         p.error("give two quality.json files, or --against ROW")
@@ -136,12 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.against:
             for run in runs:
                 check_result(run)
-            pairs = paired_against(pooled(runs), args.against, args.kinds)
+            pairs = paired_against(pooled(runs), args.against, args.kinds, args.metric)
             names = (args.against, "row")
         else:
             if args.kinds:
                 runs = [{**run, "records": [r for r in run["records"] if r["kind"] in args.kinds]} for run in runs]
-            pairs = paired_accuracy(*runs)
+            pairs = paired_accuracy(*runs, metric=args.metric)
             names = (runs[0]["model"], runs[1]["model"])
     except (OSError, ValueError) as exc:
         print(f"quality_compare: {exc}", file=sys.stderr)
@@ -149,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as exc:  # a record without its fields
         print(f"quality_compare: not a bench/quality.py result: a record has no {exc}", file=sys.stderr)
         return 2
-    text, apart = table(pairs, names)
+    text, apart = table(pairs, names, args.metric)
     print(text)
     print(f"{apart} of {len(pairs)} rows differ beyond their 95 % interval")
     return 0

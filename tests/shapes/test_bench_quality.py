@@ -201,3 +201,23 @@ def test_rescore_scores_a_finished_run_again_from_its_saved_frames(quality, tmp_
     assert again["records"] == first["records"] and again["summary"] == first["summary"]
     with pytest.raises(SystemExit, match="--rescore: no .*quality.json"):
         quality.main(["--out", str(tmp_path / "none"), "--rescore"])
+
+
+def test_metric_picks_the_figure_compared(compare, tmp_path: Path, capsys) -> None:
+    """``--metric right`` pairs the share of right region-frames (from the causes), ``--metric clean`` the clean
+    share: a row equal in accuracy but cleaner is told apart on those and not on accuracy."""
+    rng = np.random.default_rng(11)
+    base = rng.uniform(0.3, 0.7, 20)
+    run = _run("shipped", {"base": list(base), "cleaner": list(base)})
+    for record in run["records"]:
+        better = record["row"] == "cleaner"
+        right = int(rng.integers(0, 4)) + (4 if better else 0)
+        record["clean"] = right / 8
+        record["causes"] = {"right": right, "leak": 0, "colour": 8 - right, "shape": 0, "patchy": 0}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    for metric, apart in (("accuracy", "no"), ("right", "yes"), ("clean", "yes")):
+        assert compare.main([str(path), "--against", "base", "--metric", metric]) == 0
+        out = capsys.readouterr().out
+        assert re.search(rf"\| cleaner \| .* \| {apart} \|", out), (metric, out)
+    assert "| row | clean base | clean row |" in out  # the last one compared
