@@ -153,6 +153,8 @@ ROWS: dict[str, Row] = {
     "cond-self-finest": Row("cond-self with the finest layers modulated too",
                             {"mask_downsample": "area", "self_branch": "cond", "modulate_finest": True},
                             job=_add(lambda steps: CONTROL)),
+    "paper-guided-50": Row("paper-area, guidance in the first 50 % of the steps", {"preset": "paper", "mask_downsample": "area"},
+                           job=_add(lambda steps: {**CONTROL, "guidance_interval": [0, 0.5]})),
     "pnp": Row("both + PnP (inject for half the steps)", job=_add(lambda steps: {"extensions": [_pnp(steps)]})),
     "flatten": Row("both + FLATTEN (level 0)", job=_add(lambda steps: {"extensions": [FLATTEN]})),
     "official": Row("control + PnP + FLATTEN + videograin modulation: the official configs' recipe",
