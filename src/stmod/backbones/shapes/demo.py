@@ -14,7 +14,8 @@ import numpy as np
 
 from stmod.backbones.shapes import edits, metrics, world
 
-__all__ = ["DEMO_CASE", "DEMO_CONTROL", "DEMO_MODULATION", "write_demo_inputs", "demo_scores"]
+__all__ = ["DEMO_CASE", "DEMO_CONTROL", "DEMO_MODULATION", "DEMO_GUIDANCE_INTERVAL", "write_demo_inputs",
+           "demo_scores"]
 
 DEMO_CASE = edits.EditCase(
     name="demo",
@@ -32,18 +33,22 @@ DEMO_CASE = edits.EditCase(
 
 #: The demo's structure guidance: the shipped model's ControlNet on the ``canny`` annotator's edges.
 DEMO_CONTROL = [{"annotator": "canny", "scale": 1.0}]
-#: Masks downsampled by area: the official nearest downsampling keeps a latent cell when its top-left pixel
-#: is inside, shifting each mask half a cell down-right — at 16×16 latents a crescent of every disc is left
-#: unmodulated. With the ControlNet, the best recipe measured (docs/shapes.md: 0.70 against 0.58 for the
-#: ControlNet alone over the benchmark, told apart case by case; area without the ControlNet: 0.68).
-DEMO_MODULATION = {"mask_downsample": "area"}
+#: The ``paper`` preset with masks downsampled by area. At the shapes model's 16×16 latents the finest layers
+#: are where each object's colour is painted, and the ``videograin`` preset (the official code) leaves them
+#: stock; ``paper`` modulates them (most of its gain) and conditions on the global prompt. Area downsampling
+#: keeps each disc's whole area in its region (the official nearest one shifts masks half a cell down-right).
+#: Measured in docs/shapes.md, "The finest layers, and guidance while colours are decided".
+DEMO_MODULATION = {"preset": "paper", "mask_downsample": "area"}
+#: Guidance in the first half of the steps only, where the colours are decided; the second half follows the
+#: conditional prediction, as the inversion did, so the discs come back solid instead of patched.
+DEMO_GUIDANCE_INTERVAL = [0, 0.5]
 
 
 def write_demo_inputs(folder: Path, *, frames: int = 8, steps: int = 20) -> Path:
-    """Write the demo's frames, masks and job (:data:`DEMO_CONTROL`, :data:`DEMO_MODULATION`) into ``folder``;
-    returns the job path."""
+    """Write the demo's frames, masks and job (:data:`DEMO_CONTROL`, :data:`DEMO_MODULATION`,
+    :data:`DEMO_GUIDANCE_INTERVAL`) into ``folder``; returns the job path."""
     return edits.write_case(folder, DEMO_CASE, frames=frames, steps=steps, modulation=DEMO_MODULATION,
-                            extra={"control": DEMO_CONTROL})
+                            extra={"control": DEMO_CONTROL, "guidance_interval": DEMO_GUIDANCE_INTERVAL})
 
 
 def demo_scores(source: np.ndarray, result: np.ndarray) -> dict[str, dict[str, float]]:
