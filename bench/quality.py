@@ -128,8 +128,10 @@ ROWS: dict[str, Row] = {
                      job=_add(lambda steps: {**CONTROL, "guidance_interval": [0, 0.3]})),
     "guided-50": Row("control-area, guidance in the first 50 % of the steps", {"mask_downsample": "area"},
                      job=_add(lambda steps: {**CONTROL, "guidance_interval": [0, 0.5]})),
+    # paper-guided-50 without modulation: the same text, masks (for the blend), ControlNet and guidance
     "none-guided-50": Row("no modulation + the ControlNet, guidance in the first 50 % of the steps",
-                          {"preset": "paper", "modulate_cross": False, "modulate_self": False},
+                          {"preset": "paper", "modulate_cross": False, "modulate_self": False,
+                           "mask_downsample": "area"},
                           job=_add(lambda steps: {**CONTROL, "guidance_interval": [0, 0.5]})),
     "recon-guided-50": Row("reconstruction at guidance 7.5 in the first 50 % of the steps",
                            job=_then(_reconstruct(7.5), _add(lambda steps: {"guidance_interval": [0, 0.5]})),
