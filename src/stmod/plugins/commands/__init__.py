@@ -35,7 +35,7 @@ def stmod_register_commands(register: CommandRegistrar) -> None:
                            "--control canny=0.8 --out out/"))
     register.add("demo", configure=edit.configure_demo, run=edit.run_demo,
                  help="edit a shapes-world clip with the shapes model trained here and report the measured "
-                      "accuracy (CPU: 13.5 s on 2 idle cores, README)",
+                      "accuracy (CPU: about 25 s on 2 idle cores, README)",
                  examples=("stmod-run demo", "stmod-run demo --backbone tiny --frames 4 --steps 4 --out /tmp/demo"))
     register.add("layout", configure=layout_command.configure, run=layout_command.run,
                  help="compute a job's layout only: masks.mp4 and mask PNG folders (kmeans runs the inversion)",
