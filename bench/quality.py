@@ -50,6 +50,8 @@ FLATTEN = {"name": "flatten", "levels": [0]}
 NPI = {"inversion": "negative-prompt"}
 #: Direct inversion: each denoising step corrected by the drift of the source prompt's guided step.
 DIRECT = {"inversion": "direct"}
+#: Guidance in the first half of the denoising steps only (the demo's); the rest run the conditional branch.
+GUIDED_50 = {"guidance_interval": [0, 0.5]}
 
 
 def _pnp(steps: int) -> dict:
@@ -127,14 +129,14 @@ ROWS: dict[str, Row] = {
     "guided-30": Row("control-area, guidance in the first 30 % of the steps", {"mask_downsample": "area"},
                      job=_add(lambda steps: {**CONTROL, "guidance_interval": [0, 0.3]})),
     "guided-50": Row("control-area, guidance in the first 50 % of the steps", {"mask_downsample": "area"},
-                     job=_add(lambda steps: {**CONTROL, "guidance_interval": [0, 0.5]})),
+                     job=_add(lambda steps: {**CONTROL, **GUIDED_50})),
     # paper-guided-50 without modulation: the same text, masks (for the blend), ControlNet and guidance
     "none-guided-50": Row("no modulation + the ControlNet, guidance in the first 50 % of the steps",
                           {"preset": "paper", "modulate_cross": False, "modulate_self": False,
                            "mask_downsample": "area"},
-                          job=_add(lambda steps: {**CONTROL, "guidance_interval": [0, 0.5]})),
+                          job=_add(lambda steps: {**CONTROL, **GUIDED_50})),
     "recon-guided-50": Row("reconstruction at guidance 7.5 in the first 50 % of the steps",
-                           job=_then(_reconstruct(7.5), _add(lambda steps: {"guidance_interval": [0, 0.5]})),
+                           job=_then(_reconstruct(7.5), _add(lambda steps: GUIDED_50)),
                            reconstruction=True, guidance=7.5),
     # Does one object's colour reach the other through self-attention? λ of self-attention at the cross one's
     # scale (1.0 instead of the paper's 0.3): keys of the other region all but cut off in the first steps.
@@ -156,10 +158,10 @@ ROWS: dict[str, Row] = {
                             {"mask_downsample": "area", "self_branch": "cond", "modulate_finest": True},
                             job=_add(lambda steps: CONTROL)),
     "paper-guided-50": Row("paper-area, guidance in the first 50 % of the steps", {"preset": "paper", "mask_downsample": "area"},
-                           job=_add(lambda steps: {**CONTROL, "guidance_interval": [0, 0.5]})),
+                           job=_add(lambda steps: {**CONTROL, **GUIDED_50})),
     "finest-guided-50": Row("finest, guidance in the first 50 % of the steps",
                             {"mask_downsample": "area", "modulate_finest": True},
-                            job=_add(lambda steps: {**CONTROL, "guidance_interval": [0, 0.5]})),
+                            job=_add(lambda steps: {**CONTROL, **GUIDED_50})),
     "pnp": Row("both + PnP (inject for half the steps)", job=_add(lambda steps: {"extensions": [_pnp(steps)]})),
     "flatten": Row("both + FLATTEN (level 0)", job=_add(lambda steps: {"extensions": [FLATTEN]})),
     "official": Row("control + PnP + FLATTEN + videograin modulation: the official configs' recipe",

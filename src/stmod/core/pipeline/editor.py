@@ -403,10 +403,13 @@ def _guided(session: EditSession, text: TextConditioning, frames: int, guided: r
         # diffusers' own, as its pipelines apply ``guidance_rescale``; imported here: the core imports no diffusers
         from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
     both: tuple[Branch, ...] = ("uncond", "cond")
-    texts = {branches: _batch_text(text, frames, branches) for branches in ((both,) if guided else ()) + (("cond",),)}
+    cond_only: tuple[Branch, ...] = ("cond",)
+    texts = {cond_only: _batch_text(text, frames, cond_only)}
+    if guided:  # a job at guidance 1 (or an interval of no step) has no unconditional text to batch
+        texts[both] = _batch_text(text, frames, both)
 
     def predict(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-        branches: tuple[Branch, ...] = both if i in guided else ("cond",)
+        branches = both if i in guided else cond_only
         unet_text, control_text = texts[branches]
         kwargs = modulator.call_kwargs(phase="denoise", step_index=i, timestep=t, branches=branches)
         session.step(phase="denoise", step_index=i, timestep=t, branches=branches)
