@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,16 @@ def test_structure_generic_attrs_class() -> None:
     """structure() works for any attrs class (component options use it)."""
     cfg = structure(ModulationConfig, {"preset": "paper", "self_strength": 1}, place="modulation")
     assert cfg.self_strength == 1.0 and isinstance(cfg.self_strength, float)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("self_branch", "both", "modulation.self_branch must be one of 'uncond', 'cond'"),
+    ("modulate_finest", "yes", "modulation.modulate_finest must be true or false"),
+])
+def test_the_presets_layer_choices_are_checked_naming_the_key(tmp_path: Path, key: str, value: str,
+                                                              message: str) -> None:
+    job = {"video": {"path": "clip.mp4"}, "prompt": "a cat", "modulation": {key: value}}
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        job_from_mapping(job, base_dir=tmp_path)
+    assert "\n" not in str(error.value)
+    assert job_from_mapping({**job, "modulation": {key: None}}, base_dir=tmp_path).modulation == ModulationConfig()
