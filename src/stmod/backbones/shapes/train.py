@@ -59,8 +59,12 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainConfig", "main", "make_dataset", "build_models", "file_checksums"]
 
-#: Frame size of the world (pixels); the UNet works on 16×16 latents.
+#: Frame size of the world (pixels).
 IMAGE_SIZE = 128
+#: The autoencoder's down-sampling factors the command builds (``--latent-factor``): ×8, SD's, gives 16×16
+#: latents, where a ring's band or an object's part is one cell wide; ×4 gives 32×32.
+LATENT_FACTORS: tuple[int, ...] = (4, 8)
+#: SD's factor, which the Wan-layout model's data (:mod:`stmod.backbones.shapes_wan.data`) keeps.
 LATENT_FACTOR = 8
 CAPTION_DROPOUT = 0.1
 #: The ControlNet drops more captions, so that it learns to draw the edges' structure from the edges
@@ -83,6 +87,8 @@ class TrainConfig:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.seed: int = args.seed
+        #: Pixels per latent cell along each side (the autoencoder's down-sampling factor).
+        self.latent_factor: int = args.latent_factor
         self.images: int = args.images
         self.vae_steps: int = args.vae_steps
         self.vae_batch: int = 4
@@ -119,7 +125,7 @@ class TrainConfig:
 class WorldFrames:
     """Captioned world frames with what the losses weigh: ``images`` uint8 ``(N, H, W, 3)``, ``objects``
     bool ``(N, H, W)`` (the pixels that show an object) and per caption word its latent cells
-    (``word_cells`` uint8 ``(N, MAX_WORDS, h, w)``: how many of a cell's 8×8 pixels it describes, 0…64)."""
+    (``word_cells`` uint8 ``(N, MAX_WORDS, h, w)``: how many of a cell's f×f pixels it describes, 0…f²)."""
 
     images: np.ndarray = field(eq=False)
     captions: list[str] = field(eq=False)
@@ -137,26 +143,27 @@ class WorldFrames:
         """float16 ``(N, MAX_WORDS, h, w)`` shares of each cell each word describes, and bool ``(N, MAX_WORDS)``
         whether a word is grounded (describes a visible pixel)."""
         cells = torch.from_numpy(self.word_cells)
-        return cells.half() / LATENT_FACTOR**2, cells.flatten(2).amax(-1) > 0
+        factor = self.images.shape[1] // cells.shape[-1]
+        return cells.half() / factor**2, cells.flatten(2).amax(-1) > 0
 
 
-def _render_one(args: tuple[int, int]) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
-    seed, index = args
+def _render_one(args: tuple[int, int, int]) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
+    seed, index, factor = args
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     scene = world.random_scene(rng)
     frame = world.render(scene, float(rng.uniform(0, 8)), (IMAGE_SIZE, IMAGE_SIZE))
     words = world.caption_words(scene, rng)
     if rng.random() < ARTICLE_DROPOUT:
         words = [(word, owner) for word, owner in words if word not in ("a", "an")]
-    targets = grounding.word_targets(words, frame.bodies, frame.parts, IMAGE_SIZE // LATENT_FACTOR)
-    cells = np.round(targets * LATENT_FACTOR**2).astype(np.uint8)
+    targets = grounding.word_targets(words, frame.bodies, frame.parts, IMAGE_SIZE // factor)
+    cells = np.round(targets * factor**2).astype(np.uint8)
     return frame.image, " ".join(w for w, _ in words), np.asarray(frame.objects.any(axis=0)), cells
 
 
-def make_dataset(count: int, seed: int, *, workers: int = 2) -> WorldFrames:
-    """``count`` captioned world frames. Frame ``i`` depends only on ``(seed, i)``, so the set is the same
-    for any number of workers."""
-    jobs = [(seed, i) for i in range(count)]
+def make_dataset(count: int, seed: int, *, workers: int = 2, latent_factor: int = LATENT_FACTOR) -> WorldFrames:
+    """``count`` captioned world frames, their word cells on the grid of ``latent_factor``. Frame ``i``
+    depends only on ``(seed, i)``, so the set is the same for any number of workers."""
+    jobs = [(seed, i, latent_factor) for i in range(count)]
     with Pool(workers) as pool:
         items = list(tqdm(pool.imap(_render_one, jobs, chunksize=64), total=count, desc="world frames",
                           unit="frame"))
@@ -164,10 +171,10 @@ def make_dataset(count: int, seed: int, *, workers: int = 2) -> WorldFrames:
                        objects=np.stack([it[2] for it in items]), word_cells=np.stack([it[3] for it in items]))
 
 
-def latent_shares(objects: np.ndarray) -> np.ndarray:
-    """float32 ``(N, h, w)``: the share of each latent cell's pixels that show an object."""
+def latent_shares(objects: np.ndarray, factor: int = LATENT_FACTOR) -> np.ndarray:
+    """float32 ``(N, h, w)``: the share of each latent cell's pixels (``factor``² of them) that show an object."""
     n, height, width = objects.shape
-    cells = objects.reshape(n, height // LATENT_FACTOR, LATENT_FACTOR, width // LATENT_FACTOR, LATENT_FACTOR)
+    cells = objects.reshape(n, height // factor, factor, width // factor, factor)
     return cells.mean(axis=(2, 4), dtype=np.float32)
 
 
@@ -177,8 +184,16 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 # -- models -----------------------------------------------------------------------------------------
 
-def build_models(tokenizer_dir: Path, seed: int) -> tuple[Diffusers, Diffusers, CLIPTextModel, CLIPTokenizer]:
-    """Fresh ``(vae, unet, text_encoder, tokenizer)`` of the shapes architecture."""
+def build_models(tokenizer_dir: Path, seed: int, latent_factor: int = LATENT_FACTOR
+                 ) -> tuple[Diffusers, Diffusers, CLIPTextModel, CLIPTokenizer]:
+    """Fresh ``(vae, unet, text_encoder, tokenizer)`` of the shapes architecture at ``latent_factor``.
+
+    ×8: SD 1.5's block structure (self- and cross-attention at 16², 8² and 4², a plain block at 2²).
+    ×4: the same attention layers at the same sizes and widths (16², 8², 4²), under a plain convolutional
+    level at the 32×32 latents (16 channels): attention at 32² would cost about nine times as much per
+    training step on the CPU, while convolutions there cost a sixth more, and they are what draws a ring's
+    band or a part two cells wide instead of one.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -187,15 +202,24 @@ def build_models(tokenizer_dir: Path, seed: int) -> tuple[Diffusers, Diffusers, 
     # Few channels per norm group would normalise each channel's mean away, and with it the flat
     # colours this world is made of: 4+ channels share a group everywhere (SD 1.5 has 4-40).
     torch.manual_seed(seed)
-    vae = AutoencoderKL(block_out_channels=[16, 32, 64, 64], down_block_types=["DownEncoderBlock2D"] * 4,
-                        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, norm_num_groups=4,
+    if latent_factor not in LATENT_FACTORS:
+        raise ValueError(f"latent_factor {latent_factor} is not one of {LATENT_FACTORS}")
+    levels = int(math.log2(latent_factor)) + 1  # each level but the last halves the frame
+    vae = AutoencoderKL(block_out_channels=[16, 32, 64, 64][:levels], down_block_types=["DownEncoderBlock2D"] * levels,
+                        up_block_types=["UpDecoderBlock2D"] * levels, latent_channels=4, norm_num_groups=4,
                         layers_per_block=1, sample_size=IMAGE_SIZE)
     torch.manual_seed(seed + 1)
+    attn_down, plain_down = "CrossAttnDownBlock2D", "DownBlock2D"
+    attn_up, plain_up = "CrossAttnUpBlock2D", "UpBlock2D"
+    if latent_factor == 8:
+        channels = (32, 64, 96, 96)
+        down, up = (attn_down,) * 3 + (plain_down,), (plain_up,) + (attn_up,) * 3
+    else:
+        channels = (16, 32, 64, 96)
+        down, up = (plain_down,) + (attn_down,) * 3, (attn_up,) * 3 + (plain_up,)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64, 96, 96), layers_per_block=1, sample_size=IMAGE_SIZE // 8,
-        in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=channels, layers_per_block=1, sample_size=IMAGE_SIZE // latent_factor,
+        in_channels=4, out_channels=4, down_block_types=down, up_block_types=up,
         cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -341,7 +365,8 @@ def _captions_and_cell_weights(tokenizer: CLIPTokenizer, data: WorldFrames, cfg:
     the UNet and the ControlNet stages train with."""
     ids = tokenizer(data.captions + [""], padding="max_length", max_length=77, truncation=True,
                     return_tensors="pt").input_ids
-    cell_weight = 1.0 + cfg.object_weight * torch.from_numpy(latent_shares(data.objects)).unsqueeze(1)
+    shares = latent_shares(data.objects, cfg.latent_factor)
+    cell_weight = 1.0 + cfg.object_weight * torch.from_numpy(shares).unsqueeze(1)
     return ids[:-1], ids[-1], cell_weight
 
 
@@ -416,12 +441,14 @@ def train_unet(unet: Diffusers, text_encoder: CLIPTextModel, tokenizer: CLIPToke
 
 # -- stage 3: the ControlNet ------------------------------------------------------------------------
 
-def build_controlnet(unet: Diffusers, seed: int) -> Diffusers:
-    """A ``ControlNetModel`` whose encoder starts as a copy of ``unet``'s (zero convolutions at zero)."""
+def build_controlnet(unet: Diffusers, seed: int, latent_factor: int = LATENT_FACTOR) -> Diffusers:
+    """A ``ControlNetModel`` whose encoder starts as a copy of ``unet``'s (zero convolutions at zero); its
+    condition embedding brings the edge map down by ``latent_factor``, to the latents' size."""
     from diffusers import ControlNetModel
 
     torch.manual_seed(seed + 3)  # the condition embedding is the only part drawn at random
-    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64, 64))
+    levels = int(math.log2(latent_factor)) + 1  # each but the last halves the map
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64, 64)[:levels])
 
 
 def edge_maps(images: np.ndarray) -> np.ndarray:
@@ -548,6 +575,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="where the model folder goes (default: WORK/model)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latent-factor", type=int, choices=LATENT_FACTORS, default=LATENT_FACTOR,
+                   help="the autoencoder's down-sampling: 8 gives 16x16 latents (SD's factor), 4 gives 32x32, with "
+                        "a convolutional UNet level above the same attention layers (default: %(default)s)")
     p.add_argument("--images", type=int, default=16000, help="world frames to train on (default: %(default)s)")
     p.add_argument("--vae-steps", type=int, default=3000)
     p.add_argument("--decoder-steps", type=int, default=8000)
@@ -576,14 +606,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load_world(work: Path, cfg: TrainConfig, workers: int) -> WorldFrames:
     """The captioned frames, their object masks and word cells, rendered once and cached in ``work``."""
-    data_file = work / f"world-{cfg.seed}-{cfg.images}.npz"
+    data_file = work / f"world-{cfg.seed}-{cfg.images}-x{cfg.latent_factor}.npz"
     if data_file.exists():
         with np.load(data_file) as data:
             if "word_cells" in data:  # a cache from before the grounding targets is rendered again
                 objects = np.unpackbits(data["objects"], axis=-1, count=IMAGE_SIZE).astype(bool)
                 return WorldFrames(images=data["images"], captions=list(data["captions"]), objects=objects,
                                    word_cells=data["word_cells"])
-    frames = make_dataset(cfg.images + 64, cfg.seed, workers=workers)
+    frames = make_dataset(cfg.images + 64, cfg.seed, workers=workers, latent_factor=cfg.latent_factor)
     np.savez(data_file.with_suffix(".tmp.npz"), images=frames.images, captions=np.array(frames.captions),
              objects=np.packbits(frames.objects, axis=-1), word_cells=frames.word_cells)
     os.replace(data_file.with_suffix(".tmp.npz"), data_file)
@@ -601,6 +631,7 @@ def _decoder_beside_unet(args: argparse.Namespace, work: Path) -> subprocess.Pop
     argv = [sys.executable, "-m", "stmod.backbones.shapes.train", "--work", str(work), "--stages", "vae,decoder",
             "--threads", "1", "--seed", str(args.seed), "--images", str(args.images),
             "--vae-steps", str(args.vae_steps), "--decoder-steps", str(args.decoder_steps),
+            "--latent-factor", str(args.latent_factor),
             "--object-weight", str(args.object_weight)]
     print(f"train: the decoder stage runs beside the UNet stage; its progress goes to {work / 'decoder.log'}",
           file=sys.stderr)
@@ -611,6 +642,15 @@ def _decoder_beside_unet(args: argparse.Namespace, work: Path) -> subprocess.Pop
 def _wait(child: subprocess.Popen | None, work: Path) -> None:
     if child is not None and child.wait() != 0:
         raise SystemExit(f"train: the decoder stage failed (exit {child.returncode}); see {work / 'decoder.log'}")
+
+
+def _base_latent_factor(base: Path) -> int:
+    """The down-sampling factor of the autoencoder in the exported model folder ``base``."""
+    config = base / "vae" / "config.json"
+    if not (base / "model_index.json").is_file() or not config.is_file():
+        raise SystemExit(f"train: --base-model {base} is not an exported shapes model folder (no model_index.json "
+                         "or vae/config.json)")
+    return 2 ** (len(json.loads(config.read_text(encoding="utf-8"))["block_out_channels"]) - 1)
 
 
 def _on_base_model(args: argparse.Namespace, cfg: TrainConfig, work: Path, out: Path, data: WorldFrames,
@@ -628,7 +668,7 @@ def _on_base_model(args: argparse.Namespace, cfg: TrainConfig, work: Path, out: 
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
     tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
     latents = encode_latents(vae, data.images) * vae.config.scaling_factor
-    controlnet = build_controlnet(unet, cfg.seed)
+    controlnet = build_controlnet(unet, cfg.seed, cfg.latent_factor)
     seconds = train_controlnet(controlnet, unet, text_encoder, tokenizer, latents, data, edge_maps(data.images), cfg,
                                work)
     info = dict(manifest)
@@ -647,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(args)
+    if args.base_model is not None:  # the word cells are rendered on the base model's latent grid
+        cfg.latent_factor = _base_latent_factor(args.base_model)
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     out = args.out or work / "model"
@@ -654,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_model is not None:
         return _on_base_model(args, cfg, work, out, data, argv)
 
-    vae, unet, text_encoder, tokenizer = build_models(work / "tokenizer", cfg.seed)
+    vae, unet, text_encoder, tokenizer = build_models(work / "tokenizer", cfg.seed, cfg.latent_factor)
     seconds = {"vae": _fit_autoencoder(vae, data.images, data.objects, cfg, work, stage="vae", steps=cfg.vae_steps,
                                        lr=cfg.vae_lr)}
     # The UNet learns on the encoder's latents, which the decoder stage leaves as they are.
@@ -682,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     vae.register_to_config(scaling_factor=scaling)
     ema.copy_to(unet.parameters())  # the ControlNet learns beside the UNet that ships
-    controlnet = build_controlnet(unet, cfg.seed)
+    torch.set_num_threads(args.threads)  # the decoder's child process has finished
+    controlnet = build_controlnet(unet, cfg.seed, cfg.latent_factor)
     seconds["controlnet"] = train_controlnet(controlnet, unet, text_encoder, tokenizer, latents * scaling, data,
                                              edge_maps(data.images), cfg, work)
     if "export" not in args.stages:
