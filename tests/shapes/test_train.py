@@ -33,6 +33,48 @@ def test_latent_shares_are_the_object_share_of_each_cell() -> None:
     objects[0, :8, :4] = True
     shares = train.latent_shares(objects)
     assert shares.shape == (1, 2, 2) and shares[0].tolist() == [[0.5, 0.0], [0.0, 0.0]]
+    finer = train.latent_shares(objects, 4)
+    assert finer.shape == (1, 4, 4) and finer[0, :2, 0].tolist() == [1.0, 1.0] and finer.sum() == 2.0
+
+
+def test_word_cells_count_the_same_pixels_on_either_latent_grid() -> None:
+    """The word cells of a frame count each word's pixels: on the ×4 grid (32×32, 16 pixels a cell) they add up
+    to the ×8 grid's (16×16, 64 pixels a cell), cell by cell."""
+    coarse = train.make_dataset(6, seed=2, workers=1)
+    fine = train.make_dataset(6, seed=2, workers=1, latent_factor=4)
+    assert fine.captions == coarse.captions and fine.word_cells.shape[-2:] == (32, 32)
+    n, words = coarse.word_cells.shape[:2]
+    pooled = fine.word_cells.astype(int).reshape(n, words, 16, 2, 16, 2).sum(axis=(3, 5))
+    assert np.array_equal(pooled, coarse.word_cells.astype(int))
+    targets, grounded = fine.word_targets()
+    assert float(targets.max()) == 1.0 and torch.equal(grounded, coarse.word_targets()[1])
+
+
+@pytest.mark.parametrize("factor", train.LATENT_FACTORS)
+def test_the_models_of_each_latent_factor_fit_together(tmp_path: Path, factor: int) -> None:
+    """×8: 16×16 latents; ×4: 32×32. Either way the UNet's attention layers are at 16², 8² and 4² (what the
+    grounding losses and the ``videograin`` preset's layer choice expect), and the ControlNet brings a frame's
+    edges to the latents' size and adds residuals the UNet takes."""
+    from stmod.backbones.shapes import grounding
+    vae, unet, text_encoder, tokenizer = train.build_models(tmp_path / "tok", seed=0, latent_factor=factor)
+    side = train.IMAGE_SIZE // factor
+    images = torch.zeros(2, 3, train.IMAGE_SIZE, train.IMAGE_SIZE)
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mean
+        assert latents.shape == (2, 4, side, side)
+        maps = grounding.CrossAttentionMaps(sides=(32, 16, 8, 4, 2))
+        text = text_encoder(tokenizer(["red disc"] * 2, padding="max_length", max_length=77,
+                                      return_tensors="pt").input_ids)[0]
+        controlnet = train.build_controlnet(unet, seed=0, latent_factor=factor)
+        with maps.install(unet):
+            down, mid = controlnet(latents, 500, encoder_hidden_states=text, controlnet_cond=images, return_dict=False)
+            out = unet(latents, 500, text, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+            sides = {round(m.shape[-2] ** 0.5) for m in maps.take()}
+        assert out.sample.shape == latents.shape
+    # the middle block adds a 2² layer at ×8; nothing attends at 32²
+    assert set(grounding.GROUNDED_SIDES) <= sides <= {16, 8, 4, 2}
+    with pytest.raises(ValueError, match="latent_factor 2"):
+        train.build_models(tmp_path / "tok2", seed=0, latent_factor=2)
 
 
 def test_word_cells_line_up_with_the_caption_words() -> None:
@@ -109,3 +151,25 @@ def test_base_model_trains_the_controlnet_alone_and_keeps_the_rest(tmp_path: Pat
     kept = {k: v for k, v in new["files"].items() if not k.startswith("controlnet-canny/")}
     assert kept == {k: v for k, v in base.items() if not k.startswith("controlnet-canny/")}
     assert new["controlnet"]["steps"] == 2 and "--base-model" in new["controlnet"]["command"]
+
+
+def test_a_x4_model_trains_exports_and_edits_on_32x32_latents(tmp_path: Path) -> None:
+    """``--latent-factor 4`` end to end: the folder loads through the ``shapes`` backbone and encodes frames to
+    32×32 latents; ``--base-model`` on it renders the word cells on its grid and keeps its files."""
+    work = tmp_path / "work"
+    assert train.main(["--work", str(work), "--latent-factor", "4", "--images", "16", "--vae-steps", "2",
+                       "--decoder-steps", "1", "--unet-steps", "2", "--controlnet-steps", "1", "--threads", "1"]) == 0
+    manifest = verify_model(work / "model")
+    assert manifest["config"]["latent_factor"] == 4
+    backbone = fresh_plugin_manager().registry.create("backbone", "shapes", {"folder": str(work / "model")})
+    backbone.load(controlnets=[backbone.controlnet_location("canny", None)])
+    frames = torch.zeros(2, 3, train.IMAGE_SIZE, train.IMAGE_SIZE)
+    assert backbone.encode(frames).shape[-2:] == (32, 32)
+
+    more = tmp_path / "more"
+    assert train.main(["--work", str(more), "--base-model", str(work / "model"), "--images", "8",
+                       "--controlnet-steps", "1", "--threads", "1"]) == 0
+    assert list(more.glob("world-*-x4.npz"))
+    kept = verify_model(more / "model")["files"]
+    assert {k: v for k, v in kept.items() if not k.startswith("controlnet-canny/")} == \
+        {k: v for k, v in manifest["files"].items() if not k.startswith("controlnet-canny/")}
