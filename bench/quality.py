@@ -159,6 +159,16 @@ ROWS: dict[str, Row] = {
                             job=_add(lambda steps: CONTROL)),
     "paper-guided-50": Row("paper-area, guidance in the first 50 % of the steps", {"preset": "paper", "mask_downsample": "area"},
                            job=_add(lambda steps: {**CONTROL, **GUIDED_50})),
+    # Does the demo's recipe lose colours after the modulation's window (the first 30 % of the steps) or through
+    # the other object's keys in self-attention? Neither, measured (docs/shapes.md, fifth session).
+    "paper-guided-50-modulate-100": Row("paper-guided-50, modulating every step", {"preset": "paper", "mask_downsample": "area"},
+                                        job=_then(_add(lambda steps: {**CONTROL, **GUIDED_50}), _modulate_until(1.0))),
+    "paper-guided-50-strong-self": Row("paper-guided-50, self-attention modulated at strength 1.0",
+                                       {"preset": "paper", "mask_downsample": "area", "self_strength": 1.0},
+                                       job=_add(lambda steps: {**CONTROL, **GUIDED_50})),
+    # The demo's recipe without structure guidance: for a model folder that has no ControlNet (yet).
+    "paper-guided-50-no-control": Row("paper-guided-50 without the ControlNet", {"preset": "paper", "mask_downsample": "area"},
+                                      job=_add(lambda steps: GUIDED_50)),
     "finest-guided-50": Row("finest, guidance in the first 50 % of the steps",
                             {"mask_downsample": "area", "modulate_finest": True},
                             job=_add(lambda steps: {**CONTROL, **GUIDED_50})),
