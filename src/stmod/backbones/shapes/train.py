@@ -2,7 +2,7 @@
 
 Five stages, each resumable from its checkpoint in ``--work`` and logged to ``loss.jsonl``:
 
-1. ``vae``: an SD-layout ``AutoencoderKL`` (×8, 4 latent channels) on world frames;
+1. ``vae``: an SD-layout ``AutoencoderKL`` (×8, or ×4 with ``--latent-factor 4``; 4 latent channels) on world frames;
    ``decoder``: then its decoder alone, the encoder frozen (so the UNet's latents do not change); with
    two or more threads it runs in a child process on one thread, beside the UNet stage.
 2. ``unet``: a ``UNet2DConditionModel`` with SD 1.5's block structure and a CLIP text encoder trained
