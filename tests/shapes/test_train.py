@@ -65,7 +65,7 @@ def test_the_models_of_each_latent_factor_fit_together(tmp_path: Path, factor: i
         maps = grounding.CrossAttentionMaps(sides=(32, 16, 8, 4, 2))
         text = text_encoder(tokenizer(["red disc"] * 2, padding="max_length", max_length=77,
                                       return_tensors="pt").input_ids)[0]
-        controlnet = train.build_controlnet(unet, seed=0, latent_factor=factor)
+        controlnet = train.build_controlnet(unet, seed=0)
         with maps.install(unet):
             down, mid = controlnet(latents, 500, encoder_hidden_states=text, controlnet_cond=images, return_dict=False)
             out = unet(latents, 500, text, down_block_additional_residuals=down, mid_block_additional_residual=mid)
@@ -173,3 +173,10 @@ def test_a_x4_model_trains_exports_and_edits_on_32x32_latents(tmp_path: Path) ->
     kept = verify_model(more / "model")["files"]
     assert {k: v for k, v in kept.items() if not k.startswith("controlnet-canny/")} == \
         {k: v for k, v in manifest["files"].items() if not k.startswith("controlnet-canny/")}
+
+
+def test_a_base_model_that_is_not_a_shapes_folder_is_refused_before_any_frame_is_rendered(tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    with pytest.raises(SystemExit, match="--base-model .*other is not an exported shapes model folder"):
+        train.main(["--work", str(tmp_path / "work"), "--base-model", str(tmp_path / "other"), "--images", "8"])
+    assert not list((tmp_path / "work").glob("world-*.npz"))

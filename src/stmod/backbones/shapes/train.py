@@ -184,6 +184,11 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 # -- models -----------------------------------------------------------------------------------------
 
+def _levels(latent_factor: int) -> int:
+    """Levels of a network that brings a frame down by ``latent_factor``: each level but the last halves it."""
+    return int(math.log2(latent_factor)) + 1
+
+
 def build_models(tokenizer_dir: Path, seed: int, latent_factor: int = LATENT_FACTOR
                  ) -> tuple[Diffusers, Diffusers, CLIPTextModel, CLIPTokenizer]:
     """Fresh ``(vae, unet, text_encoder, tokenizer)`` of the shapes architecture at ``latent_factor``.
@@ -204,7 +209,7 @@ def build_models(tokenizer_dir: Path, seed: int, latent_factor: int = LATENT_FAC
     torch.manual_seed(seed)
     if latent_factor not in LATENT_FACTORS:
         raise ValueError(f"latent_factor {latent_factor} is not one of {LATENT_FACTORS}")
-    levels = int(math.log2(latent_factor)) + 1  # each level but the last halves the frame
+    levels = _levels(latent_factor)
     # The middle blocks' self-attention runs on the latent grid: at 32×32 it would make each autoencoder step
     # a third dearer (1 024 tokens instead of 256); the manifest's held-out PSNR and colour fidelity say how
     # well the ×4 autoencoder does without it.
@@ -444,13 +449,13 @@ def train_unet(unet: Diffusers, text_encoder: CLIPTextModel, tokenizer: CLIPToke
 
 # -- stage 3: the ControlNet ------------------------------------------------------------------------
 
-def build_controlnet(unet: Diffusers, seed: int, latent_factor: int = LATENT_FACTOR) -> Diffusers:
+def build_controlnet(unet: Diffusers, seed: int) -> Diffusers:
     """A ``ControlNetModel`` whose encoder starts as a copy of ``unet``'s (zero convolutions at zero); its
-    condition embedding brings the edge map down by ``latent_factor``, to the latents' size."""
+    condition embedding brings the edge map down to the size of ``unet``'s latents."""
     from diffusers import ControlNetModel
 
     torch.manual_seed(seed + 3)  # the condition embedding is the only part drawn at random
-    levels = int(math.log2(latent_factor)) + 1  # each but the last halves the map
+    levels = _levels(IMAGE_SIZE // unet.config.sample_size)
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64, 64)[:levels])
 
 
@@ -662,16 +667,14 @@ def _on_base_model(args: argparse.Namespace, cfg: TrainConfig, work: Path, out: 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    base: Path = args.base_model
-    if not (base / "model_index.json").is_file():
-        raise SystemExit(f"train: --base-model {base} is not an exported shapes model folder (no model_index.json)")
+    base: Path = args.base_model  # checked by _base_latent_factor, before the frames were rendered
     manifest = json.loads((base / "manifest.json").read_text(encoding="utf-8"))
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
     tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
     latents = encode_latents(vae, data.images) * vae.config.scaling_factor
-    controlnet = build_controlnet(unet, cfg.seed, cfg.latent_factor)
+    controlnet = build_controlnet(unet, cfg.seed)
     seconds = train_controlnet(controlnet, unet, text_encoder, tokenizer, latents, data, edge_maps(data.images), cfg,
                                work)
     info = dict(manifest)
@@ -728,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     vae.register_to_config(scaling_factor=scaling)
     ema.copy_to(unet.parameters())  # the ControlNet learns beside the UNet that ships
     torch.set_num_threads(args.threads)  # the decoder's child process has finished
-    controlnet = build_controlnet(unet, cfg.seed, cfg.latent_factor)
+    controlnet = build_controlnet(unet, cfg.seed)
     seconds["controlnet"] = train_controlnet(controlnet, unet, text_encoder, tokenizer, latents * scaling, data,
                                              edge_maps(data.images), cfg, work)
     if "export" not in args.stages:
