@@ -52,6 +52,8 @@ NPI = {"inversion": "negative-prompt"}
 DIRECT = {"inversion": "direct"}
 #: Guidance in the first half of the denoising steps only (the demo's); the rest run the conditional branch.
 GUIDED_50 = {"guidance_interval": [0, 0.5]}
+#: The paper preset with masks downsampled by area: the modulation of the demo's recipe and its variants.
+PAPER_AREA = {"preset": "paper", "mask_downsample": "area"}
 
 
 def _pnp(steps: int) -> dict:
@@ -148,7 +150,7 @@ ROWS: dict[str, Row] = {
                   job=_add(lambda steps: CONTROL)),
     # The paper preset modulates self-attention in the conditional branch (videograin: the unconditional one, as
     # the official code), the finest layers too, and conditions on the global prompt (no composite text).
-    "paper-area": Row("control-area with the paper preset", {"preset": "paper", "mask_downsample": "area"},
+    "paper-area": Row("control-area with the paper preset", PAPER_AREA,
                       job=_add(lambda steps: CONTROL)),
     # The official code modulates self-attention in the unconditional branch, which guidance g weighs by 1 − g:
     # these rows modulate the conditional branch's instead (as the paper preset and DenseDiffusion do).
@@ -157,17 +159,17 @@ ROWS: dict[str, Row] = {
     "cond-self-finest": Row("cond-self with the finest layers modulated too",
                             {"mask_downsample": "area", "self_branch": "cond", "modulate_finest": True},
                             job=_add(lambda steps: CONTROL)),
-    "paper-guided-50": Row("paper-area, guidance in the first 50 % of the steps", {"preset": "paper", "mask_downsample": "area"},
+    "paper-guided-50": Row("paper-area, guidance in the first 50 % of the steps", PAPER_AREA,
                            job=_add(lambda steps: {**CONTROL, **GUIDED_50})),
     # Does the demo's recipe lose colours after the modulation's window (the first 30 % of the steps) or through
     # the other object's keys in self-attention? Neither, measured (docs/shapes.md, fifth session).
-    "paper-guided-50-modulate-100": Row("paper-guided-50, modulating every step", {"preset": "paper", "mask_downsample": "area"},
+    "paper-guided-50-modulate-100": Row("paper-guided-50, modulating every step", PAPER_AREA,
                                         job=_then(_add(lambda steps: {**CONTROL, **GUIDED_50}), _modulate_until(1.0))),
     "paper-guided-50-strong-self": Row("paper-guided-50, self-attention modulated at strength 1.0",
-                                       {"preset": "paper", "mask_downsample": "area", "self_strength": 1.0},
+                                       {**PAPER_AREA, "self_strength": 1.0},
                                        job=_add(lambda steps: {**CONTROL, **GUIDED_50})),
     # The demo's recipe without structure guidance: for a model folder that has no ControlNet (yet).
-    "paper-guided-50-no-control": Row("paper-guided-50 without the ControlNet", {"preset": "paper", "mask_downsample": "area"},
+    "paper-guided-50-no-control": Row("paper-guided-50 without the ControlNet", PAPER_AREA,
                                       job=_add(lambda steps: GUIDED_50)),
     "finest-guided-50": Row("finest, guidance in the first 50 % of the steps",
                             {"mask_downsample": "area", "modulate_finest": True},
